@@ -1,0 +1,50 @@
+"""One way to open a NATS connection, with the settings long-running processes need.
+
+nats-py's defaults give up for good after about two minutes of outage and log tracebacks on
+server errors; an agent that quietly stops reconnecting strands its machine while it bills.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+from loguru import logger
+from nats.aio.client import Client
+
+__all__ = ["connect"]
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    inbox_prefix: str | None = None,
+    max_reconnect_attempts: int = -1,
+    **options: Any,
+) -> Client:
+    """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default."""
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("nats error: {error}", error=str(exc))
+
+    async def on_disconnect() -> None:
+        logger.info("nats disconnected")
+
+    async def on_reconnect() -> None:
+        logger.info("nats reconnected")
+
+    kwargs: dict[str, Any] = dict(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        max_reconnect_attempts=max_reconnect_attempts,
+        reconnect_time_wait=0.5,
+        ping_interval=20,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+    if inbox_prefix:
+        kwargs["inbox_prefix"] = inbox_prefix
+    kwargs.update(options)
+    return await nats.connect(**kwargs)

@@ -1,0 +1,144 @@
+"""What happens to a job, as events on ``events.<job_id>.<kind>.<publisher>``.
+
+Every body is JSON with a ``kind`` tag equal to the subject's kind token. The one exception is
+``queued``: the server itself republishes each stored job as a headers-only message (empty
+body), so a job published by any NATS client gets a queued event without our code running;
+``event_from_msg`` turns those headers into a ``Queued`` Struct.
+
+Order of a job's events: queued, then per attempt started, progress..., and finally exactly one
+of succeeded or failed for the job (a failed attempt that will be retried publishes nothing
+terminal). Fields may only be added with defaults; readers ignore unknown fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+import msgspec
+from msgspec import Struct
+
+from broker.subjects import parse_event_subject, parse_job_subject
+
+__all__ = [
+    "Event",
+    "Failed",
+    "JobError",
+    "OutputInfo",
+    "Progress",
+    "Queued",
+    "Started",
+    "Succeeded",
+    "TERMINAL_KINDS",
+    "Timings",
+    "decode_event",
+    "encode_event",
+    "event_from_msg",
+]
+
+TERMINAL_KINDS = frozenset({"succeeded", "failed"})
+
+
+class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
+    job_id: str
+    at: float  # unix seconds when the publisher created the event
+
+
+class Queued(_Event, frozen=True, kw_only=True, tag="queued"):
+    """Stored in JOBS (made by the server from the stored job's headers, never published)."""
+
+    operation: str
+    stream_seq: int
+
+
+class Started(_Event, frozen=True, kw_only=True, tag="started"):
+    operation: str
+    agent_id: str
+    attempt: int  # 1 for the first delivery; a redelivered job starts again with attempt + 1
+    encoder: str  # the video encoder this attempt uses, e.g. "h264_nvenc" or "libx264"
+
+
+class Progress(_Event, frozen=True, kw_only=True, tag="progress"):
+    agent_id: str
+    attempt: int
+    percent: float  # 0..100 of the output's expected duration
+    media_time_s: float  # output time encoded so far
+    speed: float | None = None  # media seconds per wall second, when FFmpeg reports it
+
+
+class OutputInfo(Struct, frozen=True, kw_only=True):
+    bucket: str
+    name: str  # unique per job and attempt: <job_id>/<attempt>/<file>
+    size_bytes: int
+    sha256: str  # hex digest of the whole file
+    duration_s: float
+    width: int
+    height: int
+    video_codec: str
+    container: str
+
+
+class Timings(Struct, frozen=True, kw_only=True):
+    queue_wait_s: float  # from the job's storage in JOBS to this attempt's start
+    fetch_s: float
+    probe_s: float
+    encode_s: float
+    upload_s: float
+    total_s: float  # this attempt, start to result
+
+
+class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
+    operation: str
+    agent_id: str
+    attempt: int
+    encoder: str
+    output: OutputInfo
+    timings: Timings
+
+
+class JobError(Struct, frozen=True, kw_only=True):
+    code: str  # stable machine-readable reason, e.g. "invalid_input", "unknown_operation"
+    message: str  # what went wrong and what to do about it, for a person
+
+
+class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
+    agent_id: str
+    attempt: int
+    error: JobError
+    operation: str = ""
+    encoder: str = ""
+
+
+Event = Queued | Started | Progress | Succeeded | Failed
+
+_DECODER = msgspec.json.Decoder(Event)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_event(event: Event) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _DECODER.decode(data)
+
+
+def _timestamp(value: str) -> float:
+    # The server writes RFC 3339 with nanoseconds; Python parses at most microseconds.
+    head, _, frac = value.rstrip("Z").partition(".")
+    stamp = f"{head}.{(frac + '000000')[:6]}+00:00" if frac else f"{head}+00:00"
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def event_from_msg(subject: str, headers: dict[str, str] | None, data: bytes) -> Event:
+    """Decode one message of the EVENTS stream, including the server-made queued event."""
+    job_id, kind, _publisher = parse_event_subject(subject)
+    if kind == "queued" and not data:
+        headers = headers or {}
+        operation, _ = parse_job_subject(headers["Nats-Subject"])
+        return Queued(
+            job_id=job_id,
+            at=_timestamp(headers["Nats-Time-Stamp"]),
+            operation=operation,
+            stream_seq=int(headers["Nats-Sequence"]),
+        )
+    return decode_event(data)
+

@@ -1,0 +1,36 @@
+"""Agent liveness on ``agents.<agent_id>.heartbeat`` (core NATS, not stored).
+
+A heartbeat is a statement about now; a missed one is the signal. Stored history would only
+let a reader mistake an old "idle" for a live agent.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+__all__ = ["Heartbeat", "decode_heartbeat", "encode_heartbeat"]
+
+
+class Heartbeat(Struct, frozen=True, kw_only=True):
+    agent_id: str
+    state: Literal["idle", "busy", "draining"]
+    at: float  # unix seconds
+    encoder: str  # the H.264 encoder its probe chose
+    job_id: str | None = None
+    jobs_done: int = 0
+    interval_s: float = 5.0  # when the next one is due; three missed ones mean gone
+
+
+_DECODER = msgspec.json.Decoder(Heartbeat)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_heartbeat(hb: Heartbeat) -> bytes:
+    return _ENCODER.encode(hb)
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat:
+    return _DECODER.decode(data)

@@ -1,0 +1,36 @@
+"""Logging setup, called once by each entry point (never at import).
+
+loguru with bound context: ``logger.bind(job_id=...)``. Human-readable lines on a terminal,
+one JSON object per line in deployment (``json_lines=True``). Messages are constant templates
+with arguments separate; secrets are never passed to a log call.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from loguru import logger
+
+__all__ = ["setup_logging"]
+
+_TEXT_FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[component]}</cyan> {message} <dim>{extra}</dim>"
+)
+
+
+def setup_logging(
+    component: str, *, level: str = "INFO", json_lines: bool = False, sink: TextIO | None = None
+) -> None:
+    logger.remove()
+    logger.configure(extra={"component": component})
+    logger.add(
+        sink or sys.stderr,
+        level=level.upper(),
+        serialize=json_lines,
+        format="{message}" if json_lines else _TEXT_FORMAT,
+        colorize=None if not json_lines else False,
+        backtrace=False,
+        diagnose=False,  # diagnose prints local variables, which can hold secrets
+    )

@@ -1,0 +1,142 @@
+"""Streams, the agents' consumer, the job-state KV and the object stores, created idempotently.
+
+``ensure_topology`` may run any number of times, from any process that has the rights: it
+creates what is missing and updates what drifted. Agents never call it; they bind to the
+consumer by name. The consumer's ``ack_wait`` is how long a vanished machine holds its job
+before redelivery: too long and a crash stalls a job for minutes, too short (below the agents'
+renewal interval) and a live job is run twice.
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from broker.subjects import (
+    EVENTS_STREAM,
+    INPUTS_BUCKET,
+    JOBS_CONSUMER,
+    JOBS_STREAM,
+    JOBSTATE_BUCKET,
+    QUEUE_PUBLISHER,
+    RESULTS_BUCKET,
+)
+
+__all__ = ["TopologyConfig", "ensure_topology", "jobs_stream_config", "jobs_consumer_config"]
+
+_DAY_S = 24 * 3600.0
+
+
+class TopologyConfig(Struct, frozen=True, kw_only=True):
+    replicas: int = 1  # 3 on a 3-node cluster
+    ack_wait_s: float = 30.0  # agents renew the lease every ack_wait_s / 3
+    max_deliver: int = 5  # deliveries per job before it is failed for good
+    max_ack_pending: int = 1000  # jobs running at once across the whole fleet
+    max_queued_jobs: int = 100_000
+    duplicate_window_s: float = 3600.0  # a resubmitted job id inside this window is dropped
+    events_max_age_s: float = 7 * _DAY_S
+    max_events_per_job_kind: int = 5000  # progress events beyond this drop the oldest
+    inputs_max_age_s: float = 1 * _DAY_S
+    results_max_age_s: float = 7 * _DAY_S
+
+
+def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
+    return StreamConfig(
+        name=JOBS_STREAM,
+        description="vidfleet job requests: jobs.<operation>.<job_id>",
+        subjects=["jobs.*.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        discard=DiscardPolicy.NEW,
+        max_msgs=cfg.max_queued_jobs,
+        # One queued message per job id for as long as it is queued, beyond the dedupe window.
+        max_msgs_per_subject=1,
+        discard_new_per_subject=True,
+        duplicate_window=cfg.duplicate_window_s,
+        # The queued event: the server copies each stored job's headers into EVENTS.
+        republish=RePublish(
+            src="jobs.*.*",
+            dest=f"events.{{{{wildcard(2)}}}}.queued.{QUEUE_PUBLISHER}",
+            headers_only=True,
+        ),
+    )
+
+
+def jobs_consumer_config(cfg: TopologyConfig) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=JOBS_CONSUMER,
+        description="vidfleet agents pull jobs here, one at a time",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=cfg.ack_wait_s,
+        max_deliver=cfg.max_deliver,
+        max_ack_pending=cfg.max_ack_pending,
+        max_waiting=4096,
+    )
+
+
+def _events_stream_config(cfg: TopologyConfig) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        description="vidfleet job events: events.<job_id>.<kind>.<publisher>",
+        subjects=["events.*.*.*"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        discard=DiscardPolicy.OLD,
+        max_age=cfg.events_max_age_s,
+        max_msgs_per_subject=cfg.max_events_per_job_kind,
+        duplicate_window=120.0,
+        allow_direct=True,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with another configuration: bring it to ours (server refuses unsafe edits).
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
+    await _ensure_stream(js, jobs_stream_config(cfg))
+    await _ensure_stream(js, _events_stream_config(cfg))
+    # CONSUMER.CREATE is create-or-update on the server; a field that cannot change raises.
+    # Never delete and recreate it: that forgets which jobs are leased and reruns them.
+    await js.add_consumer(JOBS_STREAM, jobs_consumer_config(cfg))
+    try:
+        await js.key_value(JOBSTATE_BUCKET)
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=JOBSTATE_BUCKET,
+                description="latest lifecycle event per job id",
+                history=1,
+                ttl=cfg.events_max_age_s,
+                storage=StorageType.FILE,
+                replicas=cfg.replicas,
+            )
+        )
+    for bucket, max_age_s in ((INPUTS_BUCKET, cfg.inputs_max_age_s),
+                              (RESULTS_BUCKET, cfg.results_max_age_s)):
+        try:
+            await js.object_store(bucket)
+        except NotFoundError:
+            await js.create_object_store(
+                bucket,
+                ObjectStoreConfig(ttl=max_age_s, storage=StorageType.FILE,
+                                  replicas=cfg.replicas),
+            )
