@@ -16,7 +16,7 @@ __all__ = ["Heartbeat", "decode_heartbeat", "encode_heartbeat"]
 
 class Heartbeat(Struct, frozen=True, kw_only=True):
     agent_id: str
-    state: Literal["idle", "busy", "draining"]
+    state: Literal["idle", "busy", "draining", "stopped"]
     at: float  # unix seconds
     encoder: str  # the H.264 encoder its probe chose
     job_id: str | None = None

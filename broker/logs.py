@@ -14,10 +14,16 @@ from loguru import logger
 
 __all__ = ["setup_logging"]
 
-_TEXT_FORMAT = (
-    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>{extra[component]}</cyan> {message} <dim>{extra}</dim>"
-)
+# Bound context worth showing on a terminal; everything else is already in the message.
+_CONTEXT_KEYS = ("job_id", "attempt", "agent_id", "instance_id")
+
+
+def _text_format(record: dict) -> str:
+    context = " ".join(f"{k}={record['extra'][k]}" for k in _CONTEXT_KEYS if k in record["extra"])
+    tail = f" <dim>{context}</dim>" if context else ""
+    return ("<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+            "<cyan>{extra[component]}</cyan> {message}" + tail.replace("{", "{{").replace("}", "}}")
+            + "\n{exception}")
 
 
 def setup_logging(
@@ -29,7 +35,7 @@ def setup_logging(
         sink or sys.stderr,
         level=level.upper(),
         serialize=json_lines,
-        format="{message}" if json_lines else _TEXT_FORMAT,
+        format="{message}" if json_lines else _text_format,
         colorize=None if not json_lines else False,
         backtrace=False,
         diagnose=False,  # diagnose prints local variables, which can hold secrets

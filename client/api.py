@@ -1,0 +1,157 @@
+"""The async Python API: submit jobs, follow their events, fetch and download results.
+
+    async with await Client.connect("nats://127.0.0.1:4222") as vf:
+        video = await vf.upload_input("talk.mp4")
+        receipt = await vf.submit(CaptionJob(video=video, srt=await vf.upload_input("t.srt")))
+        async for event in vf.watch(receipt.job_id):
+            ...
+        done = await vf.result(receipt.job_id)        # Succeeded or Failed
+        await vf.download(done.output, "talk.captioned.mp4")
+
+Submitting is idempotent by job id: the id is the message's ``Nats-Msg-Id`` and its subject's
+last token, so a retried submit (a timeout, a second click) runs the job once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client as Nats
+from nats.js.api import DeliverPolicy
+from nats.js.errors import APIError
+
+from broker.connect import connect
+from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
+from broker.jobs import JobRequest, encode_job, object_ref, operation_of
+from broker.objects import download, upload
+from broker.subjects import (
+    EVENTS_STREAM,
+    INPUTS_BUCKET,
+    events_filter,
+    job_subject,
+    parse_event_subject,
+    validate_job_id,
+)
+
+__all__ = ["Client", "SubmitError", "SubmitReceipt", "new_job_id"]
+
+_ALREADY_QUEUED = 10077  # JetStream: "maximum messages per subject exceeded"
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReceipt:
+    job_id: str
+    operation: str
+    duplicate: bool  # True: this id was already submitted; nothing new will run
+    stream_seq: int | None
+
+
+def new_job_id() -> str:
+    return "j" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(6)
+
+
+class Client:
+    def __init__(self, nc: Nats) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "vidfleet-client", **options: object) -> Client:
+        # A client should fail fast when the server is unreachable, not retry forever.
+        return cls(await connect(url, name=name, max_reconnect_attempts=10,
+                                 allow_reconnect=True, **options))
+
+    async def close(self) -> None:
+        await self._nc.drain()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def upload_input(self, path: str | Path, name: str | None = None) -> str:
+        """Upload a local file to the inputs bucket; returns the ``obj:<name>`` reference."""
+        path = Path(path)
+        name = name or f"{secrets.token_hex(8)}/{path.name}"
+        await upload(self._js, INPUTS_BUCKET, name, path)
+        return object_ref(name)
+
+    async def submit(self, job: JobRequest, *, job_id: str | None = None) -> SubmitReceipt:
+        job_id = validate_job_id(job_id or new_job_id())
+        operation = operation_of(job)
+        subject = job_subject(operation, job_id)
+        try:
+            ack = await self._js.publish(subject, encode_job(job),
+                                         headers={"Nats-Msg-Id": job_id})
+        except APIError as exc:
+            if exc.err_code == _ALREADY_QUEUED:
+                return SubmitReceipt(job_id, operation, duplicate=True, stream_seq=None)
+            raise SubmitError(f"the server refused job {job_id}: {exc.description}") from None
+        except nats.errors.NoRespondersError:
+            raise SubmitError("no JOBS stream answers: is the vidfleet stack running?") from None
+        return SubmitReceipt(job_id, operation, duplicate=bool(ack.duplicate), stream_seq=ack.seq)
+
+    async def watch(self, job_id: str, *, timeout_s: float | None = None) -> AsyncIterator[Event]:
+        """Every event of the job from its start, then live ones, ending after the terminal one.
+
+        Raises TimeoutError if the job has not ended within ``timeout_s`` (None: wait forever).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        sub = await self._js.subscribe(events_filter(job_id), stream=EVENTS_STREAM,
+                                       ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        try:
+            while True:
+                wait_s = 5.0 if deadline is None else deadline - time.monotonic()
+                if wait_s <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
+                try:
+                    msg = await sub.next_msg(timeout=min(wait_s, 5.0))
+                except nats.errors.TimeoutError:
+                    continue
+                event = event_from_msg(msg.subject, msg.headers, msg.data)
+                yield event
+                if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def result(self, job_id: str, *, timeout_s: float | None = None) -> Succeeded | Failed:
+        """The job's terminal event, waiting for it if the job is still running."""
+        last = await self._terminal_now(job_id)
+        if last is not None:
+            return last
+        async for event in self.watch(job_id, timeout_s=timeout_s):
+            if isinstance(event, (Succeeded, Failed)):
+                return event
+        raise RuntimeError("unreachable: watch ends only after a terminal event")
+
+    async def _terminal_now(self, job_id: str) -> Succeeded | Failed | None:
+        for kind in ("succeeded", "failed"):
+            try:
+                msg = await self._js.get_last_msg(EVENTS_STREAM, f"events.{job_id}.{kind}.*")
+            except nats.js.errors.NotFoundError:
+                continue
+            event = event_from_msg(msg.subject, msg.headers, msg.data or b"")
+            assert isinstance(event, (Succeeded, Failed))
+            return event
+        return None
+
+    async def download(self, output: OutputInfo, dest: str | Path) -> Path:
+        """Download a result to ``dest`` (a file path, or a directory to put it in); the
+        SHA-256 digest is verified before this returns."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / output.name.replace("/", "-")
+        await download(self._js, output.bucket, output.name, dest)
+        return dest
+

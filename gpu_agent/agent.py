@@ -1,0 +1,191 @@
+"""The agent: connect outbound, probe encoders, then pull one job at a time until told to stop.
+
+``Agent.run(stop)`` owns its connection, heartbeat task and work directory. Setting ``stop``
+(the first SIGTERM) stops pulling and lets the job in hand finish within ``drain_timeout_s``;
+past that, or on a second signal (``force``), the job is released (``nak``) for another agent
+and the agent exits. Nothing connects into the agent; it needs only outbound access to NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nats.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from broker.connect import connect
+from broker.heartbeats import Heartbeat, encode_heartbeat
+from broker.subjects import (
+    JOBS_CONSUMER,
+    JOBS_STREAM,
+    JOBSTATE_BUCKET,
+    agent_inbox_prefix,
+    heartbeat_subject,
+)
+from gpu_agent.config import AgentConfig
+from gpu_agent.inputs import InputFetcher
+from gpu_agent.operations import Operations
+from gpu_agent.probe import EncoderProbe, probe_encoders
+from gpu_agent.worker import Worker
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["Agent", "default_agent_id", "find_fonts_dir"]
+
+_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts", "/usr/local/share/fonts",
+              "/System/Library/Fonts", "/Library/Fonts")
+
+
+def default_agent_id() -> str:
+    host = "".join(c for c in socket.gethostname().split(".")[0] if c.isalnum() or c in "-_")
+    return f"agent-{host[:24] or 'host'}-{secrets.token_hex(3)}"
+
+
+def find_fonts_dir(configured: str) -> str:
+    """The font directory libass gets; without one it burns nothing and still exits 0."""
+    candidates = [configured] if configured else list(_FONT_DIRS)
+    for d in candidates:
+        if d and any(Path(d).rglob("*.[ot]tf")):
+            return d
+    raise RuntimeError(
+        f"no fonts found in {configured or ', '.join(_FONT_DIRS)}: captions would render "
+        "nothing. Install fonts-dejavu-core or set VIDFLEET_FONTS_DIR"
+    )
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.agent_id = config.agent_id or default_agent_id()
+        self._clock = clock
+        self.state = "idle"
+        self.current_job: str | None = None
+        self.jobs_done = 0
+        self.encoders: EncoderProbe | None = None
+        self.ready = asyncio.Event()  # set once bound to the consumer and pulling
+
+    async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+        force = force or asyncio.Event()
+        log = logger.bind(agent_id=self.agent_id)
+        self.encoders = await probe_encoders(self.config.ffmpeg)
+        fonts_dir = find_fonts_dir(self.config.fonts_dir)
+        log.info("encoder probe: using {encoder}; unavailable: {failures}",
+                 encoder=self.encoders.h264, failures=self.encoders.failures)
+        if self.config.work_dir:
+            os.makedirs(self.config.work_dir, exist_ok=True)
+        nc = await connect(self.config.nats_url, name=self.agent_id,
+                           inbox_prefix=agent_inbox_prefix(self.agent_id))
+        try:
+            js = nc.jetstream()
+            worker = await self._make_worker(js, fonts_dir)
+            async with asyncio.TaskGroup() as tg:
+                beat = tg.create_task(self._heartbeats(nc, stop))
+                deadline = tg.create_task(_force_after_drain(stop, force,
+                                                             self.config.drain_timeout_s))
+                await self._pull_loop(js, worker, stop, force, log)
+                beat.cancel()
+                deadline.cancel()
+        finally:
+            self.state = "stopped"
+            with contextlib.suppress(Exception):
+                await self._publish_heartbeat(nc)
+            await nc.drain()
+            log.info("agent stopped after {n} job(s)", n=self.jobs_done)
+
+    async def _make_worker(self, js: JetStreamContext, fonts_dir: str) -> Worker:
+        info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+        assert self.encoders is not None
+        fetcher = InputFetcher(js, max_bytes=self.config.max_input_bytes,
+                               url_timeout_s=self.config.url_timeout_s)
+        ops = Operations(js=js, config=self.config, encoders=self.encoders,
+                         fonts_dir=fonts_dir, fetcher=fetcher, clock=self._clock)
+        return Worker(js=js, jobstate=await js.key_value(JOBSTATE_BUCKET), config=self.config,
+                      agent_id=self.agent_id, operations=ops,
+                      ack_wait_s=info.config.ack_wait or 30.0,
+                      max_deliver=info.config.max_deliver or 5, clock=self._clock)
+
+    async def _pull_loop(self, js: JetStreamContext, worker: Worker, stop: asyncio.Event,
+                         force: asyncio.Event, log: Logger) -> None:
+        sub = await js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
+        self.state = "idle"
+        self.ready.set()
+        log.info("pulling jobs from {stream}/{consumer}", stream=JOBS_STREAM,
+                 consumer=JOBS_CONSUMER)
+        try:
+            while not stop.is_set():
+                msgs = await _fetch_or_stop(sub, self.config.fetch_timeout_s, stop)
+                for msg in msgs:
+                    await self._work(worker, msg, force, log)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _work(self, worker: Worker, msg: Msg, force: asyncio.Event, log: Logger) -> None:
+        self.state, self.current_job = "busy", msg.subject.rsplit(".", 1)[-1]
+        task = asyncio.create_task(worker.handle(msg))
+        forced = asyncio.create_task(force.wait())
+        try:
+            await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                log.warning("forced stop: releasing job {job_id}", job_id=self.current_job)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.jobs_done += 1
+        finally:
+            forced.cancel()
+            self.state, self.current_job = "idle", None
+
+    async def _heartbeats(self, nc: Client, stop: asyncio.Event) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self._publish_heartbeat(nc, draining=stop.is_set())
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def _publish_heartbeat(self, nc: Client, draining: bool = False) -> None:
+        state = "draining" if draining and self.state != "stopped" else self.state
+        hb = Heartbeat(agent_id=self.agent_id, state=state,
+                       at=self._clock(), encoder=self.encoders.h264 if self.encoders else "",
+                       job_id=self.current_job, jobs_done=self.jobs_done,
+                       interval_s=self.config.heartbeat_interval_s)
+        await nc.publish(heartbeat_subject(self.agent_id), encode_heartbeat(hb))
+
+
+async def _fetch_or_stop(sub: JetStreamContext.PullSubscription, timeout_s: float,
+                         stop: asyncio.Event) -> list[Msg]:
+    """One long-poll for a job, abandoned at once when ``stop`` is set."""
+    fetch = asyncio.create_task(sub.fetch(1, timeout=timeout_s))
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not fetch.done():
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, nats.errors.TimeoutError):
+            await fetch
+        return []
+    try:
+        return fetch.result()
+    except nats.errors.TimeoutError:
+        return []
+
+
+async def _force_after_drain(stop: asyncio.Event, force: asyncio.Event, drain_timeout_s: float) -> None:
+    """Once stopping, give the job in hand ``drain_timeout_s`` to finish, then release it."""
+    await stop.wait()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(force.wait(), drain_timeout_s)
+    force.set()

@@ -1,0 +1,31 @@
+"""The agent's configuration: ``VIDFLEET_<FIELD>`` environment variables (see README)."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+__all__ = ["AgentConfig"]
+
+_GIB = 1 << 30
+
+
+class AgentConfig(Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    agent_id: str = ""  # empty: agent-<host>-<random>, made at start
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    work_dir: str = ""  # empty: a fresh temporary directory
+    fonts_dir: str = ""  # empty: the first system font directory with a .ttf/.otf
+    fetch_timeout_s: float = 10.0  # one long-poll for the next job
+    heartbeat_interval_s: float = 5.0
+    progress_interval_s: float = 1.0  # at most one progress event per this many seconds
+    max_input_bytes: int = 4 * _GIB
+    max_input_duration_s: float = 4 * 3600.0
+    url_timeout_s: float = 60.0
+    ffmpeg_timeout_factor: float = 10.0  # FFmpeg may run this many times the media duration
+    ffmpeg_min_timeout_s: float = 120.0
+    stall_timeout_s: float = 60.0  # no progress from FFmpeg this long: kill it
+    retry_delay_s: float = 5.0  # nak delay for retryable trouble
+    drain_timeout_s: float = 600.0  # on SIGTERM: time the running job gets to finish
+    log_level: str = "INFO"
+    log_json: bool = False

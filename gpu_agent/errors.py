@@ -1,0 +1,30 @@
+"""The agent's one exception family: every job failure is classified where it is raised.
+
+``final`` failures mean the job itself is bad (its input, its parameters): the agent publishes a
+failed event and ``term()``s it, because running it again would only fail again and bill again.
+Retryable failures mean this machine or the network had trouble: the job is ``nak``ed with a
+delay and another attempt (maybe on another machine) runs it. Misclassifying a bad job as
+retryable burns every attempt's GPU time; misclassifying trouble as final loses a good job.
+"""
+
+from __future__ import annotations
+
+__all__ = ["JobFailure", "invalid_input", "retryable"]
+
+
+class JobFailure(Exception):
+    def __init__(self, code: str, message: str, *, retryable: bool = False,
+                 retry_delay_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_delay_s = retry_delay_s
+
+
+def invalid_input(message: str) -> JobFailure:
+    return JobFailure("invalid_input", message)
+
+
+def retryable(code: str, message: str, delay_s: float = 5.0) -> JobFailure:
+    return JobFailure(code, message, retryable=True, retry_delay_s=delay_s)

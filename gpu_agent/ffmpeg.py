@@ -1,0 +1,159 @@
+"""Running FFmpeg: progress parsing (pure) and the child process (I/O).
+
+FFmpeg runs with ``-progress pipe:1 -nostats``: stdout carries ``key=value`` blocks ending in
+``progress=continue`` / ``progress=end``; stderr (``-loglevel error``) is drained concurrently so
+a full pipe can never deadlock the child. The child gets its own process group; on timeout,
+stall or cancellation the whole group is killed (SIGTERM, then SIGKILL), so no encoder is left
+running and billing after its job is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "FfmpegResult",
+    "ProgressParser",
+    "ProgressUpdate",
+    "run_capture",
+    "run_ffmpeg",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    media_time_s: float
+    percent: float
+    speed: float | None
+    done: bool
+
+
+class ProgressParser:
+    """Feed stdout lines; get a ProgressUpdate at the end of each block."""
+
+    def __init__(self, duration_s: float) -> None:
+        self.duration_s = duration_s
+        self._block: dict[str, str] = {}
+
+    def feed(self, line: str) -> ProgressUpdate | None:
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            return None
+        if key != "progress":
+            self._block[key] = value.strip()
+            return None
+        block, self._block = self._block, {}
+        media_time_s = _float(block.get("out_time_us"), scale=1e-6) or 0.0
+        media_time_s = max(media_time_s, 0.0)
+        percent = 0.0
+        if self.duration_s > 0:
+            percent = min(100.0, 100.0 * media_time_s / self.duration_s)
+        speed = _float(block.get("speed", "").removesuffix("x"))
+        done = value.strip() == "end"
+        # 100 is only ever reported by the caller once FFmpeg has also exited 0.
+        return ProgressUpdate(media_time_s, min(percent, 99.9), speed, done)
+
+
+def _float(value: str | None, scale: float = 1.0) -> float | None:
+    try:
+        return float(value) * scale if value not in (None, "", "N/A") else None  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FfmpegResult:
+    returncode: int
+    stderr_tail: str  # the last lines FFmpeg wrote to stderr, for error messages
+    timed_out: bool
+    stalled: bool
+
+
+async def run_capture(argv: list[str], timeout_s: float) -> tuple[int, bytes, bytes]:
+    """Run a short command (ffprobe, a probe encode); kill it past ``timeout_s``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except (TimeoutError, asyncio.CancelledError):
+        await _kill_group(proc)
+        raise
+    return proc.returncode or 0, out, err
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, grace_s: float = 3.0) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def run_ffmpeg(
+    argv: list[str],
+    *,
+    duration_s: float,
+    on_progress: Callable[[ProgressUpdate], Awaitable[None]],
+    timeout_s: float,
+    stall_timeout_s: float = 60.0,
+) -> FfmpegResult:
+    """Run FFmpeg to completion, reporting progress; kill it on timeout, stall or cancel.
+
+    ``argv`` must already contain ``-progress pipe:1 -nostats``. A stall is no progress block
+    for ``stall_timeout_s``: a wedged encoder holds a paid GPU and its job's lease forever.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    assert proc.stdout and proc.stderr
+    stderr_lines: list[str] = []
+
+    async def drain_stderr() -> None:
+        assert proc.stderr
+        async for raw in proc.stderr:
+            stderr_lines.append(raw.decode(errors="replace").rstrip())
+            del stderr_lines[:-20]
+
+    async def read_progress() -> bool:
+        assert proc.stdout
+        parser = ProgressParser(duration_s)
+        while True:
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), stall_timeout_s)
+            except TimeoutError:
+                return True  # stalled
+            if not raw:
+                return False
+            update = parser.feed(raw.decode(errors="replace"))
+            if update is not None:
+                await on_progress(update)
+
+    stderr_task = asyncio.create_task(drain_stderr())
+    timed_out = stalled = False
+    try:
+        try:
+            stalled = await asyncio.wait_for(read_progress(), timeout_s)
+        except TimeoutError:
+            timed_out = True
+        if timed_out or stalled:
+            await _kill_group(proc)
+        await proc.wait()
+        await stderr_task
+    except BaseException:
+        await _kill_group(proc)
+        stderr_task.cancel()
+        raise
+    return FfmpegResult(proc.returncode or 0, "\n".join(stderr_lines[-8:]), timed_out, stalled)

@@ -1,0 +1,134 @@
+"""ffprobe an input or output and check it against the job's needs and the configured limits.
+
+Every input is probed before any encoder time is spent, with a format and protocol whitelist so
+a "video" that is really a playlist pointing at local files is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from gpu_agent.errors import invalid_input
+from gpu_agent.ffmpeg import run_capture
+
+__all__ = ["MediaInfo", "MediaLimits", "probe_media", "require_video"]
+
+INPUT_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv"
+
+
+class _Stream(msgspec.Struct):
+    codec_type: str = ""
+    codec_name: str = ""
+    width: int = 0
+    height: int = 0
+    avg_frame_rate: str = "0/0"
+    r_frame_rate: str = "0/0"
+    duration: str | None = None
+
+
+class _Format(msgspec.Struct, frozen=True):
+    format_name: str = ""
+    duration: str | None = None
+
+
+class _Probe(msgspec.Struct):
+    streams: list[_Stream] = []
+    format: _Format = _Format()
+
+
+_PROBE = msgspec.json.Decoder(_Probe)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    format_name: str
+    duration_s: float
+    has_video: bool
+    has_audio: bool
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    video_codec: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaLimits:
+    max_duration_s: float = 4 * 3600.0
+    max_width: int = 7680
+    max_height: int = 4320
+    max_fps: float = 120.0
+
+
+def _rate(value: str) -> float:
+    num, _, den = value.partition("/")
+    try:
+        return float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+
+
+async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = True,
+                      timeout_s: float = 30.0) -> MediaInfo:
+    """Probe ``path``; raise an invalid-input JobFailure naming ``label`` if it is unreadable."""
+    argv = [ffprobe, "-v", "error"]
+    if whitelist:
+        argv += ["-format_whitelist", INPUT_FORMATS, "-protocol_whitelist", "file"]
+    argv += ["-print_format", "json", "-show_format", "-show_streams", path]
+    try:
+        rc, out, err = await run_capture(argv, timeout_s)
+    except TimeoutError:
+        raise invalid_input(f"{label}: ffprobe could not read it within {timeout_s:.0f}s") from None
+    if rc != 0:
+        reason = err.decode(errors="replace").strip().splitlines()
+        detail = reason[-1] if reason else f"ffprobe exited {rc}"
+        detail = detail.replace(path, "<file>")
+        raise invalid_input(
+            f"{label} is not a readable video or audio file ({detail}); "
+            f"accepted containers: {INPUT_FORMATS}"
+        )
+    probe = _PROBE.decode(out)
+    video = next((s for s in probe.streams if s.codec_type == "video"), None)
+    audio = any(s.codec_type == "audio" for s in probe.streams)
+    duration = _float(probe.format.duration) or _float(video.duration if video else None) or 0.0
+    return MediaInfo(
+        format_name=probe.format.format_name,
+        duration_s=duration,
+        has_video=video is not None,
+        has_audio=audio,
+        width=video.width if video else 0,
+        height=video.height if video else 0,
+        fps=_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else 0.0,
+        video_codec=video.codec_name if video else "",
+    )
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "N/A") else None  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+def require_video(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
+    """Raise a specific invalid-input JobFailure unless ``info`` is a usable video."""
+    problem = _video_problem(info, limits)
+    if problem:
+        raise invalid_input(f"{label}: {problem}")
+
+
+def _video_problem(info: MediaInfo, limits: MediaLimits) -> str | None:
+    if not info.has_video:
+        return "has no video stream"
+    if info.duration_s <= 0:
+        return "has no known duration (is it a still image or a live stream?)"
+    if info.duration_s > limits.max_duration_s:
+        return f"is {info.duration_s:.0f}s long, over the limit of {limits.max_duration_s:.0f}s"
+    if info.width > limits.max_width or info.height > limits.max_height:
+        return (f"is {info.width}x{info.height}, over the limit of "
+                f"{limits.max_width}x{limits.max_height}")
+    if info.fps > limits.max_fps:
+        return f"runs at {info.fps:.1f} fps, over the limit of {limits.max_fps:.0f}"
+    return None
+

@@ -1,0 +1,144 @@
+"""The media operations as pipelines: fetch inputs, validate, encode, check and upload output.
+
+Each step is timed for the result. Validation happens before the encoder starts, so a bad job
+costs a probe, not an encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+from nats.js import JetStreamContext
+
+from broker.events import OutputInfo, Timings
+from broker.jobs import CaptionJob
+from broker.objects import sha256_hex, upload
+from broker.subjects import RESULTS_BUCKET
+from gpu_agent.config import AgentConfig
+from gpu_agent.errors import JobFailure, invalid_input, retryable
+from gpu_agent.ffmpeg import ProgressUpdate, run_ffmpeg
+from gpu_agent.inputs import InputFetcher
+from gpu_agent.media import INPUT_FORMATS, MediaInfo, MediaLimits, probe_media, require_video
+from gpu_agent.ops.caption import caption_argv
+from gpu_agent.probe import EncoderProbe
+from gpu_agent.srt import SrtError, clip_cues, format_srt, parse_srt
+
+__all__ = ["JobResult", "Operations", "WorkContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkContext:
+    job_id: str
+    attempt: int
+    work_dir: Path
+    queued_at: float
+    started_at: float
+    on_progress: Callable[[ProgressUpdate], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    output: OutputInfo
+    timings: Timings
+
+
+class Operations:
+    def __init__(self, *, js: JetStreamContext, config: AgentConfig, encoders: EncoderProbe,
+                 fonts_dir: str, fetcher: InputFetcher,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._js = js
+        self._cfg = config
+        self._encoders = encoders
+        self._fonts_dir = fonts_dir
+        self._fetcher = fetcher
+        self._clock = clock
+        self._limits = MediaLimits(max_duration_s=config.max_input_duration_s)
+
+    def encoder_for(self, operation: str) -> str:
+        return self._encoders.h264
+
+    async def run(self, operation: str, job: object, ctx: WorkContext) -> JobResult:
+        if isinstance(job, CaptionJob):
+            return await self._caption(job, ctx)
+        raise JobFailure("unknown_operation", f"operation {operation!r} is not implemented")
+
+    async def _caption(self, job: CaptionJob, ctx: WorkContext) -> JobResult:
+        t0 = self._clock()
+        video, srt = await asyncio.gather(
+            self._fetcher.fetch(job.video, ctx.work_dir / "video.input", label="video"),
+            self._fetcher.fetch(job.srt, ctx.work_dir / "subtitles.input", label="srt"),
+        )
+        t_fetch = self._clock()
+        info = await probe_media(self._cfg.ffprobe, str(video), label="video")
+        require_video(info, self._limits, label="video")
+        subs = ctx.work_dir / "subtitles.srt"
+        subs.write_text(self._clean_subtitles(srt.read_bytes(), info, ctx), encoding="utf-8")
+        t_probe = self._clock()
+        output = ctx.work_dir / "output.mp4"
+        argv = caption_argv(ffmpeg=self._cfg.ffmpeg, video_path=str(video),
+                            srt_path=str(subs), output_path=str(output),
+                            encoder=self._encoders.h264, fonts_dir=self._fonts_dir,
+                            input_formats=INPUT_FORMATS)
+        await self._encode(argv, info.duration_s, ctx)
+        t_encode = self._clock()
+        out_info = await self._store_output(output, ctx)
+        t_done = self._clock()
+        timings = Timings(queue_wait_s=_r(ctx.started_at - ctx.queued_at),
+                          fetch_s=_r(t_fetch - t0), probe_s=_r(t_probe - t_fetch),
+                          encode_s=_r(t_encode - t_probe), upload_s=_r(t_done - t_encode),
+                          total_s=_r(t_done - ctx.started_at))
+        return JobResult(out_info, timings)
+
+    def _clean_subtitles(self, data: bytes, info: MediaInfo, ctx: WorkContext) -> str:
+        try:
+            cues = parse_srt(data)
+        except SrtError as exc:
+            raise invalid_input(f"srt: {exc}") from None
+        kept, clipped = clip_cues(cues, info.duration_s)
+        if clipped:
+            logger.bind(job_id=ctx.job_id).warning(
+                "{n} subtitle cue(s) run past the video's end ({d:.2f}s) and were clipped",
+                n=clipped, d=info.duration_s)
+        if not kept:
+            raise invalid_input(f"srt: every cue starts after the video ends "
+                                f"({info.duration_s:.2f}s)")
+        return format_srt(kept)
+
+    async def _encode(self, argv: list[str], duration_s: float, ctx: WorkContext) -> None:
+        timeout_s = max(self._cfg.ffmpeg_min_timeout_s, duration_s * self._cfg.ffmpeg_timeout_factor)
+        result = await run_ffmpeg(argv, duration_s=duration_s, on_progress=ctx.on_progress,
+                                  timeout_s=timeout_s, stall_timeout_s=self._cfg.stall_timeout_s)
+        if result.timed_out:
+            raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and was stopped")
+        if result.stalled:
+            raise retryable("ffmpeg_stalled", f"FFmpeg made no progress for "
+                            f"{self._cfg.stall_timeout_s:.0f}s and was stopped")
+        if result.returncode < 0:
+            raise retryable("ffmpeg_killed", f"FFmpeg was killed by signal {-result.returncode}")
+        if result.returncode != 0:
+            detail = result.stderr_tail.replace(str(ctx.work_dir), "<job>") or "no message"
+            raise JobFailure("ffmpeg_failed", f"FFmpeg failed (exit {result.returncode}): "
+                             f"{detail}")
+
+    async def _store_output(self, path: Path, ctx: WorkContext) -> OutputInfo:
+        info = await probe_media(self._cfg.ffprobe, str(path), label="output", whitelist=False)
+        if not info.has_video or info.duration_s <= 0:
+            raise retryable("bad_output", "FFmpeg produced an output without video")
+        name = f"{ctx.job_id}/{ctx.attempt}/{path.name}"
+        try:
+            await upload(self._js, RESULTS_BUCKET, name, path)
+        except Exception as exc:
+            raise retryable("upload_failed", f"uploading the output failed: {exc}") from None
+        return OutputInfo(bucket=RESULTS_BUCKET, name=name, size_bytes=path.stat().st_size,
+                          sha256=sha256_hex(path), duration_s=round(info.duration_s, 3),
+                          width=info.width, height=info.height, video_codec=info.video_codec,
+                          container="mp4")
+
+
+def _r(seconds: float) -> float:
+    return round(max(seconds, 0.0), 3)

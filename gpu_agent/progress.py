@@ -1,0 +1,42 @@
+"""Throttled progress events: at most one per ``min_interval_s``, never a repeat of the last."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+
+from broker.events import Progress, encode_event
+from broker.subjects import event_subject
+from gpu_agent.ffmpeg import ProgressUpdate
+
+__all__ = ["ProgressReporter"]
+
+
+class ProgressReporter:
+    def __init__(self, *, js: JetStreamContext, job_id: str, attempt: int, agent_id: str,
+                 clock: Callable[[], float], min_interval_s: float) -> None:
+        self._js = js
+        self._job_id = job_id
+        self._attempt = attempt
+        self._agent_id = agent_id
+        self._clock = clock
+        self._min_interval_s = min_interval_s
+        self._last_at = float("-inf")
+        self._last_percent = -1.0
+        self.published = 0
+
+    async def __call__(self, update: ProgressUpdate) -> None:
+        now = self._clock()
+        percent = round(update.percent, 1)
+        if percent == self._last_percent:
+            return
+        if now - self._last_at < self._min_interval_s and not update.done:
+            return
+        self._last_at, self._last_percent = now, percent
+        event = Progress(job_id=self._job_id, at=now, agent_id=self._agent_id,
+                         attempt=self._attempt, percent=percent,
+                         media_time_s=round(update.media_time_s, 3), speed=update.speed)
+        subject = event_subject(self._job_id, "progress", self._agent_id)
+        await self._js.publish(subject, encode_event(event))
+        self.published += 1

@@ -1,0 +1,112 @@
+"""A strict SubRip (.srt) parser, so a broken file fails with its line number instead of being
+half-rendered by libass (which skips what it cannot parse and exits 0).
+
+Accepted: UTF-8 (a BOM is fine), CRLF or LF, cues of an index line, a timing line
+``HH:MM:SS,mmm --> HH:MM:SS,mmm`` (a ``.`` is accepted for ``,``) and one or more text lines,
+separated by blank lines. Cues must have end > start. ASS override blocks like ``{\\pos(...)}``
+are removed from the text: libass would obey them inside an SRT, letting a job's subtitle file
+move, resize or hide text outside the typed styling options.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Cue", "SrtError", "clip_cues", "format_srt", "parse_srt"]
+
+_TIMING = re.compile(
+    r"^(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})\s+-->\s+(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})"
+    r"(\s+.*)?$"
+)
+_OVERRIDE = re.compile(r"\{\\[^}]*\}")
+
+
+class SrtError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Cue:
+    start_s: float
+    end_s: float
+    text: str
+
+
+def _seconds(h: str, m: str, s: str, ms: str) -> float:
+    return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+
+def parse_srt(data: bytes, *, max_cues: int = 10_000) -> list[Cue]:
+    """Parse ``data`` or raise SrtError naming the line and what was expected there."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SrtError(
+            f"subtitles are not UTF-8 (byte {exc.start} is invalid); re-save the file as UTF-8"
+        ) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    cues: list[Cue] = []
+    i, n = 0, len(lines)
+    while i < n:
+        if not lines[i].strip():
+            i += 1
+            continue
+        if not lines[i].strip().isdigit():
+            raise SrtError(f"subtitles line {i + 1}: expected a cue number, got {lines[i][:60]!r}")
+        i += 1
+        if i >= n or not (m := _TIMING.match(lines[i].strip())):
+            got = lines[i][:60] if i < n else "end of file"
+            raise SrtError(
+                f"subtitles line {i + 1}: expected a timing line like "
+                f"'00:00:01,000 --> 00:00:02,500', got {got!r}"
+            )
+        start, end = _seconds(*m.group(1, 2, 3, 4)), _seconds(*m.group(5, 6, 7, 8))
+        if end <= start:
+            raise SrtError(f"subtitles line {i + 1}: cue ends at or before it starts")
+        i += 1
+        body: list[str] = []
+        while i < n and lines[i].strip():
+            body.append(_OVERRIDE.sub("", lines[i]).rstrip())
+            i += 1
+        if not body:
+            raise SrtError(f"subtitles line {i + 1}: cue has no text")
+        cues.append(Cue(start, end, "\n".join(body)))
+        if len(cues) > max_cues:
+            raise SrtError(f"subtitles have more than {max_cues} cues")
+    if not cues:
+        raise SrtError("subtitles contain no cues")
+    return cues
+
+
+def clip_cues(cues: list[Cue], duration_s: float) -> tuple[list[Cue], int]:
+    """Drop cues that start after the video ends and shorten those that run past it.
+
+    Returns the kept cues and how many were changed, for a warning (never an error).
+    """
+    kept: list[Cue] = []
+    changed = 0
+    for cue in cues:
+        if cue.start_s >= duration_s:
+            changed += 1
+            continue
+        if cue.end_s > duration_s:
+            changed += 1
+            cue = Cue(cue.start_s, duration_s, cue.text)
+        kept.append(cue)
+    return kept, changed
+
+
+def _stamp(t: float) -> str:
+    ms = round(t * 1000)
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def format_srt(cues: list[Cue]) -> str:
+    return "".join(
+        f"{k}\n{_stamp(c.start_s)} --> {_stamp(c.end_s)}\n{c.text}\n\n"
+        for k, c in enumerate(cues, 1)
+    )

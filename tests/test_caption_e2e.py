@@ -1,0 +1,47 @@
+"""A caption job end to end: client -> JetStream -> agent -> FFmpeg -> events -> result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.events import Progress, Queued, Started, Succeeded
+from broker.jobs import CaptionJob
+from tests.media import INSIDE_CUE_S, OUTSIDE_CUES_S, ffprobe, gray_frame, region_difference
+
+SIZE = (320, 240)
+SUBTITLE_ROWS = range(200, 232)  # the bottom band where libass puts the text
+TOP_ROWS = range(0, 60)
+
+
+async def test_caption_job_burns_subtitles(client, agent, media_dir: Path, tmp_path: Path) -> None:
+    video = await client.upload_input(media_dir / "talk.mp4")
+    srt = await client.upload_input(media_dir / "talk.srt")
+    receipt = await client.submit(CaptionJob(video=video, srt=srt))
+    assert not receipt.duplicate
+
+    events = [e async for e in client.watch(receipt.job_id, timeout_s=60)]
+    kinds = [type(e) for e in events]
+    assert kinds[0] is Queued and kinds[1] is Started and kinds[-1] is Succeeded, kinds
+    done = events[-1]
+    assert isinstance(done, Succeeded)
+    assert done.encoder == "libx264" == events[1].encoder  # no NVENC on this machine
+    percents = [e.percent for e in events if isinstance(e, Progress)]
+    assert percents == sorted(percents)
+
+    out = await client.download(done.output, tmp_path / "out.mp4")
+    probe = ffprobe(out)
+    source = ffprobe(media_dir / "talk.mp4")
+    assert abs(float(probe["format"]["duration"]) - float(source["format"]["duration"])) <= 0.1
+    assert {s["codec_type"] for s in probe["streams"]} == {"video", "audio"}
+    assert done.output.size_bytes == out.stat().st_size
+
+    inside_in = gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE)
+    inside_out = gray_frame(out, INSIDE_CUE_S, SIZE)
+    outside_in = gray_frame(media_dir / "talk.mp4", OUTSIDE_CUES_S, SIZE)
+    outside_out = gray_frame(out, OUTSIDE_CUES_S, SIZE)
+    burned = region_difference(inside_in, inside_out, SIZE, SUBTITLE_ROWS)
+    clean = region_difference(outside_in, outside_out, SIZE, SUBTITLE_ROWS)
+    untouched_top = region_difference(inside_in, inside_out, SIZE, TOP_ROWS)
+    assert burned > 5.0, f"no subtitle inside the cue (diff {burned:.2f})"
+    assert clean < 2.5, f"something drawn outside every cue (diff {clean:.2f})"
+    assert untouched_top < 2.5, f"frame changed away from the subtitles (diff {untouched_top:.2f})"
