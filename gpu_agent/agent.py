@@ -37,7 +37,7 @@ from gpu_agent.config import AgentConfig
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
-from gpu_agent.worker import Worker
+from gpu_agent.worker import JobOutcome, Worker
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -66,8 +66,11 @@ def find_fonts_dir(configured: str) -> str:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time,
+                 on_outcome: Callable[[JobOutcome], None] | None = None) -> None:
+        """``on_outcome`` is told how each delivered job ended (for metrics and tests)."""
         self.config = config
+        self._on_outcome = on_outcome
         self.agent_id = config.agent_id or default_agent_id()
         self._clock = clock
         self.state = "idle"
@@ -141,9 +144,13 @@ class Agent:
             if not task.done():
                 log.warning("forced stop: releasing job {job_id}", job_id=self.current_job)
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                outcome = JobOutcome(self.current_job or "", "released")
             self.jobs_done += 1
+            if self._on_outcome:
+                self._on_outcome(outcome)
         finally:
             forced.cancel()
             self.state, self.current_job = "idle", None

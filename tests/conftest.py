@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as Nats
+from nats.js import JetStreamContext
 
 from broker.connect import connect
 from broker.logs import setup_logging
@@ -17,6 +19,7 @@ from broker.topology import TopologyConfig, ensure_topology
 from client.api import Client
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
+from gpu_agent.worker import JobOutcome
 from tests.media import TWO_CUES_SRT, make_video
 
 # Short leases so a killed agent's job comes back within seconds.
@@ -35,12 +38,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
 
 
 @pytest.fixture
-async def js(nats_server: EmbeddedServer):  # noqa: ANN201
-    nc = await connect(nats_server.url, name="test-admin")
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Nats]:
+    conn = await connect(nats_server.url, name="test-admin")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def js(nc: Nats) -> JetStreamContext:
     js = nc.jetstream()
     await ensure_topology(js, TEST_TOPOLOGY)
-    yield js
-    await nc.close()
+    return js
 
 
 @pytest.fixture
@@ -66,10 +74,37 @@ def agent_config(server: EmbeddedServer, work_dir: Path, **overrides: object) ->
     return AgentConfig(**values)  # type: ignore[arg-type]
 
 
+class Outcomes:
+    """Collects how an in-process agent ended each job; tests await a specific one."""
+
+    def __init__(self) -> None:
+        self.seen: list[JobOutcome] = []
+        self._changed = asyncio.Condition()
+
+    def __call__(self, outcome: JobOutcome) -> None:
+        self.seen.append(outcome)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, job_id: str, status: str, timeout_s: float = 30) -> JobOutcome:
+        async def seen() -> JobOutcome:
+            async with self._changed:
+                while True:
+                    for o in self.seen:
+                        if o.job_id == job_id and o.status == status:
+                            return o
+                    await self._changed.wait()
+        return await asyncio.wait_for(seen(), timeout_s)
+
+
 @contextlib.asynccontextmanager
-async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
+async def running_agent(config: AgentConfig,
+                        outcomes: Outcomes | None = None) -> AsyncIterator[Agent]:
     """An in-process agent, bound and pulling when entered; stopped cleanly on exit."""
-    agent, stop = Agent(config), asyncio.Event()
+    agent, stop = Agent(config, on_outcome=outcomes), asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -84,6 +119,12 @@ async def running_agent(config: AgentConfig) -> AsyncIterator[Agent]:
 
 
 @pytest.fixture
-async def agent(js, nats_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[Agent]:  # noqa: ANN001
-    async with running_agent(agent_config(nats_server, tmp_path / "agent")) as a:
+def outcomes() -> Outcomes:
+    return Outcomes()
+
+
+@pytest.fixture
+async def agent(js, nats_server: EmbeddedServer, tmp_path: Path,  # noqa: ANN001
+                outcomes: Outcomes) -> AsyncIterator[Agent]:
+    async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
         yield a

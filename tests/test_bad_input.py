@@ -1,0 +1,88 @@
+"""Bad input fails that job with a specific message; the agent keeps running; nothing else is
+affected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.events import Failed, Succeeded
+from broker.jobs import CaptionJob
+
+BROKEN_TIMESTAMP_SRT = "1\n00:00:00,500 -> 00:00:01,500\nHello\n"
+NOT_UTF8_SRT = "1\n00:00:00,500 --> 00:00:01,500\nCaf\xe9\n".encode("latin-1")
+
+
+async def _upload_bytes(client, tmp_path: Path, name: str, data: bytes) -> str:  # noqa: ANN001
+    path = tmp_path / name
+    path.write_bytes(data)
+    return await client.upload_input(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "phrases"),
+    [
+        ("not_a_video", "invalid_input", ["video is not a readable video"]),
+        ("srt_broken_timestamp", "invalid_input", ["line 2", "timing line"]),
+        ("srt_not_utf8", "invalid_input", ["not UTF-8"]),
+        ("srt_cues_after_end", "invalid_input", ["every cue starts after the video ends"]),
+        ("missing_object", "invalid_input", ["no object", "upload it first"]),
+    ],
+)
+async def test_bad_input_files(client, agent, media_dir: Path, tmp_path: Path, case: str,
+                               code: str, phrases: list[str]) -> None:
+    video = await client.upload_input(media_dir / "talk.mp4")
+    srt = await client.upload_input(media_dir / "talk.srt")
+    if case == "not_a_video":
+        video = await _upload_bytes(client, tmp_path, "notes.mp4", b"just some text\n" * 100)
+    elif case == "srt_broken_timestamp":
+        srt = await _upload_bytes(client, tmp_path, "b.srt", BROKEN_TIMESTAMP_SRT.encode())
+    elif case == "srt_not_utf8":
+        srt = await _upload_bytes(client, tmp_path, "c.srt", NOT_UTF8_SRT)
+    elif case == "srt_cues_after_end":
+        srt = await _upload_bytes(client, tmp_path, "d.srt",
+                                  b"1\n00:01:00,000 --> 00:01:02,000\nLate\n")
+    elif case == "missing_object":
+        srt = "obj:nobody/uploaded.srt"
+    receipt = await client.submit(CaptionJob(video=video, srt=srt))
+    failed = await client.result(receipt.job_id, timeout_s=30)
+    assert isinstance(failed, Failed), failed
+    assert failed.error.code == code
+    for phrase in phrases:
+        assert phrase in failed.error.message, failed.error.message
+    assert failed.attempt == 1  # bad input is never retried
+
+    good = await client.submit(CaptionJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                                          srt=await client.upload_input(media_dir / "talk.srt")))
+    assert isinstance(await client.result(good.job_id, timeout_s=60), Succeeded)
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "code", "phrases"),
+    [
+        ("jobs.transcode.badop", b"{}", "unknown_operation",
+         ["unknown operation 'transcode'", "caption"]),
+        ("jobs.caption.nosrt", b'{"video": "obj:a.mp4"}', "invalid_job",
+         ["missing required field `srt`"]),
+        ("jobs.caption.wrongtype", b'{"video": 5, "srt": "obj:a"}', "invalid_job",
+         ["Expected `str`", "$.video"]),
+        ("jobs.caption.badref", b'{"video": "/etc/passwd", "srt": "obj:a"}', "invalid_job",
+         ["$.video"]),
+        ("jobs.caption.notjson", b"video=a.mp4", "invalid_job", ["not valid JSON"]),
+    ],
+)
+async def test_malformed_job_documents(client, agent, js, media_dir: Path, subject: str,
+                                       body: bytes, code: str, phrases: list[str]) -> None:
+    await js.publish(subject, body)
+    job_id = subject.rsplit(".", 1)[1]
+    failed = await client.result(job_id, timeout_s=30)
+    assert isinstance(failed, Failed)
+    assert failed.error.code == code
+    for phrase in phrases:
+        assert phrase in failed.error.message, failed.error.message
+
+    good = await client.submit(CaptionJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                                          srt=await client.upload_input(media_dir / "talk.srt")))
+    assert isinstance(await client.result(good.job_id, timeout_s=60), Succeeded)
+    assert agent.state != "stopped"  # the agent kept running through the bad job
