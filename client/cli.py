@@ -1,0 +1,222 @@
+"""The ``vidfleet`` command line: run the embedded stack, submit and follow jobs, fetch results."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import click
+from msgspec import Struct
+
+from broker.config import ConfigError, load_config
+from broker.events import Failed, Succeeded, encode_event
+from broker.jobs import CaptionJob
+from broker.logs import setup_logging
+from broker.topology import TopologyConfig
+from client.api import Client, SubmitError
+from client.display import ProgressDisplay, describe
+from client.sample import make_sample
+from client.stack import Stack, StackOptions
+
+__all__ = ["main"]
+
+
+class ClientConfig(Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: str = "vidfleet-data"
+    log_level: str = "WARNING"
+
+
+def _config(**overrides: object) -> ClientConfig:
+    try:
+        return load_config(ClientConfig, overrides=overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+@click.option("--nats-url", default=None, help="NATS server(s) [env VIDFLEET_NATS_URL; "
+              "default nats://127.0.0.1:4222]")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
+    """vidfleet: GPU video jobs over NATS JetStream."""
+    cfg = _config(nats_url=nats_url)
+    level = {0: cfg.log_level, 1: "INFO"}.get(verbose, "DEBUG")
+    setup_logging("cli", level=level)
+    ctx.obj = cfg
+
+
+def _run(coro) -> int:  # noqa: ANN001
+    try:
+        return asyncio.run(coro)
+    except (SubmitError, TimeoutError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where JetStream keeps its data [env VIDFLEET_DATA_DIR; default ./vidfleet-data]")
+@click.option("--port", type=int, default=4222, show_default=True, help="0 picks a free port.")
+@click.option("--agents", type=click.IntRange(0, 64), default=1, show_default=True)
+@click.option("--ack-wait-s", type=float, default=30.0, show_default=True,
+              help="How long a vanished agent holds its job before redelivery.")
+@click.pass_obj
+def up(cfg: ClientConfig, data_dir: Path | None, port: int, agents: int,
+       ack_wait_s: float) -> None:
+    """Run nats-server and local agents in the foreground until Ctrl-C."""
+    options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
+                           agents=agents, topology=TopologyConfig(ack_wait_s=ack_wait_s))
+    sys.exit(_run(_up(options)))
+
+
+async def _up(options: StackOptions) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Stack(options) as stack:
+        click.echo(f"vidfleet is up: NATS at {stack.url}, {options.agents} agent(s), "
+                   f"data in {options.data_dir}. Ctrl-C stops.", err=True)
+        await stop.wait()
+        click.echo("stopping: agents finish or hand back their jobs ...", err=True)
+    return 0
+
+
+@cli.group()
+def submit() -> None:
+    """Submit a job. Local files are uploaded; http(s) URLs are fetched by the agent."""
+
+
+@submit.command("caption")
+@click.option("--video", required=True, help="Local file or http(s) URL.")
+@click.option("--srt", required=True, help="SubRip subtitles: local file or http(s) URL.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to save the result [default: <video>.captioned.mp4].")
+@click.option("--job-id", default=None, help="Your id for the job; resubmitting it runs once.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="--no-wait prints the job id and returns.")
+@click.option("--timeout-s", type=float, default=None, help="Give up waiting after this long.")
+@click.pass_obj
+def submit_caption(cfg: ClientConfig, video: str, srt: str, out: Path | None,
+                   job_id: str | None, wait: bool, timeout_s: float | None) -> None:
+    """Burn subtitles into a video."""
+    if out is None:
+        stem = Path(video.split("?")[0]).stem or "output"
+        out = Path(f"{stem}.captioned.mp4")
+    sys.exit(_run(_submit_caption(cfg, video, srt, out, job_id, wait, timeout_s)))
+
+
+async def _input(vf: Client, value: str) -> str:
+    if value.startswith(("http://", "https://")):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"no such file: {value}")
+    return await vf.upload_input(path)
+
+
+async def _submit_caption(cfg: ClientConfig, video: str, srt: str, out: Path,
+                          job_id: str | None, wait: bool, timeout_s: float | None) -> int:
+    async with await Client.connect(cfg.nats_url) as vf:
+        job = CaptionJob(video=await _input(vf, video), srt=await _input(vf, srt))
+        receipt = await vf.submit(job, job_id=job_id)
+        if receipt.duplicate:
+            click.echo(f"job {receipt.job_id} was already submitted; following it", err=True)
+        if not wait:
+            click.echo(receipt.job_id)
+            return 0
+        click.echo(f"job {receipt.job_id}", err=True)
+        return await _follow_and_fetch(vf, receipt.job_id, out, timeout_s)
+
+
+async def _follow_and_fetch(vf: Client, job_id: str, out: Path, timeout_s: float | None) -> int:
+    display = ProgressDisplay()
+    last = None
+    async for event in vf.watch(job_id, timeout_s=timeout_s):
+        display.show(event)
+        last = event
+    if isinstance(last, Failed):
+        return 1
+    assert isinstance(last, Succeeded)
+    path = await vf.download(last.output, out)
+    click.echo(f"output: {path.resolve()}  (encoder {last.encoder})")
+    return 0
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
+@click.option("--timeout-s", type=float, default=None)
+@click.pass_obj
+def watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> None:
+    """Replay a job's events from the start, then follow it live until it ends."""
+    sys.exit(_run(_watch(cfg, job_id, as_json, timeout_s)))
+
+
+async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> int:
+    failed = False
+    async with await Client.connect(cfg.nats_url) as vf:
+        async for event in vf.watch(job_id, timeout_s=timeout_s):
+            click.echo(encode_event(event).decode() if as_json else describe(event))
+            failed = isinstance(event, Failed)
+    return 1 if failed else 0
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> None:
+    """Download a finished job's output (waits for it unless --no-wait)."""
+    sys.exit(_run(_result(cfg, job_id, out, wait)))
+
+
+async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
+    async with await Client.connect(cfg.nats_url) as vf:
+        try:
+            done = await vf.result(job_id, timeout_s=None if wait else 0.5)
+        except TimeoutError:
+            click.echo(f"job {job_id} has not finished (or does not exist)", err=True)
+            return 3
+        if isinstance(done, Failed):
+            click.echo(describe(done), err=True)
+            return 1
+        path = await vf.download(done.output, out)
+        click.echo(f"output: {path.resolve()}  (encoder {done.encoder})")
+        return 0
+
+
+@cli.command()
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("demo-out"),
+              show_default=True)
+@click.option("--seconds", type=click.IntRange(1, 600), default=10, show_default=True,
+              help="Length of the generated sample video.")
+def demo(out_dir: Path, seconds: int) -> None:
+    """Start a private stack, caption a generated video with progress, print the output."""
+    sys.exit(_run(_demo(out_dir.resolve(), seconds)))
+
+
+async def _demo(out_dir: Path, seconds: int) -> int:
+    video, srt = make_sample(out_dir / "sample", seconds)
+    click.echo(f"sample: {video} + {srt}", err=True)
+    options = StackOptions(data_dir=out_dir / "stack", port=0, agents=1,
+                           agent_logs_to_files=True)
+    async with Stack(options) as stack:
+        click.echo(f"stack: nats-server at {stack.url}, 1 local agent "
+                   f"(log: {options.data_dir / 'local-1.log'})", err=True)
+        async with await Client.connect(stack.url) as vf:
+            job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt))
+            receipt = await vf.submit(job)
+            click.echo(f"job {receipt.job_id}", err=True)
+            return await _follow_and_fetch(vf, receipt.job_id,
+                                           out_dir / "sample.captioned.mp4", 300.0)
+
+
+def main() -> None:
+    cli()
+
