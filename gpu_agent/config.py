@@ -25,7 +25,7 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     ffmpeg_timeout_factor: float = 10.0  # FFmpeg may run this many times the media duration
     ffmpeg_min_timeout_s: float = 120.0
     stall_timeout_s: float = 60.0  # no progress from FFmpeg this long: kill it
-    retry_delay_s: float = 5.0  # nak delay for retryable trouble
+    retry_delay_s: float = 5.0  # first retry delay after retryable trouble; doubles, max 300 s
     drain_timeout_s: float = 600.0  # on SIGTERM: time the running job gets to finish
     log_level: str = "INFO"
     log_json: bool = False

@@ -9,12 +9,13 @@ retryable burns every attempt's GPU time; misclassifying trouble as final loses 
 
 from __future__ import annotations
 
-__all__ = ["JobFailure", "invalid_input", "retryable"]
+__all__ = ["JobFailure", "backoff_s", "invalid_input", "retryable"]
 
 
 class JobFailure(Exception):
     def __init__(self, code: str, message: str, *, retryable: bool = False,
-                 retry_delay_s: float = 5.0) -> None:
+                 retry_delay_s: float | None = None) -> None:
+        """``retry_delay_s`` None: the agent's backoff for the attempt decides."""
         super().__init__(message)
         self.code = code
         self.message = message
@@ -26,5 +27,11 @@ def invalid_input(message: str) -> JobFailure:
     return JobFailure("invalid_input", message)
 
 
-def retryable(code: str, message: str, delay_s: float = 5.0) -> JobFailure:
+def retryable(code: str, message: str, delay_s: float | None = None) -> JobFailure:
     return JobFailure(code, message, retryable=True, retry_delay_s=delay_s)
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
+    """Delay before the next attempt: base, 2x, 4x ... capped. A hot retry loop on a broken
+    dependency would otherwise burn every attempt within seconds."""
+    return min(cap_s, base_s * 2 ** max(attempt - 1, 0))

@@ -33,7 +33,7 @@ from broker.events import Event, Failed, JobError, Started, Succeeded, decode_ev
 from broker.jobs import decode_job
 from broker.subjects import event_subject, parse_job_subject
 from gpu_agent.config import AgentConfig
-from gpu_agent.errors import JobFailure
+from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.progress import ProgressReporter
 
@@ -103,7 +103,7 @@ class Worker:
         except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
             log.exception("job crashed")
             failure = JobFailure("internal_error", f"agent error: {type(exc).__name__}: {exc}",
-                                 retryable=True, retry_delay_s=self._cfg.retry_delay_s)
+                                 retryable=True)
             return await self._fail(msg, job_id, operation, attempt, encoder, failure, log)
         done = Succeeded(job_id=job_id, at=self._clock(), operation=operation,
                          agent_id=self._agent_id, attempt=attempt, encoder=encoder,
@@ -118,7 +118,10 @@ class Worker:
         if failure.retryable and attempt < self._max_deliver:
             log.warning("attempt failed, will retry: {code}: {message}",
                         code=failure.code, message=failure.message)
-            await msg.nak(delay=failure.retry_delay_s)
+            delay_s = failure.retry_delay_s
+            if delay_s is None:
+                delay_s = backoff_s(attempt, self._cfg.retry_delay_s)
+            await msg.nak(delay=delay_s)
             return JobOutcome(job_id, "retrying")
         if failure.retryable:
             failure = JobFailure(failure.code, f"{failure.message} (gave up after {attempt} "

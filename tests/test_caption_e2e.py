@@ -6,6 +6,7 @@ from pathlib import Path
 
 from broker.events import Progress, Queued, Started, Succeeded
 from broker.jobs import CaptionJob
+from tests.conftest import agent_config, running_agent
 from tests.media import INSIDE_CUE_S, OUTSIDE_CUES_S, ffprobe, gray_frame, region_difference
 
 SIZE = (320, 240)
@@ -45,3 +46,19 @@ async def test_caption_job_burns_subtitles(client, agent, media_dir: Path, tmp_p
     assert burned > 5.0, f"no subtitle inside the cue (diff {burned:.2f})"
     assert clean < 2.5, f"something drawn outside every cue (diff {clean:.2f})"
     assert untouched_top < 2.5, f"frame changed away from the subtitles (diff {untouched_top:.2f})"
+
+
+async def test_hostile_characters_in_the_work_dir_path(client, js, nats_server, media_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """Filter-graph separators in the agent's paths must not break or extend the graph."""
+    hostile = tmp_path / "we:ird, name's [x];y\\z %{pts}"
+    async with running_agent(agent_config(nats_server, hostile)):
+        receipt = await client.submit(CaptionJob(
+            video=await client.upload_input(media_dir / "talk.mp4"),
+            srt=await client.upload_input(media_dir / "talk.srt")))
+        done = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    out = await client.download(done.output, tmp_path / "out.mp4")
+    inside_in = gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE)
+    assert region_difference(inside_in, gray_frame(out, INSIDE_CUE_S, SIZE), SIZE,
+                             SUBTITLE_ROWS) > 5.0

@@ -1,0 +1,59 @@
+"""JSON Schemas of every payload, generated from the Structs so they can never drift.
+
+``python -m broker.schema docs/schema`` rewrites the checked-in files; a test fails when they
+differ from what the Structs say, so a contract change is always visible in review.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from broker.events import Event
+from broker.heartbeats import Heartbeat
+from broker.jobs import OPERATIONS
+
+__all__ = ["schemas", "write_schemas"]
+
+
+def schemas() -> dict[str, dict]:
+    """File name -> JSON Schema document."""
+    out: dict[str, dict] = {}
+    for operation, cls in OPERATIONS.items():
+        doc = msgspec.json.schema(cls)
+        doc["title"] = f"vidfleet job: {operation}"
+        doc["description"] = (f"Body of a message on jobs.{operation}.<job_id>. "
+                              + (cls.__doc__ or "").strip())
+        out[f"job.{operation}.json"] = doc
+    events = msgspec.json.schema(Event)
+    events["title"] = "vidfleet job event"
+    events["description"] = ("Body of a message on events.<job_id>.<kind>.<publisher>; the "
+                             "'kind' field equals the subject's kind token. The queued event "
+                             "has an empty body (see docs/protocol.md).")
+    out["event.json"] = events
+    hb = msgspec.json.schema(Heartbeat)
+    hb["title"] = "vidfleet agent heartbeat"
+    out["heartbeat.json"] = hb
+    return out
+
+
+def render(doc: dict) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, doc in schemas().items():
+        path = directory / name
+        path.write_text(render(doc), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schema")):
+        print(p)

@@ -1,0 +1,101 @@
+"""The vidfleet command line, run as a real process against a real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.events import Succeeded
+from broker.jobs import CaptionJob
+from client.api import Client
+from tests.media import ffprobe
+
+VIDFLEET = [sys.executable, "-c", "from client.cli import main; main()"]
+
+
+async def vidfleet(url: str, *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *VIDFLEET, "--nats-url", url, *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_submit_no_wait_then_watch_then_result(agent, nats_server, media_dir: Path,
+                                                     tmp_path: Path) -> None:
+    rc, out, err = await vidfleet(nats_server.url, "submit", "caption",
+                                  "--video", str(media_dir / "talk.mp4"),
+                                  "--srt", str(media_dir / "talk.srt"), "--no-wait")
+    assert rc == 0, err
+    job_id = out.strip()
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", job_id)
+
+    rc, out, err = await vidfleet(nats_server.url, "watch", job_id)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("queued") and lines[1].startswith("started")
+    assert "libx264" in lines[1] and lines[-1].startswith("succeeded")
+
+    rc, out, err = await vidfleet(nats_server.url, "result", job_id, "--out",
+                                  str(tmp_path / "r.mp4"))
+    assert rc == 0, err
+    assert "encoder libx264" in out
+    assert float(ffprobe(tmp_path / "r.mp4")["format"]["duration"]) == pytest.approx(3.0, abs=0.1)
+
+
+async def test_submit_waits_shows_progress_and_downloads(agent, nats_server, media_dir: Path,
+                                                         tmp_path: Path) -> None:
+    rc, out, err = await vidfleet(nats_server.url, "submit", "caption",
+                                  "--video", str(media_dir / "talk.mp4"),
+                                  "--srt", str(media_dir / "talk.srt"), "--job-id", "cli-1",
+                                  cwd=tmp_path)
+    assert rc == 0, err
+    assert "progress" in err and "succeeded" in err
+    assert (tmp_path / "talk.captioned.mp4").is_file()
+    assert str(tmp_path / "talk.captioned.mp4") in out
+
+
+async def test_failed_job_exits_1_with_the_reason(agent, nats_server, media_dir: Path,
+                                                  tmp_path: Path) -> None:
+    bad = tmp_path / "bad.srt"
+    bad.write_text("1\n00:00:01 --> 00:00:02\nHi\n")
+    rc, _, err = await vidfleet(nats_server.url, "submit", "caption",
+                                "--video", str(media_dir / "talk.mp4"), "--srt", str(bad))
+    assert rc == 1
+    assert "failed" in err and "timing line" in err
+
+
+async def test_missing_local_file_is_a_usage_error(nats_server, js, tmp_path: Path) -> None:
+    rc, _, err = await vidfleet(nats_server.url, "submit", "caption",
+                                "--video", str(tmp_path / "nope.mp4"), "--srt", "x.srt")
+    assert rc == 2 and "no such file" in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_up_runs_the_stack_and_ctrl_c_stops_it(media_dir: Path, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *VIDFLEET, "up", "--port", "0", "--data-dir", str(tmp_path / "data"),
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr
+    url = None
+    while url is None:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "vidfleet up exited before it was up"
+        if m := re.search(r"NATS at (nats://\S+),", line):
+            url = m.group(1)
+    async with await Client.connect(url) as vf:
+        receipt = await vf.submit(CaptionJob(
+            video=await vf.upload_input(media_dir / "talk.mp4"),
+            srt=await vf.upload_input(media_dir / "talk.srt")))
+        assert isinstance(await vf.result(receipt.job_id, timeout_s=60), Succeeded)
+    proc.send_signal(signal.SIGINT)
+    await asyncio.wait_for(proc.stderr.read(), 60)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
+    check = await asyncio.create_subprocess_exec("pgrep", "-f", str(tmp_path / "data"))
+    assert await check.wait() == 1, "a child process outlived vidfleet up"

@@ -1,0 +1,111 @@
+"""Table tests of the pure pieces: SRT parsing, progress parsing, names, escaping, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from broker.config import ConfigError, Secret, load_config
+from broker.events import Queued, event_from_msg
+from broker.schema import render, schemas
+from broker.subjects import job_subject, parse_event_subject, validate_job_id
+from gpu_agent.ffmpeg import ProgressParser
+from gpu_agent.ops.caption import caption_argv, subtitles_filter
+from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
+
+GOOD = "1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n"
+
+
+def test_srt_parses_crlf_bom_and_dot_millis() -> None:
+    cues = parse_srt(("\ufeff" + GOOD).encode())
+    assert cues == [Cue(0.5, 1.5, "Hello\nworld"), Cue(2.0, 2.6, "Bye")]
+    assert parse_srt(format_srt(cues).encode()) == cues
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no cues"),
+        ("x\n00:00:01,000 --> 00:00:02,000\nHi\n", "line 1: expected a cue number"),
+        ("1\n00:00:01,000 -> 00:00:02,000\nHi\n", "line 2: expected a timing line"),
+        ("1\n00:00:61,000 --> 00:00:62,000\nHi\n", "line 2: expected a timing line"),
+        ("1\n00:00:02,000 --> 00:00:01,000\nHi\n", "line 2: cue ends at or before it starts"),
+        ("1\n00:00:01,000 --> 00:00:02,000\n\n", "cue has no text"),
+        ("1\n", "line 2: expected a timing line"),
+    ],
+)
+def test_srt_errors_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(SrtError, match=message):
+        parse_srt(text.encode())
+
+
+def test_srt_strips_ass_override_tags() -> None:
+    cues = parse_srt(b"1\n00:00:01,000 --> 00:00:02,000\n{\\pos(10,10)}{\\fs200}Hi\n")
+    assert cues[0].text == "Hi"
+
+
+def test_clip_cues_past_the_end() -> None:
+    cues = [Cue(0, 1, "a"), Cue(2, 5, "b"), Cue(6, 7, "c")]
+    kept, changed = clip_cues(cues, 3.0)
+    assert kept == [Cue(0, 1, "a"), Cue(2, 3.0, "b")] and changed == 2
+
+
+def test_progress_parser_blocks() -> None:
+    p = ProgressParser(duration_s=10.0)
+    lines = ["frame=0", "out_time_us=N/A", "speed=N/A", "progress=continue",
+             "frame=50", "out_time_us=2500000", "speed= 3.4x", "progress=continue",
+             "out_time_us=10000000", "speed=3.1x", "progress=end"]
+    updates = [u for u in (p.feed(line) for line in lines) if u]
+    assert [(u.media_time_s, u.percent, u.speed, u.done) for u in updates] == [
+        (0.0, 0.0, None, False), (2.5, 25.0, 3.4, False), (10.0, 99.9, 3.1, True)]
+
+
+def test_job_ids_and_subjects() -> None:
+    assert job_subject("caption", "a-B_9") == "jobs.caption.a-B_9"
+    for bad in ("", "a.b", "a b", "a*", "x" * 65, "a>"):
+        with pytest.raises(ValueError, match="invalid job id"):
+            validate_job_id(bad)
+    assert parse_event_subject("events.j1.progress.agent-1") == ("j1", "progress", "agent-1")
+
+
+def test_queued_event_from_server_headers() -> None:
+    headers = {"Nats-Subject": "jobs.caption.j1", "Nats-Sequence": "7",
+               "Nats-Time-Stamp": "2026-11-28T00:43:26.697005155Z"}
+    event = event_from_msg("events.j1.queued.queue", headers, b"")
+    assert event == Queued(job_id="j1", at=1795826606.697005, operation="caption", stream_seq=7)
+
+
+HOSTILE = ["we:ird, name's [x];y\\z", "%{pts}", "a\nb", "movie=/etc/passwd", "x'];[y"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_paths_stay_inside_one_filter(value: str) -> None:
+    graph = subtitles_filter(f"/jobs/{value}/subs.srt", f"/fonts/{value}")
+    # No unescaped graph separator survives: the graph is exactly one filter.
+    unescaped = [c for i, c in enumerate(graph) if c in ",;[]" and graph[i - 1] != "\\"]
+    assert unescaped == []
+    argv = caption_argv(ffmpeg="ffmpeg", video_path=f"/jobs/{value}.mp4", srt_path="/j/s.srt",
+                        output_path="/j/o.mp4", encoder="libx264", fonts_dir="/f",
+                        input_formats="mp4")
+    assert argv[argv.index("-i") + 1] == f"/jobs/{value}.mp4"  # an argv item, no shell
+
+
+def test_config_names_the_variable_and_hides_secrets() -> None:
+    class Cfg(msgspec.Struct, frozen=True):
+        port: int = 1
+        api_key: Secret | None = None
+
+    cfg = load_config(Cfg, env={"VIDFLEET_PORT": "5", "VIDFLEET_API_KEY": "s3cret"})
+    assert cfg.port == 5 and "s3cret" not in repr(cfg) and f"{cfg.api_key}" == "***"
+    assert cfg.api_key.reveal() == "s3cret"
+    with pytest.raises(ConfigError, match="VIDFLEET_PORT"):
+        load_config(Cfg, env={"VIDFLEET_PORT": "many"})
+
+
+def test_checked_in_schemas_match_the_structs() -> None:
+    schema_dir = Path(__file__).parent.parent / "docs" / "schema"
+    for name, doc in schemas().items():
+        assert (schema_dir / name).read_text(encoding="utf-8") == render(doc), (
+            f"docs/schema/{name} is stale: run make schema")

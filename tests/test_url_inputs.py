@@ -1,0 +1,75 @@
+"""Inputs given as http(s) URLs are fetched by the agent, bounded in size; HTTP errors are
+classified (4xx: the job's fault, final; 5xx: retried)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.events import Failed, Succeeded
+from broker.jobs import CaptionJob
+from tests.conftest import agent_config, running_agent
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/broken"):
+            self.send_error(503, "try later")
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def http_base(media_dir: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(media_dir)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+async def test_url_inputs(client, agent, http_base: str) -> None:
+    receipt = await client.submit(CaptionJob(video=f"{http_base}/talk.mp4?sig=SECRET",
+                                             srt=f"{http_base}/talk.srt"))
+    assert isinstance(await client.result(receipt.job_id, timeout_s=60), Succeeded)
+
+
+async def test_url_404_fails_without_echoing_the_query(client, agent, http_base: str) -> None:
+    receipt = await client.submit(CaptionJob(video=f"{http_base}/gone.mp4?token=SECRET",
+                                             srt=f"{http_base}/talk.srt"))
+    failed = await client.result(receipt.job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and failed.attempt == 1
+    assert "gone.mp4 answered HTTP 404" in failed.error.message
+    assert "SECRET" not in failed.error.message
+
+
+async def test_url_5xx_is_retried_then_fails_for_good(client, js, nats_server, http_base: str,
+                                                      tmp_path: Path) -> None:
+    config = agent_config(nats_server, tmp_path / "a", retry_delay_s=0.1)
+    async with running_agent(config):
+        receipt = await client.submit(CaptionJob(video=f"{http_base}/broken.mp4",
+                                                 srt=f"{http_base}/talk.srt"))
+        failed = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(failed, Failed)
+    assert failed.attempt == 4  # max_deliver of the test topology
+    assert "HTTP 503" in failed.error.message and "gave up after 4 attempts" in failed.error.message
+
+
+async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
+                                       tmp_path: Path) -> None:
+    config = agent_config(nats_server, tmp_path / "a", max_input_bytes=1000)
+    async with running_agent(config):
+        receipt = await client.submit(CaptionJob(video=f"{http_base}/talk.mp4",
+                                                 srt=f"{http_base}/talk.srt"))
+        failed = await client.result(receipt.job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and "more than the limit of 1000 bytes" in failed.error.message
