@@ -6,6 +6,7 @@ server errors; an agent that quietly stops reconnecting strands its machine whil
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import nats
@@ -25,8 +26,14 @@ async def connect(
 ) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default."""
 
+    last: dict[str, float] = {}
+
     async def on_error(exc: Exception) -> None:
-        logger.warning("nats error: {error}", error=str(exc))
+        # While a server is down this fires on every reconnect attempt; say it once a minute.
+        text, now = str(exc) or type(exc).__name__, time.monotonic()
+        if now - last.get(text, float("-inf")) >= 60.0:
+            last[text] = now
+            logger.warning("nats error: {error}", error=text)
 
     async def on_disconnect() -> None:
         logger.info("nats disconnected")

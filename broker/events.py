@@ -78,10 +78,10 @@ class OutputInfo(Struct, frozen=True, kw_only=True):
 
 class Timings(Struct, frozen=True, kw_only=True):
     queue_wait_s: float  # from the job's storage in JOBS to this attempt's start
-    fetch_s: float
-    probe_s: float
-    encode_s: float
-    upload_s: float
+    fetch_s: float  # inputs into the job directory
+    validate_s: float  # ffprobe and parsing of the inputs
+    encode_s: float  # FFmpeg
+    upload_s: float  # the output into the results bucket
     total_s: float  # this attempt, start to result
 
 

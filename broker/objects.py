@@ -29,7 +29,7 @@ __all__ = [
     "ObjectCorrupt",
     "download",
     "object_info",
-    "sha256_hex",
+    "digest_hex",
     "upload",
 ]
 
@@ -137,9 +137,7 @@ def _verify(info: ObjectInfo, size: int, digest: bytes) -> None:
         raise ObjectCorrupt(f"object {info.name!r}: SHA-256 digest mismatch")
 
 
-def sha256_hex(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def digest_hex(info: ObjectInfo) -> str:
+    """The object's SHA-256 as hex (the store keeps it as ``SHA-256=<base64url>``)."""
+    b64 = (info.digest or "").removeprefix("SHA-256=")
+    return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()

@@ -14,6 +14,7 @@ last token, so a retried submit (a timeout, a second click) runs the job once.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -126,14 +127,30 @@ class Client:
             await sub.unsubscribe()
 
     async def result(self, job_id: str, *, timeout_s: float | None = None) -> Succeeded | Failed:
-        """The job's terminal event, waiting for it if the job is still running."""
-        last = await self._terminal_now(job_id)
-        if last is not None:
-            return last
-        async for event in self.watch(job_id, timeout_s=timeout_s):
-            if isinstance(event, (Succeeded, Failed)):
-                return event
-        raise RuntimeError("unreachable: watch ends only after a terminal event")
+        """The job's terminal event, waiting for it if the job is still running.
+
+        Does not replay the job's history: it listens for live terminal events first, then
+        looks up the last stored one, so an event published in between is never missed.
+        Raises TimeoutError after ``timeout_s`` (None: wait forever).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        live = await self._nc.subscribe(f"events.{validate_job_id(job_id)}.*.*")
+        try:
+            while True:
+                stored = await self._terminal_now(job_id)
+                if stored is not None:
+                    return stored
+                # Re-check the store now and then: a reconnect can drop a live message.
+                wait_s = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+                if wait_s <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    while True:
+                        msg = await live.next_msg(timeout=wait_s)
+                        if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
+                            break
+        finally:
+            await live.unsubscribe()
 
     async def _terminal_now(self, job_id: str) -> Succeeded | Failed | None:
         for kind in ("succeeded", "failed"):

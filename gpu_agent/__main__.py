@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+import nats.errors
 from loguru import logger
 
 from broker.config import ConfigError, load_config
@@ -35,8 +36,9 @@ def main() -> int:
     setup_logging("agent", level=config.log_level, json_lines=config.log_json)
     try:
         asyncio.run(_main(config))
-    except RuntimeError as exc:  # probe or fonts: this machine cannot do the work
-        logger.error("agent cannot start: {error}", error=str(exc))
+    except (RuntimeError, OSError, nats.errors.Error) as exc:
+        # No working encoder, no fonts, or no server: this agent cannot do the work.
+        logger.error("agent cannot start: {error}", error=str(exc) or type(exc).__name__)
         return 1
     return 0
 

@@ -128,7 +128,13 @@ class Agent:
                  consumer=JOBS_CONSUMER)
         try:
             while not stop.is_set():
-                msgs = await _fetch_or_stop(sub, self.config.fetch_timeout_s, stop)
+                try:
+                    msgs = await _fetch_or_stop(sub, self.config.fetch_timeout_s, stop)
+                except nats.errors.Error as exc:  # reconnecting, or the server said no
+                    log.warning("fetch failed, retrying in 1 s: {error}", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    continue
                 for msg in msgs:
                     await self._work(worker, msg, force, log)
         finally:
@@ -148,6 +154,10 @@ class Agent:
                 outcome = await task
             except asyncio.CancelledError:
                 outcome = JobOutcome(self.current_job or "", "released")
+            except Exception:  # could not even report (NATS down): no ack, so it comes back
+                log.exception("job {job_id} could not be reported; it will be redelivered",
+                              job_id=self.current_job)
+                outcome = JobOutcome(self.current_job or "", "unreported")
             self.jobs_done += 1
             if self._on_outcome:
                 self._on_outcome(outcome)

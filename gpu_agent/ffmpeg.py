@@ -69,6 +69,7 @@ def _float(value: str | None, scale: float = 1.0) -> float | None:
 @dataclass(frozen=True, slots=True)
 class FfmpegResult:
     returncode: int
+    media_time_s: float  # output time of the last progress block (the output's duration)
     stderr_tail: str  # the last lines FFmpeg wrote to stderr, for error messages
     timed_out: bool
     stalled: bool
@@ -127,7 +128,10 @@ async def run_ffmpeg(
             stderr_lines.append(raw.decode(errors="replace").rstrip())
             del stderr_lines[:-20]
 
+    last = ProgressUpdate(0.0, 0.0, None, False)
+
     async def read_progress() -> bool:
+        nonlocal last
         assert proc.stdout
         parser = ProgressParser(duration_s)
         while True:
@@ -139,6 +143,7 @@ async def run_ffmpeg(
                 return False
             update = parser.feed(raw.decode(errors="replace"))
             if update is not None:
+                last = update
                 await on_progress(update)
 
     stderr_task = asyncio.create_task(drain_stderr())
@@ -156,4 +161,5 @@ async def run_ffmpeg(
         await _kill_group(proc)
         stderr_task.cancel()
         raise
-    return FfmpegResult(proc.returncode or 0, "\n".join(stderr_lines[-8:]), timed_out, stalled)
+    return FfmpegResult(proc.returncode or 0, last.media_time_s, "\n".join(stderr_lines[-8:]),
+                        timed_out, stalled)
