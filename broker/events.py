@@ -79,8 +79,8 @@ class OutputInfo(Struct, frozen=True, kw_only=True):
 class Timings(Struct, frozen=True, kw_only=True):
     queue_wait_s: float  # from the job's storage in JOBS to this attempt's start
     fetch_s: float  # inputs into the job directory
-    validate_s: float  # ffprobe and parsing of the inputs
-    encode_s: float  # FFmpeg
+    validate_s: float  # ffprobe of the inputs; runs beside the start of the encode
+    encode_s: float  # FFmpeg, from its start (with validation alongside) to its exit
     upload_s: float  # the output into the results bucket
     total_s: float  # this attempt, start to result
 

@@ -27,17 +27,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ProgressUpdate:
-    media_time_s: float
-    percent: float
-    speed: float | None
-    done: bool
+    media_time_s: float  # output time encoded so far
+    speed: float | None  # media seconds per wall second, when FFmpeg knows it
+    done: bool  # the final block (``progress=end``)
 
 
 class ProgressParser:
     """Feed stdout lines; get a ProgressUpdate at the end of each block."""
 
-    def __init__(self, duration_s: float) -> None:
-        self.duration_s = duration_s
+    def __init__(self) -> None:
         self._block: dict[str, str] = {}
 
     def feed(self, line: str) -> ProgressUpdate | None:
@@ -48,15 +46,9 @@ class ProgressParser:
             self._block[key] = value.strip()
             return None
         block, self._block = self._block, {}
-        media_time_s = _float(block.get("out_time_us"), scale=1e-6) or 0.0
-        media_time_s = max(media_time_s, 0.0)
-        percent = 0.0
-        if self.duration_s > 0:
-            percent = min(100.0, 100.0 * media_time_s / self.duration_s)
+        media_time_s = max(_float(block.get("out_time_us"), scale=1e-6) or 0.0, 0.0)
         speed = _float(block.get("speed", "").removesuffix("x"))
-        done = value.strip() == "end"
-        # 100 is only ever reported by the caller once FFmpeg has also exited 0.
-        return ProgressUpdate(media_time_s, min(percent, 99.9), speed, done)
+        return ProgressUpdate(media_time_s, speed, value.strip() == "end")
 
 
 def _float(value: str | None, scale: float = 1.0) -> float | None:
@@ -71,7 +63,6 @@ class FfmpegResult:
     returncode: int
     media_time_s: float  # output time of the last progress block (the output's duration)
     stderr_tail: str  # the last lines FFmpeg wrote to stderr, for error messages
-    timed_out: bool
     stalled: bool
 
 
@@ -105,22 +96,22 @@ async def _kill_group(proc: asyncio.subprocess.Process, grace_s: float = 3.0) ->
 async def run_ffmpeg(
     argv: list[str],
     *,
-    duration_s: float,
     on_progress: Callable[[ProgressUpdate], Awaitable[None]],
-    timeout_s: float,
     stall_timeout_s: float = 60.0,
 ) -> FfmpegResult:
-    """Run FFmpeg to completion, reporting progress; kill it on timeout, stall or cancel.
+    """Run FFmpeg to completion, reporting progress; kill it on a stall or when cancelled.
 
     ``argv`` must already contain ``-progress pipe:1 -nostats``. A stall is no progress block
     for ``stall_timeout_s``: a wedged encoder holds a paid GPU and its job's lease forever.
+    Callers bound the total time by cancelling (``asyncio.wait_for``); cancellation kills the
+    process group before it propagates.
     """
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
-    assert proc.stdout and proc.stderr
     stderr_lines: list[str] = []
+    last = ProgressUpdate(0.0, None, False)
 
     async def drain_stderr() -> None:
         assert proc.stderr
@@ -128,12 +119,10 @@ async def run_ffmpeg(
             stderr_lines.append(raw.decode(errors="replace").rstrip())
             del stderr_lines[:-20]
 
-    last = ProgressUpdate(0.0, 0.0, None, False)
-
     async def read_progress() -> bool:
         nonlocal last
         assert proc.stdout
-        parser = ProgressParser(duration_s)
+        parser = ProgressParser()
         while True:
             try:
                 raw = await asyncio.wait_for(proc.stdout.readline(), stall_timeout_s)
@@ -147,13 +136,9 @@ async def run_ffmpeg(
                 await on_progress(update)
 
     stderr_task = asyncio.create_task(drain_stderr())
-    timed_out = stalled = False
     try:
-        try:
-            stalled = await asyncio.wait_for(read_progress(), timeout_s)
-        except TimeoutError:
-            timed_out = True
-        if timed_out or stalled:
+        stalled = await read_progress()
+        if stalled:
             await _kill_group(proc)
         await proc.wait()
         await stderr_task
@@ -161,5 +146,5 @@ async def run_ffmpeg(
         await _kill_group(proc)
         stderr_task.cancel()
         raise
-    return FfmpegResult(proc.returncode or 0, last.media_time_s, "\n".join(stderr_lines[-8:]),
-                        timed_out, stalled)
+    return FfmpegResult(proc.returncode or 0, last.media_time_s,
+                        "\n".join(stderr_lines[-8:]), stalled)

@@ -7,8 +7,9 @@ costs a probe, not an encode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,13 @@ from broker.objects import digest_hex, upload
 from broker.subjects import RESULTS_BUCKET
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, invalid_input, retryable
-from gpu_agent.ffmpeg import ProgressUpdate, run_ffmpeg
+from gpu_agent.ffmpeg import FfmpegResult, run_ffmpeg
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.media import INPUT_FORMATS, MediaInfo, MediaLimits, probe_media, require_video
 from gpu_agent.ops.caption import caption_argv
 from gpu_agent.probe import EncoderProbe
-from gpu_agent.srt import SrtError, clip_cues, format_srt, parse_srt
+from gpu_agent.progress import ProgressReporter
+from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
 
 __all__ = ["JobResult", "Operations", "WorkContext"]
 
@@ -38,7 +40,7 @@ class WorkContext:
     work_dir: Path
     queued_at: float
     started_at: float
-    on_progress: Callable[[ProgressUpdate], Awaitable[None]]
+    progress: ProgressReporter
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,48 +76,59 @@ class Operations:
             self._fetcher.fetch(job.srt, ctx.work_dir / "subtitles.input", label="srt"),
         )
         t_fetch = self._clock()
-        info = await probe_media(self._cfg.ffprobe, str(video), label="video")
-        require_video(info, self._limits, label="video")
+        cues = _parse_subtitles(srt.read_bytes())
         subs = ctx.work_dir / "subtitles.srt"
-        subs.write_text(self._clean_subtitles(srt.read_bytes(), info, ctx), encoding="utf-8")
-        t_validate = self._clock()
+        subs.write_text(format_srt(cues), encoding="utf-8")
         output = ctx.work_dir / "output.mp4"
         argv = caption_argv(ffmpeg=self._cfg.ffmpeg, video_path=str(video),
                             srt_path=str(subs), output_path=str(output),
                             encoder=self._encoders.h264, fonts_dir=self._fonts_dir,
                             input_formats=INPUT_FORMATS)
-        media_time_s = await self._encode(argv, info.duration_s, ctx)
+        encode = await self._encode_validated(argv, str(video), cues, ctx)
         t_encode = self._clock()
-        out_info = await self._store_output(output, ctx, media_time_s, info)
+        out_info = await self._store_output(output, ctx, encode.media_time_s, encode.source)
         t_done = self._clock()
         timings = Timings(queue_wait_s=_r(ctx.started_at - ctx.queued_at),
-                          fetch_s=_r(t_fetch - t0), validate_s=_r(t_validate - t_fetch),
-                          encode_s=_r(t_encode - t_validate), upload_s=_r(t_done - t_encode),
+                          fetch_s=_r(t_fetch - t0), validate_s=_r(encode.validate_s),
+                          encode_s=_r(t_encode - t_fetch), upload_s=_r(t_done - t_encode),
                           total_s=_r(t_done - ctx.started_at))
         return JobResult(out_info, timings)
 
-    def _clean_subtitles(self, data: bytes, info: MediaInfo, ctx: WorkContext) -> str:
-        try:
-            cues = parse_srt(data)
-        except SrtError as exc:
-            raise invalid_input(f"srt: {exc}") from None
-        kept, clipped = clip_cues(cues, info.duration_s)
-        if clipped:
-            logger.bind(job_id=ctx.job_id).warning(
-                "{n} subtitle cue(s) run past the video's end ({d:.2f}s) and were clipped",
-                n=clipped, d=info.duration_s)
-        if not kept:
-            raise invalid_input(f"srt: every cue starts after the video ends "
-                                f"({info.duration_s:.2f}s)")
-        return format_srt(kept)
+    async def _encode_validated(self, argv: list[str], video: str, cues: list[Cue],
+                                ctx: WorkContext) -> _Encoded:
+        """Start FFmpeg and validate the input beside it; an invalid input kills FFmpeg.
 
-    async def _encode(self, argv: list[str], duration_s: float, ctx: WorkContext) -> float:
-        """Run FFmpeg; returns the encoded media time, i.e. the output's duration."""
-        timeout_s = max(self._cfg.ffmpeg_min_timeout_s, duration_s * self._cfg.ffmpeg_timeout_factor)
-        result = await run_ffmpeg(argv, duration_s=duration_s, on_progress=ctx.on_progress,
-                                  timeout_s=timeout_s, stall_timeout_s=self._cfg.stall_timeout_s)
-        if result.timed_out:
-            raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and was stopped")
+        ffprobe costs ~0.1 s of process start-up alone on a small machine, which on short jobs
+        is most of the fleet's overhead; running it beside the encoder hides it. FFmpeg gets
+        the same format and protocol whitelists, so starting it on an input not yet approved
+        reads nothing ffprobe would not, and it is killed long before its first progress
+        block when the input turns out to be bad.
+        """
+        encode = asyncio.create_task(run_ffmpeg(argv, on_progress=ctx.progress,
+                                                stall_timeout_s=self._cfg.stall_timeout_s))
+        try:
+            t0 = self._clock()
+            info = await probe_media(self._cfg.ffprobe, video, label="video")
+            require_video(info, self._limits, label="video")
+            _check_cues_visible(cues, info, ctx)
+            ctx.progress.expected_duration_s = info.duration_s
+            validate_s = self._clock() - t0
+            timeout_s = max(self._cfg.ffmpeg_min_timeout_s,
+                            info.duration_s * self._cfg.ffmpeg_timeout_factor)
+            try:
+                result = await asyncio.wait_for(encode, timeout_s)
+            except TimeoutError:
+                raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and "
+                                "was stopped") from None
+        finally:
+            if not encode.done():
+                encode.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await encode
+        self._check_encode(result, ctx)
+        return _Encoded(result.media_time_s, info, validate_s)
+
+    def _check_encode(self, result: FfmpegResult, ctx: WorkContext) -> None:
         if result.stalled:
             raise retryable("ffmpeg_stalled", f"FFmpeg made no progress for "
                             f"{self._cfg.stall_timeout_s:.0f}s and was stopped")
@@ -125,9 +138,8 @@ class Operations:
             detail = result.stderr_tail.replace(str(ctx.work_dir), "<job>") or "no message"
             raise JobFailure("ffmpeg_failed", f"FFmpeg failed (exit {result.returncode}): "
                              f"{detail}")
-        if result.media_time_s <= 0 or not (ctx.work_dir / "output.mp4").stat().st_size:
+        if result.media_time_s <= 0:
             raise retryable("bad_output", "FFmpeg exited 0 but encoded nothing")
-        return result.media_time_s
 
     async def _store_output(self, path: Path, ctx: WorkContext, media_time_s: float,
                             source: MediaInfo) -> OutputInfo:
@@ -143,6 +155,33 @@ class Operations:
                           sha256=digest_hex(stored), duration_s=round(media_time_s, 3),
                           width=source.width, height=source.height, video_codec="h264",
                           container="mp4")
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    media_time_s: float
+    source: MediaInfo
+    validate_s: float
+
+
+def _parse_subtitles(data: bytes) -> list[Cue]:
+    try:
+        return parse_srt(data)
+    except SrtError as exc:
+        raise invalid_input(f"srt: {exc}") from None
+
+
+def _check_cues_visible(cues: list[Cue], info: MediaInfo, ctx: WorkContext) -> None:
+    """Cues past the video's end are a warning (libass never shows them); none visible is an
+    error, because the job would quietly burn nothing."""
+    kept, clipped = clip_cues(cues, info.duration_s)
+    if not kept:
+        raise invalid_input(f"srt: every cue starts after the video ends "
+                            f"({info.duration_s:.2f}s)")
+    if clipped:
+        logger.bind(job_id=ctx.job_id).warning(
+            "{n} subtitle cue(s) run past the video's end ({d:.2f}s)", n=clipped,
+            d=info.duration_s)
 
 
 def _r(seconds: float) -> float:

@@ -1,4 +1,9 @@
-"""Throttled progress events: at most one per ``min_interval_s``, never a repeat of the last."""
+"""Throttled progress events: at most one per ``min_interval_s``, never a repeat of the last.
+
+Percent is media time over ``expected_duration_s``, which the operation sets once it knows it
+(FFmpeg starts while the input is still being probed). It stays below 100 until the job has
+succeeded: 100 is said by the succeeded event, never by a progress event.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,14 @@ class ProgressReporter:
         self._last_at = float("-inf")
         self._last_percent = -1.0
         self.published = 0
+        self.expected_duration_s: float | None = None
 
     async def __call__(self, update: ProgressUpdate) -> None:
         now = self._clock()
-        percent = round(update.percent, 1)
+        duration_s = self.expected_duration_s
+        if not duration_s:
+            return
+        percent = round(min(99.9, 100.0 * update.media_time_s / duration_s), 1)
         if percent == self._last_percent:
             return
         if now - self._last_at < self._min_interval_s and not update.done:

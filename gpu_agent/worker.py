@@ -96,7 +96,7 @@ class Worker:
                 ctx = WorkContext(job_id=job_id, attempt=attempt, work_dir=wd,
                                   queued_at=msg.metadata.timestamp.timestamp(),
                                   started_at=started_at,
-                                  on_progress=self._progress_reporter(job_id, attempt))
+                                  progress=self._progress_reporter(job_id, attempt))
                 result = await self._ops.run(operation, job, ctx)
         except JobFailure as failure:
             return await self._fail(msg, job_id, operation, attempt, encoder, failure, log)

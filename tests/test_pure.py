@@ -53,13 +53,13 @@ def test_clip_cues_past_the_end() -> None:
 
 
 def test_progress_parser_blocks() -> None:
-    p = ProgressParser(duration_s=10.0)
+    p = ProgressParser()
     lines = ["frame=0", "out_time_us=N/A", "speed=N/A", "progress=continue",
              "frame=50", "out_time_us=2500000", "speed= 3.4x", "progress=continue",
              "out_time_us=10000000", "speed=3.1x", "progress=end"]
     updates = [u for u in (p.feed(line) for line in lines) if u]
-    assert [(u.media_time_s, u.percent, u.speed, u.done) for u in updates] == [
-        (0.0, 0.0, None, False), (2.5, 25.0, 3.4, False), (10.0, 99.9, 3.1, True)]
+    assert [(u.media_time_s, u.speed, u.done) for u in updates] == [
+        (0.0, None, False), (2.5, 3.4, False), (10.0, 3.1, True)]
 
 
 def test_job_ids_and_subjects() -> None:

@@ -1,0 +1,31 @@
+# The GPU agent image. Debian 12's FFmpeg (5.1) is built against NVENC API 11.1, so it opens
+# NVENC on any NVIDIA driver >= 470.57 -- nearly every rented GPU host -- and falls back to
+# libx264 by itself where there is none (the agent probes with a one-frame encode at start).
+#
+#   docker build -f deploy/agent.Dockerfile -t vidfleet-agent .
+#   docker run --gpus all -e VIDFLEET_NATS_URL=nats://your-server:4222 vidfleet-agent
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ffmpeg fonts-dejavu-core python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# Without "video" the NVIDIA container toolkit does not inject libnvidia-encode, and NVENC
+# fails with "Cannot load libnvidia-encode.so.1" even on a GPU with NVENC.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
+    NVIDIA_VISIBLE_DEVICES=all \
+    VIDFLEET_LOG_JSON=true \
+    VIDFLEET_WORK_DIR=/work
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY broker ./broker
+COPY gpu_agent ./gpu_agent
+COPY client ./client
+COPY controller ./controller
+RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir . \
+ && useradd --create-home --uid 10001 agent && mkdir -p /work && chown agent /work
+USER agent
+# The agent connects out to NATS; it listens on nothing.
+CMD ["/venv/bin/python", "-m", "gpu_agent"]
