@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test up bench schema install system-deps clean
+.PHONY: demo test lint up bench schema install system-deps clean
 
 demo: install
 	$(VENV)/bin/vidfleet demo
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy --no-error-summary broker gpu_agent client
 
 up: install
 	$(VENV)/bin/vidfleet up

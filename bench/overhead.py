@@ -423,7 +423,7 @@ def print_summary(rep: Report) -> None:
     rows = summary_rows(rep) + [(k, v, "") for k, v in machine_facts()]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     header = ("figure", "value", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    widths = [max(w, len(h)) for w, h in zip(widths, header[:2], strict=True)]
     print("\nsummary")
     print(f"{header[0]:<{widths[0]}} | {header[1]:<{widths[1]}} | {header[2]}")
     print(f"{'-' * widths[0]}-|-{'-' * widths[1]}-|-{'-' * 20}")

@@ -13,12 +13,14 @@ terminal). Fields may only be added with defaults; readers ignore unknown fields
 from __future__ import annotations
 
 from datetime import datetime
+
 import msgspec
 from msgspec import Struct
 
 from broker.subjects import parse_event_subject, parse_job_subject
 
 __all__ = [
+    "TERMINAL_KINDS",
     "Event",
     "Failed",
     "JobError",
@@ -27,7 +29,6 @@ __all__ = [
     "Queued",
     "Started",
     "Succeeded",
-    "TERMINAL_KINDS",
     "Timings",
     "decode_event",
     "encode_event",

@@ -11,12 +11,14 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
-__all__ = ["Heartbeat", "decode_heartbeat", "encode_heartbeat"]
+__all__ = ["AgentState", "Heartbeat", "decode_heartbeat", "encode_heartbeat"]
+
+AgentState = Literal["idle", "busy", "draining", "stopped"]
 
 
 class Heartbeat(Struct, frozen=True, kw_only=True):
     agent_id: str
-    state: Literal["idle", "busy", "draining", "stopped"]
+    state: AgentState
     at: float  # unix seconds
     encoder: str  # the H.264 encoder its probe chose
     job_id: str | None = None

@@ -9,7 +9,7 @@ fails late and expensively instead of early with a clear message.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
@@ -49,7 +49,9 @@ class CaptionJob(Struct, frozen=True, kw_only=True):
 JobRequest = CaptionJob
 
 OPERATIONS: dict[str, type[Struct]] = {"caption": CaptionJob}
-_DECODERS = {op: msgspec.json.Decoder(cls) for op, cls in OPERATIONS.items()}
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    op: msgspec.json.Decoder(cls) for op, cls in OPERATIONS.items()
+}
 _ENCODER = msgspec.json.Encoder()
 
 

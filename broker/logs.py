@@ -8,9 +8,12 @@ with arguments separate; secrets are never passed to a log call.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 __all__ = ["setup_logging"]
 
@@ -18,7 +21,7 @@ __all__ = ["setup_logging"]
 _CONTEXT_KEYS = ("job_id", "attempt", "agent_id", "instance_id")
 
 
-def _text_format(record: dict) -> str:
+def _text_format(record: Record) -> str:
     context = " ".join(f"{k}={record['extra'][k]}" for k in _CONTEXT_KEYS if k in record["extra"])
     tail = f" <dim>{context}</dim>" if context else ""
     return ("<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "

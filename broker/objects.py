@@ -13,23 +13,30 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import secrets
 from pathlib import Path
 from typing import BinaryIO
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo, ObjectMeta
-from nats.js.api import ObjectMetaOptions
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectMetaOptions,
+)
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 __all__ = [
     "CHUNK_SIZE_BYTES",
-    "ObjectMissing",
     "ObjectCorrupt",
+    "ObjectMissing",
+    "digest_hex",
     "download",
     "object_info",
-    "digest_hex",
     "upload",
 ]
 
@@ -46,7 +53,8 @@ class ObjectCorrupt(IOError):
 
 
 async def upload(
-    js: JetStreamContext, bucket: str, name: str, source: str | os.PathLike[str] | BinaryIO,
+    js: JetStreamContext, bucket: str, name: str,
+    source: str | os.PathLike[str] | io.BufferedIOBase,
     *, description: str | None = None,
 ) -> ObjectInfo:
     """Store a file (path or binary file object) as ``name``. Names should be unique:

@@ -34,7 +34,7 @@ from broker.subjects import (
     RESULTS_BUCKET,
 )
 
-__all__ = ["TopologyConfig", "ensure_topology", "jobs_stream_config", "jobs_consumer_config"]
+__all__ = ["TopologyConfig", "ensure_topology", "jobs_consumer_config", "jobs_stream_config"]
 
 _DAY_S = 24 * 3600.0
 

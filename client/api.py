@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as Nats
@@ -66,7 +67,7 @@ class Client:
         self._js = nc.jetstream()
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "vidfleet-client", **options: object) -> Client:
+    async def connect(cls, url: str, *, name: str = "vidfleet-client", **options: Any) -> Client:
         # A client should fail fast when the server is unreachable, not retry forever.
         return cls(await connect(url, name=name, max_reconnect_attempts=10,
                                  allow_reconnect=True, **options))
@@ -158,7 +159,7 @@ class Client:
                 msg = await self._js.get_last_msg(EVENTS_STREAM, f"events.{job_id}.{kind}.*")
             except nats.js.errors.NotFoundError:
                 continue
-            event = event_from_msg(msg.subject, msg.headers, msg.data or b"")
+            event = event_from_msg(msg.subject or "", msg.headers, msg.data or b"")
             assert isinstance(event, (Succeeded, Failed))
             return event
         return None

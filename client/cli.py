@@ -49,7 +49,7 @@ def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
     ctx.obj = cfg
 
 
-def _run(coro) -> int:  # noqa: ANN001
+def _run(coro) -> int:
     try:
         return asyncio.run(coro)
     except (SubmitError, TimeoutError, OSError) as exc:
@@ -59,7 +59,8 @@ def _run(coro) -> int:  # noqa: ANN001
 
 @cli.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where JetStream keeps its data [env VIDFLEET_DATA_DIR; default ./vidfleet-data]")
+              help="Where JetStream keeps its data [env VIDFLEET_DATA_DIR; "
+              "default ./vidfleet-data]")
 @click.option("--port", type=int, default=4222, show_default=True, help="0 picks a free port.")
 @click.option("--agents", type=click.IntRange(0, 64), default=1, show_default=True)
 @click.option("--ack-wait-s", type=float, default=30.0, show_default=True,

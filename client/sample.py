@@ -20,7 +20,7 @@ def _srt(seconds: int) -> str:
 
 
 def _stamp(t: float) -> str:
-    ms = int(round(t * 1000))
+    ms = round(t * 1000)
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 

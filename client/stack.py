@@ -67,7 +67,7 @@ class Stack:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def _await_first_heartbeats(self, beats) -> None:  # noqa: ANN001
+    async def _await_first_heartbeats(self, beats) -> None:
         waiting = set(self._agents)
         async def collect() -> None:
             while waiting:

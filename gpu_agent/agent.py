@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from broker.connect import connect
-from broker.heartbeats import Heartbeat, encode_heartbeat
+from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.subjects import (
     JOBS_CONSUMER,
     JOBS_STREAM,
@@ -73,7 +73,7 @@ class Agent:
         self._on_outcome = on_outcome
         self.agent_id = config.agent_id or default_agent_id()
         self._clock = clock
-        self.state = "idle"
+        self.state: AgentState = "idle"
         self.current_job: str | None = None
         self.jobs_done = 0
         self.encoders: EncoderProbe | None = None
@@ -172,7 +172,7 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
     async def _publish_heartbeat(self, nc: Client, draining: bool = False) -> None:
-        state = "draining" if draining and self.state != "stopped" else self.state
+        state: AgentState = "draining" if draining and self.state != "stopped" else self.state
         hb = Heartbeat(agent_id=self.agent_id, state=state,
                        at=self._clock(), encoder=self.encoders.h264 if self.encoders else "",
                        job_id=self.current_job, jobs_done=self.jobs_done,
@@ -200,7 +200,8 @@ async def _fetch_or_stop(sub: JetStreamContext.PullSubscription, timeout_s: floa
         return []
 
 
-async def _force_after_drain(stop: asyncio.Event, force: asyncio.Event, drain_timeout_s: float) -> None:
+async def _force_after_drain(stop: asyncio.Event, force: asyncio.Event,
+                             drain_timeout_s: float) -> None:
     """Once stopping, give the job in hand ``drain_timeout_s`` to finish, then release it."""
     await stop.wait()
     with contextlib.suppress(TimeoutError):

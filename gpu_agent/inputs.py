@@ -56,28 +56,30 @@ class InputFetcher:
         timeout = httpx.Timeout(self._url_timeout_s)
         try:
             async with httpx.AsyncClient(transport=self._transport, timeout=timeout,
-                                         follow_redirects=True, max_redirects=5) as http:
-                async with http.stream("GET", url) as resp:
-                    if resp.status_code >= 500 or resp.status_code == 429:
-                        raise retryable("input_unavailable",
-                                        f"{label}: {shown} answered HTTP {resp.status_code}")
-                    if resp.status_code >= 400:
-                        raise invalid_input(f"{label}: {shown} answered HTTP {resp.status_code}")
-                    declared = int(resp.headers.get("content-length") or 0)
-                    if declared > self._max_bytes:
-                        raise invalid_input(self._too_big(label, declared))
-                    written = 0
-                    with open(dest, "wb") as out:
-                        async for block in resp.aiter_bytes(1 << 20):
-                            written += len(block)
-                            if written > self._max_bytes:
-                                raise invalid_input(self._too_big(label, written))
-                            out.write(block)
+                                         follow_redirects=True, max_redirects=5) as http, \
+                    http.stream("GET", url) as resp:
+                await self._save(resp, dest, f"{label}: {shown}")
         except httpx.TimeoutException:
             raise retryable("input_timeout", f"{label}: {shown} timed out") from None
         except httpx.TransportError as exc:
             raise retryable("input_unavailable",
                             f"{label}: cannot reach {shown} ({type(exc).__name__})") from None
 
-    def _too_big(self, label: str, size: int) -> str:
-        return f"{label}: is over {size} bytes, more than the limit of {self._max_bytes} bytes"
+    async def _save(self, resp: httpx.Response, dest: Path, what: str) -> None:
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise retryable("input_unavailable", f"{what} answered HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise invalid_input(f"{what} answered HTTP {resp.status_code}")
+        declared = int(resp.headers.get("content-length") or 0)
+        if declared > self._max_bytes:
+            raise invalid_input(self._too_big(what, declared))
+        written = 0
+        with open(dest, "wb") as out:
+            async for block in resp.aiter_bytes(1 << 20):
+                written += len(block)
+                if written > self._max_bytes:
+                    raise invalid_input(self._too_big(what, written))
+                out.write(block)
+
+    def _too_big(self, what: str, size: int) -> str:
+        return f"{what} is over {size} bytes, more than the limit of {self._max_bytes} bytes"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gpu_agent.ffmpeg import run_capture
 
-__all__ = ["EncoderProbe", "H264_CANDIDATES", "probe_encoders"]
+__all__ = ["H264_CANDIDATES", "EncoderProbe", "probe_encoders"]
 
 H264_CANDIDATES = ("h264_nvenc", "libx264")
 

@@ -102,9 +102,9 @@ class Worker:
             return await self._fail(msg, job_id, operation, attempt, encoder, failure, log)
         except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
             log.exception("job crashed")
-            failure = JobFailure("internal_error", f"agent error: {type(exc).__name__}: {exc}",
-                                 retryable=True)
-            return await self._fail(msg, job_id, operation, attempt, encoder, failure, log)
+            crash = JobFailure("internal_error", f"agent error: {type(exc).__name__}: {exc}",
+                               retryable=True)
+            return await self._fail(msg, job_id, operation, attempt, encoder, crash, log)
         done = Succeeded(job_id=job_id, at=self._clock(), operation=operation,
                          agent_id=self._agent_id, attempt=attempt, encoder=encoder,
                          output=result.output, timings=result.timings)
@@ -135,7 +135,7 @@ class Worker:
         return JobOutcome(job_id, "failed")
 
     async def _report(self, event: Event, *, terminal: bool = False) -> None:
-        kind = type(event).__struct_config__.tag
+        kind = str(type(event).__struct_config__.tag)
         headers = {"Nats-Msg-Id": f"{event.job_id}.{kind}"} if terminal else None
         data = encode_event(event)
         await self._js.publish(event_subject(event.job_id, kind, self._agent_id), data,
@@ -178,7 +178,7 @@ def _decode(operation: str, data: bytes) -> msgspec.Struct:
 
 
 @contextlib.contextmanager
-def _work_dir(root: str, job_id: str, attempt: int):  # noqa: ANN202
+def _work_dir(root: str, job_id: str, attempt: int):
     path = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=root or None))
     try:
         yield path

@@ -52,7 +52,7 @@ async def js(nc: Nats) -> JetStreamContext:
 
 
 @pytest.fixture
-async def client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:  # noqa: ANN001
+async def client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
     vf = await Client.connect(nats_server.url)
     yield vf
     await vf.close()
@@ -124,7 +124,7 @@ def outcomes() -> Outcomes:
 
 
 @pytest.fixture
-async def agent(js, nats_server: EmbeddedServer, tmp_path: Path,  # noqa: ANN001
+async def agent(js, nats_server: EmbeddedServer, tmp_path: Path,
                 outcomes: Outcomes) -> AsyncIterator[Agent]:
     async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
         yield a

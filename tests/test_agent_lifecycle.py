@@ -47,7 +47,7 @@ async def test_sigterm_finishes_the_running_job_then_exits_0(
     assert await _count_started(js, second.job_id) == 0
 
 
-async def _count_started(js, job_id: str) -> int:  # noqa: ANN001
+async def _count_started(js, job_id: str) -> int:
     info = await js.stream_info("EVENTS", subjects_filter=f"events.{job_id}.started.*")
     return sum((info.state.subjects or {}).values())
 
@@ -55,7 +55,7 @@ async def _count_started(js, job_id: str) -> int:  # noqa: ANN001
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_forced_stop_releases_the_job_to_another_agent(
-        js, client, nats_server, media_dir: Path, tmp_path: Path, outcomes) -> None:  # noqa: ANN001
+        js, client, nats_server, media_dir: Path, tmp_path: Path, outcomes) -> None:
     video = make_video(tmp_path / "mid.mp4", seconds=30, size="640x360")
     config = agent_config(nats_server, tmp_path / "a1", agent_id="quitter", drain_timeout_s=0.0)
     async with running_agent(config, outcomes):

@@ -14,7 +14,7 @@ BROKEN_TIMESTAMP_SRT = "1\n00:00:00,500 -> 00:00:01,500\nHello\n"
 NOT_UTF8_SRT = "1\n00:00:00,500 --> 00:00:01,500\nCaf\xe9\n".encode("latin-1")
 
 
-async def _upload_bytes(client, tmp_path: Path, name: str, data: bytes) -> str:  # noqa: ANN001
+async def _upload_bytes(client, tmp_path: Path, name: str, data: bytes) -> str:
     path = tmp_path / name
     path.write_bytes(data)
     return await client.upload_input(path)

@@ -12,7 +12,7 @@ from broker.jobs import CaptionJob
 from broker.subjects import EVENTS_STREAM
 
 
-async def _count(js, job_id: str, kind: str) -> int:  # noqa: ANN001
+async def _count(js, job_id: str, kind: str) -> int:
     info = await js.stream_info(EVENTS_STREAM, subjects_filter=f"events.{job_id}.{kind}.*")
     return sum((info.state.subjects or {}).values())
 

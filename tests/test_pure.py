@@ -15,7 +15,8 @@ from gpu_agent.ffmpeg import ProgressParser
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
 from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
 
-GOOD = "1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n"
+GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
+        "2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n")
 
 
 def test_srt_parses_crlf_bom_and_dot_millis() -> None:

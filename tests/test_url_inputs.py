@@ -20,7 +20,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.startswith("/broken"):
             self.send_error(503, "try later")
             return
@@ -72,4 +72,5 @@ async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
         receipt = await client.submit(CaptionJob(video=f"{http_base}/talk.mp4",
                                                  srt=f"{http_base}/talk.srt"))
         failed = await client.result(receipt.job_id, timeout_s=30)
-    assert isinstance(failed, Failed) and "more than the limit of 1000 bytes" in failed.error.message
+    assert isinstance(failed, Failed)
+    assert "more than the limit of 1000 bytes" in failed.error.message
