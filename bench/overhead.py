@@ -58,6 +58,7 @@ from broker.server import EmbeddedServer, find_nats_server  # noqa: E402
 from broker.subjects import INPUTS_BUCKET  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
 from client.api import Client  # noqa: E402
+from client.sample import make_video  # noqa: E402
 from gpu_agent.agent import Agent, find_fonts_dir  # noqa: E402
 from gpu_agent.config import AgentConfig  # noqa: E402
 from gpu_agent.media import INPUT_FORMATS  # noqa: E402
@@ -81,19 +82,6 @@ class Media:
     tiny_srt: Path
     blob: Path  # random bytes for the transfer rounds
     blob_bytes: int
-
-
-def make_video(path: Path, *, seconds: float, size: str, fps: int = 25) -> Path:
-    """testsrc2 with a sine tone, H.264 ultrafast yuv420p + AAC."""
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={seconds}",
-         "-f", "lavfi", "-i", f"sine=f=440:d={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
-        check=True,
-    )
-    return path
 
 
 def make_srt(path: Path, *, seconds: float, cues: int = 3) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-__all__ = ["make_sample"]
+__all__ = ["make_sample", "make_video"]
 
 
 def _srt(seconds: int) -> str:
@@ -24,16 +24,22 @@ def _stamp(t: float) -> str:
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
 
 
-def make_sample(directory: Path, seconds: int, size: str = "1280x720") -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    video, srt = directory / "sample.mp4", directory / "sample.srt"
+def make_video(path: Path, *, seconds: float, size: str = "1280x720", fps: int = 25) -> Path:
+    """A test video: testsrc2 with a 440 Hz tone, H.264 (ultrafast, yuv420p) + AAC."""
     subprocess.run(
         ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=s={size}:r=25:d={seconds}",
+         "-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={seconds}",
          "-f", "lavfi", "-i", f"sine=f=440:d={seconds}",
          "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(video)],
+         "-c:a", "aac", "-shortest", str(path)],
         check=True,
     )
+    return path
+
+
+def make_sample(directory: Path, seconds: int, size: str = "1280x720") -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    video = make_video(directory / "sample.mp4", seconds=seconds, size=size)
+    srt = directory / "sample.srt"
     srt.write_text(_srt(seconds), encoding="utf-8")
     return video, srt

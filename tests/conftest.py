@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,7 +64,7 @@ async def client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("media")
-    make_video(d / "talk.mp4")
+    make_video(d / "talk.mp4", seconds=3, size="320x240")
     (d / "talk.srt").write_text(TWO_CUES_SRT, encoding="utf-8")
     return d
 
@@ -128,3 +131,25 @@ async def agent(js, nats_server: EmbeddedServer, tmp_path: Path,
                 outcomes: Outcomes) -> AsyncIterator[Agent]:
     async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
         yield a
+
+
+@contextlib.asynccontextmanager
+async def agent_process(nc: Nats, nats_url: str, agent_id: str,
+                        work_dir: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """A real ``python -m gpu_agent`` child, entered once its first heartbeat arrives;
+    killed on exit if the test left it running. Its log is ``<work_dir>.log``."""
+    env = {**os.environ, "VIDFLEET_NATS_URL": nats_url, "VIDFLEET_AGENT_ID": agent_id,
+           "VIDFLEET_WORK_DIR": str(work_dir), "VIDFLEET_PROGRESS_INTERVAL_S": "0.2",
+           "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5", "VIDFLEET_FETCH_TIMEOUT_S": "2"}
+    beats = await nc.subscribe(f"agents.{agent_id}.heartbeat")
+    with open(work_dir.with_suffix(".log"), "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gpu_agent"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            await beats.next_msg(timeout=30)
+            await beats.unsubscribe()
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

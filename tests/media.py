@@ -6,24 +6,16 @@ import json
 import subprocess
 from pathlib import Path
 
+from client.sample import make_video
+
+__all__ = ["ffprobe", "gray_frame", "make_video", "region_difference"]
+
 TWO_CUES_SRT = (
     "1\n00:00:00,500 --> 00:00:01,500\nHello vidfleet\n\n"
     "2\n00:00:02,000 --> 00:00:02,600\nSecond cue\n"
 )
 INSIDE_CUE_S = 1.0
 OUTSIDE_CUES_S = 1.8
-
-
-def make_video(path: Path, *, seconds: float = 3.0, size: str = "320x240", fps: int = 25) -> Path:
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=s={size}:r={fps}:d={seconds}",
-         "-f", "lavfi", "-i", f"sine=f=440:d={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
-        check=True,
-    )
-    return path
 
 
 def ffprobe(path: Path) -> dict:

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from broker.events import Progress, Succeeded
-from broker.heartbeats import decode_heartbeat
 from broker.jobs import CaptionJob
-from tests.conftest import agent_config, running_agent
+from tests.conftest import agent_config, agent_process, running_agent
 from tests.media import make_video
-
-
-def start_agent_process(nats_url: str, agent_id: str, work_dir: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "VIDFLEET_NATS_URL": nats_url,
-        "VIDFLEET_AGENT_ID": agent_id,
-        "VIDFLEET_WORK_DIR": str(work_dir),
-        "VIDFLEET_PROGRESS_INTERVAL_S": "0.2",
-        "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5",
-        "VIDFLEET_FETCH_TIMEOUT_S": "2",
-    }
-    log = open(work_dir.with_suffix(".log"), "wb")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen([sys.executable, "-m", "gpu_agent"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
@@ -36,10 +18,7 @@ def start_agent_process(nats_url: str, agent_id: str, work_dir: Path) -> subproc
 async def test_sigkill_mid_encode_redelivers_to_another_agent(
         nc, js, client, nats_server, media_dir: Path, tmp_path: Path) -> None:
     long_video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
-    heartbeats = await nc.subscribe("agents.victim.heartbeat")
-    victim = start_agent_process(nats_server.url, "victim", tmp_path / "victim")
-    try:
-        decode_heartbeat((await heartbeats.next_msg(timeout=30)).data)  # it is up
+    async with agent_process(nc, nats_server.url, "victim", tmp_path / "victim") as victim:
         receipt = await client.submit(CaptionJob(
             video=await client.upload_input(long_video),
             srt=await client.upload_input(media_dir / "talk.srt")))
@@ -54,10 +33,6 @@ async def test_sigkill_mid_encode_redelivers_to_another_agent(
                                               agent_id="rescuer")):
             async for event in events:
                 seen.append(event)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
 
     successes = [e for e in seen if isinstance(e, Succeeded)]
     assert len(successes) == 1
@@ -67,3 +42,6 @@ async def test_sigkill_mid_encode_redelivers_to_another_agent(
     info = await js.stream_info("EVENTS", subjects_filter=f"events.{receipt.job_id}.succeeded.*")
     assert sum((info.state.subjects or {}).values()) == 1
     assert await client.result(receipt.job_id) == done
+    # The victim's FFmpeg did not outlive it (it dies on its next write to the dead pipe).
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "victim")], check=False)
+    assert leftover.returncode == 1, "the killed agent's FFmpeg is still running"

@@ -11,9 +11,8 @@ import pytest
 
 from broker.events import Progress, Succeeded
 from broker.jobs import CaptionJob
-from tests.conftest import agent_config, running_agent
+from tests.conftest import agent_config, agent_process, running_agent
 from tests.media import make_video
-from tests.test_agent_crash import start_agent_process
 
 
 @pytest.mark.slow
@@ -21,10 +20,7 @@ from tests.test_agent_crash import start_agent_process
 async def test_sigterm_finishes_the_running_job_then_exits_0(
         nc, js, client, nats_server, media_dir: Path, tmp_path: Path) -> None:
     video = make_video(tmp_path / "mid.mp4", seconds=30, size="640x360")
-    beats = await nc.subscribe("agents.term.heartbeat")
-    proc = start_agent_process(nats_server.url, "term", tmp_path / "term")
-    try:
-        await beats.next_msg(timeout=30)
+    async with agent_process(nc, nats_server.url, "term", tmp_path / "term") as proc:
         receipt = await client.submit(CaptionJob(video=await client.upload_input(video),
                                                  srt=await client.upload_input(
                                                      media_dir / "talk.srt")))
@@ -38,9 +34,6 @@ async def test_sigterm_finishes_the_running_job_then_exits_0(
         done = await client.result(receipt.job_id, timeout_s=60)
         assert isinstance(done, Succeeded) and done.agent_id == "term" and done.attempt == 1
         assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     # It stopped pulling: the second job is still queued, untouched.
     info = await js.consumer_info("JOBS", "agents")
     assert info.num_pending == 1 and info.num_ack_pending == 0
