@@ -5,9 +5,9 @@ Every body is JSON with a ``kind`` tag equal to the subject's kind token. The on
 body), so a job published by any NATS client gets a queued event without our code running;
 ``event_from_msg`` turns those headers into a ``Queued`` Struct.
 
-Order of a job's events: queued, then per attempt started, progress..., and finally exactly one
-of succeeded or failed for the job (a failed attempt that will be retried publishes nothing
-terminal). Fields may only be added with defaults; readers ignore unknown fields.
+Order of a job's events: queued, then per attempt started, progress... and, when the attempt
+hit trouble that is not the job's fault, retrying; finally exactly one of succeeded or failed
+for the job. Fields may only be added with defaults; readers ignore unknown fields.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from msgspec import Struct
 from broker.subjects import parse_event_subject, parse_job_subject
 
 __all__ = [
+    "KINDS",
     "TERMINAL_KINDS",
     "Event",
     "Failed",
@@ -27,6 +28,7 @@ __all__ = [
     "OutputInfo",
     "Progress",
     "Queued",
+    "Retrying",
     "Started",
     "Succeeded",
     "Timings",
@@ -36,6 +38,7 @@ __all__ = [
 ]
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed"})
+KINDS = frozenset({"queued", "started", "progress", "retrying", "succeeded", "failed"})
 
 
 class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -100,6 +103,16 @@ class JobError(Struct, frozen=True, kw_only=True):
     message: str  # what went wrong and what to do about it, for a person
 
 
+class Retrying(_Event, frozen=True, kw_only=True, tag="retrying"):
+    """An attempt hit trouble that is not the job's fault; another attempt follows."""
+
+    agent_id: str
+    attempt: int
+    error: JobError
+    retry_in_s: float  # the earliest the next attempt can start
+    failures: int  # retryable failures of this job so far, this one included
+
+
 class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
     agent_id: str
     attempt: int
@@ -108,7 +121,7 @@ class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
     encoder: str = ""
 
 
-Event = Queued | Started | Progress | Succeeded | Failed
+Event = Queued | Started | Progress | Retrying | Succeeded | Failed
 
 _DECODER = msgspec.json.Decoder(Event)
 _ENCODER = msgspec.json.Encoder()
@@ -129,9 +142,14 @@ def _timestamp(value: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def event_from_msg(subject: str, headers: dict[str, str] | None, data: bytes) -> Event:
-    """Decode one message of the EVENTS stream, including the server-made queued event."""
+def event_from_msg(subject: str, headers: dict[str, str] | None, data: bytes) -> Event | None:
+    """Decode one message of the EVENTS stream, including the server-made queued event.
+
+    Returns None for a kind this version does not know, so old readers survive new writers.
+    """
     job_id, kind, _publisher = parse_event_subject(subject)
+    if kind not in KINDS:
+        return None
     if kind == "queued" and not data:
         headers = headers or {}
         operation, _ = parse_job_subject(headers["Nats-Subject"])

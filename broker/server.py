@@ -61,6 +61,7 @@ class EmbeddedServer:
         self._ready = threading.Event()
         self._exited = threading.Event()
         self._reader: threading.Thread | None = None
+        self._last_error = ""
 
     @property
     def url(self) -> str:
@@ -78,15 +79,23 @@ class EmbeddedServer:
         ]
         self._ready.clear()
         self._exited.clear()
+        self.port = None
+        self._last_error = ""
         self._proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             text=True, bufsize=1,
+            # Its own session: a Ctrl-C at the terminal must not stop the server before the
+            # agents have finished their jobs; whoever started it stops it, in order.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()
-        if not self._ready.wait(self.ready_timeout_s) or self.port is None:
+        ready = self._ready.wait(self.ready_timeout_s)
+        if not ready or self._exited.is_set() or self.port is None:
             self.stop()
-            raise ServerError(f"nats-server did not become ready within {self.ready_timeout_s}s")
+            why = self._last_error or (f"not ready within {self.ready_timeout_s}s" if not ready
+                                       else "it exited")
+            raise ServerError(f"nats-server did not start: {why}")
         logger.info("nats-server ready on {url} (data in {dir})", url=self.url, dir=self.data_dir)
         return self
 
@@ -98,8 +107,13 @@ class EmbeddedServer:
                 self.port = int(line.rsplit(":", 1)[1])
             if "Server is ready" in line:
                 self._ready.set()
-            level = "WARNING" if "[WRN]" in line else "ERROR" if "[ERR]" in line else "DEBUG"
-            logger.log(level, "nats-server: {line}", line=line)
+            if "[ERR]" in line or "[FTL]" in line:
+                self._last_error = line
+                logger.error("nats-server: {line}", line=line)
+            elif "[WRN]" in line:
+                logger.warning("nats-server: {line}", line=line)
+            else:
+                logger.debug("nats-server: {line}", line=line)
         self._exited.set()
         self._ready.set()  # wake a start() that is still waiting: the server died
 

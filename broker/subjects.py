@@ -19,7 +19,11 @@ import re
 
 __all__ = [
     "AGENT_ID_RE",
+    "CONTROLLER_PUBLISHER",
     "EVENTS_STREAM",
+    "EXHAUSTED_CONSUMER",
+    "EXHAUSTED_STREAM",
+    "EXHAUSTED_SUBJECT",
     "INPUTS_BUCKET",
     "JOBSTATE_BUCKET",
     "JOBS_CONSUMER",
@@ -39,6 +43,12 @@ __all__ = [
 
 JOBS_STREAM = "JOBS"
 JOBS_CONSUMER = "agents"
+# Jobs whose deliveries ran out (every attempt's machine vanished or was stopped): the server's
+# MAX_DELIVERIES advisories, kept in a stream so none is lost while the controller is down.
+EXHAUSTED_STREAM = "JOBS_EXHAUSTED"
+EXHAUSTED_CONSUMER = "reaper"
+EXHAUSTED_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{JOBS_CONSUMER}"
+CONTROLLER_PUBLISHER = "controller"
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"
 INPUTS_BUCKET = "inputs"

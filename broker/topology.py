@@ -26,6 +26,9 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from broker.subjects import (
     EVENTS_STREAM,
+    EXHAUSTED_CONSUMER,
+    EXHAUSTED_STREAM,
+    EXHAUSTED_SUBJECT,
     INPUTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
@@ -42,12 +45,15 @@ _DAY_S = 24 * 3600.0
 class TopologyConfig(Struct, frozen=True, kw_only=True):
     replicas: int = 1  # 3 on a 3-node cluster
     ack_wait_s: float = 30.0  # agents renew the lease every ack_wait_s / 3
-    max_deliver: int = 5  # deliveries per job before it is failed for good
+    # Deliveries per job. Machines lost mid-job and retryable failures both use them up; the
+    # agents' own failure budget (VIDFLEET_MAX_FAILURES) is smaller, so what runs out here is
+    # host loss: the reaper then fails the job ("deliveries_exhausted").
+    max_deliver: int = 8
     max_ack_pending: int = 1000  # jobs running at once across the whole fleet
     max_queued_jobs: int = 100_000
     duplicate_window_s: float = 3600.0  # a resubmitted job id inside this window is dropped
     events_max_age_s: float = 7 * _DAY_S
-    max_events_per_job_kind: int = 5000  # progress events beyond this drop the oldest
+    max_events_per_job_kind: int = 50_000  # progress beyond this (~14 h at 1/s) drops the oldest
     inputs_max_age_s: float = 1 * _DAY_S
     results_max_age_s: float = 7 * _DAY_S
 
@@ -111,9 +117,25 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
+def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
+    return StreamConfig(
+        name=EXHAUSTED_STREAM,
+        description="MAX_DELIVERIES advisories of the agents' consumer, for the reaper",
+        subjects=[EXHAUSTED_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        max_age=cfg.events_max_age_s,
+    )
+
+
 async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
     await _ensure_stream(js, jobs_stream_config(cfg))
     await _ensure_stream(js, _events_stream_config(cfg))
+    await _ensure_stream(js, _exhausted_stream_config(cfg))
+    await js.add_consumer(EXHAUSTED_STREAM, ConsumerConfig(
+        durable_name=EXHAUSTED_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+        max_deliver=-1))
     # CONSUMER.CREATE is create-or-update on the server; a field that cannot change raises.
     # Never delete and recreate it: that forgets which jobs are leased and reruns them.
     await js.add_consumer(JOBS_STREAM, jobs_consumer_config(cfg))

@@ -34,18 +34,23 @@ from broker.objects import download, upload
 from broker.subjects import (
     EVENTS_STREAM,
     INPUTS_BUCKET,
+    JOBS_STREAM,
     events_filter,
     job_subject,
     parse_event_subject,
     validate_job_id,
 )
 
-__all__ = ["Client", "SubmitError", "SubmitReceipt", "new_job_id"]
+__all__ = ["Client", "JobNotFound", "SubmitError", "SubmitReceipt", "new_job_id"]
 
-_ALREADY_QUEUED = 10077  # JetStream: "maximum messages per subject exceeded"
+_LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
 
 
 class SubmitError(RuntimeError):
+    pass
+
+
+class JobNotFound(LookupError):
     pass
 
 
@@ -89,6 +94,10 @@ class Client:
         return object_ref(name)
 
     async def submit(self, job: JobRequest, *, job_id: str | None = None) -> SubmitReceipt:
+        """Queue ``job`` under ``job_id`` (a new id when None). Raises SubmitError when the
+        queue refuses it. A receipt with ``duplicate=True`` means the id was already
+        submitted and nothing new will run: calling this twice never runs (and bills) twice.
+        """
         job_id = validate_job_id(job_id or new_job_id())
         operation = operation_of(job)
         subject = job_subject(operation, job_id)
@@ -96,7 +105,9 @@ class Client:
             ack = await self._js.publish(subject, encode_job(job),
                                          headers={"Nats-Msg-Id": job_id})
         except APIError as exc:
-            if exc.err_code == _ALREADY_QUEUED:
+            # 10077 is both "this job id is still queued" (per subject) and "the queue is
+            # full"; mistaking the second for the first would drop a job silently.
+            if exc.err_code == _LIMIT_REACHED and "per subject" in (exc.description or ""):
                 return SubmitReceipt(job_id, operation, duplicate=True, stream_seq=None)
             raise SubmitError(f"the server refused job {job_id}: {exc.description}") from None
         except nats.errors.NoRespondersError:
@@ -106,9 +117,12 @@ class Client:
     async def watch(self, job_id: str, *, timeout_s: float | None = None) -> AsyncIterator[Event]:
         """Every event of the job from its start, then live ones, ending after the terminal one.
 
-        Raises TimeoutError if the job has not ended within ``timeout_s`` (None: wait forever).
+        Raises JobNotFound for an id nobody submitted, TimeoutError if the job has not ended
+        within ``timeout_s`` (None: wait forever). Events of kinds this version does not know
+        are skipped.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        await self._require_job(job_id)
         sub = await self._js.subscribe(events_filter(job_id), stream=EVENTS_STREAM,
                                        ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         try:
@@ -121,20 +135,35 @@ class Client:
                 except nats.errors.TimeoutError:
                     continue
                 event = event_from_msg(msg.subject, msg.headers, msg.data)
-                yield event
+                if event is not None:
+                    yield event
                 if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
                     return
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):  # closed or draining already
+                await sub.unsubscribe()
+
+    async def _require_job(self, job_id: str) -> None:
+        """Raise JobNotFound unless the job has events or is in the queue. (The queued event
+        reaches EVENTS a moment after the job is stored, so both places are checked.)"""
+        for stream, subject in ((EVENTS_STREAM, f"events.{validate_job_id(job_id)}.*.*"),
+                                (JOBS_STREAM, f"jobs.*.{job_id}")):
+            try:
+                await self._js.get_last_msg(stream, subject)
+                return
+            except nats.js.errors.NotFoundError:
+                continue
+        raise JobNotFound(f"no job with id {job_id!r} (never submitted, or its events expired)")
 
     async def result(self, job_id: str, *, timeout_s: float | None = None) -> Succeeded | Failed:
         """The job's terminal event, waiting for it if the job is still running.
 
         Does not replay the job's history: it listens for live terminal events first, then
         looks up the last stored one, so an event published in between is never missed.
-        Raises TimeoutError after ``timeout_s`` (None: wait forever).
+        Raises JobNotFound for an unknown id, TimeoutError after ``timeout_s`` (None: forever).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        await self._require_job(job_id)
         live = await self._nc.subscribe(f"events.{validate_job_id(job_id)}.*.*")
         try:
             while True:
@@ -151,7 +180,8 @@ class Client:
                         if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
                             break
         finally:
-            await live.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):
+                await live.unsubscribe()
 
     async def _terminal_now(self, job_id: str) -> Succeeded | Failed | None:
         for kind in ("succeeded", "failed"):
@@ -160,8 +190,8 @@ class Client:
             except nats.js.errors.NotFoundError:
                 continue
             event = event_from_msg(msg.subject or "", msg.headers, msg.data or b"")
-            assert isinstance(event, (Succeeded, Failed))
-            return event
+            if isinstance(event, (Succeeded, Failed)):
+                return event
         return None
 
     async def download(self, output: OutputInfo, dest: str | Path) -> Path:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
+import nats.errors
 from msgspec import Struct
 
 from broker.config import ConfigError, load_config
@@ -15,7 +18,7 @@ from broker.events import Failed, Succeeded, encode_event
 from broker.jobs import CaptionJob
 from broker.logs import setup_logging
 from broker.topology import TopologyConfig
-from client.api import Client, SubmitError
+from client.api import Client, JobNotFound, SubmitError
 from client.display import ProgressDisplay, describe
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
@@ -49,12 +52,18 @@ def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
     ctx.obj = cfg
 
 
-def _run(coro) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
-    except (SubmitError, TimeoutError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
+    except nats.errors.NoServersError:
+        click.echo("error: cannot reach NATS (is `vidfleet up` running? see --nats-url)",
+                   err=True)
         return 1
+    except (SubmitError, JobNotFound, TimeoutError, OSError, nats.errors.Error) as exc:
+        click.echo(f"error: {exc or type(exc).__name__}", err=True)
+        return 1
+    except ValueError as exc:  # an invalid job id
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
@@ -76,14 +85,23 @@ def up(cfg: ClientConfig, data_dir: Path | None, port: int, agents: int,
 
 async def _up(options: StackOptions) -> int:
     stop = asyncio.Event()
+    stack = Stack(options)
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            click.echo("stopping: agents finish their jobs (Ctrl-C again hands them back) ...",
+                       err=True)
+        else:
+            stack.force()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Stack(options) as stack:
+        loop.add_signal_handler(sig, on_signal)
+    async with stack:
         click.echo(f"vidfleet is up: NATS at {stack.url}, {options.agents} agent(s), "
                    f"data in {options.data_dir}. Ctrl-C stops.", err=True)
         await stop.wait()
-        click.echo("stopping: agents finish or hand back their jobs ...", err=True)
     return 0
 
 

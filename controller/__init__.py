@@ -1,0 +1,1 @@
+"""The controller: fleet-level duties that no single agent can do (today: the reaper)."""

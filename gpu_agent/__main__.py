@@ -38,7 +38,7 @@ def main() -> int:
         asyncio.run(_main(config))
     except (RuntimeError, OSError, nats.errors.Error) as exc:
         # No working encoder, no fonts, or no server: this agent cannot do the work.
-        logger.error("agent cannot start: {error}", error=str(exc) or type(exc).__name__)
+        logger.error("agent stopped: {error}", error=str(exc) or type(exc).__name__)
         return 1
     return 0
 

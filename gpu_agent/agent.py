@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 
 from broker.connect import connect
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
+from broker.jobstate import JobStates
 from broker.subjects import (
     JOBS_CONSUMER,
     JOBS_STREAM,
@@ -37,6 +38,7 @@ from gpu_agent.config import AgentConfig
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
+from gpu_agent.reporter import Reporter
 from gpu_agent.worker import JobOutcome, Worker
 
 if TYPE_CHECKING:
@@ -102,7 +104,7 @@ class Agent:
                 deadline.cancel()
         finally:
             self.state = "stopped"
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):
                 await self._publish_heartbeat(nc)
             await nc.drain()
             log.info("agent stopped after {n} job(s)", n=self.jobs_done)
@@ -111,10 +113,12 @@ class Agent:
         info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
         assert self.encoders is not None
         fetcher = InputFetcher(js, max_bytes=self.config.max_input_bytes,
-                               url_timeout_s=self.config.url_timeout_s)
+                               url_timeout_s=self.config.url_timeout_s,
+                               url_total_timeout_s=self.config.url_total_timeout_s)
         ops = Operations(js=js, config=self.config, encoders=self.encoders,
                          fonts_dir=fonts_dir, fetcher=fetcher, clock=self._clock)
-        return Worker(js=js, jobstate=await js.key_value(JOBSTATE_BUCKET), config=self.config,
+        states = JobStates(await js.key_value(JOBSTATE_BUCKET))
+        return Worker(js=js, reporter=Reporter(js, states, self.agent_id), config=self.config,
                       agent_id=self.agent_id, operations=ops,
                       ack_wait_s=info.config.ack_wait or 30.0,
                       max_deliver=info.config.max_deliver or 5, clock=self._clock)
@@ -138,7 +142,7 @@ class Agent:
                 for msg in msgs:
                     await self._work(worker, msg, force, log)
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
     async def _work(self, worker: Worker, msg: Msg, force: asyncio.Event, log: Logger) -> None:
@@ -167,7 +171,7 @@ class Agent:
 
     async def _heartbeats(self, nc: Client, stop: asyncio.Event) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):
                 await self._publish_heartbeat(nc, draining=stop.is_set())
             await asyncio.sleep(self.config.heartbeat_interval_s)
 

@@ -21,11 +21,13 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     progress_interval_s: float = 1.0  # at most one progress event per this many seconds
     max_input_bytes: int = 4 * _GIB
     max_input_duration_s: float = 4 * 3600.0
-    url_timeout_s: float = 60.0
+    url_timeout_s: float = 60.0  # one read from a URL input
+    url_total_timeout_s: float = 1800.0  # a whole URL download
     ffmpeg_timeout_factor: float = 10.0  # FFmpeg may run this many times the media duration
     ffmpeg_min_timeout_s: float = 120.0
     stall_timeout_s: float = 60.0  # no progress from FFmpeg this long: kill it
     retry_delay_s: float = 5.0  # first retry delay after retryable trouble; doubles, max 300 s
+    max_retries: int = 3  # retryable failures a job may have before it is failed for good
     drain_timeout_s: float = 600.0  # on SIGTERM: time the running job gets to finish
     log_level: str = "INFO"
     log_json: bool = False

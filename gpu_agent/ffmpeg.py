@@ -20,6 +20,7 @@ __all__ = [
     "FfmpegResult",
     "ProgressParser",
     "ProgressUpdate",
+    "classify_failure",
     "run_capture",
     "run_ffmpeg",
 ]
@@ -64,6 +65,25 @@ class FfmpegResult:
     media_time_s: float  # output time of the last progress block (the output's duration)
     stderr_tail: str  # the last lines FFmpeg wrote to stderr, for error messages
     stalled: bool
+
+
+# Failures that are the machine's, not the job's: retry later, maybe elsewhere.
+_MACHINE_TROUBLE = (
+    ("OpenEncodeSessionEx failed", "encoder_busy"),  # NVENC session limit or GPU memory
+    ("No capable devices found", "encoder_unavailable"),
+    ("Cannot load libnvidia-encode", "encoder_unavailable"),
+    ("Cannot load libcuda", "encoder_unavailable"),
+    ("No space left on device", "disk_full"),
+    ("Cannot allocate memory", "out_of_memory"),
+)
+
+
+def classify_failure(stderr: str) -> tuple[str, bool]:
+    """(code, retryable) for an FFmpeg that exited non-zero, from what it said."""
+    for needle, code in _MACHINE_TROUBLE:
+        if needle in stderr:
+            return code, True
+    return "ffmpeg_failed", False
 
 
 async def run_capture(argv: list[str], timeout_s: float) -> tuple[int, bytes, bytes]:

@@ -7,6 +7,7 @@ connection errors and 5xx are the network's (retryable).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -22,10 +23,14 @@ __all__ = ["InputFetcher"]
 
 class InputFetcher:
     def __init__(self, js: JetStreamContext, *, max_bytes: int, url_timeout_s: float,
+                 url_total_timeout_s: float = 1800.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """``url_timeout_s`` bounds each read; ``url_total_timeout_s`` the whole download, so a
+        server trickling a byte a minute cannot hold a paid machine forever."""
         self._js = js
         self._max_bytes = max_bytes
         self._url_timeout_s = url_timeout_s
+        self._url_total_timeout_s = url_total_timeout_s
         self._transport = transport
 
     async def fetch(self, ref: str, dest: Path, *, label: str) -> Path:
@@ -55,10 +60,14 @@ class InputFetcher:
         shown = url.split("?", 1)[0]  # query strings often carry signatures; never echo them
         timeout = httpx.Timeout(self._url_timeout_s)
         try:
-            async with httpx.AsyncClient(transport=self._transport, timeout=timeout,
-                                         follow_redirects=True, max_redirects=5) as http, \
+            async with asyncio.timeout(self._url_total_timeout_s), \
+                    httpx.AsyncClient(transport=self._transport, timeout=timeout,
+                                      follow_redirects=True, max_redirects=5) as http, \
                     http.stream("GET", url) as resp:
                 await self._save(resp, dest, f"{label}: {shown}")
+        except TimeoutError:
+            raise retryable("input_timeout", f"{label}: downloading {shown} took over "
+                            f"{self._url_total_timeout_s:.0f}s") from None
         except httpx.TimeoutException:
             raise retryable("input_timeout", f"{label}: {shown} timed out") from None
         except httpx.TransportError as exc:

@@ -51,6 +51,7 @@ class MediaInfo:
     height: int = 0
     fps: float = 0.0
     video_codec: str = ""
+    audio_codec: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +91,14 @@ async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = 
         )
     probe = _PROBE.decode(out)
     video = next((s for s in probe.streams if s.codec_type == "video"), None)
-    audio = any(s.codec_type == "audio" for s in probe.streams)
+    audio = next((s for s in probe.streams if s.codec_type == "audio"), None)
     duration = _float(probe.format.duration) or _float(video.duration if video else None) or 0.0
     return MediaInfo(
         format_name=probe.format.format_name,
         duration_s=duration,
         has_video=video is not None,
-        has_audio=audio,
+        has_audio=audio is not None,
+        audio_codec=audio.codec_name if audio else "",
         width=video.width if video else 0,
         height=video.height if video else 0,
         fps=_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else 0.0,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats.errors
 from loguru import logger
 from nats.js import JetStreamContext
 
@@ -22,7 +23,7 @@ from broker.objects import digest_hex, upload
 from broker.subjects import RESULTS_BUCKET
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, invalid_input, retryable
-from gpu_agent.ffmpeg import FfmpegResult, run_ffmpeg
+from gpu_agent.ffmpeg import FfmpegResult, classify_failure, run_ffmpeg
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.media import INPUT_FORMATS, MediaInfo, MediaLimits, probe_media, require_video
 from gpu_agent.ops.caption import caption_argv
@@ -71,19 +72,20 @@ class Operations:
 
     async def _caption(self, job: CaptionJob, ctx: WorkContext) -> JobResult:
         t0 = self._clock()
-        video, srt = await asyncio.gather(
-            self._fetcher.fetch(job.video, ctx.work_dir / "video.input", label="video"),
-            self._fetcher.fetch(job.srt, ctx.work_dir / "subtitles.input", label="srt"),
-        )
+        video, srt = await self._fetch_all(ctx, video=job.video, srt=job.srt)
         t_fetch = self._clock()
         cues = _parse_subtitles(srt.read_bytes())
         subs = ctx.work_dir / "subtitles.srt"
         subs.write_text(format_srt(cues), encoding="utf-8")
         output = ctx.work_dir / "output.mp4"
-        argv = caption_argv(ffmpeg=self._cfg.ffmpeg, video_path=str(video),
-                            srt_path=str(subs), output_path=str(output),
-                            encoder=self._encoders.h264, fonts_dir=self._fonts_dir,
-                            input_formats=INPUT_FORMATS)
+
+        def argv(source: MediaInfo | None) -> list[str]:
+            return caption_argv(ffmpeg=self._cfg.ffmpeg, video_path=str(video),
+                                srt_path=str(subs), output_path=str(output),
+                                encoder=self._encoders.h264, fonts_dir=self._fonts_dir,
+                                input_formats=INPUT_FORMATS,
+                                audio_codec=source.audio_codec if source else None)
+
         encode = await self._encode_validated(argv, str(video), cues, ctx)
         t_encode = self._clock()
         out_info = await self._store_output(output, ctx, encode.media_time_s, encode.source)
@@ -94,8 +96,20 @@ class Operations:
                           total_s=_r(t_done - ctx.started_at))
         return JobResult(out_info, timings)
 
-    async def _encode_validated(self, argv: list[str], video: str, cues: list[Cue],
-                                ctx: WorkContext) -> _Encoded:
+    async def _fetch_all(self, ctx: WorkContext, **refs: str) -> list[Path]:
+        """Fetch inputs concurrently; the first failure cancels the others (no 4 GiB download
+        left running into a deleted directory after its job has already failed)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._fetcher.fetch(ref, ctx.work_dir / f"{label}.input",
+                                                            label=label))
+                         for label, ref in refs.items()]
+        except* JobFailure as group:
+            raise group.exceptions[0] from None
+        return [t.result() for t in tasks]
+
+    async def _encode_validated(self, argv_for: Callable[[MediaInfo | None], list[str]],
+                                video: str, cues: list[Cue], ctx: WorkContext) -> _Encoded:
         """Start FFmpeg and validate the input beside it; an invalid input kills FFmpeg.
 
         ffprobe costs ~0.1 s of process start-up alone on a small machine, which on short jobs
@@ -104,8 +118,8 @@ class Operations:
         reads nothing ffprobe would not, and it is killed long before its first progress
         block when the input turns out to be bad.
         """
-        encode = asyncio.create_task(run_ffmpeg(argv, on_progress=ctx.progress,
-                                                stall_timeout_s=self._cfg.stall_timeout_s))
+        first = argv_for(None)
+        encode = self._start_ffmpeg(first, ctx)
         try:
             t0 = self._clock()
             info = await probe_media(self._cfg.ffprobe, video, label="video")
@@ -113,20 +127,24 @@ class Operations:
             _check_cues_visible(cues, info, ctx)
             ctx.progress.expected_duration_s = info.duration_s
             validate_s = self._clock() - t0
+            if (argv := argv_for(info)) != first:  # e.g. its audio cannot be copied into MP4
+                await _cancel(encode)
+                encode = self._start_ffmpeg(argv, ctx)
             timeout_s = max(self._cfg.ffmpeg_min_timeout_s,
                             info.duration_s * self._cfg.ffmpeg_timeout_factor)
-            try:
-                result = await asyncio.wait_for(encode, timeout_s)
-            except TimeoutError:
+            done, _ = await asyncio.wait({encode}, timeout=timeout_s)
+            if not done:
                 raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and "
-                                "was stopped") from None
+                                "was stopped")
+            result = encode.result()
         finally:
-            if not encode.done():
-                encode.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await encode
+            await _cancel(encode)
         self._check_encode(result, ctx)
         return _Encoded(result.media_time_s, info, validate_s)
+
+    def _start_ffmpeg(self, argv: list[str], ctx: WorkContext) -> asyncio.Task[FfmpegResult]:
+        return asyncio.create_task(run_ffmpeg(argv, on_progress=ctx.progress,
+                                              stall_timeout_s=self._cfg.stall_timeout_s))
 
     def _check_encode(self, result: FfmpegResult, ctx: WorkContext) -> None:
         if result.stalled:
@@ -136,8 +154,9 @@ class Operations:
             raise retryable("ffmpeg_killed", f"FFmpeg was killed by signal {-result.returncode}")
         if result.returncode != 0:
             detail = result.stderr_tail.replace(str(ctx.work_dir), "<job>") or "no message"
-            raise JobFailure("ffmpeg_failed", f"FFmpeg failed (exit {result.returncode}): "
-                             f"{detail}")
+            code, transient = classify_failure(result.stderr_tail)
+            raise JobFailure(code, f"FFmpeg failed (exit {result.returncode}): {detail}",
+                             retryable=transient)
         if result.media_time_s <= 0:
             raise retryable("bad_output", "FFmpeg exited 0 but encoded nothing")
 
@@ -149,7 +168,7 @@ class Operations:
         name = f"{ctx.job_id}/{ctx.attempt}/{path.name}"
         try:
             stored = await upload(self._js, RESULTS_BUCKET, name, path)
-        except Exception as exc:
+        except (nats.errors.Error, OSError) as exc:
             raise retryable("upload_failed", f"uploading the output failed: {exc}") from None
         return OutputInfo(bucket=RESULTS_BUCKET, name=name, size_bytes=stored.size or 0,
                           sha256=digest_hex(stored), duration_s=round(media_time_s, 3),
@@ -162,6 +181,13 @@ class _Encoded:
     media_time_s: float
     source: MediaInfo
     validate_s: float
+
+
+async def _cancel(task: asyncio.Task[FfmpegResult]) -> None:
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _parse_subtitles(data: bytes) -> list[Cue]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import nats.errors
+from loguru import logger
 from nats.js import JetStreamContext
 
 from broker.events import Progress, encode_event
@@ -47,5 +49,11 @@ class ProgressReporter:
                          attempt=self._attempt, percent=percent,
                          media_time_s=round(update.media_time_s, 3), speed=update.speed)
         subject = event_subject(self._job_id, "progress", self._agent_id)
-        await self._js.publish(subject, encode_event(event))
+        try:
+            await self._js.publish(subject, encode_event(event))
+        except nats.errors.Error as exc:
+            # Progress is best effort: a reconnect must not fail (or kill) the encode.
+            logger.bind(job_id=self._job_id).warning("progress event lost: {error}",
+                                                     error=str(exc) or type(exc).__name__)
+            return
         self.published += 1

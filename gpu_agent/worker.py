@@ -1,44 +1,48 @@
 """One job, start to finish: decode, validate, fetch, encode, upload, report, then ack.
 
 Order matters and is the contract with clients:
-- the terminal event (deduplicated by ``<job_id>.<kind>``) and the job-state entry are written
-  **before** the ack, so a crash between them repeats a report, never loses one;
-- a job whose state already says succeeded is acked without running again, so a redelivery
-  (or a resubmit after the dedupe window) never shows a client two results;
-- final failures publish ``failed`` and ``term()``; retryable ones ``nak(delay)`` while attempts
-  remain. The last allowed attempt always ends the job, because an exhausted message left for
-  the server to notice would keep the backlog at one and keep a paid machine busy.
+- the outcome is claimed in the job state (compare-and-set) and published **before** the ack,
+  so a crash between them repeats a report, never loses one, and of two attempts that both
+  finish only the first is ever announced;
+- a job that already has an outcome is acked without running again (after making sure its
+  outcome event exists), so a redelivery or a late resubmit never shows a client two results;
+- final failures publish ``failed`` and ``term()``. Retryable ones publish ``retrying`` and
+  ``nak`` with backoff while the job's failure budget (``max_retries``) and its deliveries
+  last; host loss spends only deliveries, and the controller's reaper ends a job whose
+  deliveries ran out. A failure on the last delivery always ends the job here, because the
+  server would never deliver it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+import nats.errors
 from loguru import logger
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
-from broker.events import Event, Failed, JobError, Started, Succeeded, decode_event, encode_event
+from broker.events import Failed, JobError, Retrying, Started, Succeeded
 from broker.jobs import decode_job
-from broker.subjects import event_subject, parse_job_subject
+from broker.subjects import parse_job_subject
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.progress import ProgressReporter
+from gpu_agent.reporter import Reporter
 
 if TYPE_CHECKING:
     from loguru import Logger
+    from nats.js import JetStreamContext
 
 __all__ = ["JobOutcome", "Worker"]
 
@@ -46,15 +50,25 @@ __all__ = ["JobOutcome", "Worker"]
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     job_id: str
-    status: str  # succeeded | failed | retrying | skipped | released
+    status: str  # succeeded | failed | retrying | skipped | released | unreported
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    msg: Msg
+    operation: str
+    job_id: str
+    number: int  # num_delivered
+    log: Logger
+    encoder: str = ""
 
 
 class Worker:
-    def __init__(self, *, js: JetStreamContext, jobstate: KeyValue, config: AgentConfig,
+    def __init__(self, *, js: JetStreamContext, reporter: Reporter, config: AgentConfig,
                  agent_id: str, operations: Operations, ack_wait_s: float, max_deliver: int,
                  clock: Callable[[], float] = time.time) -> None:
         self._js = js
-        self._jobstate = jobstate
+        self._report = reporter
         self._cfg = config
         self._agent_id = agent_id
         self._ops = operations
@@ -64,105 +78,109 @@ class Worker:
 
     async def handle(self, msg: Msg) -> JobOutcome:
         operation, job_id = parse_job_subject(msg.subject)
-        attempt = msg.metadata.num_delivered
-        log = logger.bind(job_id=job_id, attempt=attempt, operation=operation)
-        if await self._already_succeeded(job_id):
-            log.info("job already succeeded; acking the duplicate without running it")
-            await msg.ack_sync()
-            return JobOutcome(job_id, "skipped")
+        number = msg.metadata.num_delivered
+        log = logger.bind(job_id=job_id, attempt=number, operation=operation)
+        attempt = _Attempt(msg, operation, job_id, number, log)
+        existing = await self._report.terminal(job_id)
+        if existing is not None:
+            return await self._skip(attempt, existing)
         lease = asyncio.create_task(self._keep_lease(msg))
         try:
-            return await self._run(msg, operation, job_id, attempt, log)
+            return await self._run(attempt)
         except asyncio.CancelledError:
             log.warning("job released: the agent is stopping")
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(msg.nak())
+            except nats.errors.Error as exc:
+                log.warning("release failed ({error}); the job returns after ack_wait",
+                            error=str(exc))
             raise
         finally:
             lease.cancel()
 
-    async def _run(self, msg: Msg, operation: str, job_id: str, attempt: int,
-                   log: Logger) -> JobOutcome:
+    async def _skip(self, attempt: _Attempt, outcome: Succeeded | Failed) -> JobOutcome:
+        attempt.log.info("job already ended ({kind}); acking without running it",
+                         kind=type(outcome).__name__.lower())
+        await self._report.ensure_published(outcome)
+        await attempt.msg.ack_sync()
+        return JobOutcome(attempt.job_id, "skipped")
+
+    async def _run(self, attempt: _Attempt) -> JobOutcome:
         started_at = self._clock()
-        encoder = ""
         try:
-            job = _decode(operation, msg.data)
-            encoder = self._ops.encoder_for(operation)
-            await self._report(Started(job_id=job_id, at=started_at, operation=operation,
-                                       agent_id=self._agent_id, attempt=attempt,
-                                       encoder=encoder))
-            log.info("job started on {encoder}", encoder=encoder)
-            with _work_dir(self._cfg.work_dir, job_id, attempt) as wd:
-                ctx = WorkContext(job_id=job_id, attempt=attempt, work_dir=wd,
-                                  queued_at=msg.metadata.timestamp.timestamp(),
+            job = _decode(attempt.operation, attempt.msg.data)
+            attempt = dataclasses.replace(attempt,
+                                          encoder=self._ops.encoder_for(attempt.operation))
+            started = Started(job_id=attempt.job_id, at=started_at,
+                              operation=attempt.operation, agent_id=self._agent_id,
+                              attempt=attempt.number, encoder=attempt.encoder)
+            if (existing := await self._report.started(started)) is not None:
+                return await self._skip(attempt, existing)
+            attempt.log.info("job started on {encoder}", encoder=attempt.encoder)
+            with _work_dir(self._cfg.work_dir, attempt.job_id, attempt.number) as wd:
+                ctx = WorkContext(job_id=attempt.job_id, attempt=attempt.number, work_dir=wd,
+                                  queued_at=attempt.msg.metadata.timestamp.timestamp(),
                                   started_at=started_at,
-                                  progress=self._progress_reporter(job_id, attempt))
-                result = await self._ops.run(operation, job, ctx)
+                                  progress=self._progress_reporter(attempt))
+                result = await self._ops.run(attempt.operation, job, ctx)
         except JobFailure as failure:
-            return await self._fail(msg, job_id, operation, attempt, encoder, failure, log)
+            return await self._fail(attempt, failure)
         except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
-            log.exception("job crashed")
-            crash = JobFailure("internal_error", f"agent error: {type(exc).__name__}: {exc}",
-                               retryable=True)
-            return await self._fail(msg, job_id, operation, attempt, encoder, crash, log)
-        done = Succeeded(job_id=job_id, at=self._clock(), operation=operation,
-                         agent_id=self._agent_id, attempt=attempt, encoder=encoder,
-                         output=result.output, timings=result.timings)
-        await self._report(done, terminal=True)
-        await msg.ack_sync()
-        log.info("job succeeded in {total_s:.2f}s", total_s=result.timings.total_s)
-        return JobOutcome(job_id, "succeeded")
+            attempt.log.exception("job crashed")
+            return await self._fail(attempt, JobFailure(
+                "internal_error", f"agent error: {type(exc).__name__}: {exc}", retryable=True))
+        done = Succeeded(job_id=attempt.job_id, at=self._clock(), operation=attempt.operation,
+                         agent_id=self._agent_id, attempt=attempt.number,
+                         encoder=attempt.encoder, output=result.output, timings=result.timings)
+        if (winner := await self._report.finish(done)) is not None:
+            attempt.log.warning("another attempt ended this job first ({agent}); this "
+                                "result is dropped", agent=winner.agent_id)
+        await attempt.msg.ack_sync()
+        attempt.log.info("job succeeded in {total_s:.2f}s", total_s=result.timings.total_s)
+        return JobOutcome(attempt.job_id, "succeeded")
 
-    async def _fail(self, msg: Msg, job_id: str, operation: str, attempt: int, encoder: str,
-                    failure: JobFailure, log: Logger) -> JobOutcome:
-        if failure.retryable and attempt < self._max_deliver:
-            log.warning("attempt failed, will retry: {code}: {message}",
-                        code=failure.code, message=failure.message)
-            delay_s = failure.retry_delay_s
-            if delay_s is None:
-                delay_s = backoff_s(attempt, self._cfg.retry_delay_s)
-            await msg.nak(delay=delay_s)
-            return JobOutcome(job_id, "retrying")
+    async def _fail(self, attempt: _Attempt, failure: JobFailure) -> JobOutcome:
+        error = JobError(code=failure.code, message=failure.message)
         if failure.retryable:
-            failure = JobFailure(failure.code, f"{failure.message} (gave up after {attempt} "
-                                 "attempts)")
-        event = Failed(job_id=job_id, at=self._clock(), agent_id=self._agent_id,
-                       attempt=attempt, operation=operation, encoder=encoder,
-                       error=JobError(code=failure.code, message=failure.message))
-        await self._report(event, terminal=True)
-        await msg.term()
-        log.warning("job failed: {code}: {message}", code=failure.code, message=failure.message)
-        return JobOutcome(job_id, "failed")
+            failures = await self._report.failures_so_far(attempt.job_id) + 1
+            if failures <= self._cfg.max_retries and attempt.number < self._max_deliver:
+                delay_s = failure.retry_delay_s
+                if delay_s is None:
+                    delay_s = backoff_s(failures, self._cfg.retry_delay_s)
+                attempt.log.warning("attempt failed, retrying in {delay:.1f}s: {code}: {msg}",
+                                    delay=delay_s, code=failure.code, msg=failure.message)
+                await self._report.retrying(Retrying(
+                    job_id=attempt.job_id, at=self._clock(), agent_id=self._agent_id,
+                    attempt=attempt.number, error=error, retry_in_s=delay_s,
+                    failures=failures))
+                await attempt.msg.nak(delay=delay_s)
+                return JobOutcome(attempt.job_id, "retrying")
+            error = JobError(code=failure.code, message=f"{failure.message} (gave up after "
+                             f"{failures} failed attempts)")
+        event = Failed(job_id=attempt.job_id, at=self._clock(), agent_id=self._agent_id,
+                       attempt=attempt.number, operation=attempt.operation,
+                       encoder=attempt.encoder, error=error)
+        await self._report.finish(event)
+        await attempt.msg.term()
+        attempt.log.warning("job failed: {code}: {message}", code=error.code,
+                            message=error.message)
+        return JobOutcome(attempt.job_id, "failed")
 
-    async def _report(self, event: Event, *, terminal: bool = False) -> None:
-        kind = str(type(event).__struct_config__.tag)
-        headers = {"Nats-Msg-Id": f"{event.job_id}.{kind}"} if terminal else None
-        data = encode_event(event)
-        await self._js.publish(event_subject(event.job_id, kind, self._agent_id), data,
-                               headers=headers)
-        await self._jobstate.put(event.job_id, data)
-
-    def _progress_reporter(self, job_id: str, attempt: int) -> ProgressReporter:
-        return ProgressReporter(js=self._js, job_id=job_id, attempt=attempt,
+    def _progress_reporter(self, attempt: _Attempt) -> ProgressReporter:
+        return ProgressReporter(js=self._js, job_id=attempt.job_id, attempt=attempt.number,
                                 agent_id=self._agent_id, clock=self._clock,
                                 min_interval_s=self._cfg.progress_interval_s)
 
-    async def _already_succeeded(self, job_id: str) -> bool:
-        try:
-            entry = await self._jobstate.get(job_id)
-        except KeyNotFoundError:
-            return False
-        return entry.value is not None and isinstance(decode_event(entry.value), Succeeded)
-
     async def _keep_lease(self, msg: Msg) -> None:
-        """+WPI every ack_wait/3 while this job is in hand. Stalls are caught by timeouts in
-        each phase, not by letting the lease lapse: a lapsed lease would hand a job that is
-        still running here to a second machine."""
+        """+WPI every ack_wait/3 while this job is in hand. Hangs are caught by the time
+        limits of each phase (URL downloads, FFmpeg's wall clock and stall timeout), not by
+        letting the lease lapse: a lapsed lease hands a job still running here to a second
+        machine (which the terminal claim then makes harmless, but the work is wasted)."""
         while True:
             await asyncio.sleep(self._ack_wait_s / 3)
             try:
                 await msg.in_progress()
-            except Exception as exc:  # a reconnect in progress: the next tick tries again
+            except nats.errors.Error as exc:  # a reconnect in progress: the next tick retries
                 logger.warning("lease renewal failed: {error}", error=str(exc))
 
 
@@ -178,7 +196,7 @@ def _decode(operation: str, data: bytes) -> msgspec.Struct:
 
 
 @contextlib.contextmanager
-def _work_dir(root: str, job_id: str, attempt: int):
+def _work_dir(root: str, job_id: str, attempt: int) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=root or None))
     try:
         yield path

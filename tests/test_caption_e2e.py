@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from pathlib import Path
 
 from broker.events import Progress, Queued, Started, Succeeded
@@ -35,6 +37,12 @@ async def test_caption_job_burns_subtitles(client, agent, media_dir: Path, tmp_p
     assert abs(float(probe["format"]["duration"]) - float(source["format"]["duration"])) <= 0.1
     assert {s["codec_type"] for s in probe["streams"]} == {"video", "audio"}
     assert done.output.size_bytes == out.stat().st_size
+    assert done.output.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    video_stream = next(s for s in probe["streams"] if s["codec_type"] == "video")
+    assert (done.output.width, done.output.height) == (video_stream["width"],
+                                                       video_stream["height"]) == SIZE
+    assert done.output.video_codec == video_stream["codec_name"] == "h264"
+    assert abs(done.output.duration_s - float(probe["format"]["duration"])) <= 0.1
 
     inside_in = gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE)
     inside_out = gray_frame(out, INSIDE_CUE_S, SIZE)
@@ -62,3 +70,18 @@ async def test_hostile_characters_in_the_work_dir_path(client, js, nats_server, 
     inside_in = gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE)
     assert region_difference(inside_in, gray_frame(out, INSIDE_CUE_S, SIZE), SIZE,
                              SUBTITLE_ROWS) > 5.0
+
+
+async def test_audio_mp4_cannot_carry_is_reencoded(client, agent, media_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """Camera files often carry PCM audio, which MP4 cannot hold as it is."""
+    avi = tmp_path / "camera.avi"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(media_dir / "talk.mp4"),
+                    "-c:v", "copy", "-c:a", "pcm_s16le", str(avi)], check=True)
+    receipt = await client.submit(CaptionJob(video=await client.upload_input(avi),
+                                             srt=await client.upload_input(media_dir / "talk.srt")))
+    done = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    out = await client.download(done.output, tmp_path / "out.mp4")
+    codecs = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
+    assert codecs == {"video": "h264", "audio": "aac"}

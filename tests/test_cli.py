@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.events import Succeeded
+from broker.events import Progress, Succeeded
 from broker.jobs import CaptionJob
 from client.api import Client
-from tests.media import ffprobe
+from tests.media import ffprobe, make_video
 
 VIDFLEET = [sys.executable, "-c", "from client.cli import main; main()"]
 
@@ -78,10 +79,12 @@ async def test_missing_local_file_is_a_usage_error(nats_server, js, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_up_runs_the_stack_and_ctrl_c_stops_it(media_dir: Path, tmp_path: Path) -> None:
+async def test_up_runs_the_stack_and_ctrl_c_lets_the_running_job_finish(
+        media_dir: Path, tmp_path: Path) -> None:
+    # Its own session, like a shell's foreground job: Ctrl-C goes to the whole group.
     proc = await asyncio.create_subprocess_exec(
         *VIDFLEET, "up", "--port", "0", "--data-dir", str(tmp_path / "data"),
-        stderr=asyncio.subprocess.PIPE)
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
     assert proc.stderr
     url = None
     while url is None:
@@ -89,12 +92,17 @@ async def test_up_runs_the_stack_and_ctrl_c_stops_it(media_dir: Path, tmp_path: 
         assert line, "vidfleet up exited before it was up"
         if m := re.search(r"NATS at (nats://\S+),", line):
             url = m.group(1)
+    video = make_video(tmp_path / "mid.mp4", seconds=20, size="640x360")
     async with await Client.connect(url) as vf:
         receipt = await vf.submit(CaptionJob(
-            video=await vf.upload_input(media_dir / "talk.mp4"),
+            video=await vf.upload_input(video),
             srt=await vf.upload_input(media_dir / "talk.srt")))
-        assert isinstance(await vf.result(receipt.job_id, timeout_s=60), Succeeded)
-    proc.send_signal(signal.SIGINT)
+        async for event in vf.watch(receipt.job_id, timeout_s=60):
+            if isinstance(event, Progress):
+                os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C while the job is encoding
+                break
+        done = await vf.result(receipt.job_id, timeout_s=90)
+    assert isinstance(done, Succeeded) and done.attempt == 1 and done.agent_id == "local-1"
     await asyncio.wait_for(proc.stderr.read(), 60)
     assert await asyncio.wait_for(proc.wait(), 60) == 0
     check = await asyncio.create_subprocess_exec("pgrep", "-f", str(tmp_path / "data"))

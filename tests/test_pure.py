@@ -11,8 +11,9 @@ from broker.config import ConfigError, Secret, load_config
 from broker.events import Queued, event_from_msg
 from broker.schema import render, schemas
 from broker.subjects import job_subject, parse_event_subject, validate_job_id
-from gpu_agent.ffmpeg import ProgressParser
+from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
+from gpu_agent.ops.common import mp4_audio_args
 from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
 
 GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
@@ -110,3 +111,29 @@ def test_checked_in_schemas_match_the_structs() -> None:
     for name, doc in schemas().items():
         assert (schema_dir / name).read_text(encoding="utf-8") == render(doc), (
             f"docs/schema/{name} is stale: run make schema")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "code", "retryable"),
+    [
+        ("[h264_nvenc @ 0x1] OpenEncodeSessionEx failed: out of memory (10)", "encoder_busy",
+         True),
+        ("av_interleaved_write_frame(): No space left on device", "disk_full", True),
+        ("[h264_nvenc @ 0x1] Cannot load libnvidia-encode.so.1", "encoder_unavailable", True),
+        ("Invalid data found when processing input", "ffmpeg_failed", False),
+    ],
+)
+def test_ffmpeg_failures_are_classified(stderr: str, code: str, retryable: bool) -> None:
+    assert classify_failure(stderr) == (code, retryable)
+
+
+def test_unknown_event_kinds_are_skipped_not_fatal() -> None:
+    assert event_from_msg("events.j1.cancelled.agent", None, b'{"kind":"cancelled"}') is None
+
+
+@pytest.mark.parametrize(("codec", "args"), [
+    (None, ["-c:a", "copy"]), ("aac", ["-c:a", "copy"]), ("mp3", ["-c:a", "copy"]),
+    ("pcm_s16le", ["-c:a", "aac", "-b:a", "192k"]), ("vorbis", ["-c:a", "aac", "-b:a", "192k"]),
+])
+def test_audio_is_copied_only_when_mp4_can_carry_it(codec: str | None, args: list[str]) -> None:
+    assert mp4_audio_args(codec) == args

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.events import Failed, Succeeded
+from broker.events import Failed, Retrying, Succeeded
 from broker.jobs import CaptionJob
 from tests.conftest import agent_config, running_agent
 
@@ -20,10 +20,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    flaky_calls = 0
+
     def do_GET(self) -> None:
         if self.path.startswith("/broken"):
             self.send_error(503, "try later")
             return
+        if self.path.startswith("/flaky/"):  # fails once, then serves the file
+            type(self).flaky_calls += 1
+            if type(self).flaky_calls == 1:
+                self.send_error(502, "bad gateway")
+                return
+            self.path = self.path.removeprefix("/flaky")
         super().do_GET()
 
 
@@ -62,7 +70,8 @@ async def test_url_5xx_is_retried_then_fails_for_good(client, js, nats_server, h
         failed = await client.result(receipt.job_id, timeout_s=60)
     assert isinstance(failed, Failed)
     assert failed.attempt == 4  # max_deliver of the test topology
-    assert "HTTP 503" in failed.error.message and "gave up after 4 attempts" in failed.error.message
+    assert "HTTP 503" in failed.error.message
+    assert "gave up after 4 failed attempts" in failed.error.message
 
 
 async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
@@ -74,3 +83,16 @@ async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
         failed = await client.result(receipt.job_id, timeout_s=30)
     assert isinstance(failed, Failed)
     assert "more than the limit of 1000 bytes" in failed.error.message
+
+
+async def test_transient_trouble_is_retried_and_explained(client, js, nats_server, http_base: str,
+                                                          tmp_path: Path) -> None:
+    config = agent_config(nats_server, tmp_path / "a", retry_delay_s=0.1)
+    async with running_agent(config):
+        receipt = await client.submit(CaptionJob(video=f"{http_base}/flaky/talk.mp4",
+                                                 srt=f"{http_base}/talk.srt"))
+        events = [e async for e in client.watch(receipt.job_id, timeout_s=60)]
+    retrying = [e for e in events if isinstance(e, Retrying)]
+    assert len(retrying) == 1 and retrying[0].error.code == "input_unavailable"
+    assert "HTTP 502" in retrying[0].error.message and retrying[0].failures == 1
+    assert isinstance(events[-1], Succeeded) and events[-1].attempt == 2

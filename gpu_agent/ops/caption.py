@@ -12,6 +12,7 @@ from gpu_agent.ops.common import (
     escape_graph,
     ffmpeg_prelude,
     h264_args,
+    mp4_audio_args,
     mp4_output,
 )
 
@@ -34,8 +35,9 @@ def subtitles_filter(srt_path: str, fonts_dir: str, font: str = DEFAULT_FONT) ->
 
 def caption_argv(
     *, ffmpeg: str, video_path: str, srt_path: str, output_path: str, encoder: str,
-    fonts_dir: str, input_formats: str,
+    fonts_dir: str, input_formats: str, audio_codec: str | None = None,
 ) -> list[str]:
+    """``audio_codec`` None assumes the audio can be copied into MP4 (checked once probed)."""
     return [
         *ffmpeg_prelude(ffmpeg),
         "-format_whitelist", input_formats, "-protocol_whitelist", "file",
@@ -43,6 +45,6 @@ def caption_argv(
         "-map", "0:v:0", "-map", "0:a?",
         "-vf", subtitles_filter(srt_path, fonts_dir),
         *h264_args(encoder),
-        "-c:a", "copy",
+        *mp4_audio_args(audio_codec),
         *mp4_output(output_path),
     ]

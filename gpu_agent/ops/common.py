@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["escape_filter_value", "escape_graph", "ffmpeg_prelude", "h264_args", "mp4_output"]
+__all__ = [
+    "MP4_AUDIO_COPY",
+    "escape_filter_value",
+    "escape_graph",
+    "ffmpeg_prelude",
+    "h264_args",
+    "mp4_audio_args",
+    "mp4_output",
+]
 
 
 def ffmpeg_prelude(ffmpeg: str) -> list[str]:
@@ -20,6 +28,17 @@ def h264_args(encoder: str, quality: int = 23) -> list[str]:
         return ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality),
                 "-pix_fmt", "yuv420p"]
     raise ValueError(f"no settings for encoder {encoder!r}")
+
+
+# Audio codecs an MP4 can carry as they are; anything else (PCM from cameras, Vorbis...) is
+# re-encoded to AAC, since copying it makes FFmpeg fail with "Could not find tag for codec".
+MP4_AUDIO_COPY = frozenset({"aac", "mp3", "alac", "ac3", "eac3"})
+
+
+def mp4_audio_args(audio_codec: str | None) -> list[str]:
+    if audio_codec is None or audio_codec in MP4_AUDIO_COPY or not audio_codec:
+        return ["-c:a", "copy"]
+    return ["-c:a", "aac", "-b:a", "192k"]
 
 
 def mp4_output(path: str) -> list[str]:

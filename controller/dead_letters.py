@@ -1,0 +1,94 @@
+"""The reaper: ends jobs whose deliveries ran out, so none sits in the queue forever.
+
+When every delivery of a job ended without an ack or term (each machine vanished, was killed,
+or was stopped while running it), the server stops delivering it but keeps it in JOBS, counted
+in the backlog, with no event telling its client anything. The server announces this with a
+MAX_DELIVERIES advisory, which the topology captures in a stream; the reaper reads those,
+claims the job's terminal state, publishes ``failed`` (code ``deliveries_exhausted``) and
+deletes the message. Without it, such a job would keep a paid machine scaled up and its client
+waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import msgspec
+import nats.errors
+from loguru import logger
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from broker.events import Failed, JobError, encode_event
+from broker.jobstate import JobStates
+from broker.subjects import (
+    CONTROLLER_PUBLISHER,
+    EXHAUSTED_CONSUMER,
+    EXHAUSTED_STREAM,
+    JOBS_STREAM,
+    JOBSTATE_BUCKET,
+    event_subject,
+    parse_job_subject,
+)
+
+__all__ = ["Reaper"]
+
+
+class _Advisory(msgspec.Struct):
+    stream_seq: int
+    deliveries: int = 0
+
+
+_ADVISORY = msgspec.json.Decoder(_Advisory)
+
+
+class Reaper:
+    def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
+                 fetch_timeout_s: float = 5.0) -> None:
+        self._js = js
+        self._clock = clock
+        self._fetch_timeout_s = fetch_timeout_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        states = JobStates(await self._js.key_value(JOBSTATE_BUCKET))
+        sub = await self._js.pull_subscribe_bind(consumer=EXHAUSTED_CONSUMER,
+                                                 stream=EXHAUSTED_STREAM)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(10, timeout=self._fetch_timeout_s)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    await self.reap(msg, states)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def reap(self, advisory: Msg, states: JobStates) -> None:
+        info = _ADVISORY.decode(advisory.data)
+        try:
+            job = await self._js.get_msg(JOBS_STREAM, info.stream_seq)
+        except NotFoundError:  # finished after all, or already reaped
+            await advisory.ack()
+            return
+        operation, job_id = parse_job_subject(job.subject or "")
+        failed = Failed(
+            job_id=job_id, at=self._clock(), agent_id=CONTROLLER_PUBLISHER,
+            attempt=info.deliveries, operation=operation,
+            error=JobError(code="deliveries_exhausted", message=(
+                f"the job was delivered {info.deliveries} times and no attempt finished: each "
+                "machine running it was lost or stopped (a job that crashes its agent ends "
+                "here too). Submit it again under a new job id to retry.")))
+        if await states.claim_terminal(failed) is None:
+            await self._js.publish(
+                event_subject(job_id, "failed", CONTROLLER_PUBLISHER), encode_event(failed),
+                headers={"Nats-Msg-Id": f"{job_id}.failed"})
+            logger.bind(job_id=job_id).warning("job failed: deliveries exhausted after {n}",
+                                               n=info.deliveries)
+        await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
+        await advisory.ack()

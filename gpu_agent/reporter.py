@@ -1,0 +1,76 @@
+"""What an agent tells the world about a job: events on the bus and the job-state entry.
+
+Terminal events go through ``JobStates.claim_terminal`` first, so of two attempts that both
+finish (a machine whose lease lapsed while it was frozen, then woke) only the first is ever
+published: a client never sees two outcomes, however far apart they come.
+"""
+
+from __future__ import annotations
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from broker.events import Event, Retrying, Started, encode_event
+from broker.jobstate import JobStates, Terminal
+from broker.subjects import EVENTS_STREAM, event_subject
+
+__all__ = ["Reporter"]
+
+
+def _kind(event: Event) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+class Reporter:
+    def __init__(self, js: JetStreamContext, states: JobStates, agent_id: str) -> None:
+        self._js = js
+        self._states = states
+        self._agent_id = agent_id
+
+    async def terminal(self, job_id: str) -> Terminal | None:
+        return await self._states.terminal(job_id)
+
+    async def started(self, event: Started) -> Terminal | None:
+        """Record and announce an attempt; returns the job's outcome instead if it has one."""
+        existing = await self._states.record_started(event)
+        if existing is None:
+            await self._publish(event)
+        return existing
+
+    async def retrying(self, event: Retrying) -> None:
+        await self._publish(event, msg_id=f"{event.job_id}.retrying.{event.attempt}")
+
+    async def finish(self, event: Terminal) -> Terminal | None:
+        """Claim and announce the job's outcome. Returns the outcome another attempt claimed
+        first, in which case nothing is published."""
+        winner = await self._states.claim_terminal(event)
+        if winner is None:
+            await self._publish(event, msg_id=f"{event.job_id}.{_kind(event)}")
+        return winner
+
+    async def ensure_published(self, outcome: Terminal) -> None:
+        """Publish a claimed outcome that may never have reached EVENTS (its agent died
+        between the claim and the publish). Skipped when it is there already, so a
+        resubmit long after the dedupe window does not repeat it."""
+        subject = f"events.{outcome.job_id}.{_kind(outcome)}.*"
+        try:
+            await self._js.get_last_msg(EVENTS_STREAM, subject)
+        except NotFoundError:
+            await self._publish(outcome, msg_id=f"{outcome.job_id}.{_kind(outcome)}",
+                                publisher=getattr(outcome, "agent_id", self._agent_id))
+
+    async def failures_so_far(self, job_id: str) -> int:
+        """Retryable failures of this job so far, from its stored ``retrying`` events."""
+        try:
+            info = await self._js.stream_info(
+                EVENTS_STREAM, subjects_filter=f"events.{job_id}.retrying.*")
+        except nats.errors.Error:
+            return 0
+        return sum((info.state.subjects or {}).values())
+
+    async def _publish(self, event: Event, *, msg_id: str | None = None,
+                       publisher: str | None = None) -> None:
+        subject = event_subject(event.job_id, _kind(event), publisher or self._agent_id)
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await self._js.publish(subject, encode_event(event), headers=headers)
