@@ -9,16 +9,18 @@ fails late and expensively instead of early with a clear message.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
     "OPERATIONS",
+    "AddAudioJob",
     "CaptionJob",
     "InputRef",
     "JobRequest",
+    "Output",
     "decode_job",
     "encode_job",
     "object_ref",
@@ -39,16 +41,62 @@ InputRef = Annotated[
 ]
 
 
+class Output(Struct, frozen=True, kw_only=True):
+    """How the result is encoded. Every operation takes one (all fields optional)."""
+
+    container: Annotated[Literal["mp4", "webm"], Meta(
+        description="mp4 (faststart) holds h264, hevc or av1; webm holds av1 (with Opus audio)."
+    )] = "mp4"
+    codec: Literal["h264", "hevc", "av1"] = "h264"
+    quality: Annotated[int, Meta(ge=0, le=51, description=(
+        "Constant quality on x264's CRF scale: 0 best, 18 visually lossless, 23 default, 51 "
+        "worst. Mapped to each encoder's own scale (see docs/protocol.md)."))] = 23
+
+    def __post_init__(self) -> None:
+        if self.container == "webm" and self.codec != "av1":
+            raise ValueError(f"a webm output holds only av1 video, not {self.codec}: use "
+                             "container mp4, or codec av1")
+
+
 class CaptionJob(Struct, frozen=True, kw_only=True):
-    """Burn subtitles into a video. Audio is copied untouched."""
+    """Burn subtitles into a video. Audio is copied when the container can hold it."""
 
     video: InputRef
     srt: Annotated[InputRef, Meta(description="SubRip subtitles, UTF-8.")]
+    output: Output = Output()
 
 
-JobRequest = CaptionJob
+Volume = Annotated[float, Meta(ge=0.0, le=4.0, description="Gain: 1.0 leaves it as it is.")]
 
-OPERATIONS: dict[str, type[Struct]] = {"caption": CaptionJob}
+
+class AddAudioJob(Struct, frozen=True, kw_only=True):
+    """Put an audio track on a video. The video stream is copied, never re-encoded, and the
+    output lasts exactly as long as the video: the audio is trimmed, padded with silence or
+    looped to fit."""
+
+    video: InputRef
+    audio: InputRef
+    mode: Annotated[Literal["replace", "mix"], Meta(description=(
+        "replace the video's audio, or mix the new audio with it (no normalisation: each "
+        "keeps its own volume). mix on a video without audio acts as replace."))] = "replace"
+    offset_s: Annotated[float, Meta(ge=-3600.0, le=3600.0, description=(
+        "Positive: the new audio starts this late, after real silence. Negative: its first "
+        "seconds are skipped."))] = 0.0
+    when_shorter: Annotated[Literal["pad", "loop"], Meta(description=(
+        "When the new audio ends before the video: pad with silence, or loop it."))] = "pad"
+    audio_volume: Volume = 1.0
+    video_volume: Annotated[float, Meta(ge=0.0, le=4.0, description=(
+        "Gain of the video's own audio in mix mode."))] = 1.0
+    fade_out_s: Annotated[float, Meta(ge=0.0, le=60.0, description=(
+        "Fade the new audio out over the video's last seconds."))] = 0.0
+    output: Annotated[Output, Meta(description=(
+        "Only the container applies: the video is copied, so codec and quality are "
+        "ignored, and the container must be able to hold the video's codec."))] = Output()
+
+
+JobRequest = CaptionJob | AddAudioJob
+
+OPERATIONS: dict[str, type[Struct]] = {"caption": CaptionJob, "add_audio": AddAudioJob}
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     op: msgspec.json.Decoder(cls) for op, cls in OPERATIONS.items()
 }

@@ -5,38 +5,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import click
-import nats.errors
-from msgspec import Struct
 
-from broker.config import ConfigError, load_config
-from broker.events import Failed, Succeeded, encode_event
+from broker.events import Failed, encode_event
 from broker.jobs import CaptionJob
 from broker.logs import setup_logging
 from broker.topology import TopologyConfig
-from client.api import Client, JobNotFound, SubmitError
-from client.display import ProgressDisplay, describe
+from client.api import Client
+from client.commands import ClientConfig, client_config, run_command
+from client.display import describe
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
+from client.submit_cli import follow_and_fetch, submit
 
 __all__ = ["main"]
-
-
-class ClientConfig(Struct, frozen=True, kw_only=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    data_dir: str = "vidfleet-data"
-    log_level: str = "WARNING"
-
-
-def _config(**overrides: object) -> ClientConfig:
-    try:
-        return load_config(ClientConfig, overrides=overrides)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 @click.group()
@@ -46,24 +30,10 @@ def _config(**overrides: object) -> ClientConfig:
 @click.pass_context
 def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
     """vidfleet: GPU video jobs over NATS JetStream."""
-    cfg = _config(nats_url=nats_url)
+    cfg = client_config(nats_url=nats_url)
     level = {0: cfg.log_level, 1: "INFO"}.get(verbose, "DEBUG")
     setup_logging("cli", level=level)
     ctx.obj = cfg
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        return asyncio.run(coro)
-    except nats.errors.NoServersError:
-        click.echo("error: cannot reach NATS (is `vidfleet up` running? see --nats-url)",
-                   err=True)
-        return 1
-    except (SubmitError, JobNotFound, TimeoutError, OSError, nats.errors.Error) as exc:
-        click.echo(f"error: {exc or type(exc).__name__}", err=True)
-        return 1
-    except ValueError as exc:  # an invalid job id
-        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
@@ -80,7 +50,7 @@ def up(cfg: ClientConfig, data_dir: Path | None, port: int, agents: int,
     """Run nats-server and local agents in the foreground until Ctrl-C."""
     options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
                            agents=agents, topology=TopologyConfig(ack_wait_s=ack_wait_s))
-    sys.exit(_run(_up(options)))
+    sys.exit(run_command(_up(options)))
 
 
 async def _up(options: StackOptions) -> int:
@@ -105,67 +75,6 @@ async def _up(options: StackOptions) -> int:
     return 0
 
 
-@cli.group()
-def submit() -> None:
-    """Submit a job. Local files are uploaded; http(s) URLs are fetched by the agent."""
-
-
-@submit.command("caption")
-@click.option("--video", required=True, help="Local file or http(s) URL.")
-@click.option("--srt", required=True, help="SubRip subtitles: local file or http(s) URL.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to save the result [default: <video>.captioned.mp4].")
-@click.option("--job-id", default=None, help="Your id for the job; resubmitting it runs once.")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="--no-wait prints the job id and returns.")
-@click.option("--timeout-s", type=float, default=None, help="Give up waiting after this long.")
-@click.pass_obj
-def submit_caption(cfg: ClientConfig, video: str, srt: str, out: Path | None,
-                   job_id: str | None, wait: bool, timeout_s: float | None) -> None:
-    """Burn subtitles into a video."""
-    if out is None:
-        stem = Path(video.split("?")[0]).stem or "output"
-        out = Path(f"{stem}.captioned.mp4")
-    sys.exit(_run(_submit_caption(cfg, video, srt, out, job_id, wait, timeout_s)))
-
-
-async def _input(vf: Client, value: str) -> str:
-    if value.startswith(("http://", "https://")):
-        return value
-    path = Path(value)
-    if not path.is_file():
-        raise click.BadParameter(f"no such file: {value}")
-    return await vf.upload_input(path)
-
-
-async def _submit_caption(cfg: ClientConfig, video: str, srt: str, out: Path,
-                          job_id: str | None, wait: bool, timeout_s: float | None) -> int:
-    async with await Client.connect(cfg.nats_url) as vf:
-        job = CaptionJob(video=await _input(vf, video), srt=await _input(vf, srt))
-        receipt = await vf.submit(job, job_id=job_id)
-        if receipt.duplicate:
-            click.echo(f"job {receipt.job_id} was already submitted; following it", err=True)
-        if not wait:
-            click.echo(receipt.job_id)
-            return 0
-        click.echo(f"job {receipt.job_id}", err=True)
-        return await _follow_and_fetch(vf, receipt.job_id, out, timeout_s)
-
-
-async def _follow_and_fetch(vf: Client, job_id: str, out: Path, timeout_s: float | None) -> int:
-    display = ProgressDisplay()
-    last = None
-    async for event in vf.watch(job_id, timeout_s=timeout_s):
-        display.show(event)
-        last = event
-    if isinstance(last, Failed):
-        return 1
-    assert isinstance(last, Succeeded)
-    path = await vf.download(last.output, out)
-    click.echo(f"output: {path.resolve()}  (encoder {last.encoder})")
-    return 0
-
-
 @cli.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
@@ -173,7 +82,7 @@ async def _follow_and_fetch(vf: Client, job_id: str, out: Path, timeout_s: float
 @click.pass_obj
 def watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> None:
     """Replay a job's events from the start, then follow it live until it ends."""
-    sys.exit(_run(_watch(cfg, job_id, as_json, timeout_s)))
+    sys.exit(run_command(_watch(cfg, job_id, as_json, timeout_s)))
 
 
 async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> int:
@@ -192,7 +101,7 @@ async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float
 @click.pass_obj
 def result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> None:
     """Download a finished job's output (waits for it unless --no-wait)."""
-    sys.exit(_run(_result(cfg, job_id, out, wait)))
+    sys.exit(run_command(_result(cfg, job_id, out, wait)))
 
 
 async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
@@ -217,7 +126,7 @@ async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
               help="Length of the generated sample video.")
 def demo(out_dir: Path, seconds: int) -> None:
     """Start a private stack, caption a generated video with progress, print the output."""
-    sys.exit(_run(_demo(out_dir.resolve(), seconds)))
+    sys.exit(run_command(_demo(out_dir.resolve(), seconds)))
 
 
 async def _demo(out_dir: Path, seconds: int) -> int:
@@ -232,8 +141,11 @@ async def _demo(out_dir: Path, seconds: int) -> int:
             job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt))
             receipt = await vf.submit(job)
             click.echo(f"job {receipt.job_id}", err=True)
-            return await _follow_and_fetch(vf, receipt.job_id,
+            return await follow_and_fetch(vf, receipt.job_id,
                                            out_dir / "sample.captioned.mp4", 300.0)
+
+
+cli.add_command(submit)
 
 
 def main() -> None:

@@ -13,9 +13,18 @@ import msgspec
 from gpu_agent.errors import invalid_input
 from gpu_agent.ffmpeg import run_capture
 
-__all__ = ["MediaInfo", "MediaLimits", "probe_media", "require_video"]
+__all__ = [
+    "AUDIO_FORMATS",
+    "INPUT_FORMATS",
+    "MediaInfo",
+    "MediaLimits",
+    "probe_media",
+    "require_audio",
+    "require_video",
+]
 
 INPUT_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv"
+AUDIO_FORMATS = f"{INPUT_FORMATS},mp3,aac,wav,flac,ogg"
 
 
 class _Stream(msgspec.Struct):
@@ -52,6 +61,7 @@ class MediaInfo:
     fps: float = 0.0
     video_codec: str = ""
     audio_codec: str = ""
+    video_duration_s: float = 0.0  # the video stream's own, which the container's may exceed
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +81,11 @@ def _rate(value: str) -> float:
 
 
 async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = True,
-                      timeout_s: float = 30.0) -> MediaInfo:
+                      formats: str = INPUT_FORMATS, timeout_s: float = 30.0) -> MediaInfo:
     """Probe ``path``; raise an invalid-input JobFailure naming ``label`` if it is unreadable."""
     argv = [ffprobe, "-v", "error"]
     if whitelist:
-        argv += ["-format_whitelist", INPUT_FORMATS, "-protocol_whitelist", "file"]
+        argv += ["-format_whitelist", formats, "-protocol_whitelist", "file"]
     argv += ["-print_format", "json", "-show_format", "-show_streams", path]
     try:
         rc, out, err = await run_capture(argv, timeout_s)
@@ -87,7 +97,7 @@ async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = 
         detail = detail.replace(path, "<file>")
         raise invalid_input(
             f"{label} is not a readable video or audio file ({detail}); "
-            f"accepted containers: {INPUT_FORMATS}"
+            f"accepted formats: {formats}"
         )
     probe = _PROBE.decode(out)
     video = next((s for s in probe.streams if s.codec_type == "video"), None)
@@ -103,6 +113,7 @@ async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = 
         height=video.height if video else 0,
         fps=_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else 0.0,
         video_codec=video.codec_name if video else "",
+        video_duration_s=(_float(video.duration) or duration) if video else 0.0,
     )
 
 
@@ -118,6 +129,14 @@ def require_video(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
     problem = _video_problem(info, limits)
     if problem:
         raise invalid_input(f"{label}: {problem}")
+
+
+def require_audio(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
+    if not info.has_audio:
+        raise invalid_input(f"{label}: has no audio stream")
+    if info.duration_s > limits.max_duration_s:
+        raise invalid_input(f"{label}: is {info.duration_s:.0f}s long, over the limit of "
+                            f"{limits.max_duration_s:.0f}s")
 
 
 def _video_problem(info: MediaInfo, limits: MediaLimits) -> str | None:

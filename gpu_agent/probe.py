@@ -2,24 +2,37 @@
 
 FFmpeg lists h264_nvenc whether or not a GPU, a new-enough driver or the container's video
 capability exists, so the list proves nothing; only an encode does. The same code picks NVENC
-on a GPU machine and libx264 here, and every result names the encoder that ran.
+on a GPU machine and the CPU encoders here, and every result names the encoder that ran.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from gpu_agent.ffmpeg import run_capture
 
-__all__ = ["H264_CANDIDATES", "EncoderProbe", "probe_encoders"]
+__all__ = ["CANDIDATES", "EncoderProbe", "probe_encoders"]
 
-H264_CANDIDATES = ("h264_nvenc", "libx264")
+# Per output codec, in order of preference: the GPU encoder first.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "h264": ("h264_nvenc", "libx264"),
+    "hevc": ("hevc_nvenc", "libx265"),
+    "av1": ("av1_nvenc", "libsvtav1"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class EncoderProbe:
-    h264: str  # the H.264 encoder jobs will use
+    chosen: dict[str, str]  # codec -> the encoder jobs will use; a codec absent has none
     failures: dict[str, str] = field(default_factory=dict)  # encoder -> why it was skipped
+
+    @property
+    def h264(self) -> str:
+        return self.chosen["h264"]
+
+    def encoder_for(self, codec: str) -> str | None:
+        return self.chosen.get(codec)
 
 
 async def _try_encoder(ffmpeg: str, encoder: str, timeout_s: float) -> str | None:
@@ -33,21 +46,32 @@ async def _try_encoder(ffmpeg: str, encoder: str, timeout_s: float) -> str | Non
     except OSError as exc:
         return f"cannot run {ffmpeg}: {exc.strerror}"
     if rc != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
+        lines = [ln for ln in err.decode(errors="replace").strip().splitlines() if ln]
         return lines[0] if lines else f"exit code {rc}"
     return None
 
 
 async def probe_encoders(ffmpeg: str, *, timeout_s: float = 20.0,
-                         candidates: tuple[str, ...] = H264_CANDIDATES) -> EncoderProbe:
-    """Try ``candidates`` in order; the first that encodes a frame wins.
+                         candidates: dict[str, tuple[str, ...]] | None = None) -> EncoderProbe:
+    """Try every candidate (concurrently per codec, in order within one); the first that
+    encodes a frame wins its codec.
 
-    Raises RuntimeError when none works: an agent that cannot encode must not pull jobs.
+    Raises RuntimeError when no H.264 encoder works: an agent that cannot encode the default
+    output must not pull jobs. A missing HEVC or AV1 encoder only fails the jobs asking for it.
     """
+    candidates = candidates or CANDIDATES
     failures: dict[str, str] = {}
-    for encoder in candidates:
-        problem = await _try_encoder(ffmpeg, encoder, timeout_s)
-        if problem is None:
-            return EncoderProbe(h264=encoder, failures=failures)
-        failures[encoder] = problem
-    raise RuntimeError(f"no working H.264 encoder: {failures}")
+
+    async def first_working(encoders: tuple[str, ...]) -> str | None:
+        for encoder in encoders:
+            problem = await _try_encoder(ffmpeg, encoder, timeout_s)
+            if problem is None:
+                return encoder
+            failures[encoder] = problem
+        return None
+
+    found = await asyncio.gather(*(first_working(e) for e in candidates.values()))
+    chosen = {codec: enc for codec, enc in zip(candidates, found, strict=True) if enc}
+    if "h264" not in chosen:
+        raise RuntimeError(f"no working H.264 encoder: {failures}")
+    return EncoderProbe(chosen=chosen, failures=failures)

@@ -32,11 +32,12 @@ from loguru import logger
 from nats.aio.msg import Msg
 
 from broker.events import Failed, JobError, Retrying, Started, Succeeded
-from broker.jobs import decode_job
+from broker.jobs import JobRequest, decode_job
 from broker.subjects import parse_job_subject
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
+from gpu_agent.pipelines import run_job
 from gpu_agent.progress import ProgressReporter
 from gpu_agent.reporter import Reporter
 
@@ -109,8 +110,7 @@ class Worker:
         started_at = self._clock()
         try:
             job = _decode(attempt.operation, attempt.msg.data)
-            attempt = dataclasses.replace(attempt,
-                                          encoder=self._ops.encoder_for(attempt.operation))
+            attempt = dataclasses.replace(attempt, encoder=self._ops.encoder_for(job))
             started = Started(job_id=attempt.job_id, at=started_at,
                               operation=attempt.operation, agent_id=self._agent_id,
                               attempt=attempt.number, encoder=attempt.encoder)
@@ -122,7 +122,7 @@ class Worker:
                                   queued_at=attempt.msg.metadata.timestamp.timestamp(),
                                   started_at=started_at,
                                   progress=self._progress_reporter(attempt))
-                result = await self._ops.run(attempt.operation, job, ctx)
+                result = await run_job(self._ops, job, ctx)
         except JobFailure as failure:
             return await self._fail(attempt, failure)
         except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
@@ -184,7 +184,7 @@ class Worker:
                 logger.warning("lease renewal failed: {error}", error=str(exc))
 
 
-def _decode(operation: str, data: bytes) -> msgspec.Struct:
+def _decode(operation: str, data: bytes) -> JobRequest:
     try:
         return decode_job(operation, data)
     except LookupError as exc:

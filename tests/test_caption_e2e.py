@@ -6,8 +6,10 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from broker.events import Progress, Queued, Started, Succeeded
-from broker.jobs import CaptionJob
+from broker.jobs import CaptionJob, Output
 from tests.conftest import agent_config, running_agent
 from tests.media import INSIDE_CUE_S, OUTSIDE_CUES_S, ffprobe, gray_frame, region_difference
 
@@ -85,3 +87,29 @@ async def test_audio_mp4_cannot_carry_is_reencoded(client, agent, media_dir: Pat
     out = await client.download(done.output, tmp_path / "out.mp4")
     codecs = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
     assert codecs == {"video": "h264", "audio": "aac"}
+
+
+@pytest.mark.parametrize(("output", "video_codec", "format_name", "audio_codec"), [
+    (Output(codec="hevc", quality=30), "hevc", "mov,mp4,m4a,3gp,3g2,mj2", "aac"),
+    (Output(container="webm", codec="av1", quality=40), "av1", "matroska,webm", "opus"),
+])
+async def test_other_output_formats(client, agent, media_dir: Path, tmp_path: Path,
+                                    output: Output, video_codec: str, format_name: str,
+                                    audio_codec: str) -> None:
+    receipt = await client.submit(CaptionJob(
+        video=await client.upload_input(media_dir / "talk.mp4"),
+        srt=await client.upload_input(media_dir / "talk.srt"), output=output))
+    done = await client.result(receipt.job_id, timeout_s=120)
+    assert isinstance(done, Succeeded), done
+    assert done.encoder == {"hevc": "libx265", "av1": "libsvtav1"}[video_codec]
+    assert done.output.name.endswith(f".{output.container}")
+    out = await client.download(done.output, tmp_path / f"out.{output.container}")
+    probe = ffprobe(out)
+    codecs = {s["codec_type"]: s["codec_name"] for s in probe["streams"]}
+    assert codecs == {"video": video_codec, "audio": audio_codec}
+    assert probe["format"]["format_name"] == format_name
+    assert (done.output.video_codec, done.output.container) == (video_codec, output.container)
+    assert abs(float(probe["format"]["duration"]) - 3.0) <= 0.1
+    inside = region_difference(gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE),
+                               gray_frame(out, INSIDE_CUE_S, SIZE), SIZE, SUBTITLE_ROWS)
+    assert inside > 5.0

@@ -14,7 +14,7 @@ import pytest
 from broker.events import Progress, Succeeded
 from broker.jobs import CaptionJob
 from client.api import Client
-from tests.media import ffprobe, make_video
+from tests.media import ffprobe, make_tone, make_video
 
 VIDFLEET = [sys.executable, "-c", "from client.cli import main; main()"]
 
@@ -59,6 +59,17 @@ async def test_submit_waits_shows_progress_and_downloads(agent, nats_server, med
     assert "progress" in err and "succeeded" in err
     assert (tmp_path / "talk.captioned.mp4").is_file()
     assert str(tmp_path / "talk.captioned.mp4") in out
+
+
+async def test_submit_add_audio(agent, nats_server, media_dir: Path, tmp_path: Path) -> None:
+    music = make_tone(tmp_path / "music.wav", freq_hz=1000, seconds=2.0)
+    rc, out, err = await vidfleet(nats_server.url, "submit", "add-audio",
+                                  "--video", str(media_dir / "talk.mp4"), "--audio", str(music),
+                                  "--mode", "mix", "--offset-s", "0.5", cwd=tmp_path)
+    assert rc == 0, err
+    result = tmp_path / "talk.with-audio.mp4"
+    assert str(result) in out and "encoder copy" in out
+    assert {s["codec_type"] for s in ffprobe(result)["streams"]} == {"video", "audio"}
 
 
 async def test_failed_job_exits_1_with_the_reason(agent, nats_server, media_dir: Path,

@@ -13,7 +13,7 @@ from broker.schema import render, schemas
 from broker.subjects import job_subject, parse_event_subject, validate_job_id
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
-from gpu_agent.ops.common import mp4_audio_args
+from gpu_agent.ops.common import audio_args, video_args
 from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
 
 GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
@@ -131,9 +131,26 @@ def test_unknown_event_kinds_are_skipped_not_fatal() -> None:
     assert event_from_msg("events.j1.cancelled.agent", None, b'{"kind":"cancelled"}') is None
 
 
-@pytest.mark.parametrize(("codec", "args"), [
-    (None, ["-c:a", "copy"]), ("aac", ["-c:a", "copy"]), ("mp3", ["-c:a", "copy"]),
-    ("pcm_s16le", ["-c:a", "aac", "-b:a", "192k"]), ("vorbis", ["-c:a", "aac", "-b:a", "192k"]),
+@pytest.mark.parametrize(("container", "codec", "args"), [
+    ("mp4", None, ["-c:a", "copy"]), ("mp4", "aac", ["-c:a", "copy"]),
+    ("mp4", "mp3", ["-c:a", "copy"]), ("mp4", "pcm_s16le", ["-c:a", "aac", "-b:a", "192k"]),
+    ("mp4", "vorbis", ["-c:a", "aac", "-b:a", "192k"]), ("webm", "opus", ["-c:a", "copy"]),
+    ("webm", "aac", ["-c:a", "libopus", "-b:a", "128k"]),
 ])
-def test_audio_is_copied_only_when_mp4_can_carry_it(codec: str | None, args: list[str]) -> None:
-    assert mp4_audio_args(codec) == args
+def test_audio_is_copied_only_when_the_container_can_carry_it(
+        container: str, codec: str | None, args: list[str]) -> None:
+    assert audio_args(container, codec) == args
+
+
+@pytest.mark.parametrize(("encoder", "quality", "setting"), [
+    ("libx264", 23, ["-crf", "23"]), ("h264_nvenc", 23, ["-cq", "23"]),
+    ("libx265", 23, ["-crf", "28"]), ("libx265", 51, ["-crf", "51"]),
+    ("libsvtav1", 23, ["-crf", "35"]), ("libsvtav1", 0, ["-crf", "7"]),
+    ("libsvtav1", 51, ["-crf", "63"]), ("hevc_nvenc", 23, ["-cq", "26"]),
+])
+def test_quality_maps_to_each_encoders_scale(encoder: str, quality: int,
+                                            setting: list[str]) -> None:
+    args = video_args(encoder, quality)
+    assert args[:2] == ["-c:v", encoder]
+    i = args.index(setting[0])
+    assert args[i:i + 2] == setting and args[-2:] == ["-pix_fmt", "yuv420p"]

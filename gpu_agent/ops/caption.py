@@ -7,18 +7,20 @@ string would otherwise add filters to the graph (``movie=`` reads arbitrary file
 
 from __future__ import annotations
 
+from broker.jobs import Output
 from gpu_agent.ops.common import (
+    audio_args,
+    container_args,
     escape_filter_value,
     escape_graph,
     ffmpeg_prelude,
-    h264_args,
-    mp4_audio_args,
-    mp4_output,
+    video_args,
 )
 
 __all__ = ["DEFAULT_FONT", "caption_argv", "subtitles_filter"]
 
 DEFAULT_FONT = "DejaVu Sans"
+DEFAULT_OUTPUT = Output()
 # libass sizes SRT text against a 288-line canvas: 16 is about 5.5 % of the frame height.
 _STYLE = "FontName={font},FontSize=16,PrimaryColour=&H00FFFFFF,OutlineColour=&H00000000," \
          "BorderStyle=1,Outline=1.5,Shadow=0,MarginV=16,Alignment=2"
@@ -35,16 +37,18 @@ def subtitles_filter(srt_path: str, fonts_dir: str, font: str = DEFAULT_FONT) ->
 
 def caption_argv(
     *, ffmpeg: str, video_path: str, srt_path: str, output_path: str, encoder: str,
-    fonts_dir: str, input_formats: str, audio_codec: str | None = None,
+    fonts_dir: str, input_formats: str, output: Output = DEFAULT_OUTPUT,
+    audio_codec: str | None = None,
 ) -> list[str]:
-    """``audio_codec`` None assumes the audio can be copied into MP4 (checked once probed)."""
+    """``encoder`` must encode ``output.codec``. ``audio_codec`` is the source's; None
+    assumes it can be copied (checked once the input is probed)."""
     return [
         *ffmpeg_prelude(ffmpeg),
         "-format_whitelist", input_formats, "-protocol_whitelist", "file",
         "-i", video_path,
         "-map", "0:v:0", "-map", "0:a?",
         "-vf", subtitles_filter(srt_path, fonts_dir),
-        *h264_args(encoder),
-        *mp4_audio_args(audio_codec),
-        *mp4_output(output_path),
+        *video_args(encoder, output.quality),
+        *audio_args(output.container, audio_codec),
+        *container_args(output.container, output_path),
     ]

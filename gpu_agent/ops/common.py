@@ -1,16 +1,36 @@
-"""Pieces every operation's argv shares: the encoder settings and filter-graph escaping."""
+"""Pieces every operation's argv shares: encoder settings per output, containers, audio, and
+filter-graph escaping.
+
+Quality is one number on x264's CRF scale (0 best, 23 default, 51 worst), mapped to each
+encoder's own scale so that the same number gives roughly the same visual quality:
+
+| encoder | setting |
+|---|---|
+| libx264 | `-preset veryfast -crf q` |
+| h264_nvenc | `-preset p4 -tune hq -rc vbr -cq q` |
+| libx265 | `-preset fast -crf q+5` (x265's 28 looks like x264's 23) |
+| hevc_nvenc | `-preset p4 -tune hq -rc vbr -cq q+3` |
+| libsvtav1 | `-preset 8 -crf round(1.2 q + 7.4)` (23 -> 35, SVT-AV1's own default) |
+| av1_nvenc | `-preset p4 -tune hq -rc vbr -cq q+3` |
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "MP4_AUDIO_COPY",
+    "WEBM_AUDIO_COPY",
+    "audio_args",
+    "container_args",
     "escape_filter_value",
     "escape_graph",
     "ffmpeg_prelude",
-    "h264_args",
-    "mp4_audio_args",
-    "mp4_output",
+    "video_args",
 ]
+
+# Audio codecs each container can carry as they are. Anything else (PCM from cameras...) is
+# re-encoded, since copying it makes FFmpeg fail with "Could not find tag for codec".
+MP4_AUDIO_COPY = frozenset({"aac", "mp3", "alac", "ac3", "eac3"})
+WEBM_AUDIO_COPY = frozenset({"opus", "vorbis"})
 
 
 def ffmpeg_prelude(ffmpeg: str) -> list[str]:
@@ -18,30 +38,42 @@ def ffmpeg_prelude(ffmpeg: str) -> list[str]:
             "-progress", "pipe:1", "-y"]
 
 
-def h264_args(encoder: str, quality: int = 23) -> list[str]:
-    """Constant-quality H.264 on ``encoder``. NVENC's ``-cq`` and x264's ``-crf`` are on
-    similar scales around 23; p4 and veryfast are each encoder's speed/quality middle."""
-    if encoder == "h264_nvenc":
-        return ["-c:v", "h264_nvenc", "-preset", "p4", "-rc", "vbr", "-cq", str(quality),
-                "-b:v", "0", "-pix_fmt", "yuv420p"]
-    if encoder == "libx264":
-        return ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality),
-                "-pix_fmt", "yuv420p"]
-    raise ValueError(f"no settings for encoder {encoder!r}")
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
 
 
-# Audio codecs an MP4 can carry as they are; anything else (PCM from cameras, Vorbis...) is
-# re-encoded to AAC, since copying it makes FFmpeg fail with "Could not find tag for codec".
-MP4_AUDIO_COPY = frozenset({"aac", "mp3", "alac", "ac3", "eac3"})
+def video_args(encoder: str, quality: int = 23) -> list[str]:
+    """Constant-quality settings for ``encoder`` at ``quality`` (x264 CRF scale)."""
+    nvenc = ["-preset", "p4", "-tune", "hq", "-rc", "vbr"]
+    settings = {
+        "libx264": ["-preset", "veryfast", "-crf", str(quality)],
+        "h264_nvenc": [*nvenc, "-cq", str(quality)],
+        "libx265": ["-preset", "fast", "-crf", str(_clamp(quality + 5, 0, 51)),
+                    "-x265-params", "log-level=error", "-tag:v", "hvc1"],
+        "hevc_nvenc": [*nvenc, "-cq", str(_clamp(quality + 3, 0, 51)), "-tag:v", "hvc1"],
+        "libsvtav1": ["-preset", "8", "-crf", str(_clamp(round(1.2 * quality + 7.4), 1, 63))],
+        "av1_nvenc": [*nvenc, "-cq", str(_clamp(quality + 3, 0, 51))],
+    }
+    if encoder not in settings:
+        raise ValueError(f"no settings for encoder {encoder!r}")
+    return ["-c:v", encoder, *settings[encoder], "-pix_fmt", "yuv420p"]
 
 
-def mp4_audio_args(audio_codec: str | None) -> list[str]:
-    if audio_codec is None or audio_codec in MP4_AUDIO_COPY or not audio_codec:
+def audio_args(container: str, source_codec: str | None) -> list[str]:
+    """Copy the audio when ``container`` can hold ``source_codec`` (None: assume it can, until
+    the probe says otherwise); else AAC for mp4, Opus for webm."""
+    if container == "webm":
+        if source_codec is None or source_codec in WEBM_AUDIO_COPY:
+            return ["-c:a", "copy"]
+        return ["-c:a", "libopus", "-b:a", "128k"]
+    if source_codec is None or source_codec in MP4_AUDIO_COPY:
         return ["-c:a", "copy"]
     return ["-c:a", "aac", "-b:a", "192k"]
 
 
-def mp4_output(path: str) -> list[str]:
+def container_args(container: str, path: str) -> list[str]:
+    if container == "webm":
+        return ["-f", "webm", path]
     return ["-movflags", "+faststart", "-f", "mp4", path]
 
 

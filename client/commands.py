@@ -1,0 +1,45 @@
+"""What every CLI command shares: its configuration and how it runs and reports errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+import nats.errors
+from msgspec import Struct
+
+from broker.config import ConfigError, load_config
+from client.api import JobNotFound, SubmitError
+
+__all__ = ["ClientConfig", "client_config", "run_command"]
+
+
+class ClientConfig(Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: str = "vidfleet-data"
+    log_level: str = "WARNING"
+
+
+def client_config(**overrides: object) -> ClientConfig:
+    try:
+        return load_config(ClientConfig, overrides=overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def run_command(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(coro)
+    except nats.errors.NoServersError:
+        click.echo("error: cannot reach NATS (is `vidfleet up` running? see --nats-url)",
+                   err=True)
+        return 1
+    except (SubmitError, JobNotFound, TimeoutError, OSError, nats.errors.Error) as exc:
+        click.echo(f"error: {exc or type(exc).__name__}", err=True)
+        return 1
+    except ValueError as exc:  # an invalid job id
+        raise click.BadParameter(str(exc)) from None
+
+

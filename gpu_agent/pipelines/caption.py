@@ -1,0 +1,66 @@
+"""caption: subtitles parsed strictly and rewritten by us, burned in by libass."""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from broker.jobs import CaptionJob
+from gpu_agent.errors import invalid_input
+from gpu_agent.media import INPUT_FORMATS, MediaInfo, probe_media, require_video
+from gpu_agent.operations import JobResult, Operations, WorkContext
+from gpu_agent.ops.caption import caption_argv
+from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
+
+__all__ = ["run"]
+
+
+async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
+    t0 = ops.clock()
+    video, srt = await ops.fetch_all(ctx, video=job.video, srt=job.srt)
+    t_fetch = ops.clock()
+    cues = _parse_subtitles(srt.read_bytes())
+    subs = ctx.work_dir / "subtitles.srt"
+    subs.write_text(format_srt(cues), encoding="utf-8")
+    output = ctx.work_dir / f"output.{job.output.container}"
+    encoder = ops.encoder_for(job)
+
+    def argv(source: MediaInfo | None) -> list[str]:
+        return caption_argv(ffmpeg=ops.config.ffmpeg, video_path=str(video),
+                            srt_path=str(subs), output_path=str(output), encoder=encoder,
+                            fonts_dir=ops.fonts_dir, input_formats=INPUT_FORMATS,
+                            output=job.output,
+                            audio_codec=source.audio_codec if source else None)
+
+    async def validate() -> MediaInfo:
+        info = await probe_media(ops.config.ffprobe, str(video), label="video")
+        require_video(info, ops.limits, label="video")
+        _check_cues_visible(cues, info, ctx)
+        return info
+
+    encoded = await ops.encode(argv, validate, ctx, speculative=True)
+    t_encode = ops.clock()
+    out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.codec)
+    t_done = ops.clock()
+    return JobResult(out_info, ops.timings(
+        ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s, encode_s=t_encode - t_fetch,
+        upload_s=t_done - t_encode, done_at=t_done))
+
+
+def _parse_subtitles(data: bytes) -> list[Cue]:
+    try:
+        return parse_srt(data)
+    except SrtError as exc:
+        raise invalid_input(f"srt: {exc}") from None
+
+
+def _check_cues_visible(cues: list[Cue], info: MediaInfo, ctx: WorkContext) -> None:
+    """Cues past the video's end are a warning (libass never shows them); none visible is an
+    error, because the job would quietly burn nothing."""
+    kept, clipped = clip_cues(cues, info.duration_s)
+    if not kept:
+        raise invalid_input(f"srt: every cue starts after the video ends "
+                            f"({info.duration_s:.2f}s)")
+    if clipped:
+        logger.bind(job_id=ctx.job_id).warning(
+            "{n} subtitle cue(s) run past the video's end ({d:.2f}s)", n=clipped,
+            d=info.duration_s)

@@ -1,0 +1,90 @@
+"""add_audio end to end: exact duration, real silence for the offset, both tones in a mix, the
+video stream copied bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from broker.events import Failed, Succeeded
+from broker.jobs import AddAudioJob, Output
+from tests.media import ffprobe, level_db, make_tone, video_md5
+
+VIDEO_TONE_HZ = 440  # the test video's own audio
+MUSIC_HZ = 1000
+SILENCE_DB = -60.0
+AUDIBLE_DB = -35.0
+
+
+@pytest.fixture(scope="module")
+def music(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("music")
+    return {"short": make_tone(d / "short.m4a", freq_hz=MUSIC_HZ, seconds=1.0),
+            "long": make_tone(d / "long.wav", freq_hz=MUSIC_HZ, seconds=6.0)}
+
+
+async def _run(client, job: AddAudioJob, tmp_path: Path) -> tuple[Succeeded, Path]:
+    receipt = await client.submit(job)
+    done = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    out = await client.download(done.output, tmp_path / f"out.{job.output.container}")
+    return done, out
+
+
+def _durations(path: Path) -> dict[str, float]:
+    probe = ffprobe(path)
+    return {s["codec_type"]: float(s["duration"]) for s in probe["streams"]}
+
+
+async def test_replace_with_offset_pads_to_the_video_length(client, agent, media_dir: Path,
+                                                             music, tmp_path: Path) -> None:
+    video = media_dir / "talk.mp4"
+    job = AddAudioJob(video=await client.upload_input(video),
+                      audio=await client.upload_input(music["short"]), offset_s=1.0)
+    done, out = await _run(client, job, tmp_path)
+    durations = _durations(out)
+    video_s = _durations(video)["video"]
+    assert abs(durations["video"] - video_s) < 0.04  # the same stream
+    assert abs(durations["audio"] - video_s) < 0.05  # padded to the video, not cut short
+    assert done.encoder == "copy" and video_md5(out) == video_md5(video)
+    assert level_db(out, start_s=0.0, seconds=0.9) < SILENCE_DB  # real silence, no edit list
+    assert level_db(out, start_s=1.1, seconds=0.8, band_hz=MUSIC_HZ) > AUDIBLE_DB
+    assert level_db(out, start_s=1.1, seconds=0.8, band_hz=VIDEO_TONE_HZ) < SILENCE_DB
+    assert level_db(out, start_s=2.2, seconds=0.7) < SILENCE_DB  # padded after the music
+
+
+async def test_mix_keeps_both_and_trims_long_audio(client, agent, media_dir: Path, music,
+                                                   tmp_path: Path) -> None:
+    job = AddAudioJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                      audio=await client.upload_input(music["long"]), mode="mix",
+                      audio_volume=0.5)
+    _, out = await _run(client, job, tmp_path)
+    assert abs(_durations(out)["audio"] - _durations(media_dir / "talk.mp4")["video"]) < 0.05
+    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=MUSIC_HZ) > AUDIBLE_DB
+    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=VIDEO_TONE_HZ) > AUDIBLE_DB
+
+
+async def test_loop_fills_the_video_with_short_audio(client, agent, media_dir: Path, music,
+                                                     tmp_path: Path) -> None:
+    job = AddAudioJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                      audio=await client.upload_input(music["short"]), when_shorter="loop")
+    _, out = await _run(client, job, tmp_path)
+    assert level_db(out, start_s=2.2, seconds=0.6, band_hz=MUSIC_HZ) > AUDIBLE_DB
+
+
+async def test_audio_without_sound_and_impossible_containers_fail_clearly(
+        client, agent, media_dir: Path, music, tmp_path: Path) -> None:
+    silent_video = tmp_path / "no-audio.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(media_dir / "talk.mp4"),
+                    "-an", "-c", "copy", str(silent_video)], check=True)
+    bad_audio = AddAudioJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                            audio=await client.upload_input(silent_video))
+    failed = await client.result((await client.submit(bad_audio)).job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and "audio: has no audio stream" in failed.error.message
+    webm = AddAudioJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                       audio=await client.upload_input(music["short"]),
+                       output=Output(container="webm", codec="av1"))
+    failed = await client.result((await client.submit(webm)).job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and "webm output cannot hold it" in failed.error.message
