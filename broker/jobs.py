@@ -18,6 +18,7 @@ __all__ = [
     "OPERATIONS",
     "AddAudioJob",
     "CaptionJob",
+    "Img2VidJob",
     "InputRef",
     "JobRequest",
     "Output",
@@ -94,9 +95,50 @@ class AddAudioJob(Struct, frozen=True, kw_only=True):
         "ignored, and the container must be able to hold the video's codec."))] = Output()
 
 
-JobRequest = CaptionJob | AddAudioJob
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Zoom = Annotated[float, Meta(ge=1.0, le=4.0, description=(
+    "1.0 shows the whole (fitted) image; 2.0 shows half its width and height."))]
 
-OPERATIONS: dict[str, type[Struct]] = {"caption": CaptionJob, "add_audio": AddAudioJob}
+
+class Img2VidJob(Struct, frozen=True, kw_only=True):
+    """Turn one image into a video with a Ken Burns zoom (and optional pan), sub-pixel smooth:
+    every frame is rendered from the image decoded once, at float precision, so the motion
+    never snaps to whole pixels."""
+
+    image: InputRef
+    duration_s: Annotated[float, Meta(gt=0.0, le=600.0)] = 5.0
+    fps: Annotated[int, Meta(ge=1, le=60)] = 30
+    width: Annotated[int, Meta(ge=16, le=7680, description="Even.")] = 1920
+    height: Annotated[int, Meta(ge=16, le=7680, description="Even.")] = 1080
+    fit: Annotated[Literal["crop", "pad"], Meta(description=(
+        "An image of another aspect ratio is cropped to fill the frame, or padded."))] = "crop"
+    pad_color: Annotated[str, Meta(pattern=r"^#[0-9A-Fa-f]{6}$")] = "#000000"
+    zoom_from: Zoom = 1.0
+    zoom_to: Zoom = 1.25
+    focus_x: Annotated[Fraction, Meta(description=(
+        "The point the zoom moves toward, as a fraction of the frame (0.5, 0.5: centre). "
+        "It keeps its place in the frame while the zoom changes."))] = 0.5
+    focus_y: Fraction = 0.5
+    pan_to_x: Annotated[Fraction | None, Meta(description=(
+        "Pan: the focus point at the last frame (default: no pan)."))] = None
+    pan_to_y: Fraction | None = None
+    easing: Literal["linear", "ease_in", "ease_out", "ease_in_out"] = "linear"
+    audio: Annotated[InputRef | None, Meta(description="An optional music bed.")] = None
+    audio_volume: Volume = 1.0
+    audio_fade_out_s: Annotated[float, Meta(ge=0.0, le=60.0)] = 1.0
+    output: Output = Output()
+
+    def __post_init__(self) -> None:
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even (got {self.width}x"
+                             f"{self.height}): 4:2:0 video needs even sizes")
+
+
+JobRequest = CaptionJob | AddAudioJob | Img2VidJob
+
+OPERATIONS: dict[str, type[Struct]] = {
+    "caption": CaptionJob, "add_audio": AddAudioJob, "img2vid": Img2VidJob,
+}
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     op: msgspec.json.Decoder(cls) for op, cls in OPERATIONS.items()
 }

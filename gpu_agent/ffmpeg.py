@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "Feeder",
     "FfmpegResult",
     "ProgressParser",
     "ProgressUpdate",
@@ -113,22 +114,28 @@ async def _kill_group(proc: asyncio.subprocess.Process, grace_s: float = 3.0) ->
         await proc.wait()
 
 
+Feeder = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
 async def run_ffmpeg(
     argv: list[str],
     *,
     on_progress: Callable[[ProgressUpdate], Awaitable[None]],
     stall_timeout_s: float = 60.0,
+    feed: Feeder | None = None,
 ) -> FfmpegResult:
     """Run FFmpeg to completion, reporting progress; kill it on a stall or when cancelled.
 
     ``argv`` must already contain ``-progress pipe:1 -nostats``. A stall is no progress block
     for ``stall_timeout_s``: a wedged encoder holds a paid GPU and its job's lease forever.
     Callers bound the total time by cancelling (``asyncio.wait_for``); cancellation kills the
-    process group before it propagates.
+    process group before it propagates. ``feed`` writes FFmpeg's stdin (raw frames) and is
+    closed after it returns; if FFmpeg dies first, the feeding simply stops and the exit code
+    tells why.
     """
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        *argv, stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
     stderr_lines: list[str] = []
     last = ProgressUpdate(0.0, None, False)
@@ -155,16 +162,33 @@ async def run_ffmpeg(
                 last = update
                 await on_progress(update)
 
+    async def write_stdin() -> None:
+        assert proc.stdin and feed
+        try:
+            await feed(proc.stdin)
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # FFmpeg stopped reading: its exit code says why
+
     stderr_task = asyncio.create_task(drain_stderr())
+    feed_task = asyncio.create_task(write_stdin()) if feed else None
     try:
         stalled = await read_progress()
         if stalled:
             await _kill_group(proc)
         await proc.wait()
         await stderr_task
+        if feed_task:
+            if proc.returncode:  # died early: stop rendering frames nobody reads
+                feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed_task
     except BaseException:
         await _kill_group(proc)
         stderr_task.cancel()
+        if feed_task:
+            feed_task.cancel()
         raise
     return FfmpegResult(proc.returncode or 0, last.media_time_s,
                         "\n".join(stderr_lines[-8:]), stalled)

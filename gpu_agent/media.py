@@ -20,6 +20,7 @@ __all__ = [
     "MediaLimits",
     "probe_media",
     "require_audio",
+    "require_image",
     "require_video",
 ]
 
@@ -129,6 +130,16 @@ def require_video(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
     problem = _video_problem(info, limits)
     if problem:
         raise invalid_input(f"{label}: {problem}")
+
+
+def require_image(info: MediaInfo, *, label: str, max_side_px: int = 16384,
+                  max_pixels: int = 50_000_000) -> None:
+    """An image we are willing to decode: a decompression bomb fails here, not in memory."""
+    if not info.has_video or info.width <= 0 or info.height <= 0:
+        raise invalid_input(f"{label}: is not an image (JPEG, PNG, WebP, BMP or TIFF)")
+    if max(info.width, info.height) > max_side_px or info.width * info.height > max_pixels:
+        raise invalid_input(f"{label}: is {info.width}x{info.height}, over the limit of "
+                            f"{max_side_px} px a side and {max_pixels // 1_000_000} MP")
 
 
 def require_audio(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:

@@ -22,7 +22,7 @@ from broker.objects import digest_hex, upload
 from broker.subjects import RESULTS_BUCKET
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, retryable
-from gpu_agent.ffmpeg import FfmpegResult, classify_failure, run_ffmpeg
+from gpu_agent.ffmpeg import Feeder, FfmpegResult, classify_failure, run_ffmpeg
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.media import MediaInfo, MediaLimits
 from gpu_agent.probe import EncoderProbe
@@ -114,22 +114,40 @@ class Operations:
                     await _cancel(encode)
                 encode = self._start(argv, ctx)
             assert encode is not None
-            timeout_s = max(self.config.ffmpeg_min_timeout_s,
-                            info.duration_s * self.config.ffmpeg_timeout_factor)
-            done, _ = await asyncio.wait({encode}, timeout=timeout_s)
-            if not done:
-                raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and "
-                                "was stopped")
-            result = encode.result()
+            result = await self._finish(encode, info.duration_s)
         finally:
             if encode:
                 await _cancel(encode)
         self._check(result, ctx)
         return Encoded(result.media_time_s, info, validate_s)
 
-    def _start(self, argv: list[str], ctx: WorkContext) -> asyncio.Task[FfmpegResult]:
+    async def encode_fed(self, argv: list[str], feed: Feeder, source: MediaInfo,
+                         duration_s: float, ctx: WorkContext) -> Encoded:
+        """Run FFmpeg on frames written to its stdin by ``feed`` (inputs already valid)."""
+        ctx.progress.expected_duration_s = duration_s
+        encode = self._start(argv, ctx, feed)
+        try:
+            result = await self._finish(encode, duration_s)
+        finally:
+            await _cancel(encode)
+        self._check(result, ctx)
+        return Encoded(result.media_time_s, source, 0.0)
+
+    async def _finish(self, encode: asyncio.Task[FfmpegResult],
+                      duration_s: float) -> FfmpegResult:
+        timeout_s = max(self.config.ffmpeg_min_timeout_s,
+                        duration_s * self.config.ffmpeg_timeout_factor)
+        done, _ = await asyncio.wait({encode}, timeout=timeout_s)
+        if not done:
+            raise retryable("ffmpeg_timeout", f"FFmpeg ran over {timeout_s:.0f}s and was "
+                            "stopped")
+        return encode.result()
+
+    def _start(self, argv: list[str], ctx: WorkContext,
+               feed: Feeder | None = None) -> asyncio.Task[FfmpegResult]:
         return asyncio.create_task(run_ffmpeg(argv, on_progress=ctx.progress,
-                                              stall_timeout_s=self.config.stall_timeout_s))
+                                              stall_timeout_s=self.config.stall_timeout_s,
+                                              feed=feed))
 
     def _check(self, result: FfmpegResult, ctx: WorkContext) -> None:
         if result.stalled:
