@@ -33,13 +33,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# FFmpeg (with ffprobe and libass) and a font for captions come from the OS packages.
+# FFmpeg (with ffprobe and libass) and fonts for captions come from the OS packages:
+# DejaVu for Latin, Cyrillic, Greek, Arabic, Hebrew; Noto for CJK, Devanagari and the rest.
+SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
-	    || [ ! -d /usr/share/fonts/truetype/dejavu ]; then \
-	  echo "installing ffmpeg and fonts-dejavu-core with apt-get"; \
+	    || ! command -v fc-list >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] \
+	    || [ ! -d /usr/share/fonts/opentype/noto ] || [ ! -d /usr/share/fonts/truetype/noto ]; then \
+	  echo "installing $(SYSTEM_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg fonts-dejavu-core >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
 clean:

@@ -18,6 +18,7 @@ __all__ = [
     "OPERATIONS",
     "AddAudioJob",
     "CaptionJob",
+    "CaptionStyle",
     "Img2VidJob",
     "InputRef",
     "JobRequest",
@@ -59,11 +60,37 @@ class Output(Struct, frozen=True, kw_only=True):
                              "container mp4, or codec av1")
 
 
+Color = Annotated[str, Meta(pattern=r"^#[0-9A-Fa-f]{6}$", description="#RRGGBB")]
+Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
+
+
+class CaptionStyle(Struct, frozen=True, kw_only=True):
+    """How subtitles look: typed options only (never a raw libass style string)."""
+
+    font: Annotated[str, Meta(pattern=r"^[A-Za-z0-9 ._-]{1,64}$", description=(
+        "A font family the agent has (its fonts are listed in the error when one is not); "
+        "glyphs missing from it come from other installed fonts."))] = "DejaVu Sans"
+    size_pct: Annotated[float, Meta(ge=1.0, le=20.0, description=(
+        "Text height as a percentage of the video's height."))] = 5.5
+    color: Color = "#FFFFFF"
+    outline_color: Color = "#000000"
+    outline_pct: Annotated[float, Meta(ge=0.0, le=2.0, description=(
+        "Outline thickness as a percentage of the video's height."))] = 0.5
+    background: Annotated[bool, Meta(description=(
+        "Draw an opaque box (in outline_color) behind the text instead of an outline."))] = False
+    bold: bool = False
+    position: Literal["bottom", "middle", "top"] = "bottom"
+    margin_pct: Annotated[float, Meta(ge=0.0, le=40.0, description=(
+        "Distance from the top or bottom edge, as a percentage of the height."))] = 5.0
+
+
 class CaptionJob(Struct, frozen=True, kw_only=True):
     """Burn subtitles into a video. Audio is copied when the container can hold it."""
 
     video: InputRef
-    srt: Annotated[InputRef, Meta(description="SubRip subtitles, UTF-8.")]
+    srt: Annotated[InputRef, Meta(description=(
+        "The subtitles: SubRip (.srt) or WebVTT (.vtt), UTF-8."))]
+    style: CaptionStyle = CaptionStyle()
     output: Output = Output()
 
 

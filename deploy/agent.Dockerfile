@@ -8,7 +8,8 @@ FROM debian:bookworm-slim
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ffmpeg fonts-dejavu-core python3 python3-venv ca-certificates \
+      ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig \
+      python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # Without "video" the NVIDIA container toolkit does not inject libnvidia-encode, and NVENC

@@ -35,6 +35,7 @@ from broker.subjects import (
     heartbeat_subject,
 )
 from gpu_agent.config import AgentConfig
+from gpu_agent.ffmpeg import run_capture
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
@@ -53,6 +54,19 @@ _FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts", "/usr/loca
 def default_agent_id() -> str:
     host = "".join(c for c in socket.gethostname().split(".")[0] if c.isalnum() or c in "-_")
     return f"agent-{host[:24] or 'host'}-{secrets.token_hex(3)}"
+
+
+async def font_families() -> frozenset[str]:
+    """The font families fontconfig offers (empty when fc-list is unavailable)."""
+    try:
+        rc, out, _ = await run_capture(["fc-list", ":", "family"], 10.0)
+    except (OSError, TimeoutError):
+        return frozenset()
+    if rc != 0:
+        return frozenset()
+    names = (n.strip() for line in out.decode(errors="replace").splitlines()
+             for n in line.split(","))
+    return frozenset(n for n in names if n)
 
 
 def find_fonts_dir(configured: str) -> str:
@@ -116,7 +130,8 @@ class Agent:
                                url_timeout_s=self.config.url_timeout_s,
                                url_total_timeout_s=self.config.url_total_timeout_s)
         ops = Operations(js=js, config=self.config, encoders=self.encoders,
-                         fonts_dir=fonts_dir, fetcher=fetcher, clock=self._clock)
+                         fonts_dir=fonts_dir, fetcher=fetcher,
+                         font_families=await font_families(), clock=self._clock)
         states = JobStates(await js.key_value(JOBSTATE_BUCKET))
         return Worker(js=js, reporter=Reporter(js, states, self.agent_id), config=self.config,
                       agent_id=self.agent_id, operations=ops,

@@ -123,6 +123,7 @@ async def run_ffmpeg(
     on_progress: Callable[[ProgressUpdate], Awaitable[None]],
     stall_timeout_s: float = 60.0,
     feed: Feeder | None = None,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> FfmpegResult:
     """Run FFmpeg to completion, reporting progress; kill it on a stall or when cancelled.
 
@@ -143,7 +144,10 @@ async def run_ffmpeg(
     async def drain_stderr() -> None:
         assert proc.stderr
         async for raw in proc.stderr:
-            stderr_lines.append(raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            if on_stderr:
+                on_stderr(line)
+            stderr_lines.append(line)
             del stderr_lines[:-20]
 
     async def read_progress() -> bool:

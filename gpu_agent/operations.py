@@ -57,11 +57,14 @@ class Encoded:
 class Operations:
     def __init__(self, *, js: JetStreamContext, config: AgentConfig, encoders: EncoderProbe,
                  fonts_dir: str, fetcher: InputFetcher,
+                 font_families: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.time) -> None:
+        """``font_families``: what fontconfig offers (empty: unknown, names go unchecked)."""
         self._js = js
         self.config = config
         self.encoders = encoders
         self.fonts_dir = fonts_dir
+        self.font_families = font_families
         self._fetcher = fetcher
         self.clock = clock
         self.limits = MediaLimits(max_duration_s=config.max_input_duration_s)
@@ -92,7 +95,8 @@ class Operations:
 
     async def encode(self, argv_for: Callable[[MediaInfo | None], list[str]],
                      validate: Callable[[], Awaitable[MediaInfo]], ctx: WorkContext, *,
-                     speculative: bool) -> Encoded:
+                     speculative: bool, on_stderr: Callable[[str], None] | None = None,
+                     ) -> Encoded:
         """Validate the inputs and run FFmpeg. ``validate`` returns the main input's info
         (raising invalid-input failures); ``argv_for(info)`` builds the command.
 
@@ -103,7 +107,7 @@ class Operations:
         when an input turns out bad.
         """
         first = argv_for(None) if speculative else None
-        encode = self._start(first, ctx) if first else None
+        encode = self._start(first, ctx, on_stderr=on_stderr) if first else None
         try:
             t0 = self.clock()
             info = await validate()
@@ -112,7 +116,7 @@ class Operations:
             if (argv := argv_for(info)) != first:
                 if encode:
                     await _cancel(encode)
-                encode = self._start(argv, ctx)
+                encode = self._start(argv, ctx, on_stderr=on_stderr)
             assert encode is not None
             result = await self._finish(encode, info.duration_s)
         finally:
@@ -143,11 +147,11 @@ class Operations:
                             "stopped")
         return encode.result()
 
-    def _start(self, argv: list[str], ctx: WorkContext,
-               feed: Feeder | None = None) -> asyncio.Task[FfmpegResult]:
+    def _start(self, argv: list[str], ctx: WorkContext, feed: Feeder | None = None,
+               on_stderr: Callable[[str], None] | None = None) -> asyncio.Task[FfmpegResult]:
         return asyncio.create_task(run_ffmpeg(argv, on_progress=ctx.progress,
                                               stall_timeout_s=self.config.stall_timeout_s,
-                                              feed=feed))
+                                              feed=feed, on_stderr=on_stderr))
 
     def _check(self, result: FfmpegResult, ctx: WorkContext) -> None:
         if result.stalled:

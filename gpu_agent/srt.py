@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Cue", "SrtError", "clip_cues", "format_srt", "parse_srt"]
+__all__ = [
+    "Cue", "SrtError", "clip_cues", "format_srt", "parse_srt", "parse_subtitles", "parse_vtt",
+]
 
 _TIMING = re.compile(
     r"^(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})\s+-->\s+(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})"
@@ -110,3 +112,64 @@ def format_srt(cues: list[Cue]) -> str:
         f"{k}\n{_stamp(c.start_s)} --> {_stamp(c.end_s)}\n{c.text}\n\n"
         for k, c in enumerate(cues, 1)
     )
+
+
+_VTT_TIMING = re.compile(
+    r"^((?:\d{1,2}:)?[0-5]\d:[0-5]\d\.\d{3})\s+-->\s+((?:\d{1,2}:)?[0-5]\d:[0-5]\d\.\d{3})"
+    r"(\s+.*)?$"
+)
+_VTT_TAG = re.compile(r"</?(?:[biuv]|c|lang|ruby|rt)(?:[.\s][^>]*)?>|<\d[\d:.]*>")
+
+
+def _vtt_seconds(stamp: str) -> float:
+    parts = stamp.split(":")
+    h = int(parts[0]) if len(parts) == 3 else 0
+    m, rest = int(parts[-2]), parts[-1]
+    s, ms = rest.split(".")
+    return h * 3600 + m * 60 + int(s) + int(ms) / 1000
+
+
+def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
+    """WebVTT: header, then cues (an optional id line, a timing line with optional settings,
+    text). NOTE, STYLE and REGION blocks are skipped; markup tags are removed."""
+    blocks = [b for b in text.replace("\r\n", "\n").replace("\r", "\n").split("\n\n")]
+    if not blocks[0].startswith("WEBVTT"):
+        raise SrtError("WebVTT must start with 'WEBVTT'")
+    cues: list[Cue] = []
+    line_no = blocks[0].count("\n") + 2
+    for block in blocks[1:]:
+        lines = [ln for ln in block.split("\n")]
+        start_line = line_no
+        line_no += len(lines) + 1
+        lines = [ln for ln in lines if ln.strip()] if block.strip() else []
+        if not lines or lines[0].split(" ")[0] in ("NOTE", "STYLE", "REGION"):
+            continue
+        timing_at = 0 if "-->" in lines[0] else 1
+        if timing_at >= len(lines) or not (m := _VTT_TIMING.match(lines[timing_at].strip())):
+            raise SrtError(f"subtitles line {start_line + timing_at}: expected a WebVTT timing "
+                           "line like '00:01.000 --> 00:02.500'")
+        start, end = _vtt_seconds(m.group(1)), _vtt_seconds(m.group(2))
+        if end <= start:
+            raise SrtError(f"subtitles line {start_line + timing_at}: cue ends at or before "
+                           "it starts")
+        body = [_VTT_TAG.sub("", ln).strip() for ln in lines[timing_at + 1:]]
+        if not any(body):
+            raise SrtError(f"subtitles line {start_line + timing_at + 1}: cue has no text")
+        cues.append(Cue(start, end, "\n".join(b for b in body if b)))
+        if len(cues) > max_cues:
+            raise SrtError(f"subtitles have more than {max_cues} cues")
+    if not cues:
+        raise SrtError("subtitles contain no cues")
+    return cues
+
+
+def parse_subtitles(data: bytes) -> list[Cue]:
+    """SubRip or WebVTT (recognised by its 'WEBVTT' header)."""
+    head = data.lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"WEBVTT"):
+        try:
+            return parse_vtt(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise SrtError(f"subtitles are not UTF-8 (byte {exc.start} is invalid); re-save "
+                           "the file as UTF-8") from None
+    return parse_srt(data)

@@ -33,8 +33,8 @@ MP4_AUDIO_COPY = frozenset({"aac", "mp3", "alac", "ac3", "eac3"})
 WEBM_AUDIO_COPY = frozenset({"opus", "vorbis"})
 
 
-def ffmpeg_prelude(ffmpeg: str) -> list[str]:
-    return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-nostats",
+def ffmpeg_prelude(ffmpeg: str, loglevel: str = "error") -> list[str]:
+    return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", loglevel, "-nostats",
             "-progress", "pipe:1", "-y"]
 
 

@@ -1,15 +1,22 @@
-"""caption: subtitles parsed strictly and rewritten by us, burned in by libass."""
+"""caption: subtitles parsed strictly and rewritten by us, burned in by libass.
+
+libass exits 0 having drawn boxes or nothing when no font has a character's glyph; it only
+says so in a warning. Those warnings are collected while FFmpeg runs and fail the job
+(``missing_glyphs``), naming the characters, instead of delivering a video without them.
+"""
 
 from __future__ import annotations
+
+import re
 
 from loguru import logger
 
 from broker.jobs import CaptionJob
-from gpu_agent.errors import invalid_input
+from gpu_agent.errors import JobFailure, invalid_input
 from gpu_agent.media import INPUT_FORMATS, MediaInfo, probe_media, require_video
 from gpu_agent.operations import JobResult, Operations, WorkContext
 from gpu_agent.ops.caption import caption_argv
-from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
+from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_subtitles
 
 __all__ = ["run"]
 
@@ -19,6 +26,7 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
     video, srt = await ops.fetch_all(ctx, video=job.video, srt=job.srt)
     t_fetch = ops.clock()
     cues = _parse_subtitles(srt.read_bytes())
+    _check_font(job, ops)
     subs = ctx.work_dir / "subtitles.srt"
     subs.write_text(format_srt(cues), encoding="utf-8")
     output = ctx.work_dir / f"output.{job.output.container}"
@@ -28,7 +36,7 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
         return caption_argv(ffmpeg=ops.config.ffmpeg, video_path=str(video),
                             srt_path=str(subs), output_path=str(output), encoder=encoder,
                             fonts_dir=ops.fonts_dir, input_formats=INPUT_FORMATS,
-                            output=job.output,
+                            output=job.output, style=job.style,
                             audio_codec=source.audio_codec if source else None)
 
     async def validate() -> MediaInfo:
@@ -37,7 +45,18 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
         _check_cues_visible(cues, info, ctx)
         return info
 
-    encoded = await ops.encode(argv, validate, ctx, speculative=True)
+    missing: set[str] = set()
+
+    def watch_stderr(line: str) -> None:
+        if (m := _MISSING_GLYPH.search(line)) and int(m.group(1), 16) > 0:
+            missing.add(chr(int(m.group(1), 16)))
+
+    encoded = await ops.encode(argv, validate, ctx, speculative=True, on_stderr=watch_stderr)
+    if missing:
+        shown = ", ".join(f"{c} (U+{ord(c):04X})" for c in sorted(missing)[:10])
+        raise JobFailure("missing_glyphs", f"no font on this agent has these characters: "
+                         f"{shown}; they would show as boxes or not at all. Pick a style.font "
+                         "that has them, or install one on the agents")
     t_encode = ops.clock()
     out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.codec)
     t_done = ops.clock()
@@ -46,9 +65,19 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
         upload_s=t_done - t_encode, done_at=t_done))
 
 
+_MISSING_GLYPH = re.compile(r"fontselect: failed to find any fallback with glyph 0x([0-9A-Fa-f]+)")
+
+
+def _check_font(job: CaptionJob, ops: Operations) -> None:
+    if ops.font_families and job.style.font not in ops.font_families:
+        some = ", ".join(sorted(ops.font_families)[:12])
+        raise invalid_input(f"style.font: no font family {job.style.font!r} on this agent; "
+                            f"it has {len(ops.font_families)}, e.g. {some}")
+
+
 def _parse_subtitles(data: bytes) -> list[Cue]:
     try:
-        return parse_srt(data)
+        return parse_subtitles(data)
     except SrtError as exc:
         raise invalid_input(f"srt: {exc}") from None
 
