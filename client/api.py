@@ -15,6 +15,7 @@ last token, so a retried submit (a timeout, a second click) runs the job once.
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as Nats
 from nats.js.api import DeliverPolicy
@@ -29,7 +31,7 @@ from nats.js.errors import APIError
 
 from broker.connect import connect
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
-from broker.jobs import JobRequest, encode_job, object_ref, operation_of
+from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
 from broker.objects import download, upload
 from broker.subjects import (
     EVENTS_STREAM,
@@ -89,7 +91,9 @@ class Client:
     async def upload_input(self, path: str | Path, name: str | None = None) -> str:
         """Upload a local file to the inputs bucket; returns the ``obj:<name>`` reference."""
         path = Path(path)
-        name = name or f"{secrets.token_hex(8)}/{path.name}"
+        name = name or f"{secrets.token_hex(8)}/{re.sub(r'[^A-Za-z0-9._-]+', '_', path.name)}"
+        if re.search(r"\s", name):
+            raise ValueError(f"object name {name!r} has white space; a job cannot refer to it")
         await upload(self._js, INPUTS_BUCKET, name, path)
         return object_ref(name)
 
@@ -101,8 +105,13 @@ class Client:
         job_id = validate_job_id(job_id or new_job_id())
         operation = operation_of(job)
         subject = job_subject(operation, job_id)
+        body = encode_job(job)
+        try:  # the agent's own checks, before anything is queued
+            decode_job(operation, body)
+        except msgspec.ValidationError as exc:
+            raise SubmitError(f"invalid {operation} job: {exc}") from None
         try:
-            ack = await self._js.publish(subject, encode_job(job),
+            ack = await self._js.publish(subject, body,
                                          headers={"Nats-Msg-Id": job_id})
         except APIError as exc:
             # 10077 is both "this job id is still queued" (per subject) and "the queue is

@@ -7,17 +7,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+import msgspec
 
 from broker.events import Failed, Succeeded
-from broker.jobs import AddAudioJob, CaptionJob, JobRequest, Output
+from broker.jobs import AddAudioJob, CaptionJob, CaptionStyle, Img2VidJob, JobRequest, Output
 from client.api import Client
 from client.commands import ClientConfig, run_command
 from client.display import ProgressDisplay
 
 __all__ = ["follow_and_fetch", "submit"]
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 @click.group()
@@ -53,14 +56,57 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
               show_default=True)
 @click.option("--quality", type=click.IntRange(0, 51), default=23, show_default=True,
               help="x264 CRF scale: lower is better.")
+@click.option("--font", default="DejaVu Sans", show_default=True)
+@click.option("--size-pct", type=float, default=5.5, show_default=True,
+              help="Text height, % of the video's height.")
+@click.option("--color", default="#FFFFFF", show_default=True)
+@click.option("--outline-color", default="#000000", show_default=True)
+@click.option("--background", is_flag=True, help="A box behind the text instead of an outline.")
+@click.option("--position", type=click.Choice(["bottom", "middle", "top"]), default="bottom",
+              show_default=True)
 @_common("captioned")
 def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str, quality: int,
-                   **common: Any) -> None:
-    """Burn subtitles into a video."""
+                   **params: Any) -> None:
+    """Burn subtitles (SRT or WebVTT) into a video."""
+    common = _split_common(params)
     output = _output(common["container"], codec, quality)
+    style = _build(CaptionStyle, **params)
     sys.exit(run_command(_submit(
-        cfg, lambda refs: CaptionJob(video=refs["video"], srt=refs["srt"], output=output),
+        cfg, lambda refs: CaptionJob(video=refs["video"], srt=refs["srt"], style=style,
+                                     output=output),
         {"video": video, "srt": srt}, _out(common, video, "captioned"), common)))
+
+
+@submit.command("img2vid")
+@click.option("--image", required=True, help="Local file or http(s) URL.")
+@click.option("--duration-s", type=float, default=5.0, show_default=True)
+@click.option("--fps", type=int, default=30, show_default=True)
+@click.option("--width", type=int, default=1920, show_default=True)
+@click.option("--height", type=int, default=1080, show_default=True)
+@click.option("--fit", type=click.Choice(["crop", "pad"]), default="crop", show_default=True)
+@click.option("--zoom-from", type=float, default=1.0, show_default=True)
+@click.option("--zoom-to", type=float, default=1.25, show_default=True)
+@click.option("--focus-x", type=float, default=0.5, show_default=True)
+@click.option("--focus-y", type=float, default=0.5, show_default=True)
+@click.option("--pan-to-x", type=float, default=None)
+@click.option("--pan-to-y", type=float, default=None)
+@click.option("--easing", type=click.Choice(["linear", "ease_in", "ease_out", "ease_in_out"]),
+              default="linear", show_default=True)
+@click.option("--audio", default=None, help="An optional music bed (file or URL).")
+@click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default="h264",
+              show_default=True)
+@click.option("--quality", type=click.IntRange(0, 51), default=23, show_default=True)
+@_common("kenburns")
+def submit_img2vid(cfg: ClientConfig, image: str, audio: str | None, codec: str,
+                   quality: int, **params: Any) -> None:
+    """Turn an image into a video with a smooth Ken Burns zoom."""
+    common = _split_common(params)
+    output = _output(common["container"], codec, quality)
+    inputs = {"image": image} | ({"audio": audio} if audio else {})
+    sys.exit(run_command(_submit(
+        cfg, lambda refs: _build(Img2VidJob, image=refs["image"], audio=refs.get("audio"),
+                                 output=output, **params),
+        inputs, _out(common, image, "kenburns"), common)))
 
 
 @submit.command("add-audio")
@@ -79,13 +125,25 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str, quality:
 @_common("with-audio")
 def submit_add_audio(cfg: ClientConfig, video: str, audio: str, **params: Any) -> None:
     """Put an audio track on a video (the video stream is copied)."""
-    common = {k: params.pop(k) for k in ("out", "container", "job_id", "wait", "timeout_s")}
+    common = _split_common(params)
     output = _output(common["container"], "av1" if common["container"] == "webm" else "h264",
                      23)
     sys.exit(run_command(_submit(
-        cfg, lambda refs: AddAudioJob(video=refs["video"], audio=refs["audio"], output=output,
-                                      **params),
+        cfg, lambda refs: _build(AddAudioJob, video=refs["video"], audio=refs["audio"],
+                                 output=output, **params),
         {"video": video, "audio": audio}, _out(common, video, "with-audio"), common)))
+
+
+def _split_common(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params.pop(k) for k in ("out", "container", "job_id", "wait", "timeout_s")}
+
+
+def _build(cls: type[T], **fields: Any) -> T:
+    """The Struct, or a usage error naming the field (the same checks an agent makes)."""
+    try:
+        return msgspec.convert(fields, cls)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _output(container: str, codec: str, quality: int) -> Output:

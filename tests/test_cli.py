@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,6 +71,23 @@ async def test_submit_add_audio(agent, nats_server, media_dir: Path, tmp_path: P
     result = tmp_path / "talk.with-audio.mp4"
     assert str(result) in out and "encoder copy" in out
     assert {s["codec_type"] for s in ffprobe(result)["streams"]} == {"video", "audio"}
+
+
+async def test_submit_img2vid_and_a_bad_style_value(agent, nats_server, tmp_path: Path) -> None:
+    image = tmp_path / "still.png"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=s=400x300",
+                    "-frames:v", "1", str(image)], check=True)
+    rc, out, err = await vidfleet(nats_server.url, "submit", "img2vid", "--image", str(image),
+                                  "--duration-s", "1", "--fps", "10", "--width", "160",
+                                  "--height", "90", "--zoom-to", "1.5", cwd=tmp_path)
+    assert rc == 0, err
+    result = tmp_path / "still.kenburns.mp4"
+    assert str(result) in out
+    stream = ffprobe(result)["streams"][0]
+    assert (stream["width"], stream["height"], stream["nb_frames"]) == (160, 90, "10")
+    rc, _, err = await vidfleet(nats_server.url, "submit", "caption", "--video", str(image),
+                                "--srt", str(image), "--color", "red")
+    assert rc == 2 and "$.color" in err
 
 
 async def test_failed_job_exits_1_with_the_reason(agent, nats_server, media_dir: Path,
