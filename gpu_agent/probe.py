@@ -8,6 +8,8 @@ on a GPU machine and the CPU encoders here, and every result names the encoder t
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from dataclasses import dataclass, field
 
 from gpu_agent.ffmpeg import run_capture
@@ -26,6 +28,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 class EncoderProbe:
     chosen: dict[str, str]  # codec -> the encoder jobs will use; a codec absent has none
     failures: dict[str, str] = field(default_factory=dict)  # encoder -> why it was skipped
+    cuda_decode: bool = False  # `-hwaccel cuda` decoded a real H.264 frame
 
     @property
     def h264(self) -> str:
@@ -74,4 +77,30 @@ async def probe_encoders(ffmpeg: str, *, timeout_s: float = 20.0,
     chosen = {codec: enc for codec, enc in zip(candidates, found, strict=True) if enc}
     if "h264" not in chosen:
         raise RuntimeError(f"no working H.264 encoder: {failures}")
-    return EncoderProbe(chosen=chosen, failures=failures)
+    cuda = await _try_cuda_decode(ffmpeg, timeout_s)
+    if cuda:
+        failures["hwaccel cuda"] = cuda
+    return EncoderProbe(chosen=chosen, failures=failures, cuda_decode=cuda is None)
+
+
+async def _try_cuda_decode(ffmpeg: str, timeout_s: float) -> str | None:
+    """Decode one real H.264 frame with ``-hwaccel cuda`` (fatal, not a soft fallback, when
+    there is no device). Returns why it failed, or None when it works."""
+    with tempfile.TemporaryDirectory(prefix="vidfleet-probe-") as tmp:
+        clip = os.path.join(tmp, "probe.mp4")
+        make = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+                "-i", "color=black:s=256x256:d=0.04", "-frames:v", "1", "-c:v", "libx264",
+                "-pix_fmt", "yuv420p", clip]
+        try:
+            rc, _, err = await run_capture(make, timeout_s)
+            if rc != 0:
+                return "could not make a probe clip"
+            rc, _, err = await run_capture([ffmpeg, "-hide_banner", "-nostdin", "-loglevel",
+                                            "error", "-hwaccel", "cuda", "-i", clip,
+                                            "-f", "null", "-"], timeout_s)
+        except (OSError, TimeoutError) as exc:
+            return str(exc) or type(exc).__name__
+    if rc != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln]
+        return lines[0] if lines else f"exit code {rc}"
+    return None

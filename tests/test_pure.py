@@ -154,3 +154,13 @@ def test_quality_maps_to_each_encoders_scale(encoder: str, quality: int,
     assert args[:2] == ["-c:v", encoder]
     i = args.index(setting[0])
     assert args[i:i + 2] == setting and args[-2:] == ["-pix_fmt", "yuv420p"]
+
+
+def test_gpu_decode_only_when_probed() -> None:
+    common = dict(ffmpeg="ffmpeg", video_path="/j/v", srt_path="/j/s.srt",
+                  output_path="/j/o.mp4", encoder="h264_nvenc", fonts_dir="/f",
+                  input_formats="mp4")
+    with_gpu = caption_argv(**common, cuda_decode=True)  # type: ignore[arg-type]
+    assert with_gpu[with_gpu.index("-hwaccel") + 1] == "cuda"
+    assert with_gpu.index("-hwaccel") < with_gpu.index("-i")
+    assert "-hwaccel" not in caption_argv(**common)  # type: ignore[arg-type]

@@ -65,12 +65,16 @@ def caption_argv(
     *, ffmpeg: str, video_path: str, srt_path: str, output_path: str, encoder: str,
     fonts_dir: str, input_formats: str, output: Output = DEFAULT_OUTPUT,
     style: CaptionStyle = DEFAULT_STYLE, audio_codec: str | None = None,
+    cuda_decode: bool = False,
 ) -> list[str]:
     """``encoder`` must encode ``output.codec``. ``audio_codec`` is the source's; None
     assumes it can be copied (checked once the input is probed)."""
     return [
         # warning: libass says which glyphs no font has only at that level
         *ffmpeg_prelude(ffmpeg, loglevel="warning"),
+        # GPU decode when the probe proved it works; frames come back to the CPU for libass
+        # (which is cheaper than compositing a subtitle canvas on the GPU: ffmpeg.md 3.1).
+        *(["-hwaccel", "cuda"] if cuda_decode else []),
         "-format_whitelist", input_formats, "-protocol_whitelist", "file",
         "-i", video_path,
         "-map", "0:v:0", "-map", "0:a?",

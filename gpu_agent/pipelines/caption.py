@@ -37,6 +37,7 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
                             srt_path=str(subs), output_path=str(output), encoder=encoder,
                             fonts_dir=ops.fonts_dir, input_formats=INPUT_FORMATS,
                             output=job.output, style=job.style,
+                            cuda_decode=ops.encoders.cuda_decode,
                             audio_codec=source.audio_codec if source else None)
 
     async def validate() -> MediaInfo:
