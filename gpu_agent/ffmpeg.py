@@ -174,6 +174,11 @@ async def run_ffmpeg(
             await proc.stdin.wait_closed()
         except (BrokenPipeError, ConnectionResetError):
             pass  # FFmpeg stopped reading: its exit code says why
+        except BaseException:
+            # The frames cannot all be made: stop FFmpeg rather than let it finish a short
+            # video from what it got (or wait on stdin until the stall timeout).
+            await _kill_group(proc)
+            raise
 
     stderr_task = asyncio.create_task(drain_stderr())
     feed_task = asyncio.create_task(write_stdin()) if feed else None
