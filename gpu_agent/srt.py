@@ -10,6 +10,7 @@ move, resize or hide text outside the typed styling options.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -164,12 +165,18 @@ def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
 
 
 def parse_subtitles(data: bytes) -> list[Cue]:
-    """SubRip or WebVTT (recognised by its 'WEBVTT' header)."""
+    """SubRip or WebVTT (recognised by its 'WEBVTT' header), cues in time order."""
     head = data.lstrip(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"WEBVTT"):
         try:
-            return parse_vtt(data.decode("utf-8-sig"))
+            cues = parse_vtt(data.decode("utf-8-sig"))
         except UnicodeDecodeError as exc:
             raise SrtError(f"subtitles are not UTF-8 (byte {exc.start} is invalid); re-save "
                            "the file as UTF-8") from None
-    return parse_srt(data)
+    else:
+        cues = parse_srt(data)
+    for n, (before, cue) in enumerate(itertools.pairwise(cues), start=2):
+        if cue.start_s < before.start_s:
+            raise SrtError(f"subtitles cue {n} starts before cue {n - 1}: cues must be in "
+                           "time order")
+    return cues

@@ -14,7 +14,7 @@ from broker.subjects import job_subject, parse_event_subject, validate_job_id
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
 from gpu_agent.ops.common import audio_args, video_args
-from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt
+from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt, parse_subtitles
 
 GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
         "2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n")
@@ -164,3 +164,13 @@ def test_gpu_decode_only_when_probed() -> None:
     assert with_gpu[with_gpu.index("-hwaccel") + 1] == "cuda"
     assert with_gpu.index("-hwaccel") < with_gpu.index("-i")
     assert "-hwaccel" not in caption_argv(**common)  # type: ignore[arg-type]
+
+
+def test_cues_out_of_order_are_refused() -> None:
+    text = ("1\n00:00:05,000 --> 00:00:06,000\nB\n\n"
+            "2\n00:00:01,000 --> 00:00:02,000\nA\n")
+    with pytest.raises(SrtError, match="cue 2 starts before cue 1"):
+        parse_subtitles(text.encode())
+    vtt = "WEBVTT\n\n00:05.000 --> 00:06.000\nB\n\n00:01.000 --> 00:02.000\nA\n"
+    with pytest.raises(SrtError, match="cue 2 starts before cue 1"):
+        parse_subtitles(vtt.encode())
