@@ -47,7 +47,8 @@ class Output(Struct, frozen=True, kw_only=True):
     """How the result is encoded. Every operation takes one (all fields optional)."""
 
     container: Annotated[Literal["mp4", "webm"], Meta(
-        description="mp4 (faststart) holds h264, hevc or av1; webm holds av1 (with Opus audio)."
+        description=("mp4 (faststart) holds h264, hevc or av1; webm holds av1 (Opus or Vorbis "
+                     "audio).")
     )] = "mp4"
     codec: Literal["h264", "hevc", "av1"] = "h264"
     quality: Annotated[int, Meta(ge=0, le=51, description=(

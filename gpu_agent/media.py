@@ -36,6 +36,7 @@ class _Stream(msgspec.Struct):
     avg_frame_rate: str = "0/0"
     r_frame_rate: str = "0/0"
     duration: str | None = None
+    tags: dict[str, str] = {}
 
 
 class _Format(msgspec.Struct, frozen=True):
@@ -114,8 +115,23 @@ async def probe_media(ffprobe: str, path: str, *, label: str, whitelist: bool = 
         height=video.height if video else 0,
         fps=_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else 0.0,
         video_codec=video.codec_name if video else "",
-        video_duration_s=(_float(video.duration) or duration) if video else 0.0,
+        video_duration_s=_stream_duration(video) or duration if video else 0.0,
     )
+
+
+def _stream_duration(stream: _Stream) -> float | None:
+    """The stream's own length. Matroska/WebM keep it only as a DURATION tag
+    ("HH:MM:SS.nnnnnnnnn"); the container's duration is that of its longest stream."""
+    if (seconds := _float(stream.duration)) is not None:
+        return seconds
+    tag = stream.tags.get("DURATION") or stream.tags.get("duration")
+    if not tag:
+        return None
+    try:
+        h, m, s = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        return None
 
 
 def _float(value: str | None) -> float | None:

@@ -40,7 +40,12 @@ class KenBurnsRenderer:
         size = (self.width, self.height)
         half = (self.width // 2, self.height // 2)
         luma_box = (box.x0, box.y0, box.x0 + box.w, box.y0 + box.h)
-        chroma_box = (box.x0 / 2, box.y0 / 2, (box.x0 + box.w) / 2, (box.y0 + box.h) / 2)
+        # 4:2:0 chroma is left-sited (on the even luma columns), not centred between them:
+        # shift by a quarter chroma pixel times (1 - 1/zoom) so it stays on the luma grid.
+        shift = min(0.25 * (1.0 - box.w / self.width),  # (kept inside the image)
+                    (self.width - box.x0 - box.w) / 2)
+        chroma_box = (box.x0 / 2 + shift, box.y0 / 2, (box.x0 + box.w) / 2 + shift,
+                      (box.y0 + box.h) / 2)
         y = self._y.resize(size, Image.Resampling.BICUBIC, box=luma_box)
         u = self._u.resize(half, Image.Resampling.BILINEAR, box=chroma_box)
         v = self._v.resize(half, Image.Resampling.BILINEAR, box=chroma_box)

@@ -10,6 +10,7 @@ move, resize or hide text outside the typed styling options.
 
 from __future__ import annotations
 
+import html
 import itertools
 import re
 from dataclasses import dataclass
@@ -22,7 +23,15 @@ _TIMING = re.compile(
     r"^(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})\s+-->\s+(\d{1,2}):([0-5]\d):([0-5]\d)[,.](\d{3})"
     r"(\s+.*)?$"
 )
-_OVERRIDE = re.compile(r"\{\\[^}]*\}")
+# libass obeys override tags anywhere inside braces ({x\alpha&HFF&} hides the text, \pos
+# moves it), and FFmpeg turns <font size/color/face> into such tags: both are removed, so the
+# typed style options are the only way to style. <b>, <i>, <u> stay.
+_OVERRIDE = re.compile(r"\{[^}]*\}")
+_FONT_TAG = re.compile(r"</?font\b[^>]*>", re.IGNORECASE)
+
+
+def clean_text(line: str) -> str:
+    return _FONT_TAG.sub("", _OVERRIDE.sub("", line)).rstrip()
 
 
 class SrtError(ValueError):
@@ -70,7 +79,12 @@ def parse_srt(data: bytes, *, max_cues: int = 10_000) -> list[Cue]:
         i += 1
         body: list[str] = []
         while i < n and lines[i].strip():
-            body.append(_OVERRIDE.sub("", lines[i]).rstrip())
+            if _TIMING.match(lines[i].strip()) or (
+                    lines[i].strip().isdigit() and i + 1 < n
+                    and _TIMING.match(lines[i + 1].strip())):
+                raise SrtError(f"subtitles line {i + 1}: the next cue starts without a blank "
+                               "line before it")
+            body.append(clean_text(lines[i]))
             i += 1
         if not body:
             raise SrtError(f"subtitles line {i + 1}: cue has no text")
@@ -133,8 +147,10 @@ def _vtt_seconds(stamp: str) -> float:
 def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
     """WebVTT: header, then cues (an optional id line, a timing line with optional settings,
     text). NOTE, STYLE and REGION blocks are skipped; markup tags are removed."""
-    blocks = [b for b in text.replace("\r\n", "\n").replace("\r", "\n").split("\n\n")]
-    if not blocks[0].startswith("WEBVTT"):
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    normalised = re.sub(r"\n[ \t]+\n", "\n\n", normalised)  # a line of spaces is blank
+    blocks = normalised.split("\n\n")
+    if not re.match(r"WEBVTT($|[ \t\n])", blocks[0]):
         raise SrtError("WebVTT must start with 'WEBVTT'")
     cues: list[Cue] = []
     line_no = blocks[0].count("\n") + 2
@@ -143,7 +159,7 @@ def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
         start_line = line_no
         line_no += len(lines) + 1
         lines = [ln for ln in lines if ln.strip()] if block.strip() else []
-        if not lines or lines[0].split(" ")[0] in ("NOTE", "STYLE", "REGION"):
+        if not lines or lines[0].split()[0] in ("NOTE", "STYLE", "REGION"):
             continue
         timing_at = 0 if "-->" in lines[0] else 1
         if timing_at >= len(lines) or not (m := _VTT_TIMING.match(lines[timing_at].strip())):
@@ -153,7 +169,11 @@ def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
         if end <= start:
             raise SrtError(f"subtitles line {start_line + timing_at}: cue ends at or before "
                            "it starts")
-        body = [_VTT_TAG.sub("", ln).strip() for ln in lines[timing_at + 1:]]
+        if any("-->" in ln for ln in lines[timing_at + 1:]):
+            raise SrtError(f"subtitles line {start_line + timing_at + 1}: the next cue starts "
+                           "without a blank line before it")
+        body = [clean_text(html.unescape(_VTT_TAG.sub("", ln))).strip()
+                for ln in lines[timing_at + 1:]]
         if not any(body):
             raise SrtError(f"subtitles line {start_line + timing_at + 1}: cue has no text")
         cues.append(Cue(start, end, "\n".join(b for b in body if b)))

@@ -62,8 +62,14 @@ async def test_mix_keeps_both_and_trims_long_audio(client, agent, media_dir: Pat
                       audio_volume=0.5)
     _, out = await _run(client, job, tmp_path)
     assert abs(_durations(out)["audio"] - _durations(media_dir / "talk.mp4")["video"]) < 0.05
-    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=MUSIC_HZ) > AUDIBLE_DB
-    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=VIDEO_TONE_HZ) > AUDIBLE_DB
+    # No normalisation: the video's tone keeps its level, the music is 6 dB down (volume 0.5).
+    video_tone = level_db(media_dir / "talk.mp4", start_s=0.5, seconds=2.0,
+                          band_hz=VIDEO_TONE_HZ)
+    music_tone = level_db(music["long"], start_s=0.5, seconds=2.0, band_hz=MUSIC_HZ)
+    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=VIDEO_TONE_HZ) == pytest.approx(
+        video_tone, abs=1.5)
+    assert level_db(out, start_s=0.5, seconds=2.0, band_hz=MUSIC_HZ) == pytest.approx(
+        music_tone - 6.0, abs=1.5)
 
 
 async def test_loop_fills_the_video_with_short_audio(client, agent, media_dir: Path, music,
@@ -88,3 +94,31 @@ async def test_audio_without_sound_and_impossible_containers_fail_clearly(
                        output=Output(container="webm", codec="av1"))
     failed = await client.result((await client.submit(webm)).job_id, timeout_s=30)
     assert isinstance(failed, Failed) and "webm output cannot hold it" in failed.error.message
+
+
+async def test_matroska_video_is_cut_to_its_video_stream(client, agent, media_dir: Path,
+                                                         music, tmp_path: Path) -> None:
+    """Matroska keeps a stream's length only in a tag; the container's is the longest
+    stream's. A 3 s video muxed with 6 s of audio must still give a 3 s output."""
+    mkv = tmp_path / "long-audio.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(media_dir / "talk.mp4"),
+                    "-i", str(music["long"]), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+                    "-c:a", "libopus", str(mkv)], check=True)
+    job = AddAudioJob(video=await client.upload_input(mkv),
+                      audio=await client.upload_input(music["long"]))
+    _, out = await _run(client, job, tmp_path)
+    durations = _durations(out)
+    assert durations["audio"] == pytest.approx(durations["video"], abs=0.05)
+    assert durations["video"] == pytest.approx(3.0, abs=0.05)
+
+
+@pytest.mark.parametrize(("offset_s", "phrase"), [
+    (5.0, "after the video ends"), (-2.0, "skips all of the audio"),
+])
+async def test_offsets_that_leave_only_silence_are_refused(client, agent, media_dir: Path,
+                                                           music, offset_s: float,
+                                                           phrase: str) -> None:
+    job = AddAudioJob(video=await client.upload_input(media_dir / "talk.mp4"),
+                      audio=await client.upload_input(music["short"]), offset_s=offset_s)
+    failed = await client.result((await client.submit(job)).job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and phrase in failed.error.message

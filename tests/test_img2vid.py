@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ def _job(**kw: object) -> Img2VidJob:
     values: dict[str, object] = dict(image="obj:x", width=OUT_W, height=OUT_H, fps=25,
                                      duration_s=2.0)
     values.update(kw)
-    return Img2VidJob(**values)  # type: ignore[arg-type]
+    return msgspec.convert(values, Img2VidJob)
 
 
 @pytest.mark.parametrize("easing", ["linear", "ease_in", "ease_out", "ease_in_out"])
@@ -103,7 +104,7 @@ async def test_portrait_pad_and_music_bed(client, agent, dots_image: Path,
                                           tmp_path: Path) -> None:
     music = make_tone(tmp_path / "bed.wav", freq_hz=1000, seconds=5.0)
     job = _job(image=await client.upload_input(dots_image), width=180, height=320,
-               fit="pad", pad_color="#000000", zoom_to=1.0,
+               fit="pad", pad_color="#FFFFFF", zoom_to=1.0,
                audio=await client.upload_input(music), audio_fade_out_s=0.8)
     done = await client.result((await client.submit(job)).job_id, timeout_s=60)
     assert isinstance(done, Succeeded), done
@@ -116,7 +117,9 @@ async def test_portrait_pad_and_music_bed(client, agent, dots_image: Path,
                           "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
                          check=True, capture_output=True).stdout
     frame = np.frombuffer(raw, np.uint8).reshape(320, 180)
-    assert frame[:100].max() < 20  # padded bars above (the 16:9 image fills 101 rows)
+    # White bars above and below the 16:9 image (101 rows in the middle), black image between.
+    assert frame[:100].min() > 200 and frame[-100:].min() > 200
+    assert np.median(frame[120:200]) < 40
 
 
 async def test_not_an_image_fails_clearly(client, agent, tmp_path: Path) -> None:
@@ -126,3 +129,35 @@ async def test_not_an_image_fails_clearly(client, agent, tmp_path: Path) -> None
     failed = await client.result(receipt.job_id, timeout_s=30)
     assert isinstance(failed, Failed) and failed.error.code == "invalid_input"
     assert failed.error.message.startswith("image")
+
+
+def _dot_centres(frame: np.ndarray) -> list[float]:
+    xs = np.arange(OUT_W) + 0.5
+    centres = []
+    for half in (slice(0, OUT_W // 2), slice(OUT_W // 2, OUT_W)):
+        weights = np.clip(frame[:, half] - 16, 0, None)
+        centres.append(float((weights.sum(axis=0) * xs[half]).sum() / weights.sum()))
+    return centres
+
+
+async def test_focus_and_pan_put_the_image_where_asked(client, agent, dots_image: Path,
+                                                       tmp_path: Path) -> None:
+    """Absolute positions, not just the zoom: an off-centre focus panning across."""
+    job = _job(image=await client.upload_input(dots_image), zoom_from=1.4, zoom_to=1.4,
+               focus_x=0.2, pan_to_x=0.8, output={"quality": 10})
+    done = await client.result((await client.submit(job)).job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    frames = _luma_frames(await client.download(done.output, tmp_path / "out.mp4"))
+    boxes = frame_boxes(job)
+    checked = 0
+    for n in range(0, len(boxes), 7):
+        box = boxes[n]
+        expected = [(x * OUT_W / 640 - box.x0) * OUT_W / box.w for x in DOTS_X]
+        if all(OUT_W * 0.05 < e < OUT_W * 0.95 and (e < OUT_W / 2) == (i == 0)
+               for i, e in enumerate(expected)):
+            got = _dot_centres(frames[n])
+            assert got == pytest.approx(expected, abs=0.35), (n, got, expected)
+            checked += 1
+    assert checked >= 3  # frames where both dots are well inside their halves
+    first, last = _dot_centres(frames[0]), _dot_centres(frames[-1])
+    assert last[0] < first[0] - 50  # the view moved right, so the dots moved left

@@ -14,7 +14,15 @@ from broker.subjects import job_subject, parse_event_subject, validate_job_id
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
 from gpu_agent.ops.common import audio_args, video_args
-from gpu_agent.srt import Cue, SrtError, clip_cues, format_srt, parse_srt, parse_subtitles
+from gpu_agent.srt import (
+    Cue,
+    SrtError,
+    clip_cues,
+    format_srt,
+    parse_srt,
+    parse_subtitles,
+    parse_vtt,
+)
 
 GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
         "2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n")
@@ -174,3 +182,30 @@ def test_cues_out_of_order_are_refused() -> None:
     vtt = "WEBVTT\n\n00:05.000 --> 00:06.000\nB\n\n00:01.000 --> 00:02.000\nA\n"
     with pytest.raises(SrtError, match="cue 2 starts before cue 1"):
         parse_subtitles(vtt.encode())
+
+
+@pytest.mark.parametrize("text", [
+    "{x\\alpha&HFF&}BIG", "{\\pos(10,10)}BIG", '<font size="150" color="red">BIG</font>',
+    "B{any\\fs200 junk}IG",
+])
+def test_every_styling_escape_hatch_is_removed(text: str) -> None:
+    cue = parse_subtitles(f"1\n00:00:01,000 --> 00:00:02,000\n{text}\n".encode())[0]
+    assert cue.text == "BIG"
+
+
+def test_a_missing_blank_line_between_cues_is_an_error_not_burned_text() -> None:
+    text = "1\n00:00:01,000 --> 00:00:02,000\nA\n2\n00:00:03,000 --> 00:00:04,000\nB\n"
+    with pytest.raises(SrtError, match="line 4: the next cue starts without a blank line"):
+        parse_subtitles(text.encode())
+    vtt = "WEBVTT\n\n00:01.000 --> 00:02.000\nA\n00:03.000 --> 00:04.000\nB\n"
+    with pytest.raises(SrtError, match="without a blank line"):
+        parse_subtitles(vtt.encode())
+
+
+def test_webvtt_ids_entities_crlf_and_blank_lines_of_spaces() -> None:
+    vtt = ("WEBVTT - a title\r\n\r\nintro\r\n00:01.000 --> 00:02.000 line:0\r\n"
+           "R&amp;D &lt;3\r\n   \r\n01:00:03.000 --> 01:00:04.000\r\n<i>B</i>")
+    assert [(c.start_s, c.text) for c in parse_subtitles(vtt.encode())] == [
+        (1.0, "R&D <3"), (3603.0, "B")]
+    with pytest.raises(SrtError, match="must start with 'WEBVTT'"):
+        parse_vtt("WEBVTTX\n\n00:01.000 --> 00:02.000\nA\n")

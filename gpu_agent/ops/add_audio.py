@@ -36,8 +36,8 @@ def _new_audio_chain(job: AddAudioJob, duration_s: float) -> list[str]:
         chain.append(f"apad=whole_dur={duration_s:.6f}")
     chain.append(f"atrim=end={duration_s:.6f}")
     if job.fade_out_s > 0:
-        start_s = max(0.0, duration_s - job.fade_out_s)
-        chain.append(f"afade=t=out:st={start_s:.6f}:d={job.fade_out_s:.6f}")
+        fade_s = min(job.fade_out_s, duration_s)
+        chain.append(f"afade=t=out:st={duration_s - fade_s:.6f}:d={fade_s:.6f}")
     return chain
 
 
@@ -66,6 +66,10 @@ def add_audio_argv(*, ffmpeg: str, video_path: str, audio_path: str, output_path
         "-format_whitelist", AUDIO_FORMATS, "-protocol_whitelist", "file", "-i", audio_path,
         "-filter_complex", _filter_graph(job, video, duration_s),
         "-map", "0:v:0", "-map", "[aout]",
-        "-c:v", "copy", *audio_codec,
+        "-c:v", "copy",
+        # Apple players refuse HEVC in MP4 tagged hev1 (what a copy from Matroska gets).
+        *(["-tag:v", "hvc1"] if video.video_codec == "hevc" and job.output.container == "mp4"
+          else []),
+        *audio_codec,
         *container_args(job.output.container, output_path),
     ]

@@ -77,7 +77,8 @@ def caption_argv(
         *(["-hwaccel", "cuda"] if cuda_decode else []),
         "-format_whitelist", input_formats, "-protocol_whitelist", "file",
         "-i", video_path,
-        "-map", "0:v:0", "-map", "0:a?",
+        # The first audio track only: the copy-or-encode choice is made for that one.
+        "-map", "0:v:0", "-map", "0:a:0?",
         "-vf", subtitles_filter(srt_path, fonts_dir, style),
         *video_args(encoder, output.quality),
         *audio_args(output.container, audio_codec),

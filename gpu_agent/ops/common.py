@@ -7,11 +7,11 @@ encoder's own scale so that the same number gives roughly the same visual qualit
 | encoder | setting |
 |---|---|
 | libx264 | `-preset veryfast -crf q` |
-| h264_nvenc | `-preset p4 -tune hq -rc vbr -cq q` |
+| h264_nvenc | `-preset p4 -tune hq -rc vbr -cq max(q, 1)` (cq 0 means "automatic") |
 | libx265 | `-preset fast -crf q+5` (x265's 28 looks like x264's 23) |
-| hevc_nvenc | `-preset p4 -tune hq -rc vbr -cq q+3` |
+| hevc_nvenc | `-preset p4 -tune hq -rc vbr -cq max(q+3, 1)` |
 | libsvtav1 | `-preset 8 -crf round(1.2 q + 7.4)` (23 -> 35, SVT-AV1's own default) |
-| av1_nvenc | `-preset p4 -tune hq -rc vbr -cq q+3` |
+| av1_nvenc | `-preset p4 -tune hq -rc vbr -cq round(1.2 q + 7.4)` (AV1's cq scale is 0-63) |
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ def _clamp(value: int, low: int, high: int) -> int:
 def video_args(encoder: str, quality: int = 23) -> list[str]:
     """Constant-quality settings for ``encoder`` at ``quality`` (x264 CRF scale)."""
     nvenc = ["-preset", "p4", "-tune", "hq", "-rc", "vbr"]
+    av1 = str(_clamp(round(1.2 * quality + 7.4), 1, 63))
     settings = {
         "libx264": ["-preset", "veryfast", "-crf", str(quality)],
-        "h264_nvenc": [*nvenc, "-cq", str(quality)],
+        "h264_nvenc": [*nvenc, "-cq", str(_clamp(quality, 1, 51))],
         "libx265": ["-preset", "fast", "-crf", str(_clamp(quality + 5, 0, 51)),
                     "-x265-params", "log-level=error", "-tag:v", "hvc1"],
-        "hevc_nvenc": [*nvenc, "-cq", str(_clamp(quality + 3, 0, 51)), "-tag:v", "hvc1"],
-        "libsvtav1": ["-preset", "8", "-crf", str(_clamp(round(1.2 * quality + 7.4), 1, 63))],
-        "av1_nvenc": [*nvenc, "-cq", str(_clamp(quality + 3, 0, 51))],
+        "hevc_nvenc": [*nvenc, "-cq", str(_clamp(quality + 3, 1, 51)), "-tag:v", "hvc1"],
+        "libsvtav1": ["-preset", "8", "-crf", av1],
+        "av1_nvenc": [*nvenc, "-cq", av1],
     }
     if encoder not in settings:
         raise ValueError(f"no settings for encoder {encoder!r}")

@@ -76,7 +76,9 @@ def frame_boxes(job: Img2VidJob) -> list[Box]:
 def fit_argv(*, ffmpeg: str, image_path: str, job: Img2VidJob) -> list[str]:
     """Decode the image once, fitted to the output size, as raw 4:2:0 on stdout."""
     w, h = job.width, job.height
-    scale = "flags=lanczos+accurate_rnd+full_chroma_int"
+    # BT.709 limited range, and the output tagged so: untagged HD is read as BT.709 by
+    # players, and BT.601 numbers shift hues.
+    scale = "flags=lanczos+accurate_rnd+full_chroma_int:out_color_matrix=bt709:out_range=tv"
     if job.fit == "crop":
         fit = f"scale={w}:{h}:force_original_aspect_ratio=increase:{scale},crop={w}:{h}"
     else:
@@ -108,7 +110,9 @@ def encode_argv(*, ffmpeg: str, job: Img2VidJob, encoder: str, output_path: str,
                  "-map", "0:v:0", "-map", "[aout]"]
     # No -frames:v: stdin ends after exactly n frames, and -frames:v would also stop the
     # audio early (measured: 1.24 s of a 2 s bed).
-    argv += ["-r", str(job.fps), *video_args(encoder, job.output.quality)]
+    argv += ["-r", str(job.fps), *video_args(encoder, job.output.quality),
+             "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+             "-color_range", "tv"]
     if audio_path:
         argv += audio_args(job.output.container, "")  # filtered audio is always encoded
     return argv + container_args(job.output.container, output_path)

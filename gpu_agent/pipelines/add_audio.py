@@ -32,6 +32,7 @@ async def run(ops: Operations, job: AddAudioJob, ctx: WorkContext) -> JobResult:
                 f"video: its {v.video_codec} stream is copied, and a {job.output.container} "
                 f"output cannot hold it; use container "
                 f"{'mp4' if job.output.container == 'webm' else 'webm'}")
+        _check_offset(job, v, a)
         if job.mode == "mix" and not v.has_audio:
             logger.bind(job_id=ctx.job_id).info("video has no audio: mix acts as replace")
         return v
@@ -51,3 +52,15 @@ async def run(ops: Operations, job: AddAudioJob, ctx: WorkContext) -> JobResult:
         ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s,
         encode_s=t_encode - t_fetch - encoded.validate_s, upload_s=t_done - t_encode,
         done_at=t_done))
+
+
+def _check_offset(job: AddAudioJob, video: MediaInfo, audio: MediaInfo) -> None:
+    """Refuse offsets that would leave the new audio entirely silent (the job would succeed
+    and deliver nothing of what was asked)."""
+    video_s = video.video_duration_s or video.duration_s
+    if job.offset_s >= video_s:
+        raise invalid_input(f"offset_s: the audio would start at {job.offset_s:g}s, after the "
+                            f"video ends ({video_s:.2f}s)")
+    if job.when_shorter == "pad" and -job.offset_s >= audio.duration_s:
+        raise invalid_input(f"offset_s: skipping {-job.offset_s:g}s skips all of the audio "
+                            f"({audio.duration_s:.2f}s long)")

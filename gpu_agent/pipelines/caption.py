@@ -38,7 +38,8 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
                             fonts_dir=ops.fonts_dir, input_formats=INPUT_FORMATS,
                             output=job.output, style=job.style,
                             cuda_decode=ops.encoders.cuda_decode,
-                            audio_codec=source.audio_codec if source else None)
+                            audio_codec=source.audio_codec if source and source.has_audio
+                            else None)
 
     async def validate() -> MediaInfo:
         info = await probe_media(ops.config.ffprobe, str(video), label="video")
