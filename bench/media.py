@@ -76,7 +76,7 @@ from gpu_agent.media import INPUT_FORMATS, MediaInfo, probe_media  # noqa: E402
 from gpu_agent.ops.add_audio import add_audio_argv  # noqa: E402
 from gpu_agent.ops.caption import caption_argv  # noqa: E402
 from gpu_agent.ops.img2vid import Box, encode_argv, fit_argv, frame_boxes  # noqa: E402
-from gpu_agent.render import KenBurnsRenderer, render_frames  # noqa: E402
+from gpu_agent.render import Frame, KenBurnsRenderer, render_frames  # noqa: E402
 
 RENDER_RATIO_TARGET = 2.0
 SSIM_TARGET = 0.99
@@ -184,7 +184,7 @@ async def fitted(image: Path, job: Img2VidJob) -> bytes:
     return out
 
 
-async def ours_frames(image: Path, job: Img2VidJob) -> AsyncIterator[bytes]:
+async def ours_frames(image: Path, job: Img2VidJob) -> AsyncIterator[Frame]:
     renderer = KenBurnsRenderer(await fitted(image, job), job.width, job.height)
     async for raw in render_frames(renderer, frame_boxes(job)):
         yield raw
@@ -206,7 +206,7 @@ async def ours_whole_job(image: Path, out: Path) -> None:
 
     async def feed(stdin: asyncio.StreamWriter) -> None:
         async for raw in ours_frames(image, job):
-            stdin.write(raw)
+            stdin.writelines(raw)
             await stdin.drain()
 
     result = await run_ffmpeg(argv, on_progress=ignore_progress, feed=feed)
@@ -320,7 +320,7 @@ async def old_luma(image: Path) -> AsyncIterator[np.ndarray]:
 
 async def ours_luma(image: Path) -> AsyncIterator[np.ndarray]:
     async for raw in ours_frames(image, ours_job()):
-        yield np.frombuffer(raw, np.uint8, count=WIDTH * HEIGHT).reshape(HEIGHT, WIDTH)
+        yield np.frombuffer(raw[0], np.uint8, count=WIDTH * HEIGHT).reshape(HEIGHT, WIDTH)
 
 
 class ExactRender:

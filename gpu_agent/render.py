@@ -19,7 +19,9 @@ from PIL import Image
 
 from gpu_agent.ops.img2vid import Box
 
-__all__ = ["KenBurnsRenderer", "render_frames"]
+__all__ = ["Frame", "KenBurnsRenderer", "render_frames"]
+
+Frame = tuple[bytes, bytes, bytes]  # raw yuv420p planes, written one after another
 
 
 class KenBurnsRenderer:
@@ -36,7 +38,8 @@ class KenBurnsRenderer:
                                   yuv420p[luma:luma + chroma])
         self._v = Image.frombytes("L", (width // 2, height // 2), yuv420p[luma + chroma:])
 
-    def render(self, box: Box) -> bytes:
+    def render(self, box: Box) -> Frame:
+        """The frame's Y, U and V planes (not joined: that copy costs ~5 % of a frame)."""
         size = (self.width, self.height)
         half = (self.width // 2, self.height // 2)
         luma_box = (box.x0, box.y0, box.x0 + box.w, box.y0 + box.h)
@@ -49,16 +52,16 @@ class KenBurnsRenderer:
         y = self._y.resize(size, Image.Resampling.BICUBIC, box=luma_box)
         u = self._u.resize(half, Image.Resampling.BILINEAR, box=chroma_box)
         v = self._v.resize(half, Image.Resampling.BILINEAR, box=chroma_box)
-        return y.tobytes() + u.tobytes() + v.tobytes()
+        return y.tobytes(), u.tobytes(), v.tobytes()
 
 
 async def render_frames(renderer: KenBurnsRenderer, boxes: Sequence[Box], *,
-                        threads: int | None = None) -> AsyncIterator[bytes]:
+                        threads: int | None = None) -> AsyncIterator[Frame]:
     """Frames in order, rendered ``threads`` at a time (default: one per core)."""
     threads = threads or max(1, min(8, os.cpu_count() or 1))
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(threads, thread_name_prefix="render") as pool:
-        pending: list[asyncio.Future[bytes]] = []
+        pending: list[asyncio.Future[Frame]] = []
         next_index = 0
         try:
             while next_index < len(boxes) or pending:

@@ -41,8 +41,8 @@ async def run(ops: Operations, job: Img2VidJob, ctx: WorkContext) -> JobResult:
                        audio_path=str(paths["audio"]) if "audio" in paths else None)
 
     async def feed(stdin: asyncio.StreamWriter) -> None:
-        async for raw in render_frames(renderer, boxes):
-            stdin.write(raw)
+        async for planes in render_frames(renderer, boxes):
+            stdin.writelines(planes)
             await stdin.drain()
 
     framed = MediaInfo(format_name=image.format_name, duration_s=frame_count(job) / job.fps,
