@@ -1,0 +1,201 @@
+"""The scaling policy: a pure ``decide(snapshot, policy) -> actions``.
+
+No clock, network or logger here: the loop around it observes (backlog from the JOBS consumer's
+leader, heartbeats, the provider's instance list, spend) into a ``Snapshot``, calls
+``decide``, and carries out the actions. Getting this wrong costs money both ways: renting
+too eagerly (or twice for the same need, while a machine is still booting) bills idle GPUs;
+destroying a busy machine kills a job mid-encode, so scale-down only ever drains idle ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from msgspec import Struct
+
+__all__ = [
+    "NO_NVENC_GPUS",
+    "Destroy",
+    "Drain",
+    "Instance",
+    "Offer",
+    "Policy",
+    "Rent",
+    "Snapshot",
+    "decide",
+    "rank_offers",
+]
+
+# Data-centre GPUs without an NVENC block (ffmpeg.md 5.3): renting one buys no encoder.
+NO_NVENC_GPUS = frozenset({"A100", "A30", "A800", "H100", "H800", "H200", "GH200", "B200",
+                           "GB200"})
+# Relative NVENC throughput by GPU generation, the prior before measured speeds exist.
+_SPEED_PRIOR = {"RTX 40": 1.0, "RTX 50": 1.1, "L4": 0.9, "L40": 1.0, "RTX 30": 0.8,
+                "A10": 0.8, "A40": 0.8, "RTX A": 0.8, "T4": 0.5, "RTX 20": 0.6}
+
+
+class Offer(Struct, frozen=True, kw_only=True):
+    offer_id: int
+    machine_id: int
+    gpu_name: str
+    gpu_ram_mb: int
+    price_per_hour: float  # dph_total: GPU plus the storage asked for
+    reliability: float
+    inet_down_mbps: float
+    cuda_max_good: float
+
+
+class Instance(Struct, frozen=True, kw_only=True):
+    instance_id: str
+    machine_id: int
+    price_per_hour: float
+    state: Literal["booting", "idle", "busy", "draining"]
+    launched_at: float
+    last_heartbeat_at: float | None = None  # None: never heartbeated (still booting)
+    idle_since: float | None = None
+    job_id: str | None = None
+
+
+class Snapshot(Struct, frozen=True, kw_only=True):
+    now: float
+    queued_jobs: int  # consumer num_pending, read from the stream's leader
+    running_jobs: int  # consumer num_ack_pending
+    backlog_work_s: float  # estimated encoder seconds for queued + running jobs
+    instances: tuple[Instance, ...] = ()
+    offers: tuple[Offer, ...] = ()
+    spent_today: float = 0.0  # dollars since UTC midnight
+    failed_machines: frozenset[int] = frozenset()  # machines that did not boot: avoid
+    last_rent_at: float | None = None
+
+
+class Policy(Struct, frozen=True, kw_only=True):
+    min_warm: int = 0
+    max_instances: int = 4
+    target_drain_s: float = 600.0  # rent enough that the backlog drains within this
+    idle_timeout_s: float = 300.0
+    boot_deadline_s: float = 600.0  # no first heartbeat by then: destroy, avoid the machine
+    heartbeat_timeout_s: float = 30.0  # a silent agent is gone
+    rent_cooldown_s: float = 20.0
+    max_price_per_hour: float = 5.0  # the whole fleet's burn rate
+    max_spend_per_day: float = 50.0
+    max_offer_price_per_hour: float = 1.0
+    min_gpu_ram_mb: int = 8000
+    min_reliability: float = 0.95
+    min_inet_down_mbps: float = 100.0
+    min_cuda: float = 11.0
+
+
+class Rent(Struct, frozen=True, kw_only=True, tag="rent"):
+    offer_id: int
+    machine_id: int
+    price_per_hour: float
+
+
+class Drain(Struct, frozen=True, kw_only=True, tag="drain"):
+    instance_id: str
+
+
+class Destroy(Struct, frozen=True, kw_only=True, tag="destroy"):
+    instance_id: str
+    reason: str
+    avoid_machine: int | None = None  # the loop adds it to the failed machines
+
+
+Action = Rent | Drain | Destroy
+
+
+def _speed_prior(gpu_name: str) -> float:
+    for prefix, speed in _SPEED_PRIOR.items():
+        if prefix in gpu_name:
+            return speed
+    return 0.5
+
+
+def rank_offers(offers: tuple[Offer, ...], policy: Policy,
+                avoid: frozenset[int] = frozenset()) -> list[Offer]:
+    """Acceptable offers, cheapest per encoded second first."""
+    ok = [o for o in offers
+          if not any(bad in o.gpu_name.upper() for bad in NO_NVENC_GPUS)
+          and o.machine_id not in avoid
+          and o.gpu_ram_mb >= policy.min_gpu_ram_mb
+          and o.reliability >= policy.min_reliability
+          and o.inet_down_mbps >= policy.min_inet_down_mbps
+          and o.cuda_max_good >= policy.min_cuda
+          and o.price_per_hour <= policy.max_offer_price_per_hour]
+    return sorted(ok, key=lambda o: (o.price_per_hour / _speed_prior(o.gpu_name),
+                                     -o.reliability, o.offer_id))
+
+
+def _desired(snap: Snapshot, policy: Policy) -> int:
+    # A job finishing on a draining machine needs no new one.
+    finishing = sum(1 for i in snap.instances if i.state == "draining" and i.job_id)
+    jobs = snap.queued_jobs + max(0, snap.running_jobs - finishing)
+    by_time = math.ceil(snap.backlog_work_s / policy.target_drain_s) if jobs else 0
+    # Enough to drain in time, never more machines than jobs (one job each), at least one
+    # when there is any work, and the warm floor.
+    want = min(jobs, max(by_time, 1 if jobs else 0))
+    return min(policy.max_instances, max(policy.min_warm, want))
+
+
+def _dead(inst: Instance, snap: Snapshot, policy: Policy) -> str | None:
+    if inst.last_heartbeat_at is None:
+        if snap.now - inst.launched_at > policy.boot_deadline_s:
+            return f"no heartbeat within the boot deadline ({policy.boot_deadline_s:.0f}s)"
+        return None
+    if snap.now - inst.last_heartbeat_at > policy.heartbeat_timeout_s:
+        return f"silent for over {policy.heartbeat_timeout_s:.0f}s"
+    return None
+
+
+def decide(snap: Snapshot, policy: Policy) -> list[Action]:
+    actions: list[Action] = []
+    live: list[Instance] = []
+    for inst in snap.instances:
+        why = _dead(inst, snap, policy)
+        if why:
+            never_booted = inst.last_heartbeat_at is None
+            actions.append(Destroy(instance_id=inst.instance_id, reason=why,
+                                   avoid_machine=inst.machine_id if never_booted else None))
+        elif inst.state == "draining":
+            if inst.job_id is None:  # finished its last job: nothing left to lose
+                actions.append(Destroy(instance_id=inst.instance_id, reason="drained"))
+        else:
+            live.append(inst)
+    desired = _desired(snap, policy)
+    if desired > len(live):
+        actions += _rent(snap, policy, live, desired - len(live))
+    elif desired < len(live):
+        actions += _drain_idle(snap, policy, live, len(live) - desired)
+    return actions
+
+
+def _rent(snap: Snapshot, policy: Policy, live: list[Instance], count: int) -> list[Rent]:
+    if snap.last_rent_at is not None and snap.now - snap.last_rent_at < policy.rent_cooldown_s:
+        return []
+    rate = sum(i.price_per_hour for i in snap.instances)
+    rents: list[Rent] = []
+    for offer in rank_offers(snap.offers, policy, snap.failed_machines):
+        if len(rents) == count:
+            break
+        if rate + offer.price_per_hour > policy.max_price_per_hour:
+            continue
+        # The day cap holds if the fleet, this machine included, ran for another hour.
+        if snap.spent_today + rate + offer.price_per_hour > policy.max_spend_per_day:
+            continue
+        if any(r.machine_id == offer.machine_id for r in rents):
+            continue
+        rents.append(Rent(offer_id=offer.offer_id, machine_id=offer.machine_id,
+                          price_per_hour=offer.price_per_hour))
+        rate += offer.price_per_hour
+    return rents
+
+
+def _drain_idle(snap: Snapshot, policy: Policy, live: list[Instance],
+                surplus: int) -> list[Drain]:
+    """Drain up to ``surplus`` machines idle past the timeout, longest idle first; never a
+    busy or booting one."""
+    idle = [i for i in live if i.state == "idle" and i.job_id is None
+            and i.idle_since is not None and snap.now - i.idle_since >= policy.idle_timeout_s]
+    idle.sort(key=lambda i: (i.idle_since or 0.0, i.instance_id))
+    return [Drain(instance_id=i.instance_id) for i in idle[:surplus]]
