@@ -25,18 +25,21 @@ Frame = tuple[bytes, bytes, bytes]  # raw yuv420p planes, written one after anot
 
 
 class KenBurnsRenderer:
-    """Frames of ``width`` x ``height`` (even) from one raw yuv420p image of that size."""
+    """Frames of ``width`` x ``height`` (even) from one raw yuv420p canvas of ``canvas`` size
+    (default: the frame's size); boxes are in canvas pixels."""
 
-    def __init__(self, yuv420p: bytes, width: int, height: int) -> None:
-        luma, chroma = width * height, (width // 2) * (height // 2)
+    def __init__(self, yuv420p: bytes, width: int, height: int,
+                 canvas: tuple[int, int] | None = None) -> None:
+        cw, ch = canvas or (width, height)
+        luma, chroma = cw * ch, (cw // 2) * (ch // 2)
         if len(yuv420p) != luma + 2 * chroma:
             raise ValueError(f"expected {luma + 2 * chroma} bytes of yuv420p, got "
                              f"{len(yuv420p)}")
         self.width, self.height = width, height
-        self._y = Image.frombytes("L", (width, height), yuv420p[:luma])
-        self._u = Image.frombytes("L", (width // 2, height // 2),
-                                  yuv420p[luma:luma + chroma])
-        self._v = Image.frombytes("L", (width // 2, height // 2), yuv420p[luma + chroma:])
+        self._canvas_width = cw
+        self._y = Image.frombytes("L", (cw, ch), yuv420p[:luma])
+        self._u = Image.frombytes("L", (cw // 2, ch // 2), yuv420p[luma:luma + chroma])
+        self._v = Image.frombytes("L", (cw // 2, ch // 2), yuv420p[luma + chroma:])
 
     def render(self, box: Box) -> Frame:
         """The frame's Y, U and V planes (not joined: that copy costs ~5 % of a frame)."""
@@ -44,9 +47,10 @@ class KenBurnsRenderer:
         half = (self.width // 2, self.height // 2)
         luma_box = (box.x0, box.y0, box.x0 + box.w, box.y0 + box.h)
         # 4:2:0 chroma is left-sited (on the even luma columns), not centred between them:
-        # shift by a quarter chroma pixel times (1 - 1/zoom) so it stays on the luma grid.
-        shift = min(0.25 * (1.0 - box.w / self.width),  # (kept inside the image)
-                    (self.width - box.x0 - box.w) / 2)
+        # shift by a quarter chroma pixel times (1 - source px per output px) so it stays on
+        # the luma grid, kept inside the canvas.
+        shift = 0.25 * (1.0 - box.w / self.width)
+        shift = max(-box.x0 / 2, min(shift, (self._canvas_width - box.x0 - box.w) / 2))
         chroma_box = (box.x0 / 2 + shift, box.y0 / 2, (box.x0 + box.w) / 2 + shift,
                       (box.y0 + box.h) / 2)
         y = self._y.resize(size, Image.Resampling.BICUBIC, box=luma_box)

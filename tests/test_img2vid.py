@@ -161,3 +161,29 @@ async def test_focus_and_pan_put_the_image_where_asked(client, agent, dots_image
     assert checked >= 3  # frames where both dots are well inside their halves
     first, last = _dot_centres(frames[0]), _dot_centres(frames[-1])
     assert last[0] < first[0] - 50  # the view moved right, so the dots moved left
+
+
+def test_working_canvas_grows_only_for_deep_zooms_into_big_images() -> None:
+    from gpu_agent.ops.img2vid import canvas_size
+
+    assert canvas_size(_job(zoom_to=1.25), 4000, 3000) == (OUT_W, OUT_H)  # shallow: no cost
+    assert canvas_size(_job(zoom_to=3.0), 4000, 2250) == (OUT_W * 3, OUT_H * 3)
+    assert canvas_size(_job(zoom_to=3.0), 640, 360) == (640, 360)  # only the detail it has
+    assert canvas_size(_job(zoom_to=3.0), 200, 100) == (OUT_W, OUT_H)  # small image: no gain
+
+
+async def test_a_deep_zoom_keeps_a_big_images_detail(client, agent, tmp_path: Path) -> None:
+    """A 2 px checkerboard in a 1280x720 image, shown at zoom 4 in a 320x180 frame: the
+    checks must survive (fitting to 320x180 first would average them to flat grey)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:720, 0:1280]
+    checks = (((xx // 2) + (yy // 2)) % 2 * 255).astype(np.uint8)
+    image = tmp_path / "checks.png"
+    Image.fromarray(checks).save(image)
+    job = _job(image=await client.upload_input(image), zoom_from=4.0, zoom_to=4.0,
+               duration_s=0.4, output={"quality": 5})
+    done = await client.result((await client.submit(job)).job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    frame = _luma_frames(await client.download(done.output, tmp_path / "out.mp4"))[0]
+    assert frame[60:120, 100:220].std() > 40  # high contrast at 2 px, not a grey blur

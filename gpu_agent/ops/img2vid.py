@@ -22,12 +22,15 @@ from gpu_agent.ops.common import audio_args, container_args, ffmpeg_prelude, vid
 
 __all__ = [
     "IMAGE_FORMATS",
+    "MAX_CANVAS_PIXELS",
     "Box",
+    "canvas_size",
     "ease",
     "encode_argv",
     "fit_argv",
     "frame_boxes",
     "frame_count",
+    "to_canvas",
 ]
 
 IMAGE_FORMATS = "image2,jpeg_pipe,png_pipe,webp_pipe,bmp_pipe,tiff_pipe"
@@ -73,9 +76,35 @@ def frame_boxes(job: Img2VidJob) -> list[Box]:
     return boxes
 
 
-def fit_argv(*, ffmpeg: str, image_path: str, job: Img2VidJob) -> list[str]:
-    """Decode the image once, fitted to the output size, as raw 4:2:0 on stdout."""
-    w, h = job.width, job.height
+MAX_CANVAS_PIXELS = 36_000_000  # the working canvas's budget (memory and render time)
+
+
+def canvas_size(job: Img2VidJob, image_width: int, image_height: int) -> tuple[int, int]:
+    """The size the image is decoded to before zooming. The output size, unless the zoom goes
+    past 1.5 and the image has the detail for it: then up to max-zoom times larger, so a
+    deep zoom into a big photo keeps the photo's detail instead of upscaling a small fit.
+    (Below 1.5 the extra detail is barely visible and would cost render time.)"""
+    zoom = max(job.zoom_from, job.zoom_to)
+    if zoom <= 1.5 or image_width <= 0 or image_height <= 0:
+        return job.width, job.height
+    fitted = (max if job.fit == "crop" else min)(job.width / image_width,
+                                                 job.height / image_height)
+    budget = math.sqrt(MAX_CANVAS_PIXELS / (job.width * job.height))
+    k = max(1.0, min(zoom, 1.0 / fitted, budget))
+    return 2 * round(job.width * k / 2), 2 * round(job.height * k / 2)
+
+
+def to_canvas(boxes: list[Box], job: Img2VidJob, canvas: tuple[int, int]) -> list[Box]:
+    """Frame boxes (in output pixels) in the canvas's pixels."""
+    sx, sy = canvas[0] / job.width, canvas[1] / job.height
+    return [Box(b.x0 * sx, b.y0 * sy, b.w * sx, b.h * sy) for b in boxes]
+
+
+def fit_argv(*, ffmpeg: str, image_path: str, job: Img2VidJob,
+             canvas: tuple[int, int] | None = None) -> list[str]:
+    """Decode the image once, fitted to ``canvas`` (default: the output size), as raw 4:2:0
+    on stdout."""
+    w, h = canvas or (job.width, job.height)
     # BT.709 limited range, and the output tagged so: untagged HD is read as BT.709 by
     # players, and BT.601 numbers shift hues.
     scale = "flags=lanczos+accurate_rnd+full_chroma_int:out_color_matrix=bt709:out_range=tv"

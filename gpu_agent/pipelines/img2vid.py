@@ -18,7 +18,15 @@ from gpu_agent.media import (
     require_image,
 )
 from gpu_agent.operations import JobResult, Operations, WorkContext
-from gpu_agent.ops.img2vid import IMAGE_FORMATS, encode_argv, fit_argv, frame_boxes, frame_count
+from gpu_agent.ops.img2vid import (
+    IMAGE_FORMATS,
+    canvas_size,
+    encode_argv,
+    fit_argv,
+    frame_boxes,
+    frame_count,
+    to_canvas,
+)
 from gpu_agent.render import KenBurnsRenderer, render_frames
 
 __all__ = ["run"]
@@ -30,10 +38,11 @@ async def run(ops: Operations, job: Img2VidJob, ctx: WorkContext) -> JobResult:
     paths = dict(zip(refs, await ops.fetch_all(ctx, **refs), strict=True))
     t_fetch = ops.clock()
     image = await _validate(ops, paths)
-    frame = await _decode_fitted(ops, str(paths["image"]), job)
+    canvas = canvas_size(job, image.width, image.height)
+    frame = await _decode_fitted(ops, str(paths["image"]), job, canvas)
     t_validate = ops.clock()
-    renderer = KenBurnsRenderer(frame, job.width, job.height)
-    boxes = frame_boxes(job)
+    renderer = KenBurnsRenderer(frame, job.width, job.height, canvas)
+    boxes = to_canvas(frame_boxes(job), job, canvas)
     encoder = ops.encoder_for(job)
     output = ctx.work_dir / f"output.{job.output.container}"
     argv = encode_argv(ffmpeg=ops.config.ffmpeg, job=job, encoder=encoder,
@@ -73,10 +82,11 @@ async def _validate(ops: Operations, paths: dict[str, Path]) -> MediaInfo:
     return infos[0]
 
 
-async def _decode_fitted(ops: Operations, image: str, job: Img2VidJob) -> bytes:
+async def _decode_fitted(ops: Operations, image: str, job: Img2VidJob,
+                         canvas: tuple[int, int]) -> bytes:
     rc, out, err = await run_capture(fit_argv(ffmpeg=ops.config.ffmpeg, image_path=image,
-                                              job=job), timeout_s=60.0)
-    expected = job.width * job.height * 3 // 2
+                                              job=job, canvas=canvas), timeout_s=60.0)
+    expected = canvas[0] * canvas[1] * 3 // 2
     if rc != 0 or len(out) != expected:
         detail = err.decode(errors="replace").strip().splitlines()
         raise invalid_input(f"image: could not be decoded ({detail[-1] if detail else rc})")
