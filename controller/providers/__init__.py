@@ -1,0 +1,1 @@
+"""Where machines come from: one module per provider, all behind ``Provider``."""

@@ -1,0 +1,81 @@
+"""The local provider: agents as subprocesses of the controller (the embedded default).
+
+Offers are free "slots" up to ``max_agents``; a machine id is a slot number. Terminating sends
+SIGTERM (the agent finishes or hands back its job) and SIGKILLs after ``grace_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from controller.policy import Offer
+from controller.providers.base import InstanceInfo, NoCapacity
+
+__all__ = ["LocalProvider"]
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, *, max_agents: int, base_env: dict[str, str] | None = None,
+                 python: str = sys.executable, grace_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._max_agents = max_agents
+        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._python = python
+        self._grace_s = grace_s
+        self._clock = clock
+        self._procs: dict[str, tuple[asyncio.subprocess.Process, InstanceInfo]] = {}
+
+    def _free_slots(self) -> list[int]:
+        used = {info.machine_id for proc, info in self._procs.values() if proc.returncode is None}
+        return [n for n in range(1, self._max_agents + 1) if n not in used]
+
+    async def search_offers(self) -> list[Offer]:
+        return [Offer(offer_id=slot, machine_id=slot, gpu_name="local", gpu_ram_mb=0,
+                      price_per_hour=0.0, reliability=1.0, inet_down_mbps=10_000.0,
+                      cuda_max_good=99.0) for slot in self._free_slots()]
+
+    async def launch(self, offer: Offer, *, label: str, env: dict[str, str]) -> InstanceInfo:
+        if offer.machine_id not in self._free_slots():
+            raise NoCapacity(f"local slot {offer.machine_id} is taken")
+        proc = await asyncio.create_subprocess_exec(
+            self._python, "-m", "gpu_agent", env={**self._base_env, **env,
+                                                  "VIDFLEET_AGENT_ID": label},
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        info = InstanceInfo(provider_id=str(proc.pid), label=label, state="running",
+                            machine_id=offer.machine_id, price_per_hour=0.0,
+                            started_at=self._clock())
+        self._procs[info.provider_id] = (proc, info)
+        return info
+
+    async def list_instances(self, label_prefix: str) -> list[InstanceInfo]:
+        out = []
+        for proc, info in self._procs.values():
+            if info.label.startswith(label_prefix):
+                state = "running" if proc.returncode is None else "exited"
+                out.append(msgspec.structs.replace(info, state=state))
+        return out
+
+    async def terminate(self, provider_id: str) -> None:
+        entry = self._procs.pop(provider_id, None)
+        if entry is None:
+            return
+        proc, _ = entry
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), self._grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
