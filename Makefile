@@ -15,7 +15,7 @@ test: install lint
 
 lint: install
 	$(VENV)/bin/ruff check --quiet .
-	$(VENV)/bin/mypy --no-error-summary broker gpu_agent client
+	$(VENV)/bin/mypy --no-error-summary broker gpu_agent client controller
 
 up: install
 	$(VENV)/bin/vidfleet up
