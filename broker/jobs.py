@@ -48,17 +48,21 @@ class Output(Struct, frozen=True, kw_only=True):
 
     container: Annotated[Literal["mp4", "webm"], Meta(
         description=("mp4 (faststart) holds h264, hevc or av1; webm holds av1 (Opus or Vorbis "
-                     "audio).")
+                     "audio) when the video is encoded, or a copied vp8/vp9/av1 stream.")
     )] = "mp4"
     codec: Literal["h264", "hevc", "av1"] = "h264"
     quality: Annotated[int, Meta(ge=0, le=51, description=(
         "Constant quality on x264's CRF scale: 0 best, 18 visually lossless, 23 default, 51 "
         "worst. Mapped to each encoder's own scale (see docs/protocol.md)."))] = 23
 
-    def __post_init__(self) -> None:
-        if self.container == "webm" and self.codec != "av1":
-            raise ValueError(f"a webm output holds only av1 video, not {self.codec}: use "
-                             "container mp4, or codec av1")
+
+
+def _check_encoded_output(output: Output) -> None:
+    """For operations that encode video: the container must hold the codec. (add_audio copies
+    the video, so there it is the source's codec that matters, checked once probed.)"""
+    if output.container == "webm" and output.codec != "av1":
+        raise ValueError(f"output: a webm output holds only av1 video, not {output.codec}: "
+                         "use container mp4, or codec av1")
 
 
 Color = Annotated[str, Meta(pattern=r"^#[0-9A-Fa-f]{6}$", description="#RRGGBB")]
@@ -94,6 +98,9 @@ class CaptionJob(Struct, frozen=True, kw_only=True):
     style: CaptionStyle = CaptionStyle()
     output: Output = Output()
 
+    def __post_init__(self) -> None:
+        _check_encoded_output(self.output)
+
 
 Volume = Annotated[float, Meta(ge=0.0, le=4.0, description="Gain: 1.0 leaves it as it is.")]
 
@@ -120,7 +127,7 @@ class AddAudioJob(Struct, frozen=True, kw_only=True):
         "Fade the new audio out over the video's last seconds."))] = 0.0
     output: Annotated[Output, Meta(description=(
         "Only the container applies: the video is copied, so codec and quality are "
-        "ignored, and the container must be able to hold the video's codec."))] = Output()
+        "ignored, and the container must be able to hold the video's own codec."))] = Output()
 
 
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -157,6 +164,7 @@ class Img2VidJob(Struct, frozen=True, kw_only=True):
     output: Output = Output()
 
     def __post_init__(self) -> None:
+        _check_encoded_output(self.output)
         if self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be even (got {self.width}x"
                              f"{self.height}): 4:2:0 video needs even sizes")

@@ -126,8 +126,7 @@ def submit_img2vid(cfg: ClientConfig, image: str, audio: str | None, codec: str,
 def submit_add_audio(cfg: ClientConfig, video: str, audio: str, **params: Any) -> None:
     """Put an audio track on a video (the video stream is copied)."""
     common = _split_common(params)
-    output = _output(common["container"], "av1" if common["container"] == "webm" else "h264",
-                     23)
+    output = _output(common["container"], "h264", 23)  # only the container applies
     sys.exit(run_command(_submit(
         cfg, lambda refs: _build(AddAudioJob, video=refs["video"], audio=refs["audio"],
                                  output=output, **params),
@@ -147,10 +146,7 @@ def _build(cls: type[T], **fields: Any) -> T:
 
 
 def _output(container: str, codec: str, quality: int) -> Output:
-    try:
-        return Output(container=container, codec=codec, quality=quality)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return Output(container=container, codec=codec, quality=quality)  # type: ignore[arg-type]
 
 
 def _out(common: dict[str, Any], video: str, suffix: str) -> Path:

@@ -122,3 +122,18 @@ async def test_offsets_that_leave_only_silence_are_refused(client, agent, media_
                       audio=await client.upload_input(music["short"]), offset_s=offset_s)
     failed = await client.result((await client.submit(job)).job_id, timeout_s=30)
     assert isinstance(failed, Failed) and phrase in failed.error.message
+
+
+async def test_a_vp9_webm_gets_its_audio_in_webm(client, agent, media_dir: Path, music,
+                                                 tmp_path: Path) -> None:  # noqa: ANN001
+    webm = tmp_path / "clip.webm"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(media_dir / "talk.mp4"),
+                    "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+                    "-c:a", "libopus", str(webm)], check=True)
+    job = AddAudioJob(video=await client.upload_input(webm),
+                      audio=await client.upload_input(music["short"]),
+                      output=Output(container="webm"))  # no codec needed: the video is copied
+    done, out = await _run(client, job, tmp_path)
+    codecs = {s["codec_type"]: s["codec_name"] for s in ffprobe(out)["streams"]}
+    assert codecs == {"video": "vp9", "audio": "opus"}
+    assert done.output.container == "webm" and video_md5(out) == video_md5(webm)

@@ -9,6 +9,7 @@ import pytest
 
 from broker.config import ConfigError, Secret, load_config
 from broker.events import Queued, event_from_msg
+from broker.jobs import decode_job
 from broker.schema import render, schemas
 from broker.subjects import job_subject, parse_event_subject, validate_job_id
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
@@ -209,3 +210,13 @@ def test_webvtt_ids_entities_crlf_and_blank_lines_of_spaces() -> None:
         (1.0, "R&D <3"), (3603.0, "B")]
     with pytest.raises(SrtError, match="must start with 'WEBVTT'"):
         parse_vtt("WEBVTTX\n\n00:01.000 --> 00:02.000\nA\n")
+
+
+def test_the_webm_codec_rule_applies_only_where_video_is_encoded() -> None:
+    webm = b'"output": {"container": "webm"}'
+    with pytest.raises(msgspec.ValidationError, match="webm output holds only av1"):
+        decode_job("caption", b'{"video": "obj:v", "srt": "obj:s", ' + webm + b"}")
+    with pytest.raises(msgspec.ValidationError, match="webm output holds only av1"):
+        decode_job("img2vid", b'{"image": "obj:i", ' + webm + b"}")
+    job = decode_job("add_audio", b'{"video": "obj:v", "audio": "obj:a", ' + webm + b"}")
+    assert job.output.container == "webm"  # the copied stream's codec is checked once probed
