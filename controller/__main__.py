@@ -6,13 +6,11 @@ import asyncio
 import signal
 import sys
 
-import nats.errors
 from loguru import logger
 from msgspec import Struct
 
-from broker.config import ConfigError, load_config
 from broker.connect import connect
-from broker.logs import setup_logging
+from broker.entrypoint import run_process
 from controller.dead_letters import Reaper
 
 
@@ -36,18 +34,7 @@ async def _main(config: ControllerConfig) -> None:
 
 
 def main() -> int:
-    try:
-        config = load_config(ControllerConfig)
-    except ConfigError as exc:
-        print(f"vidfleet controller: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("controller", level=config.log_level, json_lines=config.log_json)
-    try:
-        asyncio.run(_main(config))
-    except (OSError, nats.errors.Error) as exc:
-        logger.error("controller cannot run: {error}", error=str(exc) or type(exc).__name__)
-        return 1
-    return 0
+    return run_process("controller", ControllerConfig, _main)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,7 @@ import asyncio
 import signal
 import sys
 
-import nats.errors
-from loguru import logger
-
-from broker.config import ConfigError, load_config
-from broker.logs import setup_logging
+from broker.entrypoint import run_process
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 
@@ -28,19 +24,7 @@ async def _main(config: AgentConfig) -> None:
 
 
 def main() -> int:
-    try:
-        config = load_config(AgentConfig)
-    except ConfigError as exc:
-        print(f"vidfleet agent: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("agent", level=config.log_level, json_lines=config.log_json)
-    try:
-        asyncio.run(_main(config))
-    except (RuntimeError, OSError, nats.errors.Error) as exc:
-        # No working encoder, no fonts, or no server: this agent cannot do the work.
-        logger.error("agent stopped: {error}", error=str(exc) or type(exc).__name__)
-        return 1
-    return 0
+    return run_process("agent", AgentConfig, _main)
 
 
 if __name__ == "__main__":

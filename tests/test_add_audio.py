@@ -125,7 +125,7 @@ async def test_offsets_that_leave_only_silence_are_refused(client, agent, media_
 
 
 async def test_a_vp9_webm_gets_its_audio_in_webm(client, agent, media_dir: Path, music,
-                                                 tmp_path: Path) -> None:  # noqa: ANN001
+                                                 tmp_path: Path) -> None:
     webm = tmp_path / "clip.webm"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(media_dir / "talk.mp4"),
                     "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",

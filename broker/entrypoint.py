@@ -1,0 +1,41 @@
+"""How a vidfleet process starts and ends: config from the environment, logging, run, an exit
+code (0 done, 1 could not do its work, 2 bad configuration)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import nats.errors
+from loguru import logger
+from msgspec import Struct
+
+from broker.config import ConfigError, load_config
+from broker.logs import setup_logging
+
+__all__ = ["run_process"]
+
+C = TypeVar("C", bound=Struct)
+
+
+def run_process(component: str, config_type: type[C],
+                body: Callable[[C], Coroutine[Any, Any, None]]) -> int:
+    """Load ``config_type`` (which must have ``log_level`` and ``log_json``), set up logging,
+    run ``body(config)``. A bad setting names its variable on stderr; a missing server, binary
+    or encoder (RuntimeError, OSError, NATS errors) is one log line, not a traceback."""
+    try:
+        config = load_config(config_type)
+    except ConfigError as exc:
+        print(f"vidfleet {component}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(component, level=config.log_level,  # type: ignore[attr-defined]
+                  json_lines=config.log_json)  # type: ignore[attr-defined]
+    try:
+        asyncio.run(body(config))
+    except (RuntimeError, OSError, nats.errors.Error) as exc:
+        logger.error("{component} stopped: {error}", component=component,
+                     error=str(exc) or type(exc).__name__)
+        return 1
+    return 0
