@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from loguru import logger
+from nats.aio.subscription import Subscription
 
 from broker.connect import connect
 from broker.server import EmbeddedServer
@@ -75,22 +76,21 @@ class Stack:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def _await_first_heartbeats(self, beats) -> None:
-        waiting = {name for name in self._children if name != "controller"}
-        async def collect() -> None:
+    async def _await_first_heartbeats(self, beats: Subscription) -> None:
+        waiting = {name for name, module in self._modules.items() if module == "gpu_agent"}
+        try:
             while waiting:
                 msg = await beats.next_msg(timeout=self.options.agent_ready_timeout_s)
                 waiting.discard(msg.subject.split(".")[1])
-        try:
-            await collect()
         except TimeoutError:
             raise RuntimeError(f"agents did not start: {sorted(waiting)} (see their logs in "
                                f"{self.options.data_dir})") from None
 
     async def _spawn(self, name: str, module: str) -> None:
-        env = {**os.environ, **self.options.agent_env, "VIDFLEET_NATS_URL": self.url,
-               "VIDFLEET_AGENT_ID": name,
-               "VIDFLEET_WORK_DIR": str(self.options.data_dir / "work" / name)}
+        env = {**os.environ, **self.options.agent_env, "VIDFLEET_NATS_URL": self.url}
+        if module == "gpu_agent":
+            env |= {"VIDFLEET_AGENT_ID": name,
+                    "VIDFLEET_WORK_DIR": str(self.options.data_dir / "work" / name)}
         self._modules[name] = module
         out: int | IO[bytes] | None = None
         if self.options.agent_logs_to_files:
