@@ -139,51 +139,10 @@ async def run_ffmpeg(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
     stderr_lines: list[str] = []
-    last = ProgressUpdate(0.0, None, False)
-
-    async def drain_stderr() -> None:
-        assert proc.stderr
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if on_stderr:
-                on_stderr(line)
-            stderr_lines.append(line)
-            del stderr_lines[:-20]
-
-    async def read_progress() -> bool:
-        nonlocal last
-        assert proc.stdout
-        parser = ProgressParser()
-        while True:
-            try:
-                raw = await asyncio.wait_for(proc.stdout.readline(), stall_timeout_s)
-            except TimeoutError:
-                return True  # stalled
-            if not raw:
-                return False
-            update = parser.feed(raw.decode(errors="replace"))
-            if update is not None:
-                last = update
-                await on_progress(update)
-
-    async def write_stdin() -> None:
-        assert proc.stdin and feed
-        try:
-            await feed(proc.stdin)
-            proc.stdin.close()
-            await proc.stdin.wait_closed()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # FFmpeg stopped reading: its exit code says why
-        except BaseException:
-            # The frames cannot all be made: stop FFmpeg rather than let it finish a short
-            # video from what it got (or wait on stdin until the stall timeout).
-            await _kill_group(proc)
-            raise
-
-    stderr_task = asyncio.create_task(drain_stderr())
-    feed_task = asyncio.create_task(write_stdin()) if feed else None
+    stderr_task = asyncio.create_task(_drain_stderr(proc, stderr_lines, on_stderr))
+    feed_task = asyncio.create_task(_write_stdin(proc, feed)) if feed else None
     try:
-        stalled = await read_progress()
+        stalled, last = await _read_progress(proc, on_progress, stall_timeout_s)
         if stalled:
             await _kill_group(proc)
         await proc.wait()
@@ -201,3 +160,49 @@ async def run_ffmpeg(
         raise
     return FfmpegResult(proc.returncode or 0, last.media_time_s,
                         "\n".join(stderr_lines[-8:]), stalled)
+
+
+async def _drain_stderr(proc: asyncio.subprocess.Process, tail: list[str],
+                        on_stderr: Callable[[str], None] | None) -> None:
+    """Read stderr to the end (a full pipe would block FFmpeg), keeping the last 20 lines."""
+    assert proc.stderr
+    async for raw in proc.stderr:
+        line = raw.decode(errors="replace").rstrip()
+        if on_stderr:
+            on_stderr(line)
+        tail.append(line)
+        del tail[:-20]
+
+
+async def _read_progress(proc: asyncio.subprocess.Process,
+                         on_progress: Callable[[ProgressUpdate], Awaitable[None]],
+                         stall_timeout_s: float) -> tuple[bool, ProgressUpdate]:
+    """Progress blocks until stdout closes: (stalled, the last block)."""
+    assert proc.stdout
+    parser, last = ProgressParser(), ProgressUpdate(0.0, None, False)
+    while True:
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), stall_timeout_s)
+        except TimeoutError:
+            return True, last
+        if not raw:
+            return False, last
+        update = parser.feed(raw.decode(errors="replace"))
+        if update is not None:
+            last = update
+            await on_progress(update)
+
+
+async def _write_stdin(proc: asyncio.subprocess.Process, feed: Feeder) -> None:
+    assert proc.stdin
+    try:
+        await feed(proc.stdin)
+        proc.stdin.close()
+        await proc.stdin.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # FFmpeg stopped reading: its exit code says why
+    except BaseException:
+        # The frames cannot all be made: stop FFmpeg rather than let it finish a short
+        # video from what it got (or wait on stdin until the stall timeout).
+        await _kill_group(proc)
+        raise
