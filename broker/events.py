@@ -96,6 +96,9 @@ class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
     encoder: str
     output: OutputInfo
     timings: Timings
+    # What this attempt cost: timings.total_s on a machine at price_per_hour (0 on local agents).
+    price_per_hour: float = 0.0
+    cost_usd: float = 0.0
 
 
 class JobError(Struct, frozen=True, kw_only=True):

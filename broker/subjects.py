@@ -8,6 +8,9 @@ its own id, and reads replies on its own inbox prefix.
     events.<job_id>.<kind>.<publisher>     a job's life (stream EVENTS); publisher is the agent
                                            id, or ``queue`` for the server-made queued event
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
+    agents.<agent_id>.control              the controller's commands to one agent (drain)
+    controller.heartbeat                   the controller's liveness, for the agents' dead-man
+                                           switch (core NATS, not stored)
 
 Getting a name wrong here silently splits the bus: a job published on a subject no stream
 captures is lost without an error for a plain ``nc.publish``.
@@ -19,11 +22,13 @@ import re
 
 __all__ = [
     "AGENT_ID_RE",
+    "CONTROLLER_HEARTBEAT_SUBJECT",
     "CONTROLLER_PUBLISHER",
     "EVENTS_STREAM",
     "EXHAUSTED_CONSUMER",
     "EXHAUSTED_STREAM",
     "EXHAUSTED_SUBJECT",
+    "FLEET_BUCKET",
     "INPUTS_BUCKET",
     "JOBSTATE_BUCKET",
     "JOBS_CONSUMER",
@@ -31,6 +36,7 @@ __all__ = [
     "JOB_ID_RE",
     "QUEUE_PUBLISHER",
     "RESULTS_BUCKET",
+    "agent_control_subject",
     "agent_inbox_prefix",
     "event_subject",
     "events_filter",
@@ -49,6 +55,8 @@ EXHAUSTED_STREAM = "JOBS_EXHAUSTED"
 EXHAUSTED_CONSUMER = "reaper"
 EXHAUSTED_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{JOBS_CONSUMER}"
 CONTROLLER_PUBLISHER = "controller"
+CONTROLLER_HEARTBEAT_SUBJECT = "controller.heartbeat"
+FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it alone
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"
 INPUTS_BUCKET = "inputs"
@@ -102,6 +110,10 @@ def parse_event_subject(subject: str) -> tuple[str, str, str]:
 
 def heartbeat_subject(agent_id: str) -> str:
     return f"agents.{agent_id}.heartbeat"
+
+
+def agent_control_subject(agent_id: str) -> str:
+    return f"agents.{agent_id}.control"
 
 
 def agent_inbox_prefix(agent_id: str) -> str:

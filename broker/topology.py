@@ -29,6 +29,7 @@ from broker.subjects import (
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
     EXHAUSTED_SUBJECT,
+    FLEET_BUCKET,
     INPUTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
@@ -129,6 +130,13 @@ def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
     )
 
 
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.key_value(config.bucket)
+    except NotFoundError:
+        await js.create_key_value(config)
+
+
 async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
     await _ensure_stream(js, jobs_stream_config(cfg))
     await _ensure_stream(js, _events_stream_config(cfg))
@@ -139,19 +147,12 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
     # CONSUMER.CREATE is create-or-update on the server; a field that cannot change raises.
     # Never delete and recreate it: that forgets which jobs are leased and reruns them.
     await js.add_consumer(JOBS_STREAM, jobs_consumer_config(cfg))
-    try:
-        await js.key_value(JOBSTATE_BUCKET)
-    except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=JOBSTATE_BUCKET,
-                description="latest lifecycle event per job id",
-                history=1,
-                ttl=cfg.events_max_age_s,
-                storage=StorageType.FILE,
-                replicas=cfg.replicas,
-            )
-        )
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=JOBSTATE_BUCKET, description="latest lifecycle event per job id", history=1,
+        ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas))
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=FLEET_BUCKET, description="the controller's machines and its last summary",
+        history=1, storage=StorageType.FILE, replicas=cfg.replicas))
     for bucket, max_age_s in ((INPUTS_BUCKET, cfg.inputs_max_age_s),
                               (RESULTS_BUCKET, cfg.results_max_age_s)):
         try:

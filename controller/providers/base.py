@@ -14,16 +14,27 @@ from msgspec import Struct
 
 from controller.policy import Offer
 
-__all__ = ["InstanceInfo", "NoCapacity", "Provider", "ProviderError"]
+__all__ = ["InstanceInfo", "InstanceState", "NoCapacity", "Provider", "ProviderError"]
+
+
+# starting: being provisioned (image pull, container start); running: its container runs;
+# failed: will never serve (image pull error, container exited, host offline) - destroy it;
+# misconfigured: failed for a reason another machine will not fix (image not found, registry
+# login refused) - destroy it and stop renting until a person looks; exited: a local agent
+# process that ended; unknown: a state this code does not know, treated as starting with the
+# boot deadline as the bound.
+InstanceState = Literal["starting", "running", "failed", "misconfigured", "exited", "unknown"]
 
 
 class InstanceInfo(Struct, frozen=True, kw_only=True):
     provider_id: str
     label: str  # ours, unique per launch: how orphans are recognised
-    state: Literal["starting", "running", "exited", "unknown"]
+    state: InstanceState
     machine_id: int
     price_per_hour: float
     started_at: float
+    gpu_name: str = ""
+    detail: str = ""  # the provider's own words on the state (Vast.ai's status_msg), stripped
 
 
 class ProviderError(Exception):

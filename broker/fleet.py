@@ -1,0 +1,116 @@
+"""The fleet on the bus: the controller's records, its liveness, and its commands to agents.
+
+KV bucket ``fleet`` (written by the controller alone, read by ``vidfleet status``):
+
+    instances.<label>     FleetInstance: one machine the controller rented, from the intent to
+                          rent (written *before* the provider is asked, so a crash mid-create
+                          leaves a record to reconcile against) until it is verified gone
+    summary               FleetSummary: backlog, spend and alarms at the last tick
+
+``controller.heartbeat`` (core NATS) carries ``ControllerBeat``; an agent that hears none for its
+dead-man time while it has no work destroys its own machine, so a dead controller cannot leave
+GPUs billing. ``agents.<agent_id>.control`` carries ``AgentCommand``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "SUMMARY_KEY",
+    "AgentCommand",
+    "ControllerBeat",
+    "FleetInstance",
+    "FleetState",
+    "FleetSummary",
+    "decode_command",
+    "decode_controller_beat",
+    "decode_fleet_instance",
+    "decode_fleet_summary",
+    "encode",
+    "instance_key",
+]
+
+SUMMARY_KEY = "summary"
+
+# launching: the intent is recorded, the provider may or may not have created it yet.
+# booting: the provider has it; no heartbeat from its agent yet.
+# serving: its agent heartbeats. draining: told to finish its job and stop pulling.
+# destroying: terminate was sent; the record goes once the provider no longer lists it.
+FleetState = Literal["launching", "booting", "serving", "draining", "destroying"]
+
+
+class FleetInstance(Struct, frozen=True, kw_only=True):
+    label: str  # unique per launch; the agent id on the bus and the provider's label
+    provider: str
+    state: FleetState
+    launched_at: float  # unix seconds the intent was recorded
+    price_per_hour: float
+    machine_id: int
+    gpu_name: str = ""
+    offer_id: int | None = None
+    provider_id: str | None = None  # None until the provider's create answered
+    first_heartbeat_at: float | None = None
+    agent_state: str | None = None  # the last heartbeat's state: idle, busy, draining...
+    job_id: str | None = None
+    idle_since: float | None = None
+    jobs_done: int = 0
+    reason: str | None = None  # why it is draining or being destroyed
+
+
+class FleetSummary(Struct, frozen=True, kw_only=True):
+    at: float
+    provider: str
+    queued_jobs: int
+    running_jobs: int
+    backlog_work_s: float
+    spend_per_hour: float  # the fleet's burn rate now
+    spent_today: float  # dollars since UTC midnight, as the controller accrued them
+    day: str  # the UTC date spent_today belongs to, YYYY-MM-DD
+    max_spend_per_hour: float
+    max_spend_per_day: float
+    alarms: list[str] = []  # what needs a person: provider errors, config errors, caps hit
+
+
+class ControllerBeat(Struct, frozen=True, kw_only=True):
+    at: float
+    interval_s: float
+
+
+class AgentCommand(Struct, frozen=True, kw_only=True):
+    command: Literal["drain"]
+    reason: str = ""
+
+
+_ENCODER = msgspec.json.Encoder()
+_INSTANCE = msgspec.json.Decoder(FleetInstance)
+_SUMMARY = msgspec.json.Decoder(FleetSummary)
+_BEAT = msgspec.json.Decoder(ControllerBeat)
+_COMMAND = msgspec.json.Decoder(AgentCommand)
+
+
+def instance_key(label: str) -> str:
+    return f"instances.{label}"
+
+
+def encode(value: FleetInstance | FleetSummary | ControllerBeat | AgentCommand) -> bytes:
+    return _ENCODER.encode(value)
+
+
+def decode_fleet_instance(data: bytes) -> FleetInstance:
+    return _INSTANCE.decode(data)
+
+
+def decode_fleet_summary(data: bytes) -> FleetSummary:
+    return _SUMMARY.decode(data)
+
+
+def decode_controller_beat(data: bytes) -> ControllerBeat:
+    return _BEAT.decode(data)
+
+
+def decode_command(data: bytes) -> AgentCommand:
+    return _COMMAND.decode(data)
