@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import nats.errors
@@ -21,12 +21,13 @@ C = TypeVar("C", bound=Struct)
 
 
 def run_process(component: str, config_type: type[C],
-                body: Callable[[C], Coroutine[Any, Any, None]]) -> int:
+                body: Callable[[C], Coroutine[Any, Any, None]],
+                overrides: Mapping[str, Any] | None = None) -> int:
     """Load ``config_type`` (which must have ``log_level`` and ``log_json``), set up logging,
     run ``body(config)``. A bad setting names its variable on stderr; a missing server, binary
     or encoder (RuntimeError, OSError, NATS errors) is one log line, not a traceback."""
     try:
-        config = load_config(config_type)
+        config = load_config(config_type, overrides=overrides)
     except ConfigError as exc:
         print(f"vidfleet {component}: {exc}", file=sys.stderr)
         return 2

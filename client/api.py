@@ -25,16 +25,25 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as Nats
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError
 
 from broker.connect import connect
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
+from broker.fleet import (
+    SUMMARY_KEY,
+    FleetInstance,
+    FleetSummary,
+    decode_fleet_instance,
+    decode_fleet_summary,
+)
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
 from broker.objects import download, upload
 from broker.subjects import (
     EVENTS_STREAM,
+    FLEET_BUCKET,
     INPUTS_BUCKET,
     JOBS_STREAM,
     events_filter,
@@ -212,3 +221,28 @@ class Client:
         await download(self._js, output.bucket, output.name, dest)
         return dest
 
+
+    async def fleet(self) -> tuple[FleetSummary | None, list[FleetInstance]]:
+        """The controller's last summary and its machines, from the fleet KV (empty before a
+        controller has run)."""
+        try:
+            kv = await self._js.key_value(FLEET_BUCKET)
+        except nats.js.errors.NotFoundError:
+            return None, []
+        summary, machines = None, []
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            return None, []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if not entry.value:
+                continue
+            if key == SUMMARY_KEY:
+                summary = decode_fleet_summary(entry.value)
+            elif key.startswith("instances."):
+                machines.append(decode_fleet_instance(entry.value))
+        return summary, sorted(machines, key=lambda m: m.launched_at)

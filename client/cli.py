@@ -16,6 +16,7 @@ from broker.topology import TopologyConfig
 from client.api import Client
 from client.commands import ClientConfig, client_config, run_command
 from client.display import describe
+from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
 from client.submit_cli import follow_and_fetch, submit
@@ -41,15 +42,17 @@ def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
               help="Where JetStream keeps its data [env VIDFLEET_DATA_DIR; "
               "default ./vidfleet-data]")
 @click.option("--port", type=int, default=4222, show_default=True, help="0 picks a free port.")
-@click.option("--agents", type=click.IntRange(0, 64), default=1, show_default=True)
+@click.option("--max-agents", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Local agents the controller may start when jobs wait.")
 @click.option("--ack-wait-s", type=float, default=30.0, show_default=True,
               help="How long a vanished agent holds its job before redelivery.")
 @click.pass_obj
-def up(cfg: ClientConfig, data_dir: Path | None, port: int, agents: int,
+def up(cfg: ClientConfig, data_dir: Path | None, port: int, max_agents: int,
        ack_wait_s: float) -> None:
-    """Run nats-server and local agents in the foreground until Ctrl-C."""
+    """Run nats-server and the controller (local agents on demand) until Ctrl-C."""
     options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
-                           agents=agents, topology=TopologyConfig(ack_wait_s=ack_wait_s))
+                           max_agents=max_agents,
+                           topology=TopologyConfig(ack_wait_s=ack_wait_s))
     sys.exit(run_command(_up(options)))
 
 
@@ -69,8 +72,9 @@ async def _up(options: StackOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     async with stack:
-        click.echo(f"vidfleet is up: NATS at {stack.url}, {options.agents} agent(s), "
-                   f"data in {options.data_dir}. Ctrl-C stops.", err=True)
+        click.echo(f"vidfleet is up: NATS at {stack.url}, controller with up to "
+                   f"{options.max_agents} local agent(s) started on demand, data in "
+                   f"{options.data_dir}. Ctrl-C stops.", err=True)
         await stop.wait()
     return 0
 
@@ -132,11 +136,11 @@ def demo(out_dir: Path, seconds: int) -> None:
 async def _demo(out_dir: Path, seconds: int) -> int:
     video, srt = make_sample(out_dir / "sample", seconds)
     click.echo(f"sample: {video} + {srt}", err=True)
-    options = StackOptions(data_dir=out_dir / "stack", port=0, agents=1,
-                           agent_logs_to_files=True)
+    options = StackOptions(data_dir=out_dir / "stack", port=0, max_agents=1,
+                           logs_to_files=True, env={"VIDFLEET_TICK_S": "1"})
     async with Stack(options) as stack:
-        click.echo(f"stack: nats-server at {stack.url}, 1 local agent "
-                   f"(log: {options.data_dir / 'local-1.log'})", err=True)
+        click.echo(f"stack: nats-server at {stack.url}; controller with no agent running "
+                   f"until a job waits (logs: {options.data_dir})", err=True)
         async with await Client.connect(stack.url) as vf:
             job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt))
             receipt = await vf.submit(job)
@@ -146,6 +150,9 @@ async def _demo(out_dir: Path, seconds: int) -> int:
 
 
 cli.add_command(submit)
+cli.add_command(status)
+cli.add_command(controller)
+cli.add_command(simulate)
 
 
 def main() -> None:

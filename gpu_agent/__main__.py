@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -24,7 +25,10 @@ async def _main(config: AgentConfig) -> None:
 
 
 def main() -> int:
-    return run_process("agent", AgentConfig, _main)
+    # What Vast.ai sets inside each container; absent elsewhere (local agents).
+    platform = {"container_id": os.environ.get("CONTAINER_ID"),
+                "container_api_key": os.environ.get("CONTAINER_API_KEY")}
+    return run_process("agent", AgentConfig, _main, overrides=platform)
 
 
 if __name__ == "__main__":

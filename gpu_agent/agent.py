@@ -1,9 +1,11 @@
 """The agent: connect outbound, probe encoders, then pull one job at a time until told to stop.
 
 ``Agent.run(stop)`` owns its connection, heartbeat task and work directory. Setting ``stop``
-(the first SIGTERM) stops pulling and lets the job in hand finish within ``drain_timeout_s``;
-past that, or on a second signal (``force``), the job is released (``nak``) for another agent
-and the agent exits. Nothing connects into the agent; it needs only outbound access to NATS.
+(the first SIGTERM), a ``drain`` command from the controller on ``agents.<id>.control``, or the
+dead-man switch (gpu_agent/deadman.py) stops pulling and lets the job in hand finish within
+``drain_timeout_s``; past that, or on a second signal (``force``), the job is released (``nak``)
+for another agent and the agent exits. Nothing connects into the agent; it needs only outbound
+access to NATS.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import nats.errors
 from loguru import logger
 from nats.aio.client import Client
@@ -25,16 +28,19 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from broker.connect import connect
+from broker.fleet import decode_command
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.jobstate import JobStates
 from broker.subjects import (
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
+    agent_control_subject,
     agent_inbox_prefix,
     heartbeat_subject,
 )
 from gpu_agent.config import AgentConfig
+from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
 from gpu_agent.ffmpeg import run_capture
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
@@ -97,6 +103,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
         force = force or asyncio.Event()
+        halt = asyncio.Event()  # stop, a drain command, or the dead-man switch
+        deadman = asyncio.Event()
         log = logger.bind(agent_id=self.agent_id)
         self.encoders = await probe_encoders(self.config.ffmpeg)
         fonts_dir = find_fonts_dir(self.config.fonts_dir)
@@ -109,19 +117,45 @@ class Agent:
         try:
             js = nc.jetstream()
             worker = await self._make_worker(js, fonts_dir)
+            await nc.subscribe(agent_control_subject(self.agent_id),
+                               cb=self._command_handler(nc, halt, log))
+            switch = DeadManSwitch(deadman_s=self.config.deadman_s, clock=self._clock,
+                                   busy=lambda: self.current_job is not None)
             async with asyncio.TaskGroup() as tg:
-                beat = tg.create_task(self._heartbeats(nc, stop))
-                deadline = tg.create_task(_force_after_drain(stop, force,
-                                                             self.config.drain_timeout_s))
-                await self._pull_loop(js, worker, stop, force, log)
-                beat.cancel()
-                deadline.cancel()
+                helpers = [tg.create_task(self._heartbeats(nc, halt)),
+                           tg.create_task(_force_after_drain(halt, force,
+                                                             self.config.drain_timeout_s)),
+                           tg.create_task(_set_when(stop, halt)),
+                           tg.create_task(_set_when(deadman, halt)),
+                           tg.create_task(switch.run(nc, deadman))]
+                await self._pull_loop(js, worker, halt, force, log)
+                for task in helpers:
+                    task.cancel()
         finally:
             self.state = "stopped"
             with contextlib.suppress(nats.errors.Error):
                 await self._publish_heartbeat(nc)
             await nc.drain()
             log.info("agent stopped after {n} job(s)", n=self.jobs_done)
+        if deadman.is_set() and self.config.container_id:
+            await destroy_own_instance(base_url=self.config.vast_url,
+                                       instance_id=self.config.container_id,
+                                       key=self.config.container_api_key)
+
+    def _command_handler(self, nc: Client, halt: asyncio.Event,
+                         log: Logger) -> Callable[[Msg], Awaitable[None]]:
+        async def on_command(msg: Msg) -> None:
+            try:
+                command = decode_command(msg.data)
+            except msgspec.DecodeError:
+                log.warning("undecodable command ignored")
+                return
+            log.info("controller says {command} ({reason}): finishing up",
+                     command=command.command, reason=command.reason)
+            halt.set()
+            with contextlib.suppress(nats.errors.Error):  # tell it at once, not next beat
+                await self._publish_heartbeat(nc, draining=True)
+        return on_command
 
     async def _make_worker(self, js: JetStreamContext, fonts_dir: str) -> Worker:
         info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
@@ -217,6 +251,11 @@ async def _fetch_or_stop(sub: JetStreamContext.PullSubscription, timeout_s: floa
         return fetch.result()
     except nats.errors.TimeoutError:
         return []
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 async def _force_after_drain(stop: asyncio.Event, force: asyncio.Event,

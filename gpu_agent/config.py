@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from msgspec import Struct
 
+from broker.config import Secret
+
 __all__ = ["AgentConfig"]
 
 _GIB = 1 << 30
@@ -29,5 +31,15 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     retry_delay_s: float = 5.0  # first retry delay after retryable trouble; doubles, max 300 s
     max_retries: int = 3  # retryable failures a job may have before it is failed for good
     drain_timeout_s: float = 600.0  # on SIGTERM: time the running job gets to finish
+    # Set by the controller at launch: the machine's price (every result carries its cost) and
+    # the dead-man time (no work and no controller heartbeat this long: stop, and destroy the
+    # instance when it is a Vast.ai container). 0 turns the switch off.
+    price_per_hour: float = 0.0
+    deadman_s: float = 0.0
+    vast_url: str = "https://console.vast.ai"
+    # Set by Vast.ai inside its containers as CONTAINER_ID and CONTAINER_API_KEY (a key that can
+    # only stop or destroy this one instance); read by the entry point, not VIDFLEET_ variables.
+    container_id: str = ""
+    container_api_key: Secret = Secret("")
     log_level: str = "INFO"
     log_json: bool = False

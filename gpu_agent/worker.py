@@ -131,7 +131,10 @@ class Worker:
                 "internal_error", f"agent error: {type(exc).__name__}: {exc}", retryable=True))
         done = Succeeded(job_id=attempt.job_id, at=self._clock(), operation=attempt.operation,
                          agent_id=self._agent_id, attempt=attempt.number,
-                         encoder=attempt.encoder, output=result.output, timings=result.timings)
+                         encoder=attempt.encoder, output=result.output, timings=result.timings,
+                         price_per_hour=self._cfg.price_per_hour,
+                         cost_usd=round(result.timings.total_s
+                                        * self._cfg.price_per_hour / 3600.0, 6))
         if (winner := await self._report.finish(done)) is not None:
             attempt.log.warning("another attempt ended this job first ({agent}); this "
                                 "result is dropped", agent=winner.agent_id)

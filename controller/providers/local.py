@@ -26,8 +26,13 @@ class LocalProvider:
 
     def __init__(self, *, max_agents: int, base_env: dict[str, str] | None = None,
                  python: str = sys.executable, grace_s: float = 30.0,
+                 work_root: str = "", log_dir: str = "",
                  clock: Callable[[], float] = time.time) -> None:
+        """``work_root``: each agent works in <work_root>/<label> (default: a temp dir);
+        ``log_dir``: each agent logs to <log_dir>/<label>.log (default: our stderr)."""
         self._max_agents = max_agents
+        self._work_root = work_root
+        self._log_dir = log_dir
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._python = python
         self._grace_s = grace_s
@@ -46,10 +51,22 @@ class LocalProvider:
     async def launch(self, offer: Offer, *, label: str, env: dict[str, str]) -> InstanceInfo:
         if offer.machine_id not in self._free_slots():
             raise NoCapacity(f"local slot {offer.machine_id} is taken")
-        proc = await asyncio.create_subprocess_exec(
-            self._python, "-m", "gpu_agent", env={**self._base_env, **env,
-                                                  "VIDFLEET_AGENT_ID": label},
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        env = {**self._base_env, **env, "VIDFLEET_AGENT_ID": label}
+        if self._work_root:
+            env["VIDFLEET_WORK_DIR"] = os.path.join(self._work_root, label)
+        log: int | None = None
+        if self._log_dir:
+            os.makedirs(self._log_dir, exist_ok=True)
+            log = os.open(os.path.join(self._log_dir, f"{label}.log"),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python, "-m", "gpu_agent", env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=asyncio.subprocess.STDOUT if log is not None else None,
+                start_new_session=True)
+        finally:
+            if log is not None:
+                os.close(log)
         info = InstanceInfo(provider_id=str(proc.pid), label=label, state="running",
                             machine_id=offer.machine_id, price_per_hour=0.0,
                             started_at=self._clock())
@@ -63,6 +80,24 @@ class LocalProvider:
                 state = "running" if proc.returncode is None else "exited"
                 out.append(msgspec.structs.replace(info, state=state))
         return out
+
+    async def close(self, force: asyncio.Event) -> None:
+        """Stop every agent: SIGTERM (each finishes its job), and a second SIGTERM when
+        ``force`` is set (each hands its job back). Used when the controller exits."""
+        procs = [proc for proc, _ in self._procs.values() if proc.returncode is None]
+
+        async def second_signal() -> None:
+            await force.wait()
+            for proc in procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.terminate()
+
+        forwarder = asyncio.create_task(second_signal())
+        try:
+            await asyncio.gather(*(self.terminate(pid) for pid in list(self._procs)))
+        finally:
+            forwarder.cancel()
 
     async def terminate(self, provider_id: str) -> None:
         entry = self._procs.pop(provider_id, None)

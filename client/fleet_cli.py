@@ -1,0 +1,112 @@
+"""``vidfleet status``, ``vidfleet controller run`` and ``vidfleet simulate``.
+
+The last two run the controller's own entry points (``python -m controller``,
+``python -m controller.simulate``) in place of this process: the client package never imports
+the controller's code, it only starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+import msgspec
+
+from broker.fleet import FleetInstance, FleetSummary
+from client.api import Client
+from client.commands import ClientConfig, run_command
+
+__all__ = ["controller", "format_status", "simulate", "status"]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="The summary and machines as JSON.")
+@click.pass_obj
+def status(cfg: ClientConfig, as_json: bool) -> None:
+    """The fleet: machines, what they do and cost; backlog in jobs and work-seconds."""
+    sys.exit(run_command(_status(cfg, as_json)))
+
+
+async def _status(cfg: ClientConfig, as_json: bool) -> int:
+    async with await Client.connect(cfg.nats_url) as vf:
+        summary, machines = await vf.fleet()
+    if as_json:
+        click.echo(msgspec.json.encode({"summary": summary, "machines": machines}).decode())
+    else:
+        click.echo(format_status(summary, machines, time.time()))
+    return 0
+
+
+def format_status(summary: FleetSummary | None, machines: list[FleetInstance],
+                  now: float) -> str:
+    if summary is None:
+        return "no controller has reported yet (is `vidfleet up` or a controller running?)"
+    age_s = now - summary.at
+    lines = [
+        f"controller: provider {summary.provider}, last tick {age_s:.0f}s ago"
+        + ("  (STALE: is the controller running?)" if age_s > 60 else ""),
+        f"backlog:    {max(summary.queued_jobs, 0)} queued, {max(summary.running_jobs, 0)} "
+        f"running, ~{max(summary.backlog_work_s, 0.0):.0f} work-seconds",
+        f"spend:      ${summary.spend_per_hour:.3f}/h now (cap ${summary.max_spend_per_hour:.2f}"
+        f"/h); ${summary.spent_today:.2f} today {summary.day} UTC "
+        f"(cap ${summary.max_spend_per_day:.2f})",
+    ]
+    lines += [f"ALARM:      {alarm}" for alarm in summary.alarms]
+    if not machines:
+        lines.append("machines:   none")
+        return "\n".join(lines)
+    head = ("instance", "provider id", "gpu", "$/h", "state", "job", "uptime", "spend")
+    rows = [head] + [_row(m, now) for m in machines]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines.append("")
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _row(m: FleetInstance, now: float) -> tuple[str, ...]:
+    up_s = max(0.0, now - m.launched_at)
+    state = m.state if m.state != "serving" else (m.agent_state or "serving")
+    return (m.label, m.provider_id or "-", m.gpu_name or "-", f"{m.price_per_hour:.3f}",
+            state, m.job_id or "-", _duration(up_s), f"${m.price_per_hour * up_s / 3600:.3f}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{s:02d}s"
+
+
+@click.group()
+def controller() -> None:
+    """The controller that rents and destroys machines."""
+
+
+@controller.command(context_settings={"ignore_unknown_options": True})
+@click.option("--provider", type=click.Choice(["local", "vast"]), default=None,
+              help="Where machines come from [env VIDFLEET_PROVIDER; default local].")
+@click.option("--max-instances", type=int, default=None, help="[env VIDFLEET_MAX_INSTANCES]")
+@click.option("--max-spend-per-hour", type=float, default=None,
+              help="Hard cap on the fleet's $/hour [env VIDFLEET_MAX_SPEND_PER_HOUR].")
+@click.option("--max-spend-per-day", type=float, default=None,
+              help="Hard cap on $ per UTC day [env VIDFLEET_MAX_SPEND_PER_DAY].")
+@click.option("--idle-timeout-s", type=float, default=None, help="[env VIDFLEET_IDLE_TIMEOUT_S]")
+@click.option("--vast-image", default=None, help="The agent image [env VIDFLEET_VAST_IMAGE].")
+@click.pass_obj
+def run(cfg: ClientConfig, **flags: object) -> None:
+    """Run the controller in the foreground (settings: VIDFLEET_* variables, see README;
+    the Vast.ai key only from VIDFLEET_VAST_API_KEY, never a flag)."""
+    env = dict(os.environ, VIDFLEET_NATS_URL=cfg.nats_url)
+    env |= {f"VIDFLEET_{name.upper()}": str(value) for name, value in flags.items()
+            if value is not None}
+    os.execve(sys.executable, [sys.executable, "-m", "controller"], env)
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                 "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def simulate(args: tuple[str, ...]) -> None:
+    """Replay a job-arrival trace through the scaling policy (--help for its options)."""
+    os.execv(sys.executable, [sys.executable, "-m", "controller.simulate", *args])

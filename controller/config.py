@@ -1,0 +1,80 @@
+"""The controller's configuration: ``VIDFLEET_<FIELD>`` environment variables (see README).
+
+One flat Struct, loaded once at the entry point (``vidfleet controller run`` flags override it).
+The policy knobs map one to one onto ``Policy``; the Vast.ai settings are read only when
+``provider`` is ``vast``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Struct
+
+from broker.config import Secret
+from controller.policy import Policy
+
+__all__ = ["ControllerConfig", "policy_of"]
+
+
+class ControllerConfig(Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    provider: Literal["local", "vast"] = "local"
+    label_prefix: str = "vf-"  # every machine we rent is labelled <prefix><random>
+    tick_s: float = 5.0  # observe -> decide -> act, this often
+    # The agents' settings, put into each machine's environment at launch.
+    agent_nats_url: str = ""  # empty: nats_url (a rented machine needs a public address)
+    agent_deadman_s: float = 900.0  # an agent with no work and no controller this long stops
+    agent_heartbeat_interval_s: float = 5.0
+    # Policy (controller/policy.py says what each one does).
+    min_warm: int = 0
+    max_instances: int = 4
+    target_drain_s: float = 600.0
+    idle_timeout_s: float = 300.0
+    boot_deadline_s: float = 900.0
+    heartbeat_timeout_s: float = 30.0
+    rent_cooldown_s: float = 20.0
+    max_spend_per_hour: float = 5.0
+    max_spend_per_day: float = 50.0
+    max_offer_price_per_hour: float = 1.0
+    min_gpu_ram_mb: int = 8000
+    min_reliability: float = 0.95
+    min_inet_down_mbps: float = 100.0
+    min_cuda: float = 11.0
+    # local provider
+    local_max_agents: int = 2
+    local_work_dir: str = ""  # agents work in <dir>/<label>; empty: temporary directories
+    local_log_dir: str = ""  # agents log to <dir>/<label>.log; empty: the controller's stderr
+    # vast provider
+    vast_api_key: Secret = Secret("")
+    vast_url: str = "https://console.vast.ai"
+    vast_image: str = "ghcr.io/vidfleet/agent:latest"
+    vast_disk_gb: float = 20.0
+    vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    def agents_connect_to(self) -> str:
+        return self.agent_nats_url or self.nats_url
+
+
+def policy_of(config: ControllerConfig) -> Policy:
+    """The policy; the hardware filters on offers apply to rented machines only (a local slot
+    is this machine, whatever it has)."""
+    rented = config.provider != "local"
+    return Policy(
+        min_warm=config.min_warm,
+        max_instances=config.max_instances,
+        target_drain_s=config.target_drain_s,
+        idle_timeout_s=config.idle_timeout_s,
+        boot_deadline_s=config.boot_deadline_s,
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
+        rent_cooldown_s=config.rent_cooldown_s,
+        max_price_per_hour=config.max_spend_per_hour,
+        max_spend_per_day=config.max_spend_per_day,
+        max_offer_price_per_hour=config.max_offer_price_per_hour,
+        min_gpu_ram_mb=config.min_gpu_ram_mb if rented else 0,
+        min_reliability=config.min_reliability if rented else 0.0,
+        min_inet_down_mbps=config.min_inet_down_mbps if rented else 0.0,
+        min_cuda=config.min_cuda if rented else 0.0,
+    )

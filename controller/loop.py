@@ -1,0 +1,292 @@
+"""The controller loop: observe -> reconcile -> decide -> act, every ``tick_s``.
+
+Observe: the provider's instance list (our label prefix), the backlog from the consumer
+leader, heartbeats, measured speeds, offers (searched only when renting could follow).
+Reconcile (pure, controller/reconcile.py) against the fleet KV. Decide (pure,
+controller/policy.py). Act: rent (record first, then create; never a blind retry), drain
+(a command to the agent), destroy (record, then terminate until the provider stops listing
+it). Publish the summary and the controller heartbeat the agents' dead-man switch listens for.
+
+The costly mistakes this guards against: renting twice for one need (a record exists from
+before the create call, and booting machines count), destroying a busy machine (only drained
+ones with a confirmed empty hand are destroyed), and trusting a provider outage as an empty
+fleet (reconcile refuses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+
+import nats.errors
+from loguru import logger
+from msgspec import structs
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, encode
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, agent_control_subject
+from controller.config import ControllerConfig
+from controller.fleet_store import FleetStore
+from controller.observe import Backlog, HeartbeatBook, SpeedBook, read_backlog
+from controller.policy import Action, Destroy, Drain, Offer, Policy, Rent, Snapshot, decide
+from controller.providers.base import InstanceInfo, NoCapacity, Provider, ProviderError
+from controller.reconcile import Reconciled, Terminate, reconcile, snapshot_instances
+from controller.spend import SpendMeter
+
+__all__ = ["Controller"]
+
+_OFFERS_TTL_S = 30.0
+_AVOID_S = 24 * 3600.0  # a machine that failed to boot is not rented again for a day
+_TERMINATE_RETRY_S = 15.0  # a destroying machine still listed gets terminate again this often
+
+
+class Controller:
+    def __init__(self, *, nc: Client, provider: Provider, config: ControllerConfig,
+                 policy: Policy, agent_env: dict[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._provider = provider
+        self._config = config
+        self._policy = policy
+        self._agent_env = dict(agent_env or {})
+        self._clock = clock
+        self._started_at = clock()
+        self._records: dict[str, FleetInstance] = {}
+        self._beats = HeartbeatBook(clock)
+        self._speeds = SpeedBook(self._gpu_of)
+        self._offers: tuple[Offer, ...] = ()
+        self._offers_at = float("-inf")
+        self._avoid: dict[int, float] = {}  # machine id -> avoid until
+        self._last_rent_at: float | None = None
+        self._last_terminate: dict[str, float] = {}
+        self._alarms: list[str] = []
+        self._store: FleetStore | None = None
+        self._meter: SpendMeter | None = None
+
+    def _gpu_of(self, agent_id: str) -> str | None:
+        rec = self._records.get(agent_id)
+        return rec.gpu_name if rec else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._store = await FleetStore.open(self._js)
+        self._records = await self._store.load()
+        last = await self._store.summary()
+        # Resume from the last summary: the first accrual also charges the time this
+        # controller was down, at the rate of the machines on record.
+        self._meter = SpendMeter(now=last.at if last else self._clock(),
+                                 day=last.day if last else None,
+                                 spent=last.spent_today if last else 0.0)
+        await self._beats.start(self._nc)
+        await self._speeds.start(self._nc)
+        # A newly queued job wakes the loop at once: scaling from zero costs a boot, not a
+        # boot plus a tick.
+        wake = asyncio.Event()
+
+        async def on_queued(_msg: Msg) -> None:
+            wake.set()
+
+        queued = await self._nc.subscribe("events.*.queued.*", cb=on_queued)
+        logger.info("controller running: provider {provider}, {n} machines on record",
+                    provider=self._provider.name, n=len(self._records))
+        try:
+            while not stop.is_set():
+                wake.clear()
+                await self.tick()
+                await _wait_any(stop, wake, self._config.tick_s)
+        finally:
+            await queued.unsubscribe()
+            await self._beats.stop()
+            await self._speeds.stop()
+
+    async def tick(self) -> None:
+        now = self._clock()
+        await self._beat(now)
+        listed = await self._list()
+        state = reconcile(self._records, listed, self._beats.seen, now=now,
+                          launch_grace_s=self._config.tick_s * 3 + 60.0,
+                          heartbeat_timeout_s=self._policy.heartbeat_timeout_s)
+        self._alarms = list(state.alarms)
+        await self._apply(state)
+        backlog = await self._backlog()
+        if state.trusted and backlog is not None:
+            await self._decide_and_act(now, backlog, state)
+        await self._publish_summary(now, backlog)
+
+    async def _beat(self, now: float) -> None:
+        beat = ControllerBeat(at=now, interval_s=self._config.tick_s)
+        await self._nc.publish(CONTROLLER_HEARTBEAT_SUBJECT, encode(beat))
+
+    async def _list(self) -> list[InstanceInfo] | None:
+        try:
+            return await self._provider.list_instances(self._config.label_prefix)
+        except ProviderError as exc:
+            logger.warning("provider list failed: {error}", error=str(exc))
+            return None
+
+    async def _backlog(self) -> Backlog | None:
+        try:
+            return await read_backlog(self._js)
+        except (nats.errors.Error, TimeoutError) as exc:  # skip deciding this tick
+            self._alarms.append(f"backlog unreadable: {type(exc).__name__}: {exc}")
+            return None
+
+    async def _apply(self, state: Reconciled) -> None:
+        assert self._store is not None
+        for label in state.forget:
+            logger.info("machine gone; record removed", instance_id=label)
+            await self._store.delete(label)
+            self._beats.forget(label)
+            self._last_terminate.pop(label, None)
+        for label, rec in state.records.items():
+            if self._records.get(label) != rec:
+                await self._store.put(rec)
+        self._records = dict(state.records)
+        for term in state.terminate:
+            await self._terminate(term)
+
+    async def _terminate(self, term: Terminate) -> None:
+        now = self._clock()
+        if now - self._last_terminate.get(term.label, float("-inf")) < _TERMINATE_RETRY_S:
+            return
+        self._last_terminate[term.label] = now
+        if term.avoid_machine is not None:
+            self._avoid[term.avoid_machine] = now + _AVOID_S
+        log = logger.bind(instance_id=term.label, provider_id=term.provider_id)
+        log.info("destroying machine: {reason}", reason=term.reason)
+        try:
+            await self._provider.terminate(term.provider_id)
+        except ProviderError as exc:
+            log.warning("destroy failed, retried next tick: {error}", error=str(exc))
+
+    async def _decide_and_act(self, now: float, backlog: Backlog, state: Reconciled) -> None:
+        instances = snapshot_instances(self._records, self._beats.seen,
+                                       started_at=self._started_at)
+        live = sum(1 for i in instances if i.state != "draining")
+        wants_more = (backlog.queued_jobs + backlog.running_jobs > live
+                      or live < self._policy.min_warm)
+        offers = await self._offers_for(now) if wants_more and not state.rent_blocked else ()
+        assert self._meter is not None
+        snap = Snapshot(now=now, queued_jobs=backlog.queued_jobs,
+                        running_jobs=backlog.running_jobs,
+                        backlog_work_s=self._speeds.work_s(backlog), instances=instances,
+                        offers=offers, spent_today=self._meter.spent,
+                        failed_machines=frozenset(m for m, t in self._avoid.items() if t > now),
+                        last_rent_at=self._last_rent_at)
+        for action in decide(snap, self._policy):
+            await self._act(action, now)
+
+    async def _offers_for(self, now: float) -> tuple[Offer, ...]:
+        if now - self._offers_at > _OFFERS_TTL_S:
+            try:
+                self._offers = tuple(await self._provider.search_offers())
+                self._offers_at = now
+            except ProviderError as exc:
+                self._alarms.append(f"offer search failed: {exc}")
+                return ()
+        return self._offers
+
+    async def _act(self, action: Action, now: float) -> None:
+        if isinstance(action, Rent):
+            await self._rent(action, now)
+        elif isinstance(action, Drain):
+            await self._drain(action)
+        elif isinstance(action, Destroy):
+            await self._destroy(action)
+
+    async def _rent(self, action: Rent, now: float) -> None:
+        assert self._store is not None
+        offer = next((o for o in self._offers if o.offer_id == action.offer_id), None)
+        if offer is None:
+            return
+        label = f"{self._config.label_prefix}{secrets.token_hex(6)}"
+        rec = FleetInstance(label=label, provider=self._provider.name, state="launching",
+                            launched_at=now, price_per_hour=offer.price_per_hour,
+                            machine_id=offer.machine_id, gpu_name=offer.gpu_name,
+                            offer_id=offer.offer_id)
+        await self._store.put(rec)  # the intent, before the provider hears of it
+        self._records[label] = rec
+        self._last_rent_at = now
+        log = logger.bind(instance_id=label)
+        log.info("renting {gpu} at ${price:.3f}/h (offer {offer})", gpu=offer.gpu_name,
+                 price=offer.price_per_hour, offer=offer.offer_id)
+        try:
+            info = await self._provider.launch(offer, label=label,
+                                               env=self._env_for(label, offer))
+        except NoCapacity as exc:
+            log.info("offer gone, trying another next tick: {error}", error=str(exc))
+            self._offers = tuple(o for o in self._offers if o.offer_id != offer.offer_id)
+            del self._records[label]
+            await self._store.delete(label)
+            return
+        except ProviderError as exc:
+            # Ambiguous: the machine may exist. The record stays "launching"; reconcile adopts
+            # it by label, or forgets the record once the launch grace has passed.
+            log.warning("rent failed; reconciling by label: {error}", error=str(exc))
+            return
+        rec = structs.replace(rec, state="booting", provider_id=info.provider_id,
+                              gpu_name=info.gpu_name or rec.gpu_name)
+        self._records[label] = rec
+        await self._store.put(rec)
+
+    def _env_for(self, label: str, offer: Offer) -> dict[str, str]:
+        return {**self._agent_env,
+                "VIDFLEET_NATS_URL": self._config.agents_connect_to(),
+                "VIDFLEET_AGENT_ID": label,
+                "VIDFLEET_PRICE_PER_HOUR": repr(offer.price_per_hour),
+                "VIDFLEET_DEADMAN_S": repr(self._config.agent_deadman_s),
+                "VIDFLEET_HEARTBEAT_INTERVAL_S": repr(self._config.agent_heartbeat_interval_s)}
+
+    async def _drain(self, action: Drain) -> None:
+        assert self._store is not None
+        rec = self._records.get(action.instance_id)
+        if rec is None or rec.state != "serving":
+            return
+        logger.bind(instance_id=rec.label).info("idle past the timeout: draining")
+        rec = structs.replace(rec, state="draining", reason="idle past the timeout")
+        self._records[rec.label] = rec
+        await self._store.put(rec)
+        await self._nc.publish(agent_control_subject(rec.label),
+                               encode(AgentCommand(command="drain", reason="idle")))
+
+    async def _destroy(self, action: Destroy) -> None:
+        assert self._store is not None
+        rec = self._records.get(action.instance_id)
+        if rec is None:
+            return
+        if rec.state != "destroying":
+            rec = structs.replace(rec, state="destroying", reason=action.reason)
+            self._records[rec.label] = rec
+            await self._store.put(rec)
+        if action.avoid_machine is not None:
+            self._avoid[action.avoid_machine] = self._clock() + _AVOID_S
+        if rec.provider_id is not None:
+            await self._terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
+                                            reason=action.reason))
+
+    async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
+        assert self._store is not None and self._meter is not None
+        rate = sum(r.price_per_hour for r in self._records.values())
+        spent = self._meter.accrue(rate, now)
+        for alarm in self._alarms:
+            logger.warning("alarm: {alarm}", alarm=alarm)
+        await self._store.put_summary(FleetSummary(
+            at=now, provider=self._provider.name,
+            queued_jobs=backlog.queued_jobs if backlog else -1,
+            running_jobs=backlog.running_jobs if backlog else -1,
+            backlog_work_s=self._speeds.work_s(backlog) if backlog else -1.0,
+            spend_per_hour=rate, spent_today=spent, day=self._meter.day,
+            max_spend_per_hour=self._policy.max_price_per_hour,
+            max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms))
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
+    waits = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()

@@ -1,0 +1,110 @@
+"""What the controller reads off the bus: the backlog, the agents' heartbeats, measured speeds.
+
+The backlog is the agents' consumer's ``num_pending + num_ack_pending``, asked of the
+consumer's leader through the JetStream API (a replica's count can be stale, and a stale count
+scales the wrong way). Work-seconds are estimated from what finished jobs took: the mean of
+recent results per operation (a prior until there are results), since a queued job's media
+length is unknown until an agent probes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from loguru import logger
+from msgspec import Struct
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from broker.events import Succeeded, decode_event
+from broker.heartbeats import decode_heartbeat
+from broker.subjects import JOBS_CONSUMER, JOBS_STREAM
+from controller.reconcile import Seen
+
+__all__ = ["Backlog", "HeartbeatBook", "SpeedBook", "read_backlog"]
+
+_PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
+_EWMA = 0.2  # weight of the newest result
+
+
+class Backlog(Struct, frozen=True, kw_only=True):
+    queued_jobs: int
+    running_jobs: int
+
+
+async def read_backlog(js: JetStreamContext) -> Backlog:
+    info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    return Backlog(queued_jobs=info.num_pending or 0, running_jobs=info.num_ack_pending or 0)
+
+
+class HeartbeatBook:
+    """The latest heartbeat per agent id, kept by a core subscription (heartbeats aren't stored)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.seen: dict[str, Seen] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        self._sub = await nc.subscribe("agents.*.heartbeat", cb=self._on_beat)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_beat(self, msg: Msg) -> None:
+        try:
+            beat = decode_heartbeat(msg.data)
+        except msgspec.DecodeError:
+            logger.warning("undecodable heartbeat on {subject}", subject=msg.subject)
+            return
+        self.seen[beat.agent_id] = Seen(beat=beat, received_at=self._clock())
+
+    def forget(self, agent_id: str) -> None:
+        self.seen.pop(agent_id, None)
+
+
+class SpeedBook:
+    """Machine seconds per job by operation, and media seconds encoded per second by GPU model,
+    learned from ``succeeded`` events (core subscription: only results from now on count)."""
+
+    def __init__(self, gpu_of: Callable[[str], str | None]) -> None:
+        self._gpu_of = gpu_of  # agent id -> GPU model, from the fleet records
+        self.job_s: dict[str, float] = {}
+        self.gpu_speed: dict[str, float] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        self._sub = await nc.subscribe("events.*.succeeded.*", cb=self._on_result)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_result(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(event, Succeeded):
+            self.learn(event)
+
+    def learn(self, event: Succeeded) -> None:
+        self.job_s[event.operation] = _ewma(self.job_s.get(event.operation),
+                                            event.timings.total_s)
+        gpu = self._gpu_of(event.agent_id)
+        if gpu and event.timings.encode_s > 0 and event.output.duration_s > 0:
+            speed = event.output.duration_s / event.timings.encode_s
+            self.gpu_speed[gpu] = _ewma(self.gpu_speed.get(gpu), speed)
+
+    def work_s(self, backlog: Backlog) -> float:
+        """Queued jobs at the mean job time; running ones at half of it (half done, on average)."""
+        mean = (sum(self.job_s.values()) / len(self.job_s)) if self.job_s else _PRIOR_JOB_S
+        return mean * (backlog.queued_jobs + 0.5 * backlog.running_jobs)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else (1 - _EWMA) * old + _EWMA * new
