@@ -4,7 +4,8 @@ No clock, network or logger here: the loop around it observes (backlog from the 
 leader, heartbeats, the provider's instance list, spend) into a ``Snapshot``, calls
 ``decide``, and carries out the actions. Getting this wrong costs money both ways: renting
 too eagerly (or twice for the same need, while a machine is still booting) bills idle GPUs;
-destroying a busy machine kills a job mid-encode, so scale-down only ever drains idle ones.
+destroying a busy machine kills a job mid-encode, so scale-down only ever drains idle ones
+(only a spent day budget drains busy ones, and they finish their job first).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from msgspec import Struct
+from msgspec import Struct, field
 
 __all__ = [
     "NO_NVENC_GPUS",
@@ -67,6 +68,10 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     spent_today: float = 0.0  # dollars since UTC midnight
     failed_machines: frozenset[int] = frozenset()  # machines that did not boot: avoid
     last_rent_at: float | None = None
+    # Measured speed by GPU model (the offer's gpu_name), learned from results, in any one
+    # unit (media seconds per second, say): only the ratios between models are used; a model
+    # missing here is ranked by its generation's prior.
+    gpu_speed: dict[str, float] = field(default_factory=dict)
 
 
 class Policy(Struct, frozen=True, kw_only=True):
@@ -84,6 +89,13 @@ class Policy(Struct, frozen=True, kw_only=True):
     min_reliability: float = 0.95
     min_inet_down_mbps: float = 100.0
     min_cuda: float = 11.0
+    # Rent to first heartbeat, typically: a machine rented now adds only target_drain_s minus
+    # this to the drain, so a burst from zero rents enough to drain within the target anyway.
+    expected_boot_s: float = 90.0
+    # When the day's budget left would last less than this at the current burn rate, the
+    # whole fleet drains (busy machines finish their job first): the day cap holds as long as
+    # no job runs longer than this.
+    budget_reserve_s: float = 900.0
 
 
 class Rent(Struct, frozen=True, kw_only=True, tag="rent"):
@@ -112,9 +124,24 @@ def _speed_prior(gpu_name: str) -> float:
     return 0.5
 
 
+def _speeds(gpu_speed: dict[str, float]) -> dict[str, float]:
+    """Measured speeds put on the priors' scale: each model keeps its measured ratio to the
+    others, and the geometric mean of measured/prior is 1, so an unmeasured model still
+    compares fairly whatever unit the measurements came in."""
+    measured = {name: v for name, v in gpu_speed.items() if v > 0 and math.isfinite(v)}
+    if not measured:
+        return {}
+    logs = [math.log(_speed_prior(name) / v) for name, v in measured.items()]
+    scale = math.exp(sum(logs) / len(logs))
+    return {name: v * scale for name, v in measured.items()}
+
+
 def rank_offers(offers: tuple[Offer, ...], policy: Policy,
-                avoid: frozenset[int] = frozenset()) -> list[Offer]:
-    """Acceptable offers, cheapest per encoded second first."""
+                avoid: frozenset[int] = frozenset(),
+                gpu_speed: dict[str, float] | None = None) -> list[Offer]:
+    """Acceptable offers, cheapest per encoded second first: by the GPU model's measured
+    speed when ``gpu_speed`` has one (see ``Snapshot.gpu_speed``), else by its prior."""
+    measured = _speeds(gpu_speed or {})
     ok = [o for o in offers
           if not any(bad in o.gpu_name.upper() for bad in NO_NVENC_GPUS)
           and o.machine_id not in avoid
@@ -123,18 +150,27 @@ def rank_offers(offers: tuple[Offer, ...], policy: Policy,
           and o.inet_down_mbps >= policy.min_inet_down_mbps
           and o.cuda_max_good >= policy.min_cuda
           and o.price_per_hour <= policy.max_offer_price_per_hour]
-    return sorted(ok, key=lambda o: (o.price_per_hour / _speed_prior(o.gpu_name),
+    return sorted(ok, key=lambda o: (o.price_per_hour
+                                     / (measured.get(o.gpu_name) or _speed_prior(o.gpu_name)),
                                      -o.reliability, o.offer_id))
 
 
-def _desired(snap: Snapshot, policy: Policy) -> int:
+def _desired(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:
     # A job finishing on a draining machine needs no new one.
     finishing = sum(1 for i in snap.instances if i.state == "draining" and i.job_id)
     jobs = snap.queued_jobs + max(0, snap.running_jobs - finishing)
-    by_time = math.ceil(snap.backlog_work_s / policy.target_drain_s) if jobs else 0
-    # Enough to drain in time, never more machines than jobs (one job each), at least one
-    # when there is any work, and the warm floor.
-    want = min(jobs, max(by_time, 1 if jobs else 0))
+    want = 0
+    if jobs:
+        target_s = policy.target_drain_s
+        want = math.ceil(snap.backlog_work_s / target_s)
+        if want > len(live):
+            # Machines still booting drain less within the target, and new ones less again.
+            have_s = sum(target_s - max(0.0, policy.expected_boot_s - (snap.now - i.launched_at))
+                         if i.state == "booting" else target_s for i in live)
+            new_s = max(target_s - policy.expected_boot_s, target_s / 4)
+            want = len(live) + max(0, math.ceil((snap.backlog_work_s - have_s) / new_s))
+        # Never more machines than jobs (one job each), at least one when there is any work.
+        want = min(jobs, max(want, 1))
     return min(policy.max_instances, max(policy.min_warm, want))
 
 
@@ -162,7 +198,10 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
                 actions.append(Destroy(instance_id=inst.instance_id, reason="drained"))
         else:
             live.append(inst)
-    desired = _desired(snap, policy)
+    rate = sum(i.price_per_hour for i in snap.instances)
+    if snap.spent_today + rate * policy.budget_reserve_s / 3600 >= policy.max_spend_per_day:
+        return actions + _stop_all(live)
+    desired = _desired(snap, policy, live)
     if desired > len(live):
         actions += _rent(snap, policy, live, desired - len(live))
     elif desired < len(live):
@@ -170,12 +209,19 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
     return actions
 
 
+def _stop_all(live: list[Instance]) -> list[Action]:
+    """The day's budget is spent: booting machines go at once, the rest drain (a busy one
+    finishes its job first, so no paid work is thrown away)."""
+    return [Destroy(instance_id=i.instance_id, reason="the day's budget is spent")
+            if i.state == "booting" else Drain(instance_id=i.instance_id) for i in live]
+
+
 def _rent(snap: Snapshot, policy: Policy, live: list[Instance], count: int) -> list[Rent]:
     if snap.last_rent_at is not None and snap.now - snap.last_rent_at < policy.rent_cooldown_s:
         return []
     rate = sum(i.price_per_hour for i in snap.instances)
     rents: list[Rent] = []
-    for offer in rank_offers(snap.offers, policy, snap.failed_machines):
+    for offer in rank_offers(snap.offers, policy, snap.failed_machines, snap.gpu_speed):
         if len(rents) == count:
             break
         if rate + offer.price_per_hour > policy.max_price_per_hour:

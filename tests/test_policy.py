@@ -124,3 +124,44 @@ def test_drained_machines_are_destroyed_once_their_job_is_done() -> None:
 def test_backlog_empty_everything_idle_goes() -> None:
     fleet = tuple(inst(f"i{n}", idle_for_s=301) for n in range(3))
     assert len([a for a in decide(snap(instances=fleet), POLICY) if isinstance(a, Drain)]) == 3
+
+
+def test_measured_speeds_rank_offers_in_any_unit() -> None:
+    offers = (offer(1, 0.36, "RTX 3090"), offer(2, 0.50, "RTX 4090"))
+    # Priors (0.8 and 1.0): the 3090 is cheaper per encoded second (0.45 against 0.50).
+    assert [o.offer_id for o in rank_offers(offers, POLICY)] == [1, 2]
+    # Measured in media seconds per second, the 4090 is twice as fast: it wins (only the
+    # ratio counts; the unit does not).
+    for unit in (1.0, 60.0):
+        speeds = {"RTX 3090": 2.0 * unit, "RTX 4090": 4.0 * unit}
+        assert [o.offer_id for o in rank_offers(offers, POLICY, gpu_speed=speeds)] == [2, 1]
+    got = rents(decide(snap(queued=1, work_s=60, offers=offers,
+                            gpu_speed={"RTX 3090": 2.0, "RTX 4090": 4.0}), POLICY))
+    assert [r.offer_id for r in got] == [2]
+
+
+@pytest.mark.parametrize(("name", "snapshot", "expected_rents"), [
+    # 1200 s of work within 600 s: 2 machines already up would do, but new ones boot for
+    # 120 s first and drain only 480 s each, so 3.
+    ("new machines lose their boot time", snap(queued=10, work_s=1200), 3),
+    ("a machine up counts in full", snap(queued=10, work_s=1200, instances=(
+        inst("u", "busy", job="j0"),)), 2),  # 600 + 2 x 480 >= 1200
+    ("a booting one counts less", snap(queued=10, work_s=1200, instances=(
+        inst("b", "booting", beat_age_s=None, age_s=20),)), 2),  # 500 + 480 < 1200
+])
+def test_scale_up_accounts_for_boot_time(name: str, snapshot: Snapshot,
+                                         expected_rents: int) -> None:
+    policy = Policy(max_instances=10, max_price_per_hour=9.0, expected_boot_s=120.0)
+    assert len(rents(decide(snapshot, policy))) == expected_rents, name
+
+
+def test_day_budget_spent_drains_everything_and_rents_nothing() -> None:
+    fleet = (inst("busy", "busy", job="j1", price=0.8), inst("idle", idle_for_s=10, price=0.8),
+             inst("boot", "booting", beat_age_s=None, age_s=30, price=0.4))
+    # 2.0 $/h with 19.6 $ of 20 spent: 0.4 $ left lasts 12 minutes, under the 15 reserved.
+    actions = decide(snap(queued=9, work_s=9999, instances=fleet, spent_today=19.6), POLICY)
+    assert actions == [Drain(instance_id="busy"), Drain(instance_id="idle"),
+                       Destroy(instance_id="boot", reason="the day's budget is spent")]
+    # With 0.6 $ left (18 minutes) it carries on.
+    assert not any(isinstance(a, Drain) for a in decide(
+        snap(queued=9, work_s=9999, instances=fleet, spent_today=19.4), POLICY))
