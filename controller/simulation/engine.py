@@ -1,0 +1,247 @@
+"""The virtual-clock run: the real ``decide()`` every ``tick_s`` over a trace and a provider model.
+
+Agents act between ticks, as they do for real: a machine pulls a job the moment it boots or
+finishes one, one job at a time. The controller acts only on ticks: it observes a ``Snapshot``,
+calls ``decide``, and applies Rent/Drain/Destroy to the model. A tick whose instance list fails
+does nothing (an outage is an alarm, never "zero instances"). Billing is the machine's price
+from rent to destroy, boot included (Vast.ai charges only storage while an image loads, so this
+overstates boot cost, for ours and the baselines alike). No wall clock anywhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from msgspec import Struct
+
+from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, decide
+from controller.simulation.fleet import JobState, Machine, build_snapshot
+from controller.simulation.provider import Fates, Market
+
+__all__ = ["Outcome", "TickRecord", "simulate_policy"]
+
+_DAY_S = 86_400.0
+
+
+class TickRecord(Struct, frozen=True, kw_only=True):
+    now: float
+    acted: bool  # False: the instance list failed, the tick did nothing
+    rate_per_hour: float  # the fleet's burn rate after the tick's actions
+    spent_today: float  # dollars since the (virtual) UTC midnight
+    instances: int
+
+
+class Outcome(Struct, frozen=True, kw_only=True):
+    waits_s: tuple[float, ...]  # per started job: arrival to first start
+    cost: float  # dollars
+    busy_s: float  # machine-seconds spent running jobs (lost work included)
+    billed_s: float  # machine-seconds billed
+    booting_s: float  # of those, before a first heartbeat (or never)
+    machines: int  # launched
+    rent_failures: int
+    ticks: tuple[TickRecord, ...]
+    max_day_spend: float
+    drained_at: float  # when the last job finished (or the end, when some never did)
+    fleet_empty_at: float | None  # None: machines were still up when the run ended
+    unfinished_jobs: int
+
+
+class _Run:
+    def __init__(self, jobs: list[JobState], policy: Policy, market: Market, fates: Fates,
+                 redelivery_s: float) -> None:
+        self.jobs, self.policy, self.market, self.fates = jobs, policy, market, fates
+        self.redelivery_s = redelivery_s
+        self.events: list[tuple[float, int, str, int, int]] = []
+        self.seq = 0
+        self.queue: deque[int] = deque()
+        self.queued_work_s = 0.0
+        self.in_flight: dict[int, Machine | None] = {}
+        self.machines: list[Machine] = []
+        self.live: list[Machine] = []
+        self.failed: frozenset[int] = frozenset()
+        self.last_rent_at: float | None = None
+        self.rent_attempts = self.rent_failures = 0
+        self.speed_sums: dict[str, tuple[float, int]] = {}
+        self.busy_s = self.spent_today = self.max_day_spend = 0.0
+        self.done = 0
+        for index, job in enumerate(jobs):
+            self.push(job.arrival_s, "arrive", index)
+
+    def push(self, at: float, kind: str, a: int, b: int = 0) -> None:
+        heapq.heappush(self.events, (at, self.seq, kind, a, b))
+        self.seq += 1
+
+    # --- what agents and the bus do between ticks
+    def run_events(self, until: float) -> None:
+        while self.events and self.events[0][0] <= until:
+            at, _, kind, a, b = heapq.heappop(self.events)
+            if kind in ("arrive", "redeliver"):
+                self.in_flight.pop(a, None)
+                self.enqueue(a, front=kind == "redeliver")
+            elif kind == "boot" and self.machines[a].destroyed_at is None:
+                self.machines[a].booted_at = self.machines[a].idle_since = at
+            elif kind in ("done", "die") and self.machines[a].job_token == b:
+                self.end_job(self.machines[a], at, died=kind == "die")
+            self.dispatch(at)
+
+    def enqueue(self, index: int, *, front: bool) -> None:
+        (self.queue.appendleft if front else self.queue.append)(index)
+        self.queued_work_s += self.jobs[index].work_s
+
+    def dispatch(self, now: float) -> None:
+        while self.queue:
+            free = [m for m in self.live if m.free()]
+            if not free:
+                return
+            machine = min(free, key=lambda m: (m.idle_since or 0.0, m.launch))
+            index = self.queue.popleft()
+            self.queued_work_s -= self.jobs[index].work_s
+            self.start_job(machine, index, now)
+
+    def start_job(self, m: Machine, index: int, now: float) -> None:
+        job = self.jobs[index]
+        if job.started_at is None:
+            job.started_at = now
+        m.job, m.job_started_at, m.idle_since = index, now, None
+        m.job_duration_s = job.work_s / m.speed
+        m.job_token += 1
+        self.in_flight[index] = m
+        death_s = self.fates.dies_after_s(m.launch, m.jobs_started, m.job_duration_s)
+        m.jobs_started += 1
+        if death_s is None:
+            self.push(now + m.job_duration_s, "done", m.launch, m.job_token)
+        else:
+            self.push(now + death_s, "die", m.launch, m.job_token)
+
+    def end_job(self, m: Machine, now: float, *, died: bool) -> None:
+        """The job on ``m`` finished, or its agent died (or was destroyed) under it."""
+        index = m.job
+        assert index is not None
+        self.busy_s += now - m.job_started_at
+        m.job_token += 1
+        if died:
+            m.dead_at = m.dead_at if m.dead_at is not None else now
+            self.in_flight[index] = None  # held by the consumer until ack_wait runs out
+            self.push(now + self.redelivery_s, "redeliver", index)
+            return  # the fleet KV still shows the job: the agent never said otherwise
+        job = self.jobs[index]
+        job.done_at, m.job, m.idle_since = now, None, now
+        del self.in_flight[index]
+        self.done += 1
+        total, count = self.speed_sums.get(m.gpu_name, (0.0, 0))
+        self.speed_sums[m.gpu_name] = (total + m.speed, count + 1)
+
+    # --- what the controller does on a tick
+    def tick(self, number: int, now: float) -> TickRecord:
+        acted = not self.fates.list_fails(number)
+        if acted:
+            for action in decide(self.snapshot(now), self.policy):
+                if isinstance(action, Rent):
+                    self.rent(action, now)
+                elif isinstance(action, Drain):
+                    self.machine(action.instance_id).draining = True
+                elif isinstance(action, Destroy):
+                    self.destroy(action, now)
+            self.dispatch(now)
+        return TickRecord(now=now, acted=acted, rate_per_hour=self.rate(),
+                          spent_today=self.spent_today, instances=len(self.live))
+
+    def snapshot(self, now: float) -> Snapshot:
+        gpu_speed = {name: total / count for name, (total, count) in self.speed_sums.items()}
+        return build_snapshot(
+            now=now, queued=len(self.queue), queued_work_s=self.queued_work_s,
+            running=[(self.jobs[i], m) for i, m in self.in_flight.items()],
+            machines=self.live, offers=self.market.listed(now), spent_today=self.spent_today,
+            failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed)
+
+    def machine(self, instance_id: str) -> Machine:
+        return self.machines[int(instance_id[1:])]
+
+    def rent(self, action: Rent, now: float) -> None:
+        self.last_rent_at = now
+        attempt, self.rent_attempts = self.rent_attempts, self.rent_attempts + 1
+        if self.fates.rent_fails(attempt):
+            self.market.steal(action.offer_id, now)
+            self.rent_failures += 1
+            return
+        got = self.market.take(action.offer_id)
+        if got is None:
+            self.rent_failures += 1
+            return
+        m = Machine(launch=len(self.machines), machine_id=got.offer.machine_id,
+                    gpu_name=got.offer.gpu_name, price_per_hour=got.offer.price_per_hour,
+                    speed=got.speed, launched_at=now)
+        self.machines.append(m)
+        self.live.append(m)
+        boot_s = self.fates.boot_s(m.launch)
+        if boot_s is not None:
+            self.push(now + boot_s, "boot", m.launch)
+
+    def destroy(self, action: Destroy, now: float) -> None:
+        m = self.machine(action.instance_id)
+        if m.destroyed_at is not None:
+            return
+        if m.job is not None and m.dead_at is None:
+            self.end_job(m, now, died=True)  # killed mid-job: the job comes back
+        m.destroyed_at = now
+        self.live.remove(m)
+        self.market.give_back(m.machine_id)
+        if action.avoid_machine is not None:
+            self.failed = self.failed | {action.avoid_machine}
+
+    def rate(self) -> float:
+        return sum(m.price_per_hour for m in self.live)
+
+    def bill(self, start: float, end: float) -> None:
+        """Accrue the fleet's spend over [start, end]; the fleet only changes on ticks."""
+        rate = self.rate()
+        while start < end:
+            midnight = (start // _DAY_S + 1) * _DAY_S
+            step_end = min(end, midnight)
+            self.spent_today += rate * (step_end - start) / 3600
+            self.max_day_spend = max(self.max_day_spend, self.spent_today)
+            if step_end == midnight:
+                self.spent_today = 0.0
+            start = step_end
+
+    def finished(self) -> bool:
+        return self.done == len(self.jobs)
+
+
+def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fates: Fates,
+                    tick_s: float = 5.0, redelivery_s: float = 30.0,
+                    horizon_s: float = 2 * _DAY_S) -> Outcome:
+    """Replay ``jobs`` (in arrival order) through ``decide()`` until every job is done and the
+    fleet is empty (or, with a warm floor, every job is done), or ``horizon_s`` after the last
+    arrival. ``jobs`` are updated in place with their start and finish times."""
+    run = _Run(jobs, policy, market, fates, redelivery_s)
+    last_arrival = jobs[-1].arrival_s if jobs else 0.0
+    ticks: list[TickRecord] = []
+    now, number, drained_at = 0.0, 0, None
+    while True:
+        run.run_events(now)
+        if drained_at is None and run.finished():
+            drained_at = max((j.done_at or 0.0 for j in jobs), default=0.0)
+        ticks.append(run.tick(number, now))
+        if run.finished() and (not run.live or policy.min_warm > 0):
+            break
+        if now > last_arrival + horizon_s:
+            break
+        run.bill(now, now + tick_s)
+        now, number = now + tick_s, number + 1
+    end = now
+    ends = [m.destroyed_at if m.destroyed_at is not None else end for m in run.machines]
+    billed_s = sum(e - m.launched_at for e, m in zip(ends, run.machines, strict=True))
+    booting_s = sum(min(e, m.booted_at if m.booted_at is not None else e) - m.launched_at
+                    for e, m in zip(ends, run.machines, strict=True))
+    cost = sum(((m.destroyed_at if m.destroyed_at is not None else end) - m.launched_at)
+               * m.price_per_hour / 3600 for m in run.machines)
+    return Outcome(
+        waits_s=tuple(j.started_at - j.arrival_s for j in jobs if j.started_at is not None),
+        cost=cost, busy_s=run.busy_s, billed_s=billed_s, booting_s=booting_s,
+        machines=len(run.machines),
+        rent_failures=run.rent_failures, ticks=tuple(ticks), max_day_spend=run.max_day_spend,
+        drained_at=drained_at if drained_at is not None else end,
+        fleet_empty_at=None if run.live else end,
+        unfinished_jobs=len(jobs) - run.done)

@@ -1,0 +1,89 @@
+"""The simulated fleet's machines and jobs, and the ``Snapshot`` the real loop would observe.
+
+The snapshot is built the way the loop builds it: queued and running counts as the JOBS
+consumer reports them (a job whose agent died stays "running" until its redelivery), backlog in
+estimated encoder seconds, instances as the fleet KV and heartbeats show them (a machine whose
+agent died keeps its last state and stops heartbeating), the market's listed offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.policy import Instance, Offer, Snapshot
+
+__all__ = ["JobState", "Machine", "build_snapshot"]
+
+
+@dataclass
+class Machine:
+    launch: int  # 0-based launch index in the run; the instance id is f"i{launch}"
+    machine_id: int
+    gpu_name: str
+    price_per_hour: float
+    speed: float
+    launched_at: float
+    booted_at: float | None = None
+    dead_at: float | None = None  # its agent died: no more heartbeats
+    draining: bool = False
+    job: int | None = None  # index into the run's jobs
+    job_token: int = 0  # bumps on every start; stale done/death events carry an old one
+    job_started_at: float = 0.0
+    job_duration_s: float = 0.0
+    jobs_started: int = 0
+    idle_since: float | None = None
+    destroyed_at: float | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return f"i{self.launch}"
+
+    def free(self) -> bool:
+        """Its agent would pull a job now."""
+        return (self.booted_at is not None and self.dead_at is None and not self.draining
+                and self.job is None and self.destroyed_at is None)
+
+    def as_instance(self, now: float) -> Instance:
+        if self.booted_at is None:
+            state, beat = "booting", None
+        else:
+            beat = self.dead_at if self.dead_at is not None else now
+            state = ("draining" if self.draining
+                     else "busy" if self.job is not None else "idle")
+        return Instance(instance_id=self.instance_id, machine_id=self.machine_id,
+                        price_per_hour=self.price_per_hour,
+                        state=state,  # type: ignore[arg-type]
+                        launched_at=self.launched_at, last_heartbeat_at=beat,
+                        idle_since=self.idle_since if self.job is None else None,
+                        job_id=None if self.job is None else f"j{self.job}")
+
+
+@dataclass
+class JobState:
+    work_s: float  # estimated encoder seconds at speed 1.0
+    arrival_s: float
+    started_at: float | None = None  # the first start: what the client's wait ends on
+    done_at: float | None = None
+
+
+def build_snapshot(*, now: float, queued: int, queued_work_s: float,
+                   running: list[tuple[JobState, Machine | None]],
+                   machines: list[Machine], offers: tuple[Offer, ...], spent_today: float,
+                   failed_machines: frozenset[int], last_rent_at: float | None,
+                   gpu_speed: dict[str, float]) -> Snapshot:
+    """``running``: each job in flight with the machine running it (None once its agent died:
+    the consumer still holds it until the redelivery). Its remaining work is estimated from
+    progress, as the agent reports it."""
+    remaining_s = 0.0
+    for job, machine in running:
+        if machine is None or machine.dead_at is not None:
+            remaining_s += job.work_s
+            continue
+        done = (now - machine.job_started_at) / max(machine.job_duration_s, 1e-9)
+        remaining_s += job.work_s * max(0.0, 1.0 - done)
+    return Snapshot(now=now, queued_jobs=queued, running_jobs=len(running),
+                    backlog_work_s=queued_work_s + remaining_s,
+                    instances=tuple(m.as_instance(now) for m in machines
+                                    if m.destroyed_at is None),
+                    offers=offers, spent_today=spent_today, failed_machines=failed_machines,
+                    last_rent_at=last_rent_at, gpu_speed=dict(gpu_speed))

@@ -1,0 +1,205 @@
+"""The provider model: a market of offers, boot times, and the faults the fleet meets.
+
+What the provider and the agents *do* (how long a boot takes, which rent loses its offer, which
+tick's instance list fails, which agent dies mid-job) is a ``Fates`` object, so a test can hand
+the simulator an exact fault schedule and the benchmark a seeded random one. Each answer depends
+only on the seed and the event's index, never on call order, so two policies replayed with one
+seed meet the same luck.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Protocol
+
+from msgspec import Struct, structs
+
+from controller.policy import Offer
+
+__all__ = ["GPU_KINDS", "Fates", "GpuKind", "Market", "MarketOffer", "ProviderModel",
+           "RandomFates", "ScheduledFates", "make_offers"]
+
+
+class GpuKind(Struct, frozen=True):
+    name: str
+    share: float  # of the market's offers
+    price_per_hour: float  # the typical ask; each offer varies around it
+    speed: float  # true NVENC throughput relative to an RTX 4090 (0: no NVENC)
+    gpu_ram_mb: int
+
+
+# A Vast.ai-like market. True speeds differ from the policy's priors on purpose (a 3090 or an
+# L4 is slower than its generation suggests), which is what measured speeds are for.
+GPU_KINDS = (
+    GpuKind("RTX 4090", 0.30, 0.35, 1.00, 24564),
+    GpuKind("RTX 3090", 0.25, 0.22, 0.70, 24576),
+    GpuKind("RTX 4080", 0.10, 0.28, 0.95, 16376),
+    GpuKind("RTX A5000", 0.08, 0.25, 0.70, 24564),
+    GpuKind("L4", 0.05, 0.30, 0.75, 23034),
+    GpuKind("RTX 3060", 0.07, 0.10, 0.50, 12288),
+    GpuKind("T4", 0.05, 0.15, 0.45, 15360),
+    GpuKind("A100 PCIE", 0.10, 0.90, 0.00, 40960),
+)
+
+
+class ProviderModel(Struct, frozen=True, kw_only=True):
+    offers: int = 400  # machines listed when idle (rents take theirs away for a while)
+    price_spread: float = 0.2  # lognormal sigma of an offer's price around its kind's
+    boot_median_s: float = 90.0  # rent to the agent's first heartbeat
+    boot_sigma: float = 0.45  # lognormal shape of that
+    slow_pull_p: float = 0.08  # a slow host: the image pull adds 2-8 minutes
+    boot_failure_p: float = 0.02  # never heartbeats (the container exits)
+    stuck_loading_p: float = 0.01  # sits in "loading" far past any deadline
+    rent_fail_p: float = 0.03  # the offer was taken between search and rent (NoCapacity)
+    offer_away_s: float = 1800.0  # a taken offer is gone from the market this long
+    list_error_p: float = 0.005  # a tick whose instance list fails: that tick does nothing
+    agent_death_per_hour: float = 0.05  # per busy machine-hour; the job is redelivered
+
+
+class MarketOffer(Struct, frozen=True, kw_only=True):
+    offer: Offer
+    speed: float  # this machine's true speed
+
+
+def make_offers(model: ProviderModel, seed: int) -> tuple[MarketOffer, ...]:
+    """The market's machines, one offer each (ids 1.., machine ids 1001..)."""
+    rng = random.Random(f"market:{seed}")
+    weights = [k.share for k in GPU_KINDS]
+    made = []
+    for n in range(1, model.offers + 1):
+        kind = rng.choices(GPU_KINDS, weights)[0]
+        offer = Offer(offer_id=n, machine_id=1000 + n, gpu_name=kind.name,
+                      gpu_ram_mb=kind.gpu_ram_mb,
+                      price_per_hour=round(kind.price_per_hour
+                                           * rng.lognormvariate(0, model.price_spread), 3),
+                      reliability=round(rng.uniform(0.90, 0.999), 3),
+                      inet_down_mbps=round(rng.uniform(50, 2000)),
+                      cuda_max_good=rng.choice((11.8, 12.2, 12.4, 12.8)))
+        made.append(MarketOffer(offer=offer, speed=kind.speed * rng.lognormvariate(0, 0.08)))
+    return tuple(made)
+
+
+class Market:
+    """Which offers are listed now. A rented machine's offer leaves the market and comes back,
+    under a new offer id, when the machine is destroyed; a stolen one comes back later."""
+
+    def __init__(self, offers: tuple[MarketOffer, ...], *, offer_away_s: float) -> None:
+        self._by_machine = {m.offer.machine_id: m for m in offers}
+        self._listed = {m.offer.offer_id: m for m in offers}
+        self._away: list[tuple[float, int]] = []  # (back_at, machine_id), stolen offers
+        self._next_id = max((m.offer.offer_id for m in offers), default=0) + 1
+        self._offer_away_s = offer_away_s
+        self._cache: tuple[Offer, ...] | None = None
+
+    def listed(self, now: float) -> tuple[Offer, ...]:
+        for back_at, machine_id in [a for a in self._away if a[0] <= now]:
+            self._away.remove((back_at, machine_id))
+            self._relist(machine_id)
+        if self._cache is None:
+            self._cache = tuple(m.offer for m in self._listed.values())
+        return self._cache
+
+    def take(self, offer_id: int) -> MarketOffer | None:
+        """Rent it: None when it is no longer listed."""
+        self._cache = None
+        return self._listed.pop(offer_id, None)
+
+    def steal(self, offer_id: int, now: float) -> None:
+        """Someone else rented it first."""
+        gone = self.take(offer_id)
+        if gone is not None:
+            self._away.append((now + self._offer_away_s, gone.offer.machine_id))
+
+    def give_back(self, machine_id: int) -> None:
+        self._relist(machine_id)
+
+    def speed(self, machine_id: int) -> float:
+        return self._by_machine[machine_id].speed
+
+    def _relist(self, machine_id: int) -> None:
+        old = self._by_machine[machine_id]
+        fresh = MarketOffer(offer=structs.replace(old.offer, offer_id=self._next_id),
+                            speed=old.speed)
+        self._next_id += 1
+        self._listed[fresh.offer.offer_id] = fresh
+        self._cache = None
+
+
+class Fates(Protocol):
+    def rent_fails(self, attempt: int) -> bool:
+        """Rent attempt ``attempt`` (0-based, in the run) finds its offer gone."""
+        ...
+
+    def boot_s(self, launch: int) -> float | None:
+        """Seconds from launch ``launch`` to its agent's first heartbeat; None: never."""
+        ...
+
+    def list_fails(self, tick: int) -> bool:
+        """The provider's instance list fails on this tick: the loop must not act on it."""
+        ...
+
+    def dies_after_s(self, launch: int, job_number: int, duration_s: float) -> float | None:
+        """The agent of launch ``launch`` dies this far into its ``job_number``-th job."""
+        ...
+
+
+class RandomFates:
+    """Seeded faults drawn from a ``ProviderModel``."""
+
+    def __init__(self, model: ProviderModel, seed: int) -> None:
+        self._model, self._seed = model, seed
+
+    def _rng(self, *key: object) -> random.Random:
+        return random.Random(":".join(map(str, (self._seed, *key))))
+
+    def rent_fails(self, attempt: int) -> bool:
+        return self._rng("rent", attempt).random() < self._model.rent_fail_p
+
+    def boot_s(self, launch: int) -> float | None:
+        m, rng = self._model, self._rng("boot", launch)
+        fate = rng.random()
+        if fate < m.boot_failure_p:
+            return None
+        if fate < m.boot_failure_p + m.stuck_loading_p:
+            return 3 * 3600.0  # it would come up eventually; the boot deadline is far shorter
+        boot_s = m.boot_median_s * rng.lognormvariate(0, m.boot_sigma)
+        if rng.random() < m.slow_pull_p:
+            boot_s += rng.uniform(120, 480)
+        return boot_s
+
+    def list_fails(self, tick: int) -> bool:
+        return self._rng("list", tick).random() < self._model.list_error_p
+
+    def dies_after_s(self, launch: int, job_number: int, duration_s: float) -> float | None:
+        rng = self._rng("death", launch, job_number)
+        p_die = 1 - math.exp(-self._model.agent_death_per_hour * duration_s / 3600)
+        return rng.uniform(0, duration_s) if rng.random() < p_die else None
+
+
+class ScheduledFates:
+    """An exact fault schedule, for tests: every fate by index, no randomness."""
+
+    def __init__(self, *, boot_s: tuple[float | None, ...] = (), default_boot_s: float = 60.0,
+                 failed_rents: frozenset[int] = frozenset(),
+                 failed_lists: frozenset[int] = frozenset(),
+                 deaths: dict[tuple[int, int], float] | None = None) -> None:
+        """``boot_s[n]``: launch n's boot (None: never), ``default_boot_s`` past the tuple's
+        end; ``deaths[(launch, job_number)]``: the fraction of that job done when the agent
+        dies."""
+        self._boot_s, self._default_boot_s = boot_s, default_boot_s
+        self._failed_rents, self._failed_lists = failed_rents, failed_lists
+        self._deaths = deaths or {}
+
+    def rent_fails(self, attempt: int) -> bool:
+        return attempt in self._failed_rents
+
+    def boot_s(self, launch: int) -> float | None:
+        return self._boot_s[launch] if launch < len(self._boot_s) else self._default_boot_s
+
+    def list_fails(self, tick: int) -> bool:
+        return tick in self._failed_lists
+
+    def dies_after_s(self, launch: int, job_number: int, duration_s: float) -> float | None:
+        fraction = self._deaths.get((launch, job_number))
+        return None if fraction is None else fraction * duration_s

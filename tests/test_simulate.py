@@ -1,0 +1,200 @@
+"""The simulator: hand-checked figures on tiny traces, its faults, its baselines, its CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from controller.policy import Offer, Policy, rank_offers
+from controller.simulate import main, run_simulation
+from controller.simulation.baselines import fixed_pool, lower_bound, one_per_request
+from controller.simulation.engine import simulate_policy
+from controller.simulation.fleet import JobState
+from controller.simulation.provider import (
+    Market,
+    MarketOffer,
+    ProviderModel,
+    ScheduledFates,
+    make_offers,
+)
+from controller.simulation.report import percentile
+from controller.simulation.trace import TraceError, WorkModel, load_trace
+
+POLICY = Policy(max_instances=3, max_price_per_hour=2.0, max_spend_per_day=20.0,
+                target_drain_s=600.0, idle_timeout_s=300.0, boot_deadline_s=600.0,
+                expected_boot_s=90.0)
+
+
+def offers(*prices: float, gpu: str = "RTX 4090", speed: float = 1.0) -> tuple[MarketOffer, ...]:
+    return tuple(MarketOffer(offer=Offer(offer_id=n, machine_id=100 + n, gpu_name=gpu,
+                                         gpu_ram_mb=24000, price_per_hour=price,
+                                         reliability=0.99, inet_down_mbps=500.0,
+                                         cuda_max_good=12.4), speed=speed)
+                 for n, price in enumerate(prices, start=1))
+
+
+def market(*prices: float) -> Market:
+    return Market(offers(*prices), offer_away_s=1800.0)
+
+
+def jobs(*pairs: tuple[float, float]) -> list[JobState]:
+    """(arrival_s, work_s) each."""
+    return [JobState(arrival_s=a, work_s=w) for a, w in pairs]
+
+
+def test_one_job_scales_from_zero_runs_and_the_machine_goes_after_the_idle_timeout() -> None:
+    out = simulate_policy(jobs((0.0, 16.0)), policy=POLICY, market=market(0.36),
+                          fates=ScheduledFates(default_boot_s=60.0))
+    # Rented on the tick at 0, heartbeats at 60 and pulls the job at once, idle from 76;
+    # drained on the first tick 300 s later (380), destroyed on the next (385).
+    assert out.waits_s == (60.0,)
+    assert (out.machines, out.busy_s, out.billed_s, out.booting_s) == (1, 16.0, 385.0, 60.0)
+    assert out.cost == pytest.approx(385 * 0.36 / 3600)
+    assert (out.drained_at, out.fleet_empty_at, out.unfinished_jobs) == (76.0, 385.0, 0)
+
+
+def test_caps_hold_under_a_burst() -> None:
+    burst = jobs(*[(float(n), 300.0) for n in range(40)])
+    policy = Policy(max_instances=3, max_price_per_hour=1.0, target_drain_s=60.0,
+                    idle_timeout_s=30.0)
+    out = simulate_policy(burst, policy=policy, market=market(*[0.3] * 10),
+                          fates=ScheduledFates())
+    assert max(t.instances for t in out.ticks) == 3  # 3 x 0.3 $/h fits under 1.0, a 4th not
+    assert max(t.rate_per_hour for t in out.ticks) == pytest.approx(0.9)
+    assert out.unfinished_jobs == 0 and out.fleet_empty_at is not None
+
+
+def test_a_machine_that_never_boots_is_destroyed_avoided_and_replaced() -> None:
+    out = simulate_policy(jobs((0.0, 10.0)), policy=POLICY, market=market(0.1, 0.2),
+                          fates=ScheduledFates(boot_s=(None,), default_boot_s=50.0))
+    # Launch 0 (machine 101) is silent until the deadline tick after 600 s (605); then the
+    # other machine is rented (101 is avoided), boots in 50 s and runs the job.
+    assert out.machines == 2
+    assert out.waits_s == (655.0,)
+    assert out.booting_s == 605.0 + 50.0
+
+
+def test_a_lost_offer_is_retried_after_the_cooldown() -> None:
+    out = simulate_policy(jobs((0.0, 10.0)), policy=POLICY, market=market(0.1, 0.2),
+                          fates=ScheduledFates(failed_rents=frozenset({0})))
+    # The rent at 0 finds its offer gone (NoCapacity); the next one, after the 20 s
+    # cooldown, rents the other offer, which boots in 60 s.
+    assert (out.rent_failures, out.machines, out.waits_s) == (1, 1, (80.0,))
+
+
+def test_a_tick_whose_instance_list_fails_does_nothing() -> None:
+    out = simulate_policy(jobs((0.0, 10.0)), policy=POLICY, market=market(0.1),
+                          fates=ScheduledFates(failed_lists=frozenset({0, 1})))
+    assert [t.acted for t in out.ticks[:3]] == [False, False, True]
+    assert out.waits_s == (70.0,)  # rented on the third tick, at 10 s
+
+
+def test_a_job_whose_agent_dies_is_redelivered_and_the_silent_machine_destroyed() -> None:
+    out = simulate_policy(jobs((0.0, 100.0)), policy=POLICY, market=market(0.1, 0.2),
+                          fates=ScheduledFates(deaths={(0, 0): 0.5}))
+    # Launch 0 boots at 60 and dies at 110 with the job half done; its job is redelivered at
+    # 140 (ack wait 30 s). It is silent for over 30 s on the tick at 145: destroyed, not
+    # avoided. The backlog rents launch 1 on that tick; it boots at 205 and runs the job.
+    assert out.machines == 2 and out.unfinished_jobs == 0
+    assert out.waits_s == (60.0,)  # the wait ends at the first start
+    assert out.busy_s == 50.0 + 100.0
+    assert out.drained_at == 305.0
+
+
+def test_the_day_budget_stops_the_fleet() -> None:
+    policy = Policy(max_instances=2, max_price_per_hour=10.0, max_spend_per_day=1.2,
+                    target_drain_s=60.0, budget_reserve_s=900.0)
+    out = simulate_policy(jobs(*[(0.0, 400.0)] * 30), policy=policy, market=market(1.0, 1.0),
+                          fates=ScheduledFates(), horizon_s=3 * 3600)
+    assert out.max_day_spend <= 1.2
+    assert out.unfinished_jobs > 0  # it stopped with work left: the budget wins
+    assert out.ticks[-1].instances == 0
+
+
+def test_baselines_on_two_jobs() -> None:
+    two = [(0.0, 16.0), (10.0, 26.0)]
+    old = one_per_request(jobs(*two), policy=POLICY, market=market(0.36, 0.72),
+                          fates=ScheduledFates(default_boot_s=60.0))
+    # Each job rents the cheapest offer listed when it arrives: the second finds the first
+    # taken. Each machine lives boot + work.
+    assert old.cost == pytest.approx(((60 + 16) * 0.36 + (60 + 26) * 0.72) / 3600)
+    assert (old.wait_p50_s, old.wait_p95_s, old.machines) == (60.0, 60.0, 2)
+    assert old.utilisation == pytest.approx(42 / 162)
+
+    pool = fixed_pool(jobs(*two), size=1, policy=POLICY, market=market(0.36, 0.72))
+    # One always-on machine: job 2 waits for job 1 (done at 16); billed until 42.
+    assert pool.cost == pytest.approx(42 * 0.36 / 3600)
+    assert (pool.wait_p50_s, pool.machines, pool.utilisation) == (3.0, 1, 1.0)
+
+    bound = lower_bound(jobs(*two), policy=POLICY, offers=offers(0.36, 0.72))
+    assert bound.cost == pytest.approx(42 * 0.36 / 3600) and bound.wait_p95_s == 0.0
+
+
+def test_percentile() -> None:
+    assert percentile([], 95) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("time,op,media\n", "line 1: expected the header"),
+    ("arrival_s,operation,media_s\n1,transcode,3\n", "line 2: unknown operation 'transcode'"),
+    ("arrival_s,operation,media_s\n1,caption,3\n-1,caption,3\n", "line 3: arrival_s and"),
+    ("arrival_s,operation,media_s\n1,caption\n", "line 2: expected 3 fields"),
+    ("arrival_s,operation,media_s\nsoon,caption,3\n", "line 2: arrival_s and media_s must"),
+])
+def test_bad_traces_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message):
+        load_trace(write(tmp_path / "t.csv", text))
+
+
+def test_trace_loads_in_arrival_order_with_work(tmp_path: Path) -> None:
+    trace = load_trace(write(tmp_path / "t.csv", "arrival_s,operation,media_s\n"
+                             "9,add_audio,20\n2.5,caption,40\n"))
+    assert [(j.job_id, j.arrival_s) for j in trace] == [("j2", 2.5), ("j1", 9.0)]
+    assert WorkModel().work_s(trace[0]) == 6.0 + 40 * 0.25
+
+
+QUIET = ProviderModel(offers=20, boot_sigma=0.0, slow_pull_p=0.0, boot_failure_p=0.0,
+                      stuck_loading_p=0.0, rent_fail_p=0.0, list_error_p=0.0,
+                      agent_death_per_hour=0.0)
+
+
+def test_run_simulation_on_a_one_job_csv(tmp_path: Path) -> None:
+    trace = write(tmp_path / "one.csv", "arrival_s,operation,media_s\n0,caption,40\n")
+    report = run_simulation(trace, policy=POLICY, model=QUIET, seed=3)
+    ours, old, pool, bound = report.results
+    by_id = {m.offer.offer_id: m for m in make_offers(QUIET, 3)}
+    best = by_id[rank_offers(tuple(m.offer for m in by_id.values()), POLICY)[0].offer_id]
+    run_s = 16.0 / best.speed
+    # Boot is exactly 90 s; idle from 90 + run_s, drained 300 s later on a tick, then gone.
+    lifetime_s = math.ceil((90 + run_s + 300) / 5) * 5 + 5
+    assert ours.wait_p95_s == 90.0 and ours.machines == 1
+    assert ours.cost == pytest.approx(lifetime_s * best.offer.price_per_hour / 3600)
+    assert old.cost == pytest.approx((90 + run_s) * best.offer.price_per_hour / 3600)
+    assert pool.machines == 1 and bound.cost < old.cost < ours.cost  # one job: idle costs
+    assert report.jobs == 1 and report.work_s == 16.0
+
+
+def test_cli_prints_every_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = write(tmp_path / "t.csv", "arrival_s,operation,media_s\n0,caption,40\n"
+                  "5,img2vid,10\n7,add_audio,60\n")
+    assert main(["--trace", str(trace), "--max-instances", "2", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ours", "one GPU per request", "fixed pool of", "lower bound", "p95 wait"):
+        assert name in out
+    assert main(["--trace", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_same_seed_same_figures(tmp_path: Path) -> None:
+    trace = write(tmp_path / "t.csv", "arrival_s,operation,media_s\n"
+                  + "".join(f"{n * 7},caption,{30 + n}\n" for n in range(30)))
+    assert run_simulation(trace, policy=POLICY, seed=5) == run_simulation(trace, policy=POLICY,
+                                                                          seed=5)
