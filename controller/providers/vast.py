@@ -1,0 +1,399 @@
+"""The Vast.ai provider: rent a GPU from an offer, find it again by label, destroy it for sure.
+
+Money is at stake in both directions. A create that is retried after its answer was lost rents
+a second machine (an offer can be rented once, so the retry fails while the first one bills),
+so ``launch`` sends exactly one create and, when the outcome is unknown, looks its unique label
+up and adopts what it finds. A list that fails must raise, never answer "no instances": the
+controller would rent a duplicate of every machine. A destroy is verified by reading the
+instance back, and repeated with backoff until it is gone.
+
+All HTTP goes through ``vast_http.VastHttp``; the vendor's JSON is decoded into the small
+private Structs below, holding only the fields read here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+from loguru import logger
+
+from broker.config import ConfigError, Secret
+from controller.policy import NO_NVENC_GPUS, Offer
+from controller.providers.base import InstanceInfo, InstanceState, NoCapacity, ProviderError
+from controller.providers.vast_http import VastError, VastHttp
+
+if TYPE_CHECKING:
+    from controller.config import ControllerConfig
+
+__all__ = ["DEFAULT_MIN_INTERVAL_S", "VastConfig", "VastProvider", "instance_state",
+           "provider_from_config", "search_query"]
+
+# Client-side pacing per endpoint, in seconds between calls; the server's documented
+# thresholds (create 4.5, destroy 3.0, show 2.0, list 1.0, search about 10 a minute).
+DEFAULT_MIN_INTERVAL_S = {"create": 4.5, "destroy": 3.0, "show": 2.0, "list": 1.0,
+                          "search": 6.0, "user": 1.0}
+# Vast.ai's spellings of GPUs without NVENC, excluded server-side so a page of offers is not
+# filled with them; the NO_NVENC_GPUS fragments are the authority, checked again client-side.
+_NO_NVENC_NAMES = ("A100 PCIE", "A100 SXM4", "A100X", "A800 PCIE", "A30", "H100 PCIE",
+                   "H100 SXM", "H100 NVL", "H200", "H200 NVL", "GH200 SXM", "B200")
+_RUNTYPE_TOKENS = frozenset({"args", "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter",
+                             "jupyter_proxy", "jupyter_direc", "jupyter_direct"})
+_MAX_LABEL_CHARS = 256
+_MAX_ENV_VALUE_CHARS = 256
+_PAGE_LIMIT = 25  # the v1 list's maximum page
+
+
+class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
+    api_key: Secret
+    image: str
+    base_url: str = "https://console.vast.ai"
+    disk_gb: float = 16.0
+    # "args" runs the image as is: ``onstart`` is then the entrypoint and ``args`` its
+    # arguments. With an ssh/jupyter runtype ``onstart`` is a startup script instead.
+    runtype: str = "args"
+    onstart: str = "python"
+    args: tuple[str, ...] = ("-m", "gpu_agent")
+    gpu_names: tuple[str, ...] = ()  # exact Vast.ai names to rent; empty: any with NVENC
+    excluded_gpu_names: tuple[str, ...] = ()  # name fragments never rented (case-insensitive)
+    min_gpu_ram_mb: int = 8000
+    min_reliability: float = 0.95
+    min_inet_down_mbps: float = 100.0
+    min_cuda: float = 11.0
+    max_price_per_hour: float = 1.0
+    verified: bool = True
+    num_gpus: int = 1
+    bid_price_per_hour: float | None = None  # set: interruptible at this bid; None: on-demand
+    offer_limit: int = 64
+    request_timeout_s: float = 30.0
+    max_retries: int = 4  # per idempotent call, after the first attempt
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 30.0
+    min_interval_s: dict[str, float] = msgspec.field(
+        default_factory=lambda: dict(DEFAULT_MIN_INTERVAL_S))
+    destroy_attempts: int = 8  # DELETE + read back, until the instance is gone
+    adopt_lookups: int = 3  # label lookups after an ambiguous create
+    max_list_pages: int = 400  # 10 000 instances: more means a broken cursor
+
+    def __post_init__(self) -> None:
+        if self.disk_gb < 8:
+            raise ValueError("disk_gb must be at least 8 (Vast.ai's minimum)")
+        bid = self.bid_price_per_hour
+        if bid is not None and not 0.001 <= bid <= 128:
+            raise ValueError("bid_price_per_hour must be within 0.001..128")
+        if not set(self.runtype.split()) <= _RUNTYPE_TOKENS or not self.runtype.strip():
+            raise ValueError(f"runtype {self.runtype!r} is not one Vast.ai accepts")
+
+
+class _Offer(msgspec.Struct):
+    id: int
+    machine_id: int | None = None
+    gpu_name: str | None = None
+    gpu_ram: float | None = None
+    dph_total: float | None = None
+    reliability: float | None = None
+    inet_down: float | None = None
+    cuda_max_good: float | None = None
+
+
+class _Offers(msgspec.Struct):
+    offers: list[_Offer] = []
+
+
+class _Created(msgspec.Struct):
+    new_contract: int
+
+
+class _Instance(msgspec.Struct):
+    id: int
+    label: str | None = None
+    actual_status: str | None = None
+    intended_status: str | None = None
+    next_state: str | None = None
+    status_msg: str | None = None
+    machine_id: int | None = None
+    gpu_name: str | None = None
+    dph_total: float | None = None
+    start_date: float | None = None
+
+
+class _Page(msgspec.Struct):
+    instances: list[_Instance] = []
+    next_token: str | None = None
+
+
+class _Single(msgspec.Struct):
+    instances: _Instance | None = None
+
+
+class _Ack(msgspec.Struct):
+    success: bool | None = None
+
+
+class _User(msgspec.Struct):
+    credit: float | None = None
+
+
+# A registry or image that refuses or does not exist: another machine will not fix it.
+_MISCONFIGURED = re.compile(
+    r"pull access denied|repository does not exist|manifest unknown|manifest for \S+ not found"
+    r"|requested access to the resource is denied|unauthorized|authentication required"
+    r"|no such image|invalid reference format")
+# The official self-test's fail-fast tokens for a container that is not up yet.
+_ERROR_TOKENS = ("error", "failed", "failure", "exception", "traceback", "oci runtime",
+                 "permission denied")
+_PENDING = frozenset({"", "created", "loading", "rebooting", "restarting"})
+_DEAD = frozenset({"exited", "stopped", "unknown", "offline", "frozen"})
+
+
+def instance_state(actual_status: str | None, intended_status: str | None,
+                   next_state: str | None, status_msg: str | None) -> InstanceState:
+    """Vast.ai's words for an instance, as one of ours. Pure. First match wins:
+
+    - status_msg names a refused or missing image/registry      -> misconfigured
+    - next_state "unloaded" (a destroy is under way)            -> failed
+    - actual exited/stopped/unknown/offline/frozen, or intended
+      stopped (e.g. "created" + stopped after an OCI failure)   -> failed
+    - actual running                                            -> running
+    - actual null/created/loading/rebooting/restarting          -> starting, or failed when
+      status_msg carries an error token (a pull that timed out, an OCI error)
+    - anything else                                             -> unknown
+
+    No grace period for offline/unknown hosts: the mapping is stateless, and the controller,
+    which sees the agent's heartbeats, owns any patience."""
+    actual = (actual_status or "").strip().lower()
+    intended = (intended_status or "").strip().lower()
+    msg = (status_msg or "").strip().lower()
+    if _MISCONFIGURED.search(msg):
+        return "misconfigured"
+    if (next_state or "").strip().lower() == "unloaded":
+        return "failed"  # being destroyed
+    if actual in _DEAD or intended == "stopped":
+        return "failed"
+    if actual == "running":
+        return "running"
+    if actual in _PENDING:
+        return "failed" if any(token in msg for token in _ERROR_TOKENS) else "starting"
+    return "unknown"
+
+
+class VastProvider:
+    name = "vast"
+
+    def __init__(self, config: VastConfig, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self._config = config
+        self._clock = clock
+        self._http = VastHttp(
+            base_url=config.base_url, api_key=config.api_key,
+            timeout_s=config.request_timeout_s, max_retries=config.max_retries,
+            backoff_base_s=config.backoff_base_s, backoff_cap_s=config.backoff_cap_s,
+            min_interval_s=config.min_interval_s, transport=transport, clock=clock,
+            sleep=sleep, jitter=jitter)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def search_offers(self) -> list[Offer]:
+        found = await self._http.call("POST", "/api/v0/bundles/", endpoint="search",
+                                      idempotent=True, response_type=_Offers,
+                                      body=search_query(self._config))
+        excluded = {*NO_NVENC_GPUS, *(n.upper() for n in self._config.excluded_gpu_names)}
+        offers = []
+        for o in found.offers:
+            name = (o.gpu_name or "").strip()
+            if o.dph_total is None or not name or any(bad in name.upper() for bad in excluded):
+                continue  # unpriced, unnamed, or no NVENC: nothing we would rent
+            offers.append(Offer(offer_id=o.id, machine_id=o.machine_id or 0, gpu_name=name,
+                                gpu_ram_mb=int(o.gpu_ram or 0), price_per_hour=o.dph_total,
+                                reliability=o.reliability or 0.0,
+                                inet_down_mbps=o.inet_down or 0.0,
+                                cuda_max_good=o.cuda_max_good or 0.0))
+        return offers
+
+    async def launch(self, offer: Offer, *, label: str, env: dict[str, str]) -> InstanceInfo:
+        """Rent ``offer`` once. An answer we did not get (timeout, dropped connection, 5xx, an
+        unreadable 200) is settled by looking ``label`` up, never by sending again: a second
+        create would bill a second machine."""
+        body = self._create_body(label, env)
+        try:
+            created = await self._http.call("PUT", f"/api/v0/asks/{offer.offer_id}/",
+                                            endpoint="create", idempotent=False,
+                                            response_type=_Created, body=body)
+        except VastError as exc:
+            # Creates are never re-sent, so no_such_ask always means someone else has it.
+            if exc.kind in ("offer_gone", "not_found"):
+                raise NoCapacity(f"offer {offer.offer_id} is gone: {exc}") from exc
+            if exc.sent and exc.kind in ("unavailable", "bad_response"):
+                return await self._adopt(label, exc)
+            raise
+        logger.bind(instance_id=str(created.new_contract)).info(
+            "vast instance created from offer {} on machine {} at {:.3f}/h",
+            offer.offer_id, offer.machine_id, offer.price_per_hour)
+        return InstanceInfo(provider_id=str(created.new_contract), label=label,
+                            state="starting", machine_id=offer.machine_id,
+                            price_per_hour=offer.price_per_hour, started_at=self._clock(),
+                            gpu_name=offer.gpu_name)
+
+    async def list_instances(self, label_prefix: str) -> list[InstanceInfo]:
+        """Every instance whose label starts with ``label_prefix`` (the API filters labels
+        by equality only, so the prefix is applied here). Raises when it cannot know."""
+        rows = await self._list_rows({})
+        return [self._info(row) for row in rows
+                if (row.label or "").strip().startswith(label_prefix)]
+
+    async def terminate(self, provider_id: str) -> None:
+        """DELETE, then read back; repeat with backoff until it is gone. An instance left
+        behind keeps billing storage (and GPU) until someone notices."""
+        if not provider_id.isdigit():
+            raise ProviderError(f"not a Vast.ai instance id: {provider_id!r}", retryable=False)
+        log = logger.bind(instance_id=provider_id)
+        for attempt in range(self._config.destroy_attempts):
+            if attempt:
+                await self._http.sleep(self._http.backoff_s(attempt - 1))
+            try:
+                await self._http.call("DELETE", f"/api/v0/instances/{provider_id}/",
+                                      endpoint="destroy", idempotent=True, response_type=_Ack,
+                                      body={})
+            except VastError as exc:
+                if exc.kind != "not_found":  # not found: already gone, or going
+                    raise
+            if await self._gone(provider_id):
+                log.info("vast instance destroyed")
+                return
+            log.warning("vast instance still present after destroy {}", attempt + 1)
+        raise VastError(f"vast instance {provider_id} still exists after "
+                        f"{self._config.destroy_attempts} destroys", kind="unavailable")
+
+    async def account_credit(self) -> float:
+        """The account's remaining credit in dollars (at zero Vast.ai stops every instance)."""
+        user = await self._http.call("GET", "/api/v0/users/current", endpoint="user",
+                                     idempotent=True, response_type=_User)
+        return user.credit or 0.0
+
+    def _create_body(self, label: str, env: dict[str, str]) -> dict[str, Any]:
+        if not label or len(label) > _MAX_LABEL_CHARS:
+            raise ProviderError(f"label must be 1..{_MAX_LABEL_CHARS} characters",
+                                retryable=False)
+        env = {**env, "VIDFLEET_AGENT_ID": label}
+        for key, value in env.items():
+            if len(value) > _MAX_ENV_VALUE_CHARS:  # name the variable, never the value
+                raise ProviderError(f"env {key} is longer than {_MAX_ENV_VALUE_CHARS} "
+                                    "characters, Vast.ai's limit", retryable=False)
+        c = self._config
+        body: dict[str, Any] = {
+            "client_id": "me", "image": c.image, "disk": c.disk_gb, "label": label,
+            "env": env, "runtype": c.runtype, "onstart": c.onstart, "cancel_unavail": True,
+            "target_state": "running"}
+        if c.runtype == "args":
+            body["args"] = list(c.args)
+        if c.bid_price_per_hour is not None:
+            body["price"] = c.bid_price_per_hour
+        return body
+
+    async def _adopt(self, label: str, cause: VastError) -> InstanceInfo:
+        for attempt in range(self._config.adopt_lookups):
+            if attempt:
+                await self._http.sleep(self._http.backoff_s(attempt - 1))
+            try:
+                rows = await self._list_rows({"label": {"eq": label}})
+            except VastError as exc:
+                raise VastError(f"vast create is ambiguous ({cause}) and looking up label "
+                                f"{label!r} failed ({exc}): it may exist and bill",
+                                kind="ambiguous") from exc
+            if rows:
+                info = self._info(min(rows, key=lambda row: row.id))
+                logger.bind(instance_id=info.provider_id).warning(
+                    "vast create answer lost ({}); adopted the instance labelled {}",
+                    cause, label)
+                return info
+        raise VastError(f"vast create is ambiguous ({cause}): nothing labelled {label!r} after "
+                        f"{self._config.adopt_lookups} lookups; listing by label prefix will "
+                        "show it if it appears", kind="ambiguous") from cause
+
+    async def _list_rows(self, select_filters: dict[str, Any]) -> list[_Instance]:
+        rows: dict[int, _Instance] = {}
+        token: str | None = None
+        for _ in range(self._config.max_list_pages):
+            params: dict[str, Any] = {"select_filters": select_filters,
+                                      "order_by": [{"col": "id", "dir": "asc"}],
+                                      "limit": _PAGE_LIMIT}
+            if token:
+                params["after_token"] = token
+            page = await self._http.call("GET", "/api/v1/instances/", endpoint="list",
+                                         idempotent=True, response_type=_Page, params=params)
+            rows.update((row.id, row) for row in page.instances)
+            token = page.next_token
+            if not token:
+                return list(rows.values())
+        raise VastError(f"vast list: more than {self._config.max_list_pages} pages",
+                        kind="bad_response")
+
+    async def _gone(self, provider_id: str) -> bool:
+        try:
+            single = await self._http.call("GET", f"/api/v0/instances/{provider_id}/",
+                                           endpoint="show", idempotent=True,
+                                           response_type=_Single, params={"owner": "me"})
+        except VastError as exc:
+            if exc.kind == "not_found":
+                return True
+            raise
+        return single.instances is None
+
+    def _info(self, row: _Instance) -> InstanceInfo:
+        msg = (row.status_msg or "").strip()
+        return InstanceInfo(
+            provider_id=str(row.id), label=(row.label or "").strip(),
+            state=instance_state(row.actual_status, row.intended_status, row.next_state,
+                                 row.status_msg),
+            machine_id=row.machine_id or 0, price_per_hour=row.dph_total or 0.0,
+            started_at=row.start_date or self._clock(), gpu_name=(row.gpu_name or "").strip(),
+            detail=msg or (row.actual_status or "").strip())
+
+
+def search_query(config: VastConfig) -> dict[str, Any]:
+    """The body of ``POST /bundles/``: real numbers (the server coerces strings, but we need
+    not rely on it), ``allocated_storage`` = our disk so ``dph_total`` is the real price."""
+    c = config
+    query: dict[str, Any] = {
+        "rentable": {"eq": True}, "rented": {"eq": False}, "num_gpus": {"eq": c.num_gpus},
+        "gpu_ram": {"gte": c.min_gpu_ram_mb}, "reliability": {"gte": c.min_reliability},
+        "inet_down": {"gte": c.min_inet_down_mbps}, "cuda_max_good": {"gte": c.min_cuda},
+        "dph_total": {"lte": c.max_price_per_hour},
+        "order": [["dph_total", "asc"], ["reliability", "desc"]],
+        "type": "on-demand" if c.bid_price_per_hour is None else "bid",
+        "limit": c.offer_limit, "allocated_storage": c.disk_gb}
+    if c.verified:
+        query["verified"] = {"eq": True}
+    if c.gpu_names:
+        query["gpu_name"] = {"in": list(c.gpu_names)}
+    else:
+        query["gpu_name"] = {"notin": list(_NO_NVENC_NAMES)}
+    return query
+
+
+def provider_from_config(config: ControllerConfig) -> VastProvider:
+    """The controller's flat settings as a ``VastProvider`` with production edges."""
+    if not config.vast_api_key.reveal():
+        raise ConfigError("bad configuration in VIDFLEET_VAST_API_KEY: required when "
+                          "VIDFLEET_PROVIDER is vast")
+    bid = config.vast_bid_per_hour
+    try:
+        vast = VastConfig(
+            api_key=config.vast_api_key, image=config.vast_image, base_url=config.vast_url,
+            disk_gb=config.vast_disk_gb, bid_price_per_hour=bid if bid > 0 else None,
+            min_gpu_ram_mb=config.min_gpu_ram_mb, min_reliability=config.min_reliability,
+            min_inet_down_mbps=config.min_inet_down_mbps, min_cuda=config.min_cuda,
+            max_price_per_hour=config.max_offer_price_per_hour)
+    except ValueError as exc:
+        raise ConfigError(f"bad vast configuration: {exc}") from None
+    return VastProvider(vast)
