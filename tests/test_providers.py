@@ -1,22 +1,38 @@
-"""The provider contract, run over every provider (only ``local`` exists so far)."""
+"""The provider contract, run over every provider: ``local`` subprocesses, and ``vast``
+against the fake Vast.ai server, whose instances boot on their own and run a real agent."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from broker.config import Secret
 from controller.providers.base import NoCapacity, Provider
 from controller.providers.local import LocalProvider
+from controller.providers.vast import VastConfig, VastProvider
+from tests.fakes.vast import FakeVast
 
 
-@pytest.fixture(params=["local"])
-async def provider(request: pytest.FixtureRequest) -> AsyncIterator[Provider]:
-    made = LocalProvider(max_agents=2, grace_s=20.0)
-    yield made
-    for info in await made.list_instances(""):
-        await made.terminate(info.provider_id)
+@pytest.fixture(params=["local", "vast"])
+async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
+    if request.param == "local":
+        local = LocalProvider(max_agents=2, grace_s=20.0)
+        yield local
+        for info in await local.list_instances(""):
+            await local.terminate(info.provider_id)
+        return
+    with FakeVast(progress="realtime", boot_stages_s=(0.05, 0.05, 0.05), base_env=os.environ,
+                  log_dir=tmp_path / "containers", kill_grace_s=20.0) as fake:
+        vast = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:test",
+                                       base_url=fake.url, min_interval_s={},
+                                       backoff_base_s=0.05))
+        yield vast
+        for info in await vast.list_instances(""):
+            await vast.terminate(info.provider_id)
+        await vast.aclose()
 
 
 async def test_launch_list_terminate(provider: Provider, nc, js, nats_server,
@@ -43,3 +59,8 @@ async def test_a_taken_offer_is_no_capacity(provider: Provider, nats_server,
     await provider.launch(offer, label="vf-a", env=env)
     with pytest.raises(NoCapacity):
         await provider.launch(offer, label="vf-b", env=env)
+
+
+async def test_terminating_an_unknown_machine_is_success(provider: Provider) -> None:
+    await provider.terminate("999999")
+    assert await provider.list_instances("") == []
