@@ -213,12 +213,13 @@ class Controller:
         log = logger.bind(instance_id=label)
         log.info("renting {gpu} at ${price:.3f}/h (offer {offer})", gpu=offer.gpu_name,
                  price=offer.price_per_hour, offer=offer.offer_id)
+        # An offer is rented once, whatever the answer: never ask for the same one again.
+        self._offers = tuple(o for o in self._offers if o.offer_id != offer.offer_id)
         try:
             info = await self._provider.launch(offer, label=label,
                                                env=self._env_for(label, offer))
         except NoCapacity as exc:
             log.info("offer gone, trying another next tick: {error}", error=str(exc))
-            self._offers = tuple(o for o in self._offers if o.offer_id != offer.offer_id)
             del self._records[label]
             await self._store.delete(label)
             return

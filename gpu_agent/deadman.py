@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 import msgspec
+import nats.errors
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -34,32 +35,41 @@ class DeadManSwitch:
         self._clock = clock
         self._busy = busy
         self._last_sign = clock()  # a controller beat, or work in hand
+        self.heard = asyncio.Event()  # set at each controller beat (for tests and metrics)
 
-    async def _on_beat(self, msg: Msg) -> None:
-        with contextlib.suppress(msgspec.DecodeError):
-            decode_controller_beat(msg.data)
-            self._last_sign = self._clock()
+    def saw_controller(self) -> None:
+        self._last_sign = self._clock()
+        self.heard.set()
 
     def quiet_s(self) -> float:
         return self._clock() - self._last_sign
 
+    def due(self) -> bool:
+        """True once idle with no controller for ``deadman_s``; work in hand resets it."""
+        if self._busy():
+            self._last_sign = self._clock()
+            return False
+        return self._deadman_s > 0 and self.quiet_s() >= self._deadman_s
+
     async def run(self, nc: Client, fired: asyncio.Event, check_every_s: float = 1.0) -> None:
-        """Set ``fired`` once the quiet time passes; return without it when ``deadman_s`` is 0."""
+        """Set ``fired`` once due; return at once when ``deadman_s`` is 0 (switched off)."""
         if self._deadman_s <= 0:
             return
-        sub = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT, cb=self._on_beat)
+
+        async def on_beat(msg: Msg) -> None:
+            with contextlib.suppress(msgspec.DecodeError):
+                decode_controller_beat(msg.data)
+                self.saw_controller()
+
+        sub = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT, cb=on_beat)
         try:
-            while True:
-                if self._busy():
-                    self._last_sign = self._clock()
-                elif self.quiet_s() >= self._deadman_s:
-                    logger.warning("no work and no controller for {s:.0f}s: stopping this "
-                                   "machine", s=self.quiet_s())
-                    fired.set()
-                    return
+            while not self.due():
                 await asyncio.sleep(check_every_s)
+            logger.warning("no work and no controller for {s:.0f}s: stopping this machine",
+                           s=self.quiet_s())
+            fired.set()
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
 

@@ -1,0 +1,209 @@
+"""The controller loop against a real nats-server, real agents and the local provider."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from msgspec import structs
+from nats.aio.client import Client as Nats
+from nats.js.kv import KeyValue
+
+from broker.events import Succeeded
+from broker.fleet import AgentCommand, ControllerBeat, encode
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_control_subject
+from client.api import Client
+from controller.config import ControllerConfig, policy_of
+from controller.loop import Controller
+from controller.providers.base import Provider
+from controller.providers.local import LocalProvider
+from gpu_agent.deadman import DeadManSwitch
+from broker.jobs import CaptionJob
+from tests.conftest import agent_config, agent_process, running_agent
+from tests.media import make_video
+
+FAST = ControllerConfig(tick_s=0.3, idle_timeout_s=1.0, rent_cooldown_s=0.0,
+                        heartbeat_timeout_s=10.0, boot_deadline_s=60.0, target_drain_s=30.0,
+                        max_instances=2, agent_heartbeat_interval_s=0.5)
+AGENT_ENV = {"VIDFLEET_FETCH_TIMEOUT_S": "2", "VIDFLEET_PROGRESS_INTERVAL_S": "0.2"}
+
+
+async def caption_job(client: Client, media_dir: Path, video: Path | None = None) -> CaptionJob:
+    return CaptionJob(video=await client.upload_input(video or media_dir / "talk.mp4"),
+                      srt=await client.upload_input(media_dir / "talk.srt"))
+
+
+async def until(kv: KeyValue, check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    """Re-check after every write to the fleet bucket (the controller writes each tick)."""
+    watcher = await kv.watchall()
+
+    async def loop() -> None:
+        while not await check():
+            await watcher.updates(timeout=timeout_s)
+
+    try:
+        await asyncio.wait_for(loop(), timeout_s)
+    finally:
+        await watcher.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_controller(nc: Nats, provider: Provider, config: ControllerConfig = FAST,
+                             ) -> AsyncIterator[Controller]:
+    config = structs.replace(config, nats_url=nats_url_of(nc))
+    controller = Controller(nc=nc, provider=provider, config=config, policy=policy_of(config),
+                            agent_env=AGENT_ENV)
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield controller
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def local(nats_server) -> AsyncIterator[LocalProvider]:
+    provider = LocalProvider(max_agents=2, base_env=dict(os.environ), grace_s=20.0)
+    yield provider
+    await provider.close(asyncio.Event())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
+        nc: Nats, js, client: Client, local: LocalProvider, media_dir: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    async with running_controller(nc, local):
+        summary = None
+
+        async def idle_and_reported() -> bool:
+            nonlocal summary
+            summary, machines = await client.fleet()
+            return summary is not None and not machines
+
+        await until(kv, idle_and_reported, 10)
+        assert summary and summary.queued_jobs == 0 and summary.spend_per_hour == 0.0
+        assert await local.list_instances("") == []  # nothing runs while idle
+
+        receipts = [await client.submit(await caption_job(client, media_dir))
+                    for _ in range(3)]
+        peak = 0
+
+        async def all_done() -> bool:
+            nonlocal peak
+            peak = max(peak, len([i for i in await local.list_instances("vf-")
+                                  if i.state == "running"]))
+            return all([await client._terminal_now(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 90)
+        results = [await client.result(r.job_id, timeout_s=5) for r in receipts]
+        assert all(isinstance(r, Succeeded) and r.cost_usd == 0.0 for r in results)
+        assert 1 <= peak <= FAST.max_instances
+        assert {r.agent_id[:3] for r in results} == {"vf-"}  # run by agents it started
+
+        async def back_to_zero() -> bool:
+            _, machines = await client.fleet()
+            running = [i for i in await local.list_instances("") if i.state == "running"]
+            return not machines and not running
+
+        await until(kv, back_to_zero, 30)  # idle timeout, drain, destroy, verified gone
+
+
+async def test_restart_adopts_its_machines_instead_of_renting_again(
+        nc: Nats, js, client: Client, local: LocalProvider, media_dir: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    warm = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)
+
+    async def one_serving() -> bool:
+        _, machines = await client.fleet()
+        return len(machines) == 1 and machines[0].state == "serving"
+
+    async with running_controller(nc, local, warm):
+        await until(kv, one_serving, 60)
+    first = (await client.fleet())[1][0]
+    ticks: set[float] = set()
+
+    async def five_ticks() -> bool:
+        summary, _ = await client.fleet()
+        ticks.add(summary.at if summary else 0.0)
+        return len(ticks) > 5
+
+    async with running_controller(nc, local, warm):
+        await until(kv, five_ticks, 30)  # several ticks of the new controller
+        _, machines = await client.fleet()
+    assert [m.label for m in machines] == [first.label]
+    assert len(await local.list_instances("vf-")) == 1
+
+
+async def test_drain_command_lets_the_job_finish_then_the_agent_exits(
+        nc: Nats, js, client: Client, tmp_path: Path, media_dir: Path) -> None:
+    video = make_video(tmp_path / "long.mp4", seconds=12, size="320x240")
+    async with agent_process(nc, nats_url_of(nc), "vf-drain", tmp_path / "w") as proc:
+        receipt = await client.submit(await caption_job(client, media_dir, video=video))
+        async for event in client.watch(receipt.job_id, timeout_s=30):
+            if event.__class__.__name__ == "Started":
+                break
+        stopped = await nc.subscribe("agents.vf-drain.heartbeat")
+        await nc.publish(agent_control_subject("vf-drain"),
+                         encode(AgentCommand(command="drain", reason="test")))
+        done = await client.result(receipt.job_id, timeout_s=60)
+        assert isinstance(done, Succeeded) and done.agent_id == "vf-drain"
+        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 30) == 0
+        states = []
+        while True:
+            msg = await stopped.next_msg(timeout=5)
+            states.append(msg.data)
+            if b'"stopped"' in msg.data:
+                break
+        assert any(b'"draining"' in s for s in states)
+
+
+def nats_url_of(nc: Nats) -> str:
+    assert nc.connected_url is not None
+    return f"nats://{nc.connected_url.netloc}"
+
+
+async def test_dead_man_switch_stops_an_idle_agent_without_a_controller(
+        js, nats_server, tmp_path: Path) -> None:
+    config = agent_config(nats_server, tmp_path / "a", deadman_s=0.5)
+    async with running_agent(config) as agent:
+        pass  # entered once pulling
+    assert agent.state == "stopped"
+
+
+async def test_dead_man_switch_counts_beats_and_work_as_signs_of_life(nc: Nats) -> None:
+    now, busy = [100.0], [False]
+    switch = DeadManSwitch(deadman_s=60.0, clock=lambda: now[0], busy=lambda: busy[0])
+    now[0] = 159.0
+    assert not switch.due()
+    fired = asyncio.Event()
+    task = asyncio.create_task(switch.run(nc, fired, check_every_s=0.05))
+    await nc.flush()  # let it subscribe before the beat
+    while not switch.heard.is_set():  # published until heard: the subscription is async
+        await nc.publish(CONTROLLER_HEARTBEAT_SUBJECT,
+                         encode(ControllerBeat(at=now[0], interval_s=1)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(switch.heard.wait(), 0.5)
+    assert switch.quiet_s() == 0.0  # the controller's beat reset the clock
+    busy[0], now[0] = True, 1000.0
+    assert not switch.due()  # a job in hand: never, however long the quiet
+    busy[0], now[0] = False, 1059.0
+    assert not switch.due()
+    now[0] = 1060.0
+    await asyncio.wait_for(fired.wait(), 5)
+    await task
+
+
+async def test_every_result_carries_its_cost(js, nats_server, client: Client, tmp_path: Path,
+                                             media_dir: Path) -> None:
+    config = agent_config(nats_server, tmp_path / "a", price_per_hour=0.36)
+    async with running_agent(config):
+        receipt = await client.submit(await caption_job(client, media_dir))
+        done = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(done, Succeeded) and done.price_per_hour == 0.36
+    assert done.cost_usd == pytest.approx(done.timings.total_s * 0.0001, abs=1e-6)

@@ -1,0 +1,126 @@
+"""Reconciliation as a table: records vs the provider's list vs heartbeats."""
+
+from __future__ import annotations
+
+from broker.fleet import FleetInstance, FleetState
+from broker.heartbeats import Heartbeat
+from controller.providers.base import InstanceInfo, InstanceState
+from controller.reconcile import UNCONFIRMED_DRAIN, Seen, reconcile, snapshot_instances
+from controller.spend import SpendMeter
+
+NOW = 1_800_000_000.0
+
+
+def rec(label: str, state: FleetState = "serving", *, provider_id: str | None = "p-1",
+        first_beat: float | None = NOW - 100, launched_at: float = NOW - 200,
+        agent_state: str | None = "idle", job_id: str | None = None) -> FleetInstance:
+    return FleetInstance(label=label, provider="vast", state=state, launched_at=launched_at,
+                         price_per_hour=0.4, machine_id=7, provider_id=provider_id,
+                         first_heartbeat_at=first_beat, agent_state=agent_state, job_id=job_id)
+
+
+def listed(label: str, state: InstanceState = "running", *, provider_id: str = "p-1",
+           detail: str = "") -> InstanceInfo:
+    return InstanceInfo(provider_id=provider_id, label=label, state=state, machine_id=7,
+                        price_per_hour=0.4, started_at=NOW - 200, detail=detail)
+
+
+def seen(label: str, state: str = "idle", job_id: str | None = None,
+         at: float = NOW - 1) -> Seen:
+    beat = Heartbeat(agent_id=label, state=state, at=at, encoder="h264_nvenc",  # type: ignore[arg-type]
+                     job_id=job_id)
+    return Seen(beat=beat, received_at=at)
+
+
+def run(records: list[FleetInstance], provider: list[InstanceInfo] | None,
+        beats: list[Seen] = ()):  # type: ignore[assignment]
+    return reconcile({r.label: r for r in records}, provider,
+                     {s.beat.agent_id: s for s in beats}, now=NOW, launch_grace_s=60.0,
+                     heartbeat_timeout_s=30.0)
+
+
+def test_an_unknown_machine_with_our_label_is_an_orphan_and_destroyed() -> None:
+    out = run([], [listed("vf-orphan", provider_id="p-9")])
+    assert [(t.provider_id, t.label) for t in out.terminate] == [("p-9", "vf-orphan")]
+    assert "orphan" in out.terminate[0].reason and out.records == {}
+
+
+def test_a_provider_error_changes_nothing_and_blocks_renting() -> None:
+    out = run([rec("vf-a")], None)
+    assert out.records == {"vf-a": rec("vf-a")} and not out.forget and not out.terminate
+    assert not out.trusted and out.rent_blocked and out.alarms
+
+
+def test_an_empty_list_while_agents_heartbeat_is_implausible() -> None:
+    out = run([rec("vf-a")], [], [seen("vf-a")])
+    assert not out.trusted and not out.forget and "implausibly empty" in (out.rent_blocked or "")
+
+
+def test_an_empty_list_with_silent_agents_forgets_them() -> None:
+    out = run([rec("vf-a")], [], [seen("vf-a", at=NOW - 300)])
+    assert out.trusted and out.forget == ["vf-a"]
+
+
+def test_a_launch_in_flight_is_kept_within_the_grace_then_forgotten() -> None:
+    fresh = rec("vf-new", "launching", provider_id=None, first_beat=None, launched_at=NOW - 10)
+    assert run([fresh], []).records == {"vf-new": fresh}
+    stale = rec("vf-old", "launching", provider_id=None, first_beat=None, launched_at=NOW - 90)
+    assert run([stale], []).forget == ["vf-old"]
+
+
+def test_an_ambiguous_create_is_adopted_by_label() -> None:
+    intent = rec("vf-x", "launching", provider_id=None, first_beat=None, agent_state=None)
+    out = run([intent], [listed("vf-x", "starting", provider_id="p-5")])
+    assert out.records["vf-x"].state == "booting" and out.records["vf-x"].provider_id == "p-5"
+    assert not out.terminate
+
+
+def test_failed_boot_is_destroyed_and_its_machine_avoided() -> None:
+    booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
+    out = run([booting], [listed("vf-b", "failed", detail="OCI runtime create failed")])
+    assert out.records["vf-b"].state == "destroying"
+    assert out.terminate[0].avoid_machine == 7 and "OCI" in out.terminate[0].reason
+
+
+def test_misconfigured_image_pauses_renting_with_an_alarm() -> None:
+    booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
+    out = run([booting], [listed("vf-b", "misconfigured", detail="pull access denied for x")])
+    assert out.rent_blocked and "pull access denied" in out.alarms[0]
+    assert out.terminate and out.trusted
+
+
+def test_a_destroying_machine_still_listed_is_terminated_again_then_forgotten() -> None:
+    dying = rec("vf-d", "destroying")
+    assert [t.label for t in run([dying], [listed("vf-d")]).terminate] == ["vf-d"]
+    assert run([dying], []).forget == ["vf-d"]
+
+
+def test_heartbeats_make_a_booting_machine_serving_and_track_idle_since() -> None:
+    booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
+    out = run([booting], [listed("vf-b")], [seen("vf-b", "idle", at=NOW - 2)])
+    r = out.records["vf-b"]
+    assert (r.state, r.first_heartbeat_at, r.idle_since) == ("serving", NOW - 2, NOW - 2)
+    busy = run([r], [listed("vf-b")], [seen("vf-b", "busy", job_id="j1")]).records["vf-b"]
+    assert (busy.job_id, busy.idle_since) == ("j1", None)
+
+
+def test_snapshot_marks_unconfirmed_drains_busy_and_restarts_as_heard() -> None:
+    draining = rec("vf-d", "draining", agent_state="idle")
+    confirmed = rec("vf-c", "draining", agent_state="draining")
+    booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
+    by_id = {i.instance_id: i for i in snapshot_instances(
+        {r.label: r for r in (draining, confirmed, booting)}, {}, started_at=NOW - 5)}
+    assert by_id["vf-d"].job_id == UNCONFIRMED_DRAIN  # the policy must not destroy it yet
+    assert by_id["vf-c"].job_id is None and by_id["vf-c"].state == "draining"
+    assert by_id["vf-b"].state == "booting" and by_id["vf-b"].last_heartbeat_at is None
+    assert by_id["vf-d"].last_heartbeat_at == NOW - 5  # not heard since the restart
+
+
+def test_spend_meter_accrues_resumes_and_rolls_over_at_utc_midnight() -> None:
+    midnight = 1_800_057_600.0  # 2027-01-16 00:00 UTC
+    meter = SpendMeter(now=midnight - 7200)
+    assert meter.accrue(1.0, midnight - 3600) == 1.0
+    resumed = SpendMeter(now=midnight - 3600, day=meter.day, spent=meter.spent)
+    assert resumed.accrue(2.0, midnight + 1800) == 1.0  # only the half hour since midnight
+    assert resumed.day == "2027-01-16"
+    assert SpendMeter(now=midnight, day="2027-01-15", spent=9.0).spent == 0.0
