@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 
 from broker.events import Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, encode
+from broker.jobs import CaptionJob
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_control_subject
 from client.api import Client
 from controller.config import ControllerConfig, policy_of
@@ -22,7 +23,6 @@ from controller.loop import Controller
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
 from gpu_agent.deadman import DeadManSwitch
-from broker.jobs import CaptionJob
 from tests.conftest import agent_config, agent_process, running_agent
 from tests.media import make_video
 
