@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from broker.events import Event
+from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
 
@@ -37,6 +38,19 @@ def schemas() -> dict[str, dict]:
     hb = msgspec.json.schema(Heartbeat)
     hb["title"] = "vidfleet agent heartbeat"
     out["heartbeat.json"] = hb
+    for name, cls, title, where in (
+            ("fleet.instance.json", FleetInstance, "vidfleet fleet record",
+             "Value of key instances.<label> in the KV bucket fleet (written by the controller)."),
+            ("fleet.summary.json", FleetSummary, "vidfleet fleet summary",
+             "Value of key summary in the KV bucket fleet (written by the controller each tick)."),
+            ("controller.heartbeat.json", ControllerBeat, "vidfleet controller heartbeat",
+             "Body of a message on controller.heartbeat (core NATS)."),
+            ("agent.command.json", AgentCommand, "vidfleet agent command",
+             "Body of a message on agents.<agent_id>.control (core NATS).")):
+        doc = msgspec.json.schema(cls)
+        doc["title"] = title
+        doc["description"] = where
+        out[name] = doc
     return out
 
 
