@@ -35,6 +35,9 @@ def run_process(component: str, config_type: type[C],
                   json_lines=config.log_json)  # type: ignore[attr-defined]
     try:
         asyncio.run(body(config))
+    except ConfigError as exc:  # settings that only make sense together, checked at start
+        logger.error("{component}: {error}", component=component, error=str(exc))
+        return 2
     except (RuntimeError, OSError, nats.errors.Error) as exc:
         logger.error("{component} stopped: {error}", component=component,
                      error=str(exc) or type(exc).__name__)

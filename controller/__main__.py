@@ -22,6 +22,7 @@ from controller.dead_letters import Reaper
 from controller.loop import Controller
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
+from controller.providers.vast import VastProvider, provider_from_config
 
 # Never handed to a machine: the provider's account key stays with the controller.
 _CONTROLLER_ONLY = ("VIDFLEET_VAST_API_KEY",)
@@ -29,8 +30,6 @@ _CONTROLLER_ONLY = ("VIDFLEET_VAST_API_KEY",)
 
 def _provider(config: ControllerConfig) -> Provider:
     if config.provider == "vast":
-        from controller.providers.vast import provider_from_config
-
         return provider_from_config(config)
     base_env = {k: v for k, v in os.environ.items() if k not in _CONTROLLER_ONLY}
     return LocalProvider(max_agents=config.local_max_agents, base_env=base_env,
@@ -47,10 +46,12 @@ async def _main(config: ControllerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     provider = _provider(config)
+    # A Vast.ai agent's dead-man switch destroys its own instance through the same API.
+    agent_env = {"VIDFLEET_VAST_URL": config.vast_url} if config.provider == "vast" else {}
     nc = await connect(config.nats_url, name="vidfleet-controller")
     try:
         controller = Controller(nc=nc, provider=provider, config=config,
-                                policy=policy_of(config))
+                                policy=policy_of(config), agent_env=agent_env)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Reaper(nc.jetstream()).run(stop))
             tg.create_task(controller.run(stop))
@@ -58,6 +59,8 @@ async def _main(config: ControllerConfig) -> None:
         if isinstance(provider, LocalProvider):
             logger.info("stopping local agents (a second signal makes them hand jobs back)")
             await provider.close(force)
+        elif isinstance(provider, VastProvider):
+            await provider.aclose()  # rented machines stay: the next controller adopts them
         await nc.drain()
 
 

@@ -61,7 +61,7 @@ class Reaper:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(10, timeout=self._fetch_timeout_s)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own or a bare one
                     continue
                 for msg in msgs:
                     await self.reap(msg, states)

@@ -64,6 +64,9 @@ class Controller:
         self._last_rent_at: float | None = None
         self._last_terminate: dict[str, float] = {}
         self._alarms: list[str] = []
+        # Set when a machine could not start our image (registry refused it, no such image):
+        # another machine would fail the same way, so renting stops until a restart.
+        self._paused: str | None = None
         self._store: FleetStore | None = None
         self._meter: SpendMeter | None = None
 
@@ -110,6 +113,11 @@ class Controller:
                           launch_grace_s=self._config.tick_s * 3 + 60.0,
                           heartbeat_timeout_s=self._policy.heartbeat_timeout_s)
         self._alarms = list(state.alarms)
+        if state.misconfigured and not self._paused:
+            self._paused = state.misconfigured
+            logger.error("renting paused until restart: {why}", why=self._paused)
+        if self._paused:
+            self._alarms.append(f"renting paused until restart: {self._paused}")
         await self._apply(state)
         backlog = await self._backlog()
         if state.trusted and backlog is not None:
@@ -168,7 +176,8 @@ class Controller:
         live = sum(1 for i in instances if i.state != "draining")
         wants_more = (backlog.queued_jobs + backlog.running_jobs > live
                       or live < self._policy.min_warm)
-        offers = await self._offers_for(now) if wants_more and not state.rent_blocked else ()
+        blocked = state.rent_blocked or self._paused
+        offers = await self._offers_for(now) if wants_more and not blocked else ()
         assert self._meter is not None
         snap = Snapshot(now=now, queued_jobs=backlog.queued_jobs,
                         running_jobs=backlog.running_jobs,

@@ -49,7 +49,8 @@ class Reconciled(Struct, frozen=True, kw_only=True):
     forget: list[str]  # labels whose machine is verified gone: delete their records
     terminate: list[Terminate]  # orphans and failed machines
     alarms: list[str]
-    rent_blocked: str | None = None  # set: do not rent (provider unreadable, misconfigured)
+    rent_blocked: str | None = None  # set: do not rent this tick (provider unreadable)
+    misconfigured: str | None = None  # set: our image cannot start anywhere; stop renting
     trusted: bool = True  # False: the provider's list was not usable this tick
 
 
@@ -87,7 +88,7 @@ def reconcile(records: dict[str, FleetInstance], listed: list[InstanceInfo] | No
         del out.records[label]
         out.forget.append(label)
     return Reconciled(records=out.records, forget=out.forget, terminate=out.terminate,
-                      alarms=out.alarms, rent_blocked=out.rent_blocked)
+                      alarms=out.alarms, misconfigured=out.misconfigured)
 
 
 class _Outcome:
@@ -96,7 +97,7 @@ class _Outcome:
         self.forget: list[str] = []
         self.terminate: list[Terminate] = []
         self.alarms: list[str] = []
-        self.rent_blocked: str | None = None
+        self.misconfigured: str | None = None
 
     def match(self, rec: FleetInstance, info: InstanceInfo) -> None:
         if rec.provider_id is None or rec.state == "launching":
@@ -112,15 +113,16 @@ class _Outcome:
                                             reason=reason, avoid_machine=avoid))
             rec = structs.replace(rec, state="destroying", reason=reason)
             if info.state == "misconfigured":
-                self.alarms.append(f"machine {rec.label} cannot start our image: "
-                                   f"{info.detail or 'no detail'}; renting paused")
-                self.rent_blocked = f"misconfigured: {info.detail}"
+                self.misconfigured = f"machine {rec.label} cannot start our image: " + (
+                    info.detail or "no detail")
         self.records[rec.label] = rec
 
 
 def _end_reason(rec: FleetInstance, info: InstanceInfo) -> str | None:
     if rec.state == "destroying":
         return rec.reason or "destroying"  # terminate again until the provider stops listing it
+    if rec.state == "draining" and info.state in ("failed", "exited"):
+        return "drained: its agent finished and stopped"
     if info.state in ("failed", "misconfigured"):
         return f"provider says {info.state}: {info.detail or 'no detail'}"
     if info.state == "exited":

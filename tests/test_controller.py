@@ -53,10 +53,11 @@ async def until(kv: KeyValue, check: Callable[[], Awaitable[bool]], timeout_s: f
 
 @contextlib.asynccontextmanager
 async def running_controller(nc: Nats, provider: Provider, config: ControllerConfig = FAST,
+                             agent_env: dict[str, str] = AGENT_ENV,
                              ) -> AsyncIterator[Controller]:
     config = structs.replace(config, nats_url=nats_url_of(nc))
     controller = Controller(nc=nc, provider=provider, config=config, policy=policy_of(config),
-                            agent_env=AGENT_ENV)
+                            agent_env=agent_env)
     stop = asyncio.Event()
     task = asyncio.create_task(controller.run(stop))
     try:

@@ -85,7 +85,7 @@ def test_failed_boot_is_destroyed_and_its_machine_avoided() -> None:
 def test_misconfigured_image_pauses_renting_with_an_alarm() -> None:
     booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
     out = run([booting], [listed("vf-b", "misconfigured", detail="pull access denied for x")])
-    assert out.rent_blocked and "pull access denied" in out.alarms[0]
+    assert out.misconfigured and "pull access denied" in out.misconfigured
     assert out.terminate and out.trusted
 
 

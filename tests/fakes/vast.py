@@ -558,6 +558,12 @@ class FakeVast:
             return sum(1 for i in self._insts.values()
                        if i.handle is not None and i.handle.poll() is None)
 
+    def burn_rate(self) -> float:
+        """Dollars per hour of every instance not destroyed, as their rows show dph_total."""
+        with self._cond:
+            return sum(self._render(i)["dph_total"] for i in self._insts.values()
+                       if not i.destroyed)
+
     @property
     def create_requests(self) -> list[dict[str, Any]]:
         with self._cond:

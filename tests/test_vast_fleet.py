@@ -1,0 +1,238 @@
+"""The controller renting from the fake Vast.ai, whose machines boot real agents.
+
+End to end: idle is zero machines; a burst of jobs rents machines (never more than the caps
+allow), every job finishes once, and every machine is destroyed after the idle timeout. Then
+the faults: 429 bursts, 5xx, offers stolen between search and rent, machines stuck loading, an
+image the registry refuses; and the dead-man switch of an agent whose controller is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from msgspec import structs
+from nats.aio.client import Client as Nats
+
+from broker.config import Secret
+from broker.events import Succeeded
+from broker.subjects import FLEET_BUCKET
+from client.api import Client
+from controller.providers.vast import VastConfig, VastProvider
+from tests.fakes.vast import FakeVast
+from tests.test_controller import (
+    AGENT_ENV,
+    FAST,
+    caption_job,
+    nats_url_of,
+    running_controller,
+    until,
+)
+
+RENTED = structs.replace(FAST, max_instances=3, max_spend_per_hour=5.0, min_gpu_ram_mb=8000,
+                         boot_deadline_s=30.0)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeVast]:
+    with FakeVast(progress="realtime", boot_stages_s=(0.1, 0.2, 0.2), base_env=os.environ,
+                  log_dir=tmp_path / "containers", kill_grace_s=20.0) as made:
+        for _ in range(3):
+            made.add_offer("RTX 4090")
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def vast(fake: FakeVast) -> AsyncIterator[VastProvider]:
+    provider = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:t",
+                                       base_url=fake.url, min_interval_s={},
+                                       backoff_base_s=0.05, backoff_cap_s=0.2))
+    try:
+        yield provider
+    finally:
+        await provider.aclose()
+
+
+def agent_env(fake: FakeVast) -> dict[str, str]:
+    return {**AGENT_ENV, "VIDFLEET_VAST_URL": fake.url}
+
+
+class Peak:
+    """The most machines alive and the highest burn rate the fake ever billed, sampled at
+    every fleet update."""
+
+    def __init__(self, fake: FakeVast) -> None:
+        self.fake, self.machines, self.rate = fake, 0, 0.0
+
+    def sample(self) -> None:
+        self.machines = max(self.machines, len(self.fake.instances()))
+        self.rate = max(self.rate, self.fake.burn_rate())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
+        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    peak = Peak(fake)
+    async with vast(fake) as provider, running_controller(
+            nc, provider, RENTED, agent_env=agent_env(fake)):
+
+        async def idle_reported() -> bool:
+            summary, machines = await client.fleet()
+            return summary is not None and not machines
+
+        await until(kv, idle_reported, 15)
+        assert fake.instances() == [] and fake.create_requests == []  # idle: zero machines
+
+        receipts = [await client.submit(await caption_job(client, media_dir))
+                    for _ in range(10)]
+
+        async def all_done() -> bool:
+            peak.sample()
+            return all([await client._terminal_now(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 150)
+
+        async def all_gone() -> bool:
+            peak.sample()
+            _, machines = await client.fleet()
+            return not machines and not fake.instances() and fake.alive_count() == 0
+
+        await until(kv, all_gone, 60)
+    results = [await client.result(r.job_id, timeout_s=5) for r in receipts]
+    assert all(isinstance(r, Succeeded) for r in results)
+    assert {r.agent_id for r in results} <= {body["label"] for body in fake.create_requests}
+    assert all(r.price_per_hour > 0 and r.cost_usd > 0 for r in results)  # type: ignore[union-attr]
+    assert 1 <= peak.machines <= RENTED.max_instances
+    for body in fake.create_requests:  # the machine's env: its settings, no account secret
+        assert fake.api_key not in str(body)
+        assert body["env"]["VIDFLEET_AGENT_ID"] == body["label"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_faults_are_recovered_and_the_caps_hold(
+        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    capped = structs.replace(RENTED, max_instances=4, max_spend_per_hour=0.75,
+                             boot_deadline_s=5.0)  # an RTX 3060 and one RTX 4090
+    fake.rate_limit_burst(3, endpoint="list", text=True)
+    fake.server_errors(2, status=503, endpoint="search")
+    fake.steal_offer(9_100_004, status=410)  # an RTX 4090 taken by someone else
+    fake.fail_next_boot("stuck")  # the first machine never leaves loading
+    peak = Peak(fake)
+    async with vast(fake) as provider, running_controller(
+            nc, provider, capped, agent_env=agent_env(fake)):
+        receipts = [await client.submit(await caption_job(client, media_dir))
+                    for _ in range(6)]
+
+        async def all_done() -> bool:
+            peak.sample()
+            return all([await client._terminal_now(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 120)
+
+        async def all_gone() -> bool:
+            peak.sample()
+            return not (await client.fleet())[1] and not fake.instances()
+
+        await until(kv, all_gone, 60)
+    assert all([isinstance(await client.result(r.job_id, timeout_s=5), Succeeded)
+                for r in receipts])
+    assert peak.rate <= capped.max_spend_per_hour
+    stuck = [i for i in fake.instances(include_destroyed=True) if i.actual_status == "loading"]
+    assert stuck and all(i.destroyed for i in stuck)  # destroyed at the boot deadline
+    later = [b for b in fake.create_requests[1:]]
+    assert all(b["label"] != fake.create_requests[0]["label"] for b in later)
+
+
+@pytest.mark.timeout(90)
+async def test_a_refused_image_pauses_renting_with_an_alarm(
+        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    fake.fail_next_boot("pull_denied")
+    async with vast(fake) as provider, running_controller(
+            nc, provider, RENTED, agent_env=agent_env(fake)):
+        await client.submit(await caption_job(client, media_dir))
+
+        async def alarmed_and_cleaned() -> bool:
+            summary, machines = await client.fleet()
+            return (summary is not None and any("pull access denied" in a
+                                                for a in summary.alarms)
+                    and not machines and not fake.instances())
+
+        await until(kv, alarmed_and_cleaned, 60)
+        assert len(fake.create_requests) == 1  # no machine after machine with the same image
+
+
+@pytest.mark.timeout(60)
+async def test_dead_man_switch_destroys_its_own_instance(
+        nc: Nats, js, nats_server, fake: FakeVast, tmp_path: Path) -> None:
+    async with vast(fake) as provider:
+        offer = next(o for o in await provider.search_offers() if o.gpu_name == "RTX 4090")
+        beats = await nc.subscribe("agents.vf-lonely.heartbeat")
+        await provider.launch(offer, label="vf-lonely", env={
+            "VIDFLEET_NATS_URL": nats_server.url, "VIDFLEET_DEADMAN_S": "1",
+            "VIDFLEET_VAST_URL": fake.url, "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5",
+            "VIDFLEET_WORK_DIR": str(tmp_path / "w")})
+        await beats.next_msg(timeout=30)  # booted; no controller anywhere
+        await asyncio.to_thread(fake.wait_for, lambda f: not f.instances(), 30)
+    gone = fake.instances(include_destroyed=True)
+    assert [i.label for i in gone] == ["vf-lonely"] and gone[0].destroyed
+    deletes = fake.requests("destroy")  # made with the instance's own key, not the account's
+    assert deletes and all(fake.api_key not in r.authorization for r in deletes)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_duplicates(
+        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path,
+        tmp_path: Path) -> None:
+    kv = await js.key_value(FLEET_BUCKET)
+    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_url_of(nc),
+           "VIDFLEET_PROVIDER": "vast", "VIDFLEET_VAST_URL": fake.url,
+           "VIDFLEET_VAST_API_KEY": fake.api_key, "VIDFLEET_VAST_IMAGE": "vidfleet/agent:t",
+           "VIDFLEET_TICK_S": "0.5", "VIDFLEET_MAX_INSTANCES": "2",
+           "VIDFLEET_RENT_COOLDOWN_S": "0", "VIDFLEET_IDLE_TIMEOUT_S": "2",
+           "VIDFLEET_TARGET_DRAIN_S": "30", "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5"}
+    log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
+    start = [sys.executable, "-m", "controller"]
+    first = await asyncio.create_subprocess_exec(*start, env=env, stdout=log, stderr=log)
+    receipts = [await client.submit(await caption_job(client, media_dir)) for _ in range(6)]
+    peak = Peak(fake)
+    second = None
+    try:
+        async def two_booted() -> bool:  # mid-run: machines rented, jobs running
+            peak.sample()
+            return sum(1 for i in fake.instances() if i.alive) == 2
+
+        await until(kv, two_booted, 60)
+        first.kill()  # SIGKILL: no goodbye, machines left as they are
+        await first.wait()
+        second = await asyncio.create_subprocess_exec(*start, env=env, stdout=log,
+                                                      stderr=log)
+
+        async def all_done_and_gone() -> bool:
+            peak.sample()
+            done = all([await client._terminal_now(r.job_id) for r in receipts])
+            return done and not (await client.fleet())[1] and not fake.instances()
+
+        await until(kv, all_done_and_gone, 150)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        log.close()
+    assert all([isinstance(await client.result(r.job_id, timeout_s=5), Succeeded)
+                for r in receipts])
+    assert peak.machines <= 2  # the new controller adopted them instead of renting more
+    labels = [b["label"] for b in fake.create_requests]
+    assert len(labels) == len(set(labels))
+    assert fake.alive_count() == 0
