@@ -34,6 +34,8 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     boot_deadline_s: float = 900.0
     heartbeat_timeout_s: float = 30.0
     rent_cooldown_s: float = 20.0
+    expected_boot_s: float = 90.0
+    budget_reserve_s: float = 900.0
     max_spend_per_hour: float = 5.0
     max_spend_per_day: float = 50.0
     max_offer_price_per_hour: float = 1.0
@@ -70,6 +72,8 @@ def policy_of(config: ControllerConfig) -> Policy:
         boot_deadline_s=config.boot_deadline_s,
         heartbeat_timeout_s=config.heartbeat_timeout_s,
         rent_cooldown_s=config.rent_cooldown_s,
+        expected_boot_s=config.expected_boot_s,
+        budget_reserve_s=config.budget_reserve_s,
         max_price_per_hour=config.max_spend_per_hour,
         max_spend_per_day=config.max_spend_per_day,
         max_offer_price_per_hour=config.max_offer_price_per_hour,

@@ -184,7 +184,8 @@ class Controller:
                         backlog_work_s=self._speeds.work_s(backlog), instances=instances,
                         offers=offers, spent_today=self._meter.spent,
                         failed_machines=frozenset(m for m, t in self._avoid.items() if t > now),
-                        last_rent_at=self._last_rent_at)
+                        last_rent_at=self._last_rent_at,
+                        gpu_speed=dict(self._speeds.gpu_speed))
         for action in decide(snap, self._policy):
             await self._act(action, now)
 
