@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from nats.js.kv import KeyValue
 
 from broker.events import Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, encode
+from broker.heartbeats import decode_heartbeat
 from broker.jobs import CaptionJob
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_control_subject
 from client.api import Client
@@ -208,3 +210,29 @@ async def test_every_result_carries_its_cost(js, nats_server, client: Client, tm
         done = await client.result(receipt.job_id, timeout_s=60)
     assert isinstance(done, Succeeded) and done.price_per_hour == 0.36
     assert done.cost_usd == pytest.approx(done.timings.total_s * 0.0001, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_local_agents_do_not_outlive_a_killed_controller(nc: Nats, js,
+                                                               tmp_path: Path) -> None:
+    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_url_of(nc),
+           "VIDFLEET_PROVIDER": "local", "VIDFLEET_MIN_WARM": "1", "VIDFLEET_TICK_S": "0.5",
+           "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5",
+           "VIDFLEET_LOCAL_LOG_DIR": str(tmp_path / "agents")}
+    beats = await nc.subscribe("agents.*.heartbeat")
+    with open(tmp_path / "controller.log", "wb") as log:
+        controller = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", env=env, stdout=log, stderr=log)
+        try:
+            first = decode_heartbeat((await beats.next_msg(timeout=60)).data)  # warm agent up
+            controller.kill()  # SIGKILL: no chance to stop its children itself
+            await controller.wait()
+            while True:  # the agent is told by the kernel, and stops
+                beat = decode_heartbeat((await beats.next_msg(timeout=30)).data)
+                if beat.agent_id == first.agent_id and beat.state == "stopped":
+                    break
+        finally:
+            if controller.returncode is None:
+                controller.kill()
+                await controller.wait()

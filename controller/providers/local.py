@@ -1,14 +1,18 @@
 """The local provider: agents as subprocesses of the controller (the embedded default).
 
 Offers are free "slots" up to ``max_agents``; a machine id is a slot number. Terminating sends
-SIGTERM (the agent finishes or hands back its job) and SIGKILLs after ``grace_s``.
+SIGTERM (the agent finishes or hands back its job) and SIGKILLs after ``grace_s``. On Linux an
+agent also gets SIGTERM when the controller dies, however it dies: a restarted controller
+cannot see the old one's children, so they must not outlive it (they finish their job first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +23,16 @@ from controller.policy import Offer
 from controller.providers.base import InstanceInfo, NoCapacity
 
 __all__ = ["LocalProvider"]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_with_parent() -> None:
+    """In the child before exec: SIGTERM me when my parent dies (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalProvider:
@@ -63,7 +77,7 @@ class LocalProvider:
             proc = await asyncio.create_subprocess_exec(
                 self._python, "-m", "gpu_agent", env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT if log is not None else None,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_term_with_parent)
         finally:
             if log is not None:
                 os.close(log)
