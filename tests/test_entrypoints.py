@@ -18,3 +18,18 @@ def test_bad_setting_exits_2_naming_it(module: str, variable: str, value: str) -
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"bad configuration in {variable}" in done.stderr
+
+
+def test_vast_without_a_key_exits_2_naming_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VIDFLEET_VAST_API_KEY"}
+    done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
+                           "controller", "run", "--provider", "vast"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "VIDFLEET_VAST_API_KEY" in done.stderr
+
+
+def test_simulate_runs_the_controllers_simulator() -> None:
+    done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
+                           "simulate", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--trace" in done.stdout
