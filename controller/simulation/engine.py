@@ -40,6 +40,7 @@ class Outcome(Struct, frozen=True, kw_only=True):
     booting_s: float  # of those, before a first heartbeat (or never)
     machines: int  # launched
     rent_failures: int
+    jobs_killed: int  # destroyed under a live agent mid-job (decide must never do this)
     ticks: tuple[TickRecord, ...]
     max_day_spend: float
     drained_at: float  # when the last job finished (or the end, when some never did)
@@ -61,7 +62,7 @@ class _Run:
         self.live: list[Machine] = []
         self.failed: frozenset[int] = frozenset()
         self.last_rent_at: float | None = None
-        self.rent_attempts = self.rent_failures = 0
+        self.rent_attempts = self.rent_failures = self.jobs_killed = 0
         self.speed_sums: dict[str, tuple[float, int]] = {}
         self.busy_s = self.spent_today = self.max_day_spend = 0.0
         self.done = 0
@@ -174,7 +175,7 @@ class _Run:
                     speed=got.speed, launched_at=now)
         self.machines.append(m)
         self.live.append(m)
-        boot_s = self.fates.boot_s(m.launch)
+        boot_s = self.fates.boot_after_s(m.launch)
         if boot_s is not None:
             self.push(now + boot_s, "boot", m.launch)
 
@@ -183,6 +184,7 @@ class _Run:
         if m.destroyed_at is not None:
             return
         if m.job is not None and m.dead_at is None:
+            self.jobs_killed += 1
             self.end_job(m, now, died=True)  # killed mid-job: the job comes back
         m.destroyed_at = now
         self.live.remove(m)
@@ -241,7 +243,8 @@ def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fat
         waits_s=tuple(j.started_at - j.arrival_s for j in jobs if j.started_at is not None),
         cost=cost, busy_s=run.busy_s, billed_s=billed_s, booting_s=booting_s,
         machines=len(run.machines),
-        rent_failures=run.rent_failures, ticks=tuple(ticks), max_day_spend=run.max_day_spend,
+        rent_failures=run.rent_failures, jobs_killed=run.jobs_killed, ticks=tuple(ticks),
+        max_day_spend=run.max_day_spend,
         drained_at=drained_at if drained_at is not None else end,
         fleet_empty_at=None if run.live else end,
         unfinished_jobs=len(jobs) - run.done)

@@ -13,7 +13,7 @@ import math
 import random
 from typing import Protocol
 
-from msgspec import Struct, structs
+from msgspec import Struct, field, structs
 
 from controller.policy import Offer
 
@@ -131,7 +131,7 @@ class Fates(Protocol):
         """Rent attempt ``attempt`` (0-based, in the run) finds its offer gone."""
         ...
 
-    def boot_s(self, launch: int) -> float | None:
+    def boot_after_s(self, launch: int) -> float | None:
         """Seconds from launch ``launch`` to its agent's first heartbeat; None: never."""
         ...
 
@@ -156,7 +156,7 @@ class RandomFates:
     def rent_fails(self, attempt: int) -> bool:
         return self._rng("rent", attempt).random() < self._model.rent_fail_p
 
-    def boot_s(self, launch: int) -> float | None:
+    def boot_after_s(self, launch: int) -> float | None:
         m, rng = self._model, self._rng("boot", launch)
         fate = rng.random()
         if fate < m.boot_failure_p:
@@ -177,29 +177,27 @@ class RandomFates:
         return rng.uniform(0, duration_s) if rng.random() < p_die else None
 
 
-class ScheduledFates:
-    """An exact fault schedule, for tests: every fate by index, no randomness."""
+class ScheduledFates(Struct, frozen=True, kw_only=True):
+    """An exact fault schedule, for tests: every fate by index, no randomness.
 
-    def __init__(self, *, boot_s: tuple[float | None, ...] = (), default_boot_s: float = 60.0,
-                 failed_rents: frozenset[int] = frozenset(),
-                 failed_lists: frozenset[int] = frozenset(),
-                 deaths: dict[tuple[int, int], float] | None = None) -> None:
-        """``boot_s[n]``: launch n's boot (None: never), ``default_boot_s`` past the tuple's
-        end; ``deaths[(launch, job_number)]``: the fraction of that job done when the agent
-        dies."""
-        self._boot_s, self._default_boot_s = boot_s, default_boot_s
-        self._failed_rents, self._failed_lists = failed_rents, failed_lists
-        self._deaths = deaths or {}
+    ``boot_s[n]``: launch n's boot (None: never), ``default_boot_s`` past the tuple's end;
+    ``deaths[(launch, job_number)]``: the fraction of that job done when its agent dies."""
+
+    boot_s: tuple[float | None, ...] = ()
+    default_boot_s: float = 60.0
+    failed_rents: frozenset[int] = frozenset()
+    failed_lists: frozenset[int] = frozenset()
+    deaths: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def rent_fails(self, attempt: int) -> bool:
-        return attempt in self._failed_rents
+        return attempt in self.failed_rents
 
-    def boot_s(self, launch: int) -> float | None:
-        return self._boot_s[launch] if launch < len(self._boot_s) else self._default_boot_s
+    def boot_after_s(self, launch: int) -> float | None:
+        return self.boot_s[launch] if launch < len(self.boot_s) else self.default_boot_s
 
     def list_fails(self, tick: int) -> bool:
-        return tick in self._failed_lists
+        return tick in self.failed_lists
 
     def dies_after_s(self, launch: int, job_number: int, duration_s: float) -> float | None:
-        fraction = self._deaths.get((launch, job_number))
+        fraction = self.deaths.get((launch, job_number))
         return None if fraction is None else fraction * duration_s
