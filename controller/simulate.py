@@ -95,6 +95,8 @@ _POLICY_FLAGS = {  # flag -> (Policy field, type)
     "--min-warm": ("min_warm", int), "--max-instances": ("max_instances", int),
     "--target-drain-s": ("target_drain_s", float), "--idle-timeout-s": ("idle_timeout_s", float),
     "--boot-deadline-s": ("boot_deadline_s", float),
+    "--expected-boot-s": ("expected_boot_s", float),
+    "--rent-cooldown-s": ("rent_cooldown_s", float),
     "--max-price-per-hour": ("max_price_per_hour", float),
     "--max-spend-per-day": ("max_spend_per_day", float),
     "--max-offer-price-per-hour": ("max_offer_price_per_hour", float),
