@@ -106,6 +106,7 @@ class Rent(Struct, frozen=True, kw_only=True, tag="rent"):
 
 class Drain(Struct, frozen=True, kw_only=True, tag="drain"):
     instance_id: str
+    reason: str = "idle past the timeout"  # or "the day's budget is spent" (busy ones too)
 
 
 class Destroy(Struct, frozen=True, kw_only=True, tag="destroy"):
@@ -212,8 +213,9 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
 def _stop_all(live: list[Instance]) -> list[Action]:
     """The day's budget is spent: booting machines go at once, the rest drain (a busy one
     finishes its job first, so no paid work is thrown away)."""
-    return [Destroy(instance_id=i.instance_id, reason="the day's budget is spent")
-            if i.state == "booting" else Drain(instance_id=i.instance_id) for i in live]
+    why = "the day's budget is spent"
+    return [Destroy(instance_id=i.instance_id, reason=why) if i.state == "booting"
+            else Drain(instance_id=i.instance_id, reason=why) for i in live]
 
 
 def _rent(snap: Snapshot, policy: Policy, live: list[Instance], count: int) -> list[Rent]:

@@ -160,8 +160,10 @@ def test_day_budget_spent_drains_everything_and_rents_nothing() -> None:
              inst("boot", "booting", beat_age_s=None, age_s=30, price=0.4))
     # 2.0 $/h with 19.6 $ of 20 spent: 0.4 $ left lasts 12 minutes, under the 15 reserved.
     actions = decide(snap(queued=9, work_s=9999, instances=fleet, spent_today=19.6), POLICY)
-    assert actions == [Drain(instance_id="busy"), Drain(instance_id="idle"),
-                       Destroy(instance_id="boot", reason="the day's budget is spent")]
+    why = "the day's budget is spent"
+    assert actions == [Drain(instance_id="busy", reason=why),
+                       Drain(instance_id="idle", reason=why),
+                       Destroy(instance_id="boot", reason=why)]
     # With 0.6 $ left (18 minutes) it carries on.
     assert not any(isinstance(a, Drain) for a in decide(
         snap(queued=9, work_s=9999, instances=fleet, spent_today=19.4), POLICY))
