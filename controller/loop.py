@@ -256,12 +256,12 @@ class Controller:
         rec = self._records.get(action.instance_id)
         if rec is None or rec.state != "serving":
             return
-        logger.bind(instance_id=rec.label).info("idle past the timeout: draining")
-        rec = structs.replace(rec, state="draining", reason="idle past the timeout")
+        logger.bind(instance_id=rec.label).info("draining: {reason}", reason=action.reason)
+        rec = structs.replace(rec, state="draining", reason=action.reason)
         self._records[rec.label] = rec
         await self._store.put(rec)
         await self._nc.publish(agent_control_subject(rec.label),
-                               encode(AgentCommand(command="drain", reason="idle")))
+                               encode(AgentCommand(command="drain", reason=action.reason)))
 
     async def _destroy(self, action: Destroy) -> None:
         assert self._store is not None
