@@ -1,6 +1,7 @@
 """``vidfleet simulate``: replay a job-arrival trace through the same ``decide()`` on a virtual
 clock, and compare it with the old design (one GPU per request), a fixed pool and a
-clairvoyant lower bound. Deterministic for a seed; no network, no wall clock.
+clairvoyant lower bound. Every policy is billed as Vast.ai bills: storage alone while an image
+loads, the full price once the agent is up. Deterministic for a seed; no network, no wall clock.
 
     python -m controller.simulate --trace bench/traces/bursty.csv --max-instances 40
 """

@@ -28,7 +28,8 @@ OFFERS = tuple(MarketOffer(offer=Offer(offer_id=n, machine_id=100 + n,
                                        gpu_name=("RTX 4090", "RTX 3090")[n % 2],
                                        gpu_ram_mb=24000, price_per_hour=0.1 * n,
                                        reliability=0.99, inet_down_mbps=500.0,
-                                       cuda_max_good=12.4), speed=1.0 - 0.5 * (n % 2))
+                                       cuda_max_good=12.4), speed=1.0 - 0.5 * (n % 2),
+                           storage_per_hour=0.004)
                for n in range(1, 9))
 
 
@@ -84,6 +85,8 @@ def test_caps_hold_and_the_fleet_goes_once_the_backlog_is_empty(case: Case) -> N
     for tick in out.ticks:
         assert tick.rate_per_hour <= policy.max_price_per_hour + 1e-9, tick
     assert out.max_day_spend <= policy.max_spend_per_day + 1e-9
+    # The meter the caps use errs high: the bill (storage alone while loading) never exceeds it.
+    assert out.cost <= out.metered_cost + 1e-9
     assert out.jobs_killed == 0
     # Nothing bills at the end, whether the work got done or the budget (or the market) ran
     # out first.

@@ -18,6 +18,7 @@ from controller.simulation.provider import (
     ProviderModel,
     ScheduledFates,
     make_offers,
+    storage_price_per_hour,
 )
 from controller.simulation.report import percentile
 from controller.simulation.trace import TraceError, WorkModel, load_trace
@@ -27,11 +28,16 @@ POLICY = Policy(max_instances=3, max_price_per_hour=2.0, max_spend_per_day=20.0,
                 expected_boot_s=90.0)
 
 
+# Storage while an image loads: 20 GB at 0.18 $/GB/month is 0.005 $/h, under any price here.
+STORAGE_PER_HOUR = 0.005
+
+
 def offers(*prices: float, gpu: str = "RTX 4090", speed: float = 1.0) -> tuple[MarketOffer, ...]:
     return tuple(MarketOffer(offer=Offer(offer_id=n, machine_id=100 + n, gpu_name=gpu,
                                          gpu_ram_mb=24000, price_per_hour=price,
                                          reliability=0.99, inet_down_mbps=500.0,
-                                         cuda_max_good=12.4), speed=speed)
+                                         cuda_max_good=12.4), speed=speed,
+                             storage_per_hour=STORAGE_PER_HOUR)
                  for n, price in enumerate(prices, start=1))
 
 
@@ -51,8 +57,17 @@ def test_one_job_scales_from_zero_runs_and_the_machine_goes_after_the_idle_timeo
     # drained on the first tick 300 s later (380), destroyed on the next (385).
     assert out.waits_s == (60.0,)
     assert (out.machines, out.busy_s, out.billed_s, out.booting_s) == (1, 16.0, 385.0, 60.0)
-    assert out.cost == pytest.approx(385 * 0.36 / 3600)
     assert (out.drained_at, out.fleet_empty_at, out.unfinished_jobs) == (76.0, 385.0, 0)
+    # Vast.ai bills storage alone while the image loads (60 s at 0.005 $/h), then the full
+    # 0.36 $/h for the 325 s up: 16 s busy, 309 s idle or draining.
+    assert out.boot_cost == pytest.approx(60 * 0.005 / 3600)  # 0.0000833 $
+    assert out.busy_cost == pytest.approx(16 * 0.36 / 3600)  # 0.0016 $
+    assert out.idle_cost == pytest.approx(309 * 0.36 / 3600)  # 0.0309 $
+    assert out.cost == pytest.approx(0.0325833, abs=1e-7)  # (0.3 + 117) / 3600
+    # The controller's meter, and so the caps, count the full price from the rent: 385 s.
+    assert out.ticks[0].rate_per_hour == 0.36  # still booting, the policy sees all of it
+    assert out.metered_cost == pytest.approx(0.0385)
+    assert out.max_day_spend == pytest.approx(0.0385)
 
 
 def test_caps_hold_under_a_burst() -> None:
@@ -74,6 +89,10 @@ def test_a_machine_that_never_boots_is_destroyed_avoided_and_replaced() -> None:
     assert out.machines == 2
     assert out.waits_s == (655.0,)
     assert out.booting_s == 605.0 + 50.0
+    # 101 bills storage only, for the 605 s it existed; 102 storage for its 50 s boot, then
+    # 0.2 $/h from 655 until it goes at 970 (job done at 665, idle 300 s, drained, destroyed).
+    assert out.boot_cost == pytest.approx((605 + 50) * 0.005 / 3600)
+    assert out.cost == pytest.approx(0.0184097, abs=1e-7)  # (3.275 + 315 * 0.2) / 3600
 
 
 def test_a_lost_offer_is_retried_after_the_cooldown() -> None:
@@ -118,10 +137,17 @@ def test_baselines_on_two_jobs() -> None:
     old = one_per_request(jobs(*two), policy=POLICY, market=market(0.36, 0.72),
                           fates=ScheduledFates(default_boot_s=60.0))
     # Each job rents the cheapest offer listed when it arrives: the second finds the first
-    # taken. Each machine lives boot + work.
-    assert old.cost == pytest.approx(((60 + 16) * 0.36 + (60 + 26) * 0.72) / 3600)
+    # taken. Each machine lives boot + work: storage for the boot, the full price for the work.
+    assert old.cost == pytest.approx(0.0069667, abs=1e-7)  # (0.3 + 5.76 + 0.3 + 18.72) / 3600
     assert (old.wait_p50_s, old.wait_p95_s, old.machines) == (60.0, 60.0, 2)
     assert old.utilisation == pytest.approx(42 / 162)
+
+    silent = one_per_request(jobs((0.0, 16.0)), policy=POLICY, market=market(0.36, 0.72),
+                             fates=ScheduledFates(boot_s=(None,), default_boot_s=60.0))
+    # The first machine never comes up: storage alone until the 600 s deadline destroys it;
+    # the second (the first is avoided) loads 60 s and runs the job at 0.72 $/h.
+    assert silent.cost == pytest.approx(0.0041167, abs=1e-7)  # (3 + 0.3 + 11.52) / 3600
+    assert (silent.wait_p95_s, silent.machines) == (660.0, 2)
 
     pool = fixed_pool(jobs(*two), size=1, policy=POLICY, market=market(0.36, 0.72))
     # One always-on machine: job 2 waits for job 1 (done at 16); billed until 42.
@@ -130,6 +156,14 @@ def test_baselines_on_two_jobs() -> None:
 
     bound = lower_bound(jobs(*two), policy=POLICY, offers=offers(0.36, 0.72))
     assert bound.cost == pytest.approx(42 * 0.36 / 3600) and bound.wait_p95_s == 0.0
+
+
+def test_offers_bill_a_little_storage_while_loading() -> None:
+    assert storage_price_per_hour(0.15, 20.0) == pytest.approx(0.15 * 20 / 720)  # 0.0042 $/h
+    market_offers = make_offers(ProviderModel(), seed=0)
+    storage = sorted(m.storage_per_hour for m in market_offers)
+    assert 0.002 < storage[len(storage) // 2] < 0.006  # around 0.15 $/GB/month x 20 GB
+    assert all(0 < m.storage_per_hour < m.offer.price_per_hour / 5 for m in market_offers)
 
 
 def test_percentile() -> None:
@@ -174,11 +208,14 @@ def test_run_simulation_on_a_one_job_csv(tmp_path: Path) -> None:
     by_id = {m.offer.offer_id: m for m in make_offers(QUIET, 3)}
     best = by_id[rank_offers(tuple(m.offer for m in by_id.values()), POLICY)[0].offer_id]
     run_s = 16.0 / best.speed
-    # Boot is exactly 90 s; idle from 90 + run_s, drained 300 s later on a tick, then gone.
+    # Boot is exactly 90 s (storage only); idle from 90 + run_s, drained 300 s later on a
+    # tick, then gone.
     lifetime_s = math.ceil((90 + run_s + 300) / 5) * 5 + 5
+    boot_cost = 90 * best.storage_per_hour / 3600
     assert ours.wait_p95_s == 90.0 and ours.machines == 1
-    assert ours.cost == pytest.approx(lifetime_s * best.offer.price_per_hour / 3600)
-    assert old.cost == pytest.approx((90 + run_s) * best.offer.price_per_hour / 3600)
+    assert ours.cost == pytest.approx(boot_cost
+                                      + (lifetime_s - 90) * best.offer.price_per_hour / 3600)
+    assert old.cost == pytest.approx(boot_cost + run_s * best.offer.price_per_hour / 3600)
     assert pool.machines == 1 and bound.cost < old.cost < ours.cost  # one job: idle costs
     assert report.jobs == 1 and report.work_s == 16.0
 

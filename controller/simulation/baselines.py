@@ -2,13 +2,16 @@
 
 - **one GPU per request** (the old design): each job rents its own machine when it arrives
   (the cheapest acceptable offer then listed), waits for the boot, runs, and destroys it.
-  Billed from rent to destroy, like ours. A rent that loses its offer tries the next one; a
-  machine with no heartbeat by the boot deadline is destroyed (billed that long) and another
-  rented; an agent that dies mid-job is noticed after the heartbeat timeout and the job rents
-  again. No fleet caps: the old design had none. With no offer listed, the job waits for one.
+  Billed like ours: storage only until the agent is up, the full price from then until the
+  destroy (so each job's boot costs storage, not GPU). A rent that loses its offer tries the
+  next one; a machine with no heartbeat by the boot deadline is destroyed (storage billed that
+  long) and another rented; an agent that dies mid-job is noticed after the heartbeat timeout
+  and the job rents again. No fleet caps: the old design had none. With no offer listed, the
+  job waits for one.
 - **fixed pool**: N machines (the N best offers), booted before the trace and never stopped,
-  billed from 0 to the later of the last arrival and the last finish; jobs go first come
-  first served to the first free machine. No faults at all, which flatters it.
+  billed their full price from 0 to the later of the last arrival and the last finish; jobs go
+  first come first served to the first free machine. No boots and no faults at all, which
+  flatters it.
 - **lower bound** (clairvoyant, not a schedule): every encoder second bought at the cheapest
   acceptable price per encoded second, with no boot, no idle and no wait. No policy can pay
   less for the same work on this market.
@@ -32,7 +35,8 @@ _RETRY_S = 2.0  # the old orchestrator's pause before trying the next offer
 
 
 class _Life(NamedTuple):
-    billed_s: float
+    loading_s: float  # rent to the agent's first heartbeat (or to destroy: never up)
+    up_s: float  # from then to destroy
     started_at: float | None  # the job started on this machine
     retry_at: float | None  # the job must rent again then (None: it is done)
     busy_s: float
@@ -80,9 +84,11 @@ def one_per_request(jobs: list[JobState], *, policy: Policy, market: Market,
             push(life.retry_at, "try", ref)
         if life.avoid:
             avoid = avoid | {got.offer.machine_id}
-        cost += life.billed_s * got.offer.price_per_hour / 3600
-        busy_s, billed_s = busy_s + life.busy_s, billed_s + life.billed_s
-        push(now + life.billed_s, "release", got.offer.machine_id)
+        cost += (life.loading_s * got.storage_per_hour
+                 + life.up_s * got.offer.price_per_hour) / 3600
+        held_s = life.loading_s + life.up_s
+        busy_s, billed_s = busy_s + life.busy_s, billed_s + held_s
+        push(now + held_s, "release", got.offer.machine_id)
     waits = [starts[i] - job.arrival_s for i, job in enumerate(jobs) if i in starts]
     return result("one GPU per request", waits_s=waits, cost=cost, busy_s=busy_s,
                   billed_s=billed_s, machines=launches)
@@ -93,13 +99,13 @@ def _lifetime(job: JobState, got: MarketOffer, fates: Fates, launch: int, policy
     boot_s = fates.boot_after_s(launch)
     if boot_s is None or boot_s > policy.boot_deadline_s:
         deadline_s = policy.boot_deadline_s
-        return _Life(deadline_s, None, now + deadline_s, 0.0, avoid=True)
+        return _Life(deadline_s, 0.0, None, now + deadline_s, 0.0, avoid=True)
     duration_s = job.work_s / got.speed
     death_s = fates.dies_after_s(launch, 0, duration_s)
     if death_s is None:
-        return _Life(boot_s + duration_s, now + boot_s, None, duration_s, avoid=False)
-    life_s = boot_s + death_s + policy.heartbeat_timeout_s
-    return _Life(life_s, now + boot_s, now + life_s, death_s, avoid=False)
+        return _Life(boot_s, duration_s, now + boot_s, None, duration_s, avoid=False)
+    up_s = death_s + policy.heartbeat_timeout_s
+    return _Life(boot_s, up_s, now + boot_s, now + boot_s + up_s, death_s, avoid=False)
 
 
 def _best(market: Market, policy: Policy, count: int) -> list[MarketOffer]:

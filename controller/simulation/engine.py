@@ -3,15 +3,21 @@
 Agents act between ticks, as they do for real: a machine pulls a job the moment it boots or
 finishes one, one job at a time. The controller acts only on ticks: it observes a ``Snapshot``,
 calls ``decide``, and applies Rent/Drain/Destroy to the model. A tick whose instance list fails
-does nothing (an outage is an alarm, never "zero instances"). Billing is the machine's price
-from rent to destroy, boot included (Vast.ai charges only storage while an image loads, so this
-overstates boot cost, for ours and the baselines alike). No wall clock anywhere.
+does nothing (an outage is an alarm, never "zero instances"). No wall clock anywhere.
+
+Two figures for money, on purpose. The *bill* is what Vast.ai charges: a machine's storage
+only, from rent until its agent is up (image pull and container start bill no GPU), then its
+full price (GPU plus storage) until it is destroyed; one that never comes up bills storage
+until it is destroyed. The *meter* is what the controller counts and the policy sees: the full
+price from the moment of the rent, booting included. It errs high on purpose, so the caps
+(``max_price_per_hour``, ``max_spend_per_day``) are replayed as the controller applies them.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import NamedTuple
 
 from msgspec import Struct
 
@@ -27,17 +33,22 @@ _DAY_S = 86_400.0
 class TickRecord(Struct, frozen=True, kw_only=True):
     now: float
     acted: bool  # False: the instance list failed, the tick did nothing
-    rate_per_hour: float  # the fleet's burn rate after the tick's actions
-    spent_today: float  # dollars since the (virtual) UTC midnight
+    rate_per_hour: float  # the fleet's burn rate after the tick's actions, as metered
+    spent_today: float  # metered dollars since the (virtual) UTC midnight
     instances: int
 
 
 class Outcome(Struct, frozen=True, kw_only=True):
     waits_s: tuple[float, ...]  # per started job: arrival to first start
-    cost: float  # dollars
+    cost: float  # dollars billed: boot_cost + idle_cost + busy_cost
+    boot_cost: float  # storage from rent until the agent is up (or destroyed, never up)
+    idle_cost: float  # full price while up and running no job: idle, draining, agent dead
+    busy_cost: float  # full price while running jobs, lost work included
+    metered_cost: float  # full price from rent to destroy: the controller's meter
     busy_s: float  # machine-seconds spent running jobs (lost work included)
-    billed_s: float  # machine-seconds billed
-    booting_s: float  # of those, before a first heartbeat (or never)
+    work_done_s: float  # encoder seconds at speed 1.0 in those (lost work included)
+    billed_s: float  # machine-seconds from rent to destroy: storage bills all of them
+    booting_s: float  # of those, before a first heartbeat (or never): no GPU billed
     machines: int  # launched
     rent_failures: int
     jobs_killed: int  # destroyed under a live agent mid-job (decide must never do this)
@@ -120,6 +131,7 @@ class _Run:
         index = m.job
         assert index is not None
         self.busy_s += now - m.job_started_at
+        m.busy_s += now - m.job_started_at
         m.job_token += 1
         if died:
             m.dead_at = m.dead_at if m.dead_at is not None else now
@@ -172,7 +184,7 @@ class _Run:
             return
         m = Machine(launch=len(self.machines), machine_id=got.offer.machine_id,
                     gpu_name=got.offer.gpu_name, price_per_hour=got.offer.price_per_hour,
-                    speed=got.speed, launched_at=now)
+                    storage_per_hour=got.storage_per_hour, speed=got.speed, launched_at=now)
         self.machines.append(m)
         self.live.append(m)
         boot_s = self.fates.boot_after_s(m.launch)
@@ -196,7 +208,8 @@ class _Run:
         return sum(m.price_per_hour for m in self.live)
 
     def bill(self, start: float, end: float) -> None:
-        """Accrue the fleet's spend over [start, end]; the fleet only changes on ticks."""
+        """Meter the fleet's spend over [start, end] at its full price, as the controller
+        does; the fleet only changes on ticks."""
         rate = self.rate()
         while start < end:
             midnight = (start // _DAY_S + 1) * _DAY_S
@@ -232,19 +245,38 @@ def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fat
             break
         run.bill(now, now + tick_s)
         now, number = now + tick_s, number + 1
-    end = now
-    ends = [m.destroyed_at if m.destroyed_at is not None else end for m in run.machines]
-    billed_s = sum(e - m.launched_at for e, m in zip(ends, run.machines, strict=True))
-    booting_s = sum(min(e, m.booted_at if m.booted_at is not None else e) - m.launched_at
-                    for e, m in zip(ends, run.machines, strict=True))
-    cost = sum(((m.destroyed_at if m.destroyed_at is not None else end) - m.launched_at)
-               * m.price_per_hour / 3600 for m in run.machines)
+    c = _costs(run.machines, end=now)
     return Outcome(
         waits_s=tuple(j.started_at - j.arrival_s for j in jobs if j.started_at is not None),
-        cost=cost, busy_s=run.busy_s, billed_s=billed_s, booting_s=booting_s,
-        machines=len(run.machines),
+        cost=c.boot + c.idle + c.busy, boot_cost=c.boot, idle_cost=c.idle, busy_cost=c.busy,
+        metered_cost=c.metered, busy_s=run.busy_s, work_done_s=c.work_done_s,
+        billed_s=c.billed_s, booting_s=c.booting_s, machines=len(run.machines),
         rent_failures=run.rent_failures, jobs_killed=run.jobs_killed, ticks=tuple(ticks),
         max_day_spend=run.max_day_spend,
-        drained_at=drained_at if drained_at is not None else end,
-        fleet_empty_at=None if run.live else end,
+        drained_at=drained_at if drained_at is not None else now,
+        fleet_empty_at=None if run.live else now,
         unfinished_jobs=len(jobs) - run.done)
+
+
+class _Costs(NamedTuple):
+    boot: float
+    idle: float
+    busy: float
+    metered: float
+    work_done_s: float
+    billed_s: float
+    booting_s: float
+
+
+def _costs(machines: list[Machine], *, end: float) -> _Costs:
+    """The bill and the meter of every machine, ``end`` standing in for destroys to come."""
+    boot = idle = busy = metered = work_done_s = billed_s = booting_s = 0.0
+    for m in machines:
+        loading_s, up_s = m.phases_s(end)
+        boot += loading_s * m.storage_per_hour / 3600
+        idle += (up_s - m.busy_s) * m.price_per_hour / 3600
+        busy += m.busy_s * m.price_per_hour / 3600
+        metered += (loading_s + up_s) * m.price_per_hour / 3600
+        work_done_s += m.busy_s * m.speed
+        billed_s, booting_s = billed_s + loading_s + up_s, booting_s + loading_s
+    return _Costs(boot, idle, busy, metered, work_done_s, billed_s, booting_s)

@@ -20,10 +20,11 @@ class Machine:
     launch: int  # 0-based launch index in the run; the instance id is f"i{launch}"
     machine_id: int
     gpu_name: str
-    price_per_hour: float
+    price_per_hour: float  # GPU plus storage, billed once the agent is up
+    storage_per_hour: float  # the disk alone, billed while the image loads
     speed: float
     launched_at: float
-    booted_at: float | None = None
+    booted_at: float | None = None  # its agent's first heartbeat
     dead_at: float | None = None  # its agent died: no more heartbeats
     draining: bool = False
     job: int | None = None  # index into the run's jobs
@@ -31,12 +32,20 @@ class Machine:
     job_started_at: float = 0.0
     job_duration_s: float = 0.0
     jobs_started: int = 0
+    busy_s: float = 0.0  # running jobs, lost work included
     idle_since: float | None = None
     destroyed_at: float | None = None
 
     @property
     def instance_id(self) -> str:
         return f"i{self.launch}"
+
+    def phases_s(self, end: float) -> tuple[float, float]:
+        """(loading, up) seconds: rent to the agent's first heartbeat (or to destroy, for one
+        that never came), then to destroy; ``end`` stands in for a destroy yet to come."""
+        gone = self.destroyed_at if self.destroyed_at is not None else end
+        up_from = self.booted_at if self.booted_at is not None else gone
+        return up_from - self.launched_at, gone - up_from
 
     def free(self) -> bool:
         """Its agent would pull a job now."""

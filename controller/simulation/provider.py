@@ -18,7 +18,7 @@ from msgspec import Struct, field, structs
 from controller.policy import Offer
 
 __all__ = ["GPU_KINDS", "Fates", "GpuKind", "Market", "MarketOffer", "ProviderModel",
-           "RandomFates", "ScheduledFates", "make_offers"]
+           "RandomFates", "ScheduledFates", "make_offers", "storage_price_per_hour"]
 
 
 class GpuKind(Struct, frozen=True):
@@ -55,16 +55,31 @@ class ProviderModel(Struct, frozen=True, kw_only=True):
     offer_away_s: float = 1800.0  # a taken offer is gone from the market this long
     list_error_p: float = 0.005  # a tick whose instance list fails: that tick does nothing
     agent_death_per_hour: float = 0.05  # per busy machine-hour; the job is redelivered
+    disk_gb: float = 20.0  # asked of every rent (the controller's default VAST_DISK_GB)
+    storage_cost_per_gb_month: float = 0.15  # a host's typical ask; offers vary around it
+    storage_spread: float = 0.5  # lognormal sigma of an offer's storage ask
+
+
+def storage_price_per_hour(storage_cost_per_gb_month: float, disk_gb: float) -> float:
+    """What Vast.ai bills for a machine's disk, per hour (a month is 720 hours there)."""
+    return storage_cost_per_gb_month * disk_gb / 720
 
 
 class MarketOffer(Struct, frozen=True, kw_only=True):
+    """One machine for rent. Vast.ai bills it ``storage_per_hour`` from rent until its
+    container runs (image pull and start: no GPU charge), then ``offer.price_per_hour`` (GPU
+    plus that storage) until it is destroyed."""
+
     offer: Offer
     speed: float  # this machine's true speed
+    storage_per_hour: float  # the disk alone: a part of offer.price_per_hour
 
 
 def make_offers(model: ProviderModel, seed: int) -> tuple[MarketOffer, ...]:
-    """The market's machines, one offer each (ids 1.., machine ids 1001..)."""
+    """The market's machines, one offer each (ids 1.., machine ids 1001..). Storage asks are
+    drawn apart from the rest, so they leave the GPUs, prices and speeds of a seed as they were."""
     rng = random.Random(f"market:{seed}")
+    storage_rng = random.Random(f"storage:{seed}")
     weights = [k.share for k in GPU_KINDS]
     made = []
     for n in range(1, model.offers + 1):
@@ -76,7 +91,11 @@ def make_offers(model: ProviderModel, seed: int) -> tuple[MarketOffer, ...]:
                       reliability=round(rng.uniform(0.90, 0.999), 3),
                       inet_down_mbps=round(rng.uniform(50, 2000)),
                       cuda_max_good=rng.choice((11.8, 12.2, 12.4, 12.8)))
-        made.append(MarketOffer(offer=offer, speed=kind.speed * rng.lognormvariate(0, 0.08)))
+        storage_cost = (model.storage_cost_per_gb_month
+                        * storage_rng.lognormvariate(0, model.storage_spread))
+        storage = min(storage_price_per_hour(storage_cost, model.disk_gb), offer.price_per_hour)
+        made.append(MarketOffer(offer=offer, speed=kind.speed * rng.lognormvariate(0, 0.08),
+                                storage_per_hour=storage))
     return tuple(made)
 
 
@@ -119,8 +138,7 @@ class Market:
 
     def _relist(self, machine_id: int) -> None:
         old = self._by_machine[machine_id]
-        fresh = MarketOffer(offer=structs.replace(old.offer, offer_id=self._next_id),
-                            speed=old.speed)
+        fresh = structs.replace(old, offer=structs.replace(old.offer, offer_id=self._next_id))
         self._next_id += 1
         self._listed[fresh.offer.offer_id] = fresh
         self._cache = None
