@@ -9,7 +9,12 @@ import pytest
 
 from controller.policy import Offer, Policy, rank_offers
 from controller.simulate import main, run_simulation
-from controller.simulation.baselines import fixed_pool, lower_bound, one_per_request
+from controller.simulation.baselines import (
+    cheapest_per_work_s,
+    fixed_pool,
+    lower_bound,
+    one_per_request,
+)
 from controller.simulation.engine import simulate_policy
 from controller.simulation.fleet import JobState
 from controller.simulation.provider import (
@@ -20,7 +25,7 @@ from controller.simulation.provider import (
     make_offers,
     storage_price_per_hour,
 )
-from controller.simulation.report import percentile
+from controller.simulation.report import cost_gap, percentile
 from controller.simulation.trace import TraceError, WorkModel, load_trace
 
 POLICY = Policy(max_instances=3, max_price_per_hour=2.0, max_spend_per_day=20.0,
@@ -120,6 +125,21 @@ def test_a_job_whose_agent_dies_is_redelivered_and_the_silent_machine_destroyed(
     assert out.waits_s == (60.0,)  # the wait ends at the first start
     assert out.busy_s == 50.0 + 100.0
     assert out.drained_at == 305.0
+
+
+def test_the_gap_to_the_lower_bound_is_boot_idle_price_ladder_and_lost_work() -> None:
+    out = simulate_policy(jobs((0.0, 100.0)), policy=POLICY, market=market(0.1, 0.2),
+                          fates=ScheduledFates(deaths={(0, 0): 0.5}))
+    gap = cost_gap(out, work_s=100.0,
+                   per_work_s=cheapest_per_work_s(POLICY, offers(0.1, 0.2)) or 0.0)
+    # As in the death test: launch 0 (0.1 $/h) is up 60-145, busy 50 s; launch 1 (0.2 $/h)
+    # is up 205-610, busy 100 s. In dollars x 3600:
+    assert gap.bound * 3600 == pytest.approx(100 * 0.1)  # the work at the cheapest price
+    assert gap.boot * 3600 == pytest.approx((60 + 60) * 0.005)  # storage while loading
+    assert gap.idle * 3600 == pytest.approx(35 * 0.1 + 305 * 0.2)  # up, no job
+    assert gap.ladder * 3600 == pytest.approx(100 * (0.2 - 0.1))  # the job ran on the dearer
+    assert gap.lost * 3600 == pytest.approx(50 * 0.1)  # half the job, done twice
+    assert gap.bound + gap.boot + gap.idle + gap.ladder + gap.lost == pytest.approx(out.cost)
 
 
 def test_the_day_budget_stops_the_fleet() -> None:

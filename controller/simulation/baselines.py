@@ -29,7 +29,7 @@ from controller.simulation.fleet import JobState
 from controller.simulation.provider import Fates, Market, MarketOffer
 from controller.simulation.report import PolicyResult, result
 
-__all__ = ["fixed_pool", "lower_bound", "one_per_request"]
+__all__ = ["cheapest_per_work_s", "fixed_pool", "lower_bound", "one_per_request"]
 
 _RETRY_S = 2.0  # the old orchestrator's pause before trying the next offer
 
@@ -131,14 +131,22 @@ def fixed_pool(jobs: list[JobState], *, size: int, policy: Policy,
                   busy_s=busy_s, billed_s=len(pool) * end, machines=len(pool))
 
 
-def lower_bound(jobs: list[JobState], *, policy: Policy,
-                offers: tuple[MarketOffer, ...]) -> PolicyResult:
+def cheapest_per_work_s(policy: Policy, offers: tuple[MarketOffer, ...]) -> float | None:
+    """Dollars per encoder second (at speed 1.0) on the acceptable offer that is cheapest for
+    its true speed, at its full price; None when no offer is acceptable."""
     speeds = {m.offer.offer_id: m.speed for m in offers}
     acceptable = rank_offers(tuple(m.offer for m in offers), policy)
     if not acceptable:
+        return None
+    return min(o.price_per_hour / speeds[o.offer_id] for o in acceptable) / 3600
+
+
+def lower_bound(jobs: list[JobState], *, policy: Policy,
+                offers: tuple[MarketOffer, ...]) -> PolicyResult:
+    per_work_s = cheapest_per_work_s(policy, offers)
+    if per_work_s is None:
         return result("lower bound", waits_s=[], cost=0.0, busy_s=0.0, billed_s=0.0,
                       machines=0, note="no acceptable offer")
-    per_work_s = min(o.price_per_hour / speeds[o.offer_id] for o in acceptable) / 3600
     work_s = sum(j.work_s for j in jobs)
     return result("lower bound", waits_s=[0.0] * len(jobs), cost=work_s * per_work_s,
                   busy_s=1.0, billed_s=1.0, machines=0, note="clairvoyant bound, not a schedule")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from msgspec import Struct
 
-__all__ = ["PolicyResult", "Report", "format_report", "percentile", "result"]
+from controller.simulation.engine import Outcome
+
+__all__ = ["CostGap", "PolicyResult", "Report", "cost_gap", "format_report", "percentile",
+           "result"]
 
 
 class PolicyResult(Struct, frozen=True, kw_only=True):
@@ -55,3 +58,22 @@ def format_report(report: Report) -> str:
         lines.append(f"{r.name:<22} {r.cost:>9.2f} {ratio:>8} {r.wait_p50_s:>11.1f} "
                      f"{r.wait_p95_s:>11.1f} {r.utilisation:>6.0%} {r.machines:>9}  {r.note}")
     return "\n".join(lines)
+
+
+class CostGap(Struct, frozen=True, kw_only=True):
+    """Where a replay's bill goes beyond the lower bound; the four parts sum to the gap."""
+
+    bound: float  # all the trace's work at the cheapest acceptable price per encoded second
+    boot: float  # storage while images load, and for machines that never came up
+    idle: float  # full price while up and running no job: idle timeouts, drains, dead agents
+    ladder: float  # busy seconds at the prices rented, less that work at the cheapest price
+    lost: float  # work done again after an agent died, at the cheapest price
+
+
+def cost_gap(outcome: Outcome, *, work_s: float, per_work_s: float) -> CostGap:
+    """``work_s``: the trace's encoder seconds at speed 1.0; ``per_work_s``: the cheapest
+    acceptable dollars per such second (``baselines.cheapest_per_work_s``)."""
+    at_cheapest = outcome.work_done_s * per_work_s
+    return CostGap(bound=work_s * per_work_s, boot=outcome.boot_cost, idle=outcome.idle_cost,
+                   ladder=outcome.busy_cost - at_cheapest,
+                   lost=(outcome.work_done_s - work_s) * per_work_s)
