@@ -134,6 +134,11 @@ def demo(out_dir: Path, seconds: int) -> None:
 
 
 async def _demo(out_dir: Path, seconds: int) -> int:
+    # SIGTERM (a CI timeout, a supervisor) unwinds like Ctrl-C: the private stack is stopped
+    # instead of leaving its nats-server and agents running.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     video, srt = make_sample(out_dir / "sample", seconds)
     click.echo(f"sample: {video} + {srt}", err=True)
     options = StackOptions(data_dir=out_dir / "stack", port=0, max_agents=1,

@@ -32,6 +32,9 @@ def client_config(**overrides: object) -> ClientConfig:
 def run_command(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM where handled
+        click.echo("interrupted", err=True)
+        return 130
     except nats.errors.NoServersError:
         click.echo("error: cannot reach NATS (is `vidfleet up` running? see --nats-url)",
                    err=True)

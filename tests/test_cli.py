@@ -149,3 +149,24 @@ def processes_with_env(entry: str) -> list[int]:
             if entry.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 found.append(pid)
     return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_sigterm_on_demo_stops_its_private_stack(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *VIDFLEET, "demo", "--out-dir", str(tmp_path / "out"), "--seconds", "5",
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        assert line, "demo exited early"
+        if line.startswith("job "):
+            break
+    proc.terminate()
+    await asyncio.wait_for(proc.stderr.read(), 60)
+    assert await asyncio.wait_for(proc.wait(), 60) == 130
+    check = await asyncio.create_subprocess_exec("pgrep", "-f", str(tmp_path / "out"))
+    assert await check.wait() == 1, "the demo's nats-server outlived it"
+    work = tmp_path / "out" / "stack" / "work"  # in the controller's and its agents' env
+    assert not processes_with_env(f"VIDFLEET_LOCAL_WORK_DIR={work}")
