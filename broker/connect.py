@@ -11,7 +11,9 @@ from typing import Any
 
 import nats
 from loguru import logger
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
+
+from broker.config import Secret
 
 __all__ = ["connect"]
 
@@ -21,10 +23,12 @@ async def connect(
     *,
     name: str,
     inbox_prefix: str | None = None,
+    credentials: Secret | None = None,
     max_reconnect_attempts: int = -1,
     **options: Any,
 ) -> Client:
-    """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default."""
+    """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default;
+    with ``credentials`` (a .creds file's text) in operator mode."""
 
     last: dict[str, float] = {}
 
@@ -53,5 +57,7 @@ async def connect(
     )
     if inbox_prefix:
         kwargs["inbox_prefix"] = inbox_prefix
+    if credentials:  # the text of a .creds file (user JWT + nkey seed)
+        kwargs["user_credentials"] = RawCredentials(credentials.reveal())
     kwargs.update(options)
     return await nats.connect(**kwargs)

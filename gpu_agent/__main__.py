@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from broker.entrypoint import run_process
 from gpu_agent.agent import Agent
@@ -24,10 +25,19 @@ async def _main(config: AgentConfig) -> None:
     await Agent(config).run(stop, force)
 
 
+def joined_jwt(env: Mapping[str, str]) -> str | None:
+    """VIDFLEET_NATS_JWT_0, _1, ... joined in order (None when absent)."""
+    pieces: list[str] = []
+    while (piece := env.get(f"VIDFLEET_NATS_JWT_{len(pieces)}")) is not None:
+        pieces.append(piece)
+    return "".join(pieces) or None
+
+
 def main() -> int:
     # What Vast.ai sets inside each container; absent elsewhere (local agents).
     platform = {"container_id": os.environ.get("CONTAINER_ID"),
-                "container_api_key": os.environ.get("CONTAINER_API_KEY")}
+                "container_api_key": os.environ.get("CONTAINER_API_KEY"),
+                "nats_jwt": joined_jwt(os.environ)}
     return run_process("agent", AgentConfig, _main, overrides=platform)
 
 

@@ -39,7 +39,7 @@ from broker.subjects import (
     agent_inbox_prefix,
     heartbeat_subject,
 )
-from gpu_agent.config import AgentConfig
+from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
 from gpu_agent.ffmpeg import run_capture
 from gpu_agent.inputs import InputFetcher
@@ -113,7 +113,8 @@ class Agent:
         if self.config.work_dir:
             os.makedirs(self.config.work_dir, exist_ok=True)
         nc = await connect(self.config.nats_url, name=self.agent_id,
-                           inbox_prefix=agent_inbox_prefix(self.agent_id))
+                           inbox_prefix=agent_inbox_prefix(self.agent_id),
+                           credentials=agent_credentials(self.config))
         try:
             js = nc.jetstream()
             worker = await self._make_worker(js, fonts_dir)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from msgspec import Struct
 
+from broker.auth import creds_of
 from broker.config import Secret
 
-__all__ = ["AgentConfig"]
+__all__ = ["AgentConfig", "agent_credentials"]
 
 _GIB = 1 << 30
 
 
 class AgentConfig(Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
+    # Credentials (operator-mode servers): a .creds file, or what the controller puts in a
+    # machine's environment: the nkey seed, and the user JWT in 250-character pieces
+    # VIDFLEET_NATS_JWT_0, _1, ... (Vast.ai caps each environment value at 256 characters).
+    creds_file: str = ""
+    nats_seed: Secret = Secret("")
+    nats_jwt: str = ""
     agent_id: str = ""  # empty: agent-<host>-<random>, made at start
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
@@ -43,3 +52,12 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     container_api_key: Secret = Secret("")
     log_level: str = "INFO"
     log_json: bool = False
+
+
+def agent_credentials(config: AgentConfig) -> Secret | None:
+    """The .creds text to connect with, or None (a server without auth)."""
+    if config.creds_file:
+        return Secret(Path(config.creds_file).read_text(encoding="utf-8"))
+    if config.nats_jwt and config.nats_seed.reveal():
+        return Secret(creds_of(config.nats_jwt, config.nats_seed))
+    return None

@@ -1,0 +1,200 @@
+"""Operator-mode auth on a real nats-server: every role's denials asserted, expiry, revocation.
+
+A denial shows up in nats-py as an async ``permissions violation`` error (the call itself times
+out or returns normally), so each check waits for that error naming the subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as Nats
+from nats.aio.client import RawCredentials
+
+from broker.auth import AuthKeys, creds_text, generate_keys, mint_user, server_config
+from broker.events import Succeeded
+from broker.jobs import CaptionJob
+from broker.server import EmbeddedServer
+from broker.subjects import FLEET_BUCKET, INPUTS_BUCKET, JOBS_STREAM
+from broker.topology import ensure_topology
+from client.api import Client
+from controller.credentials import CredentialAuthority, agent_env
+from tests.conftest import TEST_TOPOLOGY
+
+
+@dataclass
+class Secure:
+    server: EmbeddedServer
+    keys: AuthKeys
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@dataclass
+class Session:
+    nc: Nats
+    errors: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def denied(self, subject: str, action: Callable[[], Awaitable[object]]) -> None:
+        """Run ``action`` and wait for the server's permissions violation naming ``subject``."""
+        with contextlib.suppress(TimeoutError, nats.errors.Error):
+            await asyncio.wait_for(action(), 2)
+
+        async def seen() -> None:
+            while not any(subject.lower() in e.lower() and "permissions violation" in e
+                          for e in self.errors):
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(seen(), 5)
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[Secure]:
+    keys = generate_keys()
+    (tmp_path / "jwt").mkdir()
+    conf = tmp_path / "server.conf"
+    conf.write_text(server_config(keys, str(tmp_path / "jwt")))
+    server = EmbeddedServer(tmp_path / "nats", extra_args=["-c", str(conf)]).start()
+    yield Secure(server, keys)
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def session(secure: Secure, role: str, name: str,
+                  expires_in_s: float | None = 600) -> AsyncIterator[Session]:
+    minted = mint_user(secure.keys, role, name, expires_in_s=expires_in_s)  # type: ignore[arg-type]
+    out = Session(nc=None)  # type: ignore[arg-type]
+
+    async def on_error(exc: Exception) -> None:
+        out.errors.append(str(exc))
+        out.changed.set()
+
+    out.nc = await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
+                                inbox_prefix=f"_INBOX_{name}", error_cb=on_error,
+                                max_reconnect_attempts=0, allow_reconnect=False)
+    try:
+        yield out
+    finally:
+        await out.nc.close()
+
+
+@pytest.fixture
+async def topology(secure: Secure) -> None:
+    async with session(secure, "controller", "ctl") as admin:
+        await ensure_topology(admin.nc.jetstream(), TEST_TOPOLOGY)
+
+
+async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, topology) -> None:
+    async with session(secure, "agent", "vf-a1") as agent, \
+            session(secure, "agent", "vf-a2") as other:
+        js = agent.nc.jetstream()
+        await js.consumer_info(JOBS_STREAM, "agents")  # its own work: allowed
+        await agent.nc.publish("agents.vf-a1.heartbeat", b"{}")
+        await agent.denied("jobs.caption.evil", lambda: agent.nc.publish(
+            "jobs.caption.evil", b"{}"))
+        await agent.denied(f"$JS.API.STREAM.INFO.KV_{FLEET_BUCKET}",
+                           lambda: js.key_value(FLEET_BUCKET))
+        await agent.denied(f"$JS.API.STREAM.DELETE.{JOBS_STREAM}",
+                           lambda: js.delete_stream(JOBS_STREAM))
+        await agent.denied("_INBOX_vf-a2.>", lambda: agent.nc.subscribe("_INBOX_vf-a2.>"))
+        await agent.denied(f"$JS.API.STREAM.PURGE.OBJ_{INPUTS_BUCKET}",
+                           lambda: js.purge_stream(f"OBJ_{INPUTS_BUCKET}"))
+        await agent.denied("events.j1.succeeded.vf-a2", lambda: agent.nc.publish(
+            "events.j1.succeeded.vf-a2", b"{}"))  # another agent's name
+        assert not other.errors
+
+
+async def test_a_clients_credentials_cannot_touch_the_fleet_or_the_queue(secure,
+                                                                         topology) -> None:
+    async with session(secure, "client", "alice") as client:
+        js = client.nc.jetstream()
+        await client.denied("$JS.API.CONSUMER.MSG.NEXT.JOBS.agents", lambda: client.nc.request(
+            "$JS.API.CONSUMER.MSG.NEXT.JOBS.agents", b'{"batch":1}', timeout=1))
+        await client.denied("events.j1.succeeded.alice", lambda: client.nc.publish(
+            "events.j1.succeeded.alice", b"{}"))
+        await client.denied("agents.*.heartbeat",
+                            lambda: client.nc.subscribe("agents.*.heartbeat"))
+        await client.denied(f"$JS.API.STREAM.INFO.KV_{FLEET_BUCKET}",
+                            lambda: js.key_value(FLEET_BUCKET))
+        await client.denied(f"$JS.API.STREAM.DELETE.{JOBS_STREAM}",
+                            lambda: js.delete_stream(JOBS_STREAM))
+
+
+async def test_expired_credentials_are_refused(secure, topology) -> None:
+    with pytest.raises((nats.errors.Error, OSError)) as refused:
+        async with session(secure, "client", "late", expires_in_s=-60):
+            pass
+    assert "expired" in str(refused.value).lower() or "authorization" in str(
+        refused.value).lower()
+
+
+async def test_revocation_disconnects_a_live_agent(secure, topology) -> None:
+    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600,
+                                    known_agent=lambda _: None)
+    minted = authority.mint_agent("vf-doomed")
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    async def ignore(_exc: Exception) -> None:
+        pass
+
+    agent = await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
+                               inbox_prefix="_INBOX_vf-doomed", closed_cb=on_closed,
+                               error_cb=ignore, max_reconnect_attempts=1,
+                               reconnect_time_wait=0.1)
+    async with session(secure, "system", "sys") as system:
+        await authority.revoke(system.nc, minted.public_key)
+    await asyncio.wait_for(closed.wait(), 10)
+    assert agent.is_closed
+    with pytest.raises((nats.errors.Error, OSError)):
+        await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
+                           max_reconnect_attempts=0, allow_reconnect=False,
+                           error_cb=ignore)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, media_dir: Path,
+                                                             tmp_path: Path) -> None:
+    minted = mint_user(secure.keys, "agent", "vf-ok", expires_in_s=600)
+    env = {**os.environ, "VIDFLEET_NATS_URL": secure.url, "VIDFLEET_AGENT_ID": "vf-ok",
+           "VIDFLEET_WORK_DIR": str(tmp_path / "w"), "VIDFLEET_FETCH_TIMEOUT_S": "2",
+           **agent_env(minted)}
+    assert all(len(v) <= 256 for k, v in agent_env(minted).items())  # Vast.ai's env limit
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-m", "gpu_agent", env=env,
+                                                 stdout=log, stderr=log)
+    try:
+        async with session(secure, "client", "bob") as s:
+            vf = Client(s.nc)
+            receipt = await vf.submit(CaptionJob(
+                video=await vf.upload_input(media_dir / "talk.mp4"),
+                srt=await vf.upload_input(media_dir / "talk.srt")))
+            kinds = [type(e).__name__ async for e in vf.watch(receipt.job_id, timeout_s=60)]
+            done = await vf.result(receipt.job_id, timeout_s=10)
+            assert isinstance(done, Succeeded)
+            out = await vf.download(done.output, tmp_path / "out.mp4")
+            assert out.stat().st_size == done.output.size_bytes
+            assert kinds[0] == "Queued" and kinds[-1] == "Succeeded" and not s.errors
+    finally:
+        agent.terminate()
+        await agent.wait()
+        log.close()
+    agent_log = (tmp_path / "agent.log").read_text()
+    assert "violation" not in agent_log.lower()
+    assert minted.seed.reveal() not in agent_log and minted.jwt.reveal() not in agent_log
