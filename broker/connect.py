@@ -11,9 +11,9 @@ from typing import Any
 
 import nats
 from loguru import logger
-from nats.aio.client import Client, RawCredentials
+from nats.aio.client import Client
 
-from broker.config import Secret
+from broker.auth import LiveCredentials
 
 __all__ = ["connect"]
 
@@ -23,12 +23,12 @@ async def connect(
     *,
     name: str,
     inbox_prefix: str | None = None,
-    credentials: Secret | None = None,
+    credentials: LiveCredentials | None = None,
     max_reconnect_attempts: int = -1,
     **options: Any,
 ) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default;
-    with ``credentials`` (a .creds file's text) in operator mode."""
+    with ``credentials`` on an operator-mode server."""
 
     last: dict[str, float] = {}
 
@@ -57,7 +57,8 @@ async def connect(
     )
     if inbox_prefix:
         kwargs["inbox_prefix"] = inbox_prefix
-    if credentials:  # the text of a .creds file (user JWT + nkey seed)
-        kwargs["user_credentials"] = RawCredentials(credentials.reveal())
+    if credentials is not None:  # re-read at every reconnect: a renewed JWT takes effect
+        kwargs["user_jwt_cb"] = credentials.user_jwt
+        kwargs["signature_cb"] = credentials.sign
     kwargs.update(options)
     return await nats.connect(**kwargs)

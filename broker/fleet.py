@@ -26,10 +26,12 @@ __all__ = [
     "FleetInstance",
     "FleetState",
     "FleetSummary",
+    "RenewReply",
     "decode_command",
     "decode_controller_beat",
     "decode_fleet_instance",
     "decode_fleet_summary",
+    "decode_renew_reply",
     "encode",
     "instance_key",
 ]
@@ -80,6 +82,15 @@ class ControllerBeat(Struct, frozen=True, kw_only=True):
     interval_s: float
 
 
+class RenewReply(Struct, frozen=True, kw_only=True):
+    """The controller's answer on ``fleet.renew.<agent_id>``: a fresh JWT for the agent's own
+    key (the seed never travels again), or why not."""
+
+    jwt: str = ""
+    expires_at: float = 0.0
+    error: str = ""
+
+
 class AgentCommand(Struct, frozen=True, kw_only=True):
     command: Literal["drain"]
     reason: str = ""
@@ -90,13 +101,15 @@ _INSTANCE = msgspec.json.Decoder(FleetInstance)
 _SUMMARY = msgspec.json.Decoder(FleetSummary)
 _BEAT = msgspec.json.Decoder(ControllerBeat)
 _COMMAND = msgspec.json.Decoder(AgentCommand)
+_RENEW = msgspec.json.Decoder(RenewReply)
 
 
 def instance_key(label: str) -> str:
     return f"instances.{label}"
 
 
-def encode(value: FleetInstance | FleetSummary | ControllerBeat | AgentCommand) -> bytes:
+def encode(value: FleetInstance | FleetSummary | ControllerBeat | AgentCommand | RenewReply,
+           ) -> bytes:
     return _ENCODER.encode(value)
 
 
@@ -114,3 +127,7 @@ def decode_controller_beat(data: bytes) -> ControllerBeat:
 
 def decode_command(data: bytes) -> AgentCommand:
     return _COMMAND.decode(data)
+
+
+def decode_renew_reply(data: bytes) -> RenewReply:
+    return _RENEW.decode(data)

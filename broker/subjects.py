@@ -9,6 +9,7 @@ its own id, and reads replies on its own inbox prefix.
                                            id, or ``queue`` for the server-made queued event
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
     agents.<agent_id>.control              the controller's commands to one agent (drain)
+    fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
     controller.heartbeat                   the controller's liveness, for the agents' dead-man
                                            switch (core NATS, not stored)
 
@@ -44,6 +45,7 @@ __all__ = [
     "job_subject",
     "parse_event_subject",
     "parse_job_subject",
+    "renew_subject",
     "validate_job_id",
 ]
 
@@ -114,6 +116,10 @@ def heartbeat_subject(agent_id: str) -> str:
 
 def agent_control_subject(agent_id: str) -> str:
     return f"agents.{agent_id}.control"
+
+
+def renew_subject(agent_id: str) -> str:
+    return f"fleet.renew.{agent_id}"
 
 
 def agent_inbox_prefix(agent_id: str) -> str:

@@ -22,16 +22,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from broker.auth import AuthKeys, Minted, account_jwt, mint_user, user_jwt
+from broker.fleet import RenewReply, encode
+from broker.subjects import renew_subject
 
-__all__ = ["CredentialAuthority", "RenewReply", "agent_env", "push_account_jwt"]
+__all__ = ["CredentialAuthority", "agent_env", "push_account_jwt"]
 
 _JWT_PIECE = 250  # Vast.ai caps each environment value at 256 characters
-
-
-class RenewReply(msgspec.Struct, frozen=True, kw_only=True):
-    jwt: str = ""  # empty: refused (see error)
-    expires_at: float = 0.0
-    error: str = ""
 
 
 def agent_env(minted: Minted) -> dict[str, str]:
@@ -80,7 +76,7 @@ class CredentialAuthority:
         await push_account_jwt(system, self.account_jwt())
 
     async def serve_renewals(self, nc: Client) -> None:
-        self._sub = await nc.subscribe("fleet.renew.*", cb=self._on_renew)
+        self._sub = await nc.subscribe(renew_subject("*"), cb=self._on_renew)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -97,4 +93,4 @@ class CredentialAuthority:
                                        expires_in_s=self._lifetime_s, now=self._clock())
             reply = RenewReply(jwt=jwt, expires_at=expires_at or 0.0)
         if msg.reply:
-            await msg.respond(msgspec.json.encode(reply))
+            await msg.respond(encode(reply))

@@ -27,8 +27,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from broker.auth import LiveCredentials
 from broker.connect import connect
-from broker.fleet import decode_command
+from broker.fleet import decode_command, decode_renew_reply
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.jobstate import JobStates
 from broker.subjects import (
@@ -38,6 +39,7 @@ from broker.subjects import (
     agent_control_subject,
     agent_inbox_prefix,
     heartbeat_subject,
+    renew_subject,
 )
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
@@ -112,9 +114,10 @@ class Agent:
                  encoder=self.encoders.h264, failures=self.encoders.failures)
         if self.config.work_dir:
             os.makedirs(self.config.work_dir, exist_ok=True)
+        credentials = agent_credentials(self.config)
         nc = await connect(self.config.nats_url, name=self.agent_id,
                            inbox_prefix=agent_inbox_prefix(self.agent_id),
-                           credentials=agent_credentials(self.config))
+                           credentials=credentials)
         try:
             js = nc.jetstream()
             worker = await self._make_worker(js, fonts_dir)
@@ -129,6 +132,8 @@ class Agent:
                            tg.create_task(_set_when(stop, halt)),
                            tg.create_task(_set_when(deadman, halt)),
                            tg.create_task(switch.run(nc, deadman))]
+                if credentials is not None and credentials.expires_at is not None:
+                    helpers.append(tg.create_task(self._keep_credentials(nc, credentials, log)))
                 await self._pull_loop(js, worker, halt, force, log)
                 for task in helpers:
                     task.cancel()
@@ -142,6 +147,28 @@ class Agent:
             await destroy_own_instance(base_url=self.config.vast_url,
                                        instance_id=self.config.container_id,
                                        key=self.config.container_api_key)
+
+    async def _keep_credentials(self, nc: Client, credentials: LiveCredentials,
+                                log: Logger) -> None:
+        """Renew the JWT at half its remaining life and reconnect with it: the server
+        would close the connection at expiry, and nats-py would not come back. The job in
+        hand carries over (same client: its lease renewals and ack go out after the
+        reconnect)."""
+        while (expires_at := credentials.expires_at) is not None:
+            await asyncio.sleep(max(0.5, (expires_at - self._clock()) / 2))
+            try:
+                reply = decode_renew_reply((await nc.request(
+                    renew_subject(self.agent_id), b"", timeout=10)).data)
+            except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
+                log.warning("credential renewal failed, retrying: {error}",
+                            error=str(exc) or type(exc).__name__)
+                continue
+            if not reply.jwt:
+                log.error("credential renewal refused: {error}", error=reply.error)
+                continue
+            credentials.renew(reply.jwt)
+            await nc.force_reconnect()
+            log.info("credentials renewed until {until}", until=reply.expires_at)
 
     def _command_handler(self, nc: Client, halt: asyncio.Event,
                          log: Logger) -> Callable[[Msg], Awaitable[None]]:

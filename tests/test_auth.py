@@ -29,6 +29,7 @@ from broker.topology import ensure_topology
 from client.api import Client
 from controller.credentials import CredentialAuthority, agent_env
 from tests.conftest import TEST_TOPOLOGY
+from tests.media import make_video
 
 
 @dataclass
@@ -198,3 +199,42 @@ async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, m
     agent_log = (tmp_path / "agent.log").read_text()
     assert "violation" not in agent_log.lower()
     assert minted.seed.reveal() not in agent_log and minted.jwt.reveal() not in agent_log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_renewal_keeps_a_job_alive_across_expiries(secure, topology, tmp_path: Path,
+                                                         media_dir: Path) -> None:
+    lifetime_s = 6.0
+    video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
+    minted = mint_user(secure.keys, "agent", "vf-renew", expires_in_s=lifetime_s)
+    authority = CredentialAuthority(secure.keys, agent_lifetime_s=lifetime_s,
+                                    known_agent=lambda a: minted.public_key
+                                    if a == "vf-renew" else None)
+    env = {**os.environ, "VIDFLEET_NATS_URL": secure.url, "VIDFLEET_AGENT_ID": "vf-renew",
+           "VIDFLEET_WORK_DIR": str(tmp_path / "w"), "VIDFLEET_FETCH_TIMEOUT_S": "2",
+           "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5", **agent_env(minted)}
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115
+    agent = await asyncio.create_subprocess_exec(sys.executable, "-m", "gpu_agent", env=env,
+                                                 stdout=log, stderr=log)
+    try:
+        async with session(secure, "controller", "ctl") as ctl, \
+                session(secure, "client", "carol") as s:
+            await authority.serve_renewals(ctl.nc)
+            vf = Client(s.nc)
+            receipt = await vf.submit(CaptionJob(
+                video=await vf.upload_input(video),
+                srt=await vf.upload_input(media_dir / "talk.srt")))
+            done = await vf.result(receipt.job_id, timeout_s=90)
+            assert isinstance(done, Succeeded) and done.attempt == 1  # never redelivered
+            assert done.timings.total_s > lifetime_s  # it outlived the JWT it started with
+            beats = await ctl.nc.subscribe("agents.vf-renew.heartbeat")
+            await beats.next_msg(timeout=10)  # still connected afterwards
+            await authority.stop()
+    finally:
+        agent.terminate()
+        await agent.wait()
+        log.close()
+    text = (tmp_path / "agent.log").read_text()
+    assert text.count("credentials renewed") >= 2, text[-2000:]
+    assert "expired" not in text.lower() and "violation" not in text.lower()
