@@ -23,6 +23,7 @@ import re
 
 __all__ = [
     "AGENT_ID_RE",
+    "AUTH_BUCKET",
     "CONTROLLER_HEARTBEAT_SUBJECT",
     "CONTROLLER_PUBLISHER",
     "EVENTS_STREAM",
@@ -58,6 +59,7 @@ EXHAUSTED_CONSUMER = "reaper"
 EXHAUSTED_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{JOBS_CONSUMER}"
 CONTROLLER_PUBLISHER = "controller"
 CONTROLLER_HEARTBEAT_SUBJECT = "controller.heartbeat"
+AUTH_BUCKET = "auth"  # the revocation list (see broker/auth_store.py)
 FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it alone
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"

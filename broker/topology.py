@@ -25,6 +25,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from broker.subjects import (
+    AUTH_BUCKET,
     EVENTS_STREAM,
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
@@ -150,6 +151,9 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
     await _ensure_kv(js, KeyValueConfig(
         bucket=JOBSTATE_BUCKET, description="latest lifecycle event per job id", history=1,
         ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas))
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=AUTH_BUCKET, description="revoked user keys, until their JWTs expire",
+        history=1, storage=StorageType.FILE, replicas=cfg.replicas))
     await _ensure_kv(js, KeyValueConfig(
         bucket=FLEET_BUCKET, description="the controller's machines and its last summary",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))

@@ -30,6 +30,7 @@ from nats.aio.client import Client as Nats
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError
 
+from broker.auth import LiveCredentials
 from broker.connect import connect
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
 from broker.fleet import (
@@ -83,10 +84,18 @@ class Client:
         self._js = nc.jetstream()
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "vidfleet-client", **options: Any) -> Client:
+    async def connect(cls, url: str, *, name: str = "vidfleet-client",
+                      creds_file: str | Path | None = None, **options: Any) -> Client:
+        """``creds_file``: a .creds file for an operator-mode server (``vidfleet creds
+        client NAME`` writes one); replies then come on the private inbox ``_INBOX_<NAME>``,
+        the only one such credentials may read."""
+        credentials = None
+        if creds_file:
+            credentials = LiveCredentials.from_creds(Path(creds_file).read_text())
+            options.setdefault("inbox_prefix", f"_INBOX_{credentials.name}")
         # A client should fail fast when the server is unreachable, not retry forever.
         return cls(await connect(url, name=name, max_reconnect_attempts=10,
-                                 allow_reconnect=True, **options))
+                                 allow_reconnect=True, credentials=credentials, **options))
 
     async def close(self) -> None:
         await self._nc.drain()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -27,11 +28,15 @@ __all__ = ["main"]
 @click.group()
 @click.option("--nats-url", default=None, help="NATS server(s) [env VIDFLEET_NATS_URL; "
               "default nats://127.0.0.1:4222]")
+@click.option("--creds", "creds_file", default=None,
+              help="A .creds file [env VIDFLEET_CREDS_FILE; default: the one `vidfleet up` "
+              "wrote in its data dir, if any].")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
-def cli(ctx: click.Context, nats_url: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, nats_url: str | None, creds_file: str | None,
+        verbose: int) -> None:
     """vidfleet: GPU video jobs over NATS JetStream."""
-    cfg = client_config(nats_url=nats_url)
+    cfg = client_config(nats_url=nats_url, creds_file=creds_file)
     level = {0: cfg.log_level, 1: "INFO"}.get(verbose, "DEBUG")
     setup_logging("cli", level=level)
     ctx.obj = cfg
@@ -91,7 +96,7 @@ def watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None
 
 async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> int:
     failed = False
-    async with await Client.connect(cfg.nats_url) as vf:
+    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
         async for event in vf.watch(job_id, timeout_s=timeout_s):
             click.echo(encode_event(event).decode() if as_json else describe(event))
             failed = isinstance(event, Failed)
@@ -109,7 +114,7 @@ def result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> None:
 
 
 async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
-    async with await Client.connect(cfg.nats_url) as vf:
+    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
         try:
             done = await vf.result(job_id, timeout_s=None if wait else 0.5)
         except TimeoutError:
@@ -134,11 +139,24 @@ def demo(out_dir: Path, seconds: int) -> None:
 
 
 async def _demo(out_dir: Path, seconds: int) -> int:
-    # SIGTERM (a CI timeout, a supervisor) unwinds like Ctrl-C: the private stack is stopped
-    # instead of leaving its nats-server and agents running.
-    main = asyncio.current_task()
-    assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    """SIGTERM (a CI timeout, a supervisor) ends it like Ctrl-C: the private stack is stopped
+    instead of leaving its nats-server and agents running."""
+    terminated = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminated.set)
+    body = asyncio.create_task(_demo_body(out_dir, seconds))
+    until_term = asyncio.create_task(terminated.wait())
+    await asyncio.wait({body, until_term}, return_when=asyncio.FIRST_COMPLETED)
+    until_term.cancel()
+    if body.done():
+        return body.result()
+    body.cancel()  # unwinds the stack's context managers, which stop it in order
+    with contextlib.suppress(asyncio.CancelledError):
+        await body
+    click.echo("interrupted", err=True)
+    return 130
+
+
+async def _demo_body(out_dir: Path, seconds: int) -> int:
     video, srt = make_sample(out_dir / "sample", seconds)
     click.echo(f"sample: {video} + {srt}", err=True)
     options = StackOptions(data_dir=out_dir / "stack", port=0, max_agents=1,
@@ -146,7 +164,7 @@ async def _demo(out_dir: Path, seconds: int) -> int:
     async with Stack(options) as stack:
         click.echo(f"stack: nats-server at {stack.url}; controller with no agent running "
                    f"until a job waits (logs: {options.data_dir})", err=True)
-        async with await Client.connect(stack.url) as vf:
+        async with await Client.connect(stack.url, creds_file=stack.creds_file) as vf:
             job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt))
             receipt = await vf.submit(job)
             click.echo(f"job {receipt.job_id}", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,7 +20,15 @@ __all__ = ["ClientConfig", "client_config", "run_command"]
 class ClientConfig(Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     data_dir: str = "vidfleet-data"
+    # A .creds file; empty: <data_dir>/auth/admin.creds when `vidfleet up` made one there.
+    creds_file: str = ""
     log_level: str = "WARNING"
+
+    def creds(self) -> str | None:
+        if self.creds_file:
+            return self.creds_file
+        local = Path(self.data_dir) / "auth" / "admin.creds"
+        return str(local) if local.exists() else None
 
 
 def client_config(**overrides: object) -> ClientConfig:

@@ -30,7 +30,7 @@ def status(cfg: ClientConfig, as_json: bool) -> None:
 
 
 async def _status(cfg: ClientConfig, as_json: bool) -> int:
-    async with await Client.connect(cfg.nats_url) as vf:
+    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
         summary, machines = await vf.fleet()
     if as_json:
         click.echo(msgspec.json.encode({"summary": summary, "machines": machines}).decode())

@@ -23,6 +23,8 @@ from typing import IO
 
 from loguru import logger
 
+from broker.auth import LiveCredentials
+from broker.auth_store import AuthDir
 from broker.connect import connect
 from broker.server import EmbeddedServer
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
@@ -41,14 +43,21 @@ class StackOptions:
     env: dict[str, str] = field(default_factory=dict)  # extra VIDFLEET_* for controller+agents
     logs_to_files: bool = False  # True: data_dir/controller.log, data_dir/agents/<id>.log
     ready_timeout_s: float = 30.0
+    # Operator-mode auth (keys made once in data_dir/auth): agents get their own expiring
+    # credentials from the controller; our own tools use data_dir/auth/admin.creds.
+    auth: bool = True
     agent_drain_timeout_s: float = 600.0  # matches the agents' default VIDFLEET_DRAIN_TIMEOUT_S
 
 
 class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
-        self.server = EmbeddedServer(options.data_dir / "nats", host=options.host,
-                                     port=options.port)
+        self.auth = AuthDir(options.data_dir / "auth")
+        if options.auth:
+            self.auth.ensure()
+        self.server = EmbeddedServer(
+            options.data_dir / "nats", host=options.host, port=options.port,
+            extra_args=["-c", str(self.auth.server_conf)] if options.auth else [])
         self._controller: asyncio.subprocess.Process | None = None
         self._logs: list[IO[bytes]] = []
         self._supervisor: asyncio.Task[None] | None = None
@@ -59,12 +68,20 @@ class Stack:
         return self.server.url
 
     @property
+    def creds_file(self) -> Path | None:
+        """Full rights on the bus (the operator's own tools); None without auth."""
+        return self.auth.admin_creds if self.options.auth else None
+
+    @property
     def agent_log_dir(self) -> Path:
         return self.options.data_dir / "agents"
 
     async def start(self) -> None:
         self.server.start()
-        nc = await connect(self.url, name="vidfleet-stack", max_reconnect_attempts=3)
+        creds = self.creds_file
+        nc = await connect(self.url, name="vidfleet-stack", max_reconnect_attempts=3,
+                           credentials=LiveCredentials.from_creds(creds.read_text())
+                           if creds else None)
         try:
             await ensure_topology(nc.jetstream(), self.options.topology)
             beats = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT)
@@ -84,6 +101,9 @@ class Stack:
                "VIDFLEET_PROVIDER": "local",
                "VIDFLEET_LOCAL_MAX_AGENTS": str(self.options.max_agents),
                "VIDFLEET_LOCAL_WORK_DIR": str(data / "work")}
+        if self.options.auth:
+            env |= {"VIDFLEET_CREDS_FILE": str(self.auth.admin_creds),
+                    "VIDFLEET_AUTH_DIR": str(self.auth.path)}
         out: int | IO[bytes] | None = None
         if self.options.logs_to_files:
             env["VIDFLEET_LOCAL_LOG_DIR"] = str(self.agent_log_dir)

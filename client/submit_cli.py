@@ -167,7 +167,7 @@ async def _input(vf: Client, value: str) -> str:
 
 async def _submit(cfg: ClientConfig, build: Callable[[dict[str, str]], JobRequest],
                   inputs: dict[str, str], out: Path, common: dict[str, Any]) -> int:
-    async with await Client.connect(cfg.nats_url) as vf:
+    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
         refs = {name: await _input(vf, value) for name, value in inputs.items()}
         receipt = await vf.submit(build(refs), job_id=common["job_id"])
         if receipt.duplicate:

@@ -12,9 +12,12 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 from loguru import logger
 
+from broker.auth import LiveCredentials, mint_user
+from broker.auth_store import AuthDir
 from broker.connect import connect
 from broker.entrypoint import run_process
 from controller.config import ControllerConfig, policy_of
@@ -25,7 +28,7 @@ from controller.providers.local import LocalProvider
 from controller.providers.vast import VastProvider, provider_from_config
 
 # Never handed to a machine: the provider's account key stays with the controller.
-_CONTROLLER_ONLY = ("VIDFLEET_VAST_API_KEY",)
+_CONTROLLER_ONLY = ("VIDFLEET_VAST_API_KEY", "VIDFLEET_AUTH_DIR", "VIDFLEET_CREDS_FILE")
 
 
 def _provider(config: ControllerConfig) -> Provider:
@@ -48,10 +51,19 @@ async def _main(config: ControllerConfig) -> None:
     provider = _provider(config)
     # A Vast.ai agent's dead-man switch destroys its own instance through the same API.
     agent_env = {"VIDFLEET_VAST_URL": config.vast_url} if config.provider == "vast" else {}
-    nc = await connect(config.nats_url, name="vidfleet-controller")
+    credentials = (LiveCredentials.from_creds(Path(config.creds_file).read_text())
+                   if config.creds_file else None)
+    nc = await connect(config.nats_url, name="vidfleet-controller", credentials=credentials)
+    keys = AuthDir(Path(config.auth_dir)).keys() if config.auth_dir else None
+    system = None
+    if keys is not None:  # revocations are pushed to the server as its system account
+        sys_user = mint_user(keys, "system", "vidfleet-controller-sys", expires_in_s=None)
+        system = await connect(config.nats_url, name="vidfleet-controller-sys",
+                               credentials=LiveCredentials(sys_user.jwt.reveal(), sys_user.seed))
     try:
         controller = Controller(nc=nc, provider=provider, config=config,
-                                policy=policy_of(config), agent_env=agent_env)
+                                policy=policy_of(config), agent_env=agent_env, auth=keys,
+                                system=system)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Reaper(nc.jetstream()).run(stop))
             tg.create_task(controller.run(stop))
@@ -61,6 +73,8 @@ async def _main(config: ControllerConfig) -> None:
             await provider.close(force)
         elif isinstance(provider, VastProvider):
             await provider.aclose()  # rented machines stay: the next controller adopts them
+        if system is not None:
+            await system.close()
         await nc.drain()
 
 

@@ -19,6 +19,11 @@ __all__ = ["ControllerConfig", "policy_of"]
 
 class ControllerConfig(Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
+    creds_file: str = ""  # the controller's own NATS credentials (operator-mode servers)
+    # The deployment's keys (broker/auth_store.py AuthDir): set, every machine gets its own
+    # agent credentials, renewed over the bus and revoked when it is destroyed.
+    auth_dir: str = ""
+    agent_credentials_s: float = 4 * 3600.0  # an agent JWT's lifetime; renewed at half
     provider: Literal["local", "vast"] = "local"
     label_prefix: str = "vf-"  # every machine we rent is labelled <prefix><random>
     tick_s: float = 5.0  # observe -> decide -> act, this often

@@ -26,9 +26,12 @@ from msgspec import structs
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from broker.auth import AuthKeys
+from broker.auth_store import republish_account
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, encode
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, agent_control_subject
 from controller.config import ControllerConfig
+from controller.credentials import CredentialAuthority, agent_env
 from controller.fleet_store import FleetStore
 from controller.observe import Backlog, HeartbeatBook, SpeedBook, read_backlog
 from controller.policy import Action, Destroy, Drain, Offer, Policy, Rent, Snapshot, decide
@@ -46,8 +49,15 @@ _TERMINATE_RETRY_S = 15.0  # a destroying machine still listed gets terminate ag
 class Controller:
     def __init__(self, *, nc: Client, provider: Provider, config: ControllerConfig,
                  policy: Policy, agent_env: dict[str, str] | None = None,
+                 auth: AuthKeys | None = None, system: Client | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """With ``auth`` (and ``system``, a system-account connection for revocations) every
+        machine gets its own expiring agent credentials; without, agents connect as they can."""
         self._nc = nc
+        self._system = system
+        self._authority = CredentialAuthority(
+            auth, agent_lifetime_s=config.agent_credentials_s, known_agent=self._may_renew,
+            clock=clock) if auth is not None else None
         self._js = nc.jetstream()
         self._provider = provider
         self._config = config
@@ -70,6 +80,10 @@ class Controller:
         self._store: FleetStore | None = None
         self._meter: SpendMeter | None = None
 
+    def _may_renew(self, agent_id: str) -> str | None:
+        rec = self._records.get(agent_id)
+        return rec.agent_key if rec is not None and rec.state != "destroying" else None
+
     def _gpu_of(self, agent_id: str) -> str | None:
         rec = self._records.get(agent_id)
         return rec.gpu_name if rec else None
@@ -85,6 +99,10 @@ class Controller:
                                  spent=last.spent_today if last else 0.0)
         await self._beats.start(self._nc)
         await self._speeds.start(self._nc)
+        if self._authority is not None:
+            await self._authority.serve_renewals(self._nc)
+            if self._system is not None:  # a restarted server may have lost revocations
+                await republish_account(self._js, self._system, self._authority.keys)
         # A newly queued job wakes the loop at once: scaling from zero costs a boot, not a
         # boot plus a tick.
         wake = asyncio.Event()
@@ -102,6 +120,8 @@ class Controller:
                 await _wait_any(stop, wake, self._config.tick_s)
         finally:
             await queued.unsubscribe()
+            if self._authority is not None:
+                await self._authority.stop()
             await self._beats.stop()
             await self._speeds.stop()
 
@@ -150,8 +170,11 @@ class Controller:
             self._beats.forget(label)
             self._last_terminate.pop(label, None)
         for label, rec in state.records.items():
-            if self._records.get(label) != rec:
+            old = self._records.get(label)
+            if old != rec:
                 await self._store.put(rec)
+            if rec.state == "destroying" and (old is None or old.state != "destroying"):
+                await self._revoke(rec)
         self._records = dict(state.records)
         for term in state.terminate:
             await self._terminate(term)
@@ -213,10 +236,16 @@ class Controller:
         if offer is None:
             return
         label = f"{self._config.label_prefix}{secrets.token_hex(6)}"
+        env = self._env_for(label, offer)
+        agent_key = None
+        if self._authority is not None:
+            minted = self._authority.mint_agent(label)
+            env |= agent_env(minted)
+            agent_key = minted.public_key
         rec = FleetInstance(label=label, provider=self._provider.name, state="launching",
                             launched_at=now, price_per_hour=offer.price_per_hour,
                             machine_id=offer.machine_id, gpu_name=offer.gpu_name,
-                            offer_id=offer.offer_id)
+                            offer_id=offer.offer_id, agent_key=agent_key)
         await self._store.put(rec)  # the intent, before the provider hears of it
         self._records[label] = rec
         self._last_rent_at = now
@@ -226,8 +255,7 @@ class Controller:
         # An offer is rented once, whatever the answer: never ask for the same one again.
         self._offers = tuple(o for o in self._offers if o.offer_id != offer.offer_id)
         try:
-            info = await self._provider.launch(offer, label=label,
-                                               env=self._env_for(label, offer))
+            info = await self._provider.launch(offer, label=label, env=env)
         except NoCapacity as exc:
             log.info("offer gone, trying another next tick: {error}", error=str(exc))
             del self._records[label]
@@ -272,11 +300,22 @@ class Controller:
             rec = structs.replace(rec, state="destroying", reason=action.reason)
             self._records[rec.label] = rec
             await self._store.put(rec)
+            await self._revoke(rec)
         if action.avoid_machine is not None:
             self._avoid[action.avoid_machine] = self._clock() + _AVOID_S
         if rec.provider_id is not None:
             await self._terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
                                             reason=action.reason))
+
+    async def _revoke(self, rec: FleetInstance) -> None:
+        """Cut a machine's agent off the bus: a destroyed machine's credentials must be worth
+        nothing to whoever holds its disk."""
+        if self._authority is None or self._system is None or rec.agent_key is None:
+            return
+        try:
+            await self._authority.revoke(self._js, self._system, rec.agent_key)
+        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+            self._alarms.append(f"revoking {rec.label}'s credentials failed: {exc}")
 
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
         assert self._store is not None and self._meter is not None

@@ -123,7 +123,8 @@ async def test_up_runs_the_stack_and_ctrl_c_lets_the_running_job_finish(
         if m := re.search(r"NATS at (nats://\S+),", line):
             url = m.group(1)
     video = make_video(tmp_path / "mid.mp4", seconds=20, size="640x360")
-    async with await Client.connect(url) as vf:
+    creds = tmp_path / "data" / "auth" / "admin.creds"  # auth is on: made at first start
+    async with await Client.connect(url, creds_file=creds) as vf:
         receipt = await vf.submit(CaptionJob(
             video=await vf.upload_input(video),
             srt=await vf.upload_input(media_dir / "talk.srt")))
