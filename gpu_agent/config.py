@@ -6,7 +6,7 @@ from pathlib import Path
 
 from msgspec import Struct
 
-from broker.auth import creds_of
+from broker.auth import LiveCredentials
 from broker.config import Secret
 
 __all__ = ["AgentConfig", "agent_credentials"]
@@ -54,10 +54,10 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     log_json: bool = False
 
 
-def agent_credentials(config: AgentConfig) -> Secret | None:
-    """The .creds text to connect with, or None (a server without auth)."""
+def agent_credentials(config: AgentConfig) -> LiveCredentials | None:
+    """What to connect with, or None (a server without auth)."""
     if config.creds_file:
-        return Secret(Path(config.creds_file).read_text(encoding="utf-8"))
+        return LiveCredentials.from_creds(Path(config.creds_file).read_text(encoding="utf-8"))
     if config.nats_jwt and config.nats_seed.reveal():
-        return Secret(creds_of(config.nats_jwt, config.nats_seed))
+        return LiveCredentials(config.nats_jwt, config.nats_seed)
     return None

@@ -158,8 +158,9 @@ async def test_revocation_disconnects_a_live_agent(secure, topology) -> None:
                                inbox_prefix="_INBOX_vf-doomed", closed_cb=on_closed,
                                error_cb=ignore, max_reconnect_attempts=1,
                                reconnect_time_wait=0.1)
-    async with session(secure, "system", "sys") as system:
-        await authority.revoke(system.nc, minted.public_key)
+    async with session(secure, "system", "sys") as system, \
+            session(secure, "controller", "ctl") as ctl:
+        await authority.revoke(ctl.nc.jetstream(), system.nc, minted.public_key)
     await asyncio.wait_for(closed.wait(), 10)
     assert agent.is_closed
     with pytest.raises((nats.errors.Error, OSError)):
