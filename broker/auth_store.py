@@ -27,7 +27,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from broker.auth import AuthKeys, account_jwt, creds_text, generate_keys, mint_user, server_config
 from broker.subjects import AUTH_BUCKET
 
-__all__ = ["AuthDir", "push_account_jwt", "republish_account", "revoke"]
+__all__ = ["AuthDir", "push_account_jwt", "republish_account", "revoke", "write_private"]
 
 _REVOCATIONS_KEY = "revocations"
 
@@ -46,13 +46,13 @@ class AuthDir:
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o700)
         if not self.keys_file.exists():
-            _write_private(self.keys_file, msgspec.json.encode(_keys_doc(generate_keys())))
+            write_private(self.keys_file, msgspec.json.encode(_keys_doc(generate_keys())))
         keys = self.keys()
         (self.path / "jwt").mkdir(exist_ok=True)
-        _write_private(self.server_conf, server_config(keys, str(self.path / "jwt")).encode())
+        write_private(self.server_conf, server_config(keys, str(self.path / "jwt")).encode())
         if not self.admin_creds.exists():
             admin = mint_user(keys, "controller", "admin", expires_in_s=None)
-            _write_private(self.admin_creds, creds_text(admin).encode())
+            write_private(self.admin_creds, creds_text(admin).encode())
         return keys
 
     def keys(self) -> AuthKeys:
@@ -62,7 +62,7 @@ class AuthDir:
     def register_client(self, name: str, public_key: str, expires_at: float | None) -> None:
         clients = self.clients()
         clients.setdefault(name, []).append({"key": public_key, "expires_at": expires_at})
-        _write_private(self.clients_file, json.dumps(clients, indent=2).encode())
+        write_private(self.clients_file, json.dumps(clients, indent=2).encode())
 
     def clients(self) -> dict[str, list[dict[str, object]]]:
         if not self.clients_file.exists():
@@ -83,7 +83,8 @@ def _secret_hook(type_: type, obj: object) -> object:
     raise NotImplementedError
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read (keys, creds)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -98,7 +98,8 @@ class Client:
                                  allow_reconnect=True, credentials=credentials, **options))
 
     async def close(self) -> None:
-        await self._nc.drain()
+        if not self._nc.is_closed:  # the server may have closed it (revoked credentials)
+            await self._nc.drain()
 
     async def __aenter__(self) -> Client:
         return self

@@ -16,6 +16,7 @@ from broker.logs import setup_logging
 from broker.topology import TopologyConfig
 from client.api import Client
 from client.commands import ClientConfig, client_config, run_command
+from client.creds_cli import creds
 from client.display import describe
 from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
@@ -176,6 +177,7 @@ cli.add_command(submit)
 cli.add_command(status)
 cli.add_command(controller)
 cli.add_command(simulate)
+cli.add_command(creds)
 
 
 def main() -> None:

@@ -1,0 +1,61 @@
+"""``vidfleet creds client/revoke`` against the embedded stack, which runs with auth on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+
+from broker.auth import LiveCredentials
+from broker.jobs import CaptionJob
+from broker.subjects import FLEET_BUCKET
+from client.api import Client
+from client.stack import Stack, StackOptions
+from tests.test_cli import VIDFLEET
+
+
+async def cli(data_dir: Path, url: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *VIDFLEET, "--nats-url", url, *args, env={**os.environ, "VIDFLEET_DATA_DIR": str(data_dir)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_client_creds_submit_but_cannot_see_the_fleet_and_revoke_cuts_them(
+        tmp_path: Path, media_dir: Path) -> None:
+    data = tmp_path / "data"
+    async with Stack(StackOptions(data_dir=data, port=0, logs_to_files=True)) as stack:
+        creds = tmp_path / "alice.creds"
+        rc, out, err = await cli(data, stack.url, "creds", "client", "alice", "--expires", "2h",
+                                 "--out", str(creds))
+        assert rc == 0, err
+        assert "valid until" in out and oct(creds.stat().st_mode & 0o777) == "0o600"
+        assert (await cli(data, stack.url, "creds", "client", "no/slash"))[0] == 2
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        vf = await Client.connect(stack.url, creds_file=creds, closed_cb=on_closed)
+        receipt = await vf.submit(CaptionJob(
+            video=await vf.upload_input(media_dir / "talk.mp4"),
+            srt=await vf.upload_input(media_dir / "talk.srt")))
+        assert not receipt.duplicate
+        with pytest.raises((TimeoutError, nats.errors.Error)):
+            await vf._js.key_value(FLEET_BUCKET)  # the fleet is not a client's business
+        rc, out, err = await cli(data, stack.url, "creds", "revoke", "alice")
+        assert rc == 0 and "revoked" in out, err
+        await asyncio.wait_for(closed.wait(), 10)  # its live connection is cut
+        with pytest.raises((nats.errors.Error, OSError)):  # a new connection is refused
+            live = LiveCredentials.from_creds(creds.read_text())
+            await nats.connect(stack.url, user_jwt_cb=live.user_jwt, signature_cb=live.sign,
+                               allow_reconnect=False, max_reconnect_attempts=0)
+        await vf.close()
+        assert (await cli(data, stack.url, "creds", "revoke", "bob"))[0] == 1
