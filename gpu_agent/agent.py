@@ -115,9 +115,16 @@ class Agent:
         if self.config.work_dir:
             os.makedirs(self.config.work_dir, exist_ok=True)
         credentials = agent_credentials(self.config)
+        lost = asyncio.Event()  # closed for good by the server: revoked or expired credentials
+        closing = False
+
+        async def on_closed() -> None:
+            if not closing:
+                lost.set()
+
         nc = await connect(self.config.nats_url, name=self.agent_id,
                            inbox_prefix=agent_inbox_prefix(self.agent_id),
-                           credentials=credentials)
+                           credentials=credentials, closed_cb=on_closed)
         try:
             js = nc.jetstream()
             worker = await self._make_worker(js, fonts_dir)
@@ -131,6 +138,8 @@ class Agent:
                                                              self.config.drain_timeout_s)),
                            tg.create_task(_set_when(stop, halt)),
                            tg.create_task(_set_when(deadman, halt)),
+                           tg.create_task(_set_when(lost, halt)),
+                           tg.create_task(_set_when(lost, force)),
                            tg.create_task(switch.run(nc, deadman))]
                 if credentials is not None and credentials.expires_at is not None:
                     helpers.append(tg.create_task(self._keep_credentials(nc, credentials, log)))
@@ -139,10 +148,15 @@ class Agent:
                     task.cancel()
         finally:
             self.state = "stopped"
-            with contextlib.suppress(nats.errors.Error):
-                await self._publish_heartbeat(nc)
-            await nc.drain()
+            if not nc.is_closed:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._publish_heartbeat(nc)
+                closing = True
+                await nc.drain()
             log.info("agent stopped after {n} job(s)", n=self.jobs_done)
+        if lost.is_set():
+            raise RuntimeError("the server closed the connection for good (credentials "
+                               "revoked or expired); any job in hand goes to another agent")
         if deadman.is_set() and self.config.container_id:
             await destroy_own_instance(base_url=self.config.vast_url,
                                        instance_id=self.config.container_id,

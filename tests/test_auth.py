@@ -239,3 +239,49 @@ async def test_renewal_keeps_a_job_alive_across_expiries(secure, topology, tmp_p
     text = (tmp_path / "agent.log").read_text()
     assert text.count("credentials renewed") >= 2, text[-2000:]
     assert "expired" not in text.lower() and "violation" not in text.lower()
+
+
+def start_agent(secure: Secure, minted, tmp_path: Path,  # type: ignore[no-untyped-def]
+                ) -> asyncio.Future[asyncio.subprocess.Process]:
+    env = {**os.environ, "VIDFLEET_NATS_URL": secure.url, "VIDFLEET_AGENT_ID": minted.name,
+           "VIDFLEET_WORK_DIR": str(tmp_path / minted.name), "VIDFLEET_FETCH_TIMEOUT_S": "2",
+           "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5", "VIDFLEET_PROGRESS_INTERVAL_S": "0.2",
+           **agent_env(minted)}
+    log = open(tmp_path / f"{minted.name}.log", "wb")  # noqa: SIM115
+    return asyncio.ensure_future(asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gpu_agent", env=env, stdout=log, stderr=log))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_revoked_agent_is_cut_off_and_its_job_goes_to_another(
+        secure, topology, tmp_path: Path, media_dir: Path) -> None:
+    video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
+    first = mint_user(secure.keys, "agent", "vf-first", expires_in_s=600)
+    second = mint_user(secure.keys, "agent", "vf-second", expires_in_s=600)
+    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600, known_agent=lambda _: None)
+    procs = [await start_agent(secure, first, tmp_path)]
+    try:
+        async with session(secure, "controller", "ctl") as ctl, \
+                session(secure, "system", "sys") as system, \
+                session(secure, "client", "dave") as s:
+            vf = Client(s.nc)
+            receipt = await vf.submit(CaptionJob(
+                video=await vf.upload_input(video),
+                srt=await vf.upload_input(media_dir / "talk.srt")))
+            async for event in vf.watch(receipt.job_id, timeout_s=60):
+                if type(event).__name__ == "Progress":
+                    break  # the first agent holds it, mid-encode
+            await authority.revoke(ctl.nc.jetstream(), system.nc, first.public_key)
+            assert await asyncio.wait_for(procs[0].wait(), 30) == 1  # cut off: it exits
+            procs.append(await start_agent(secure, second, tmp_path))
+            done = await vf.result(receipt.job_id, timeout_s=90)
+        assert isinstance(done, Succeeded) and done.agent_id == "vf-second"
+        assert done.attempt == 2  # redelivered after the lease, not failed
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = (tmp_path / "vf-first.log").read_text()
+    assert "closed the connection for good" in text
