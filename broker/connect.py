@@ -6,6 +6,7 @@ server errors; an agent that quietly stops reconnecting strands its machine whil
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -24,11 +25,13 @@ async def connect(
     name: str,
     inbox_prefix: str | None = None,
     credentials: LiveCredentials | None = None,
+    tls_ca_file: str = "",
     max_reconnect_attempts: int = -1,
     **options: Any,
 ) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), reconnecting forever by default;
-    with ``credentials`` on an operator-mode server."""
+    with ``credentials`` on an operator-mode server. ``tls://`` URLs always verify the
+    server's certificate and host name (against ``tls_ca_file`` when given)."""
 
     last: dict[str, float] = {}
 
@@ -57,6 +60,8 @@ async def connect(
     )
     if inbox_prefix:
         kwargs["inbox_prefix"] = inbox_prefix
+    if tls_ca_file:  # a private CA; without it, tls:// servers are checked against the system's
+        kwargs["tls"] = ssl.create_default_context(cafile=tls_ca_file)
     if credentials is not None:  # re-read at every reconnect: a renewed JWT takes effect
         kwargs["user_jwt_cb"] = credentials.user_jwt
         kwargs["signature_cb"] = credentials.sign

@@ -15,7 +15,7 @@ from broker.jobs import CaptionJob
 from broker.logs import setup_logging
 from broker.topology import TopologyConfig
 from client.api import Client
-from client.commands import ClientConfig, client_config, run_command
+from client.commands import ClientConfig, client_config, open_client, run_command
 from client.creds_cli import creds
 from client.display import describe
 from client.fleet_cli import controller, simulate, status
@@ -97,7 +97,7 @@ def watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None
 
 async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> int:
     failed = False
-    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
+    async with await open_client(cfg) as vf:
         async for event in vf.watch(job_id, timeout_s=timeout_s):
             click.echo(encode_event(event).decode() if as_json else describe(event))
             failed = isinstance(event, Failed)
@@ -115,7 +115,7 @@ def result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> None:
 
 
 async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
-    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
+    async with await open_client(cfg) as vf:
         try:
             done = await vf.result(job_id, timeout_s=None if wait else 0.5)
         except TimeoutError:

@@ -12,9 +12,9 @@ import nats.errors
 from msgspec import Struct
 
 from broker.config import ConfigError, load_config
-from client.api import JobNotFound, SubmitError
+from client.api import Client, JobNotFound, SubmitError
 
-__all__ = ["ClientConfig", "client_config", "run_command"]
+__all__ = ["ClientConfig", "client_config", "open_client", "run_command"]
 
 
 class ClientConfig(Struct, frozen=True, kw_only=True):
@@ -22,6 +22,7 @@ class ClientConfig(Struct, frozen=True, kw_only=True):
     data_dir: str = "vidfleet-data"
     # A .creds file; empty: <data_dir>/auth/admin.creds when `vidfleet up` made one there.
     creds_file: str = ""
+    tls_ca_file: str = ""  # a private CA for a tls:// server (default: the system's CAs)
     log_level: str = "WARNING"
 
     def creds(self) -> str | None:
@@ -29,6 +30,12 @@ class ClientConfig(Struct, frozen=True, kw_only=True):
             return self.creds_file
         local = Path(self.data_dir) / "auth" / "admin.creds"
         return str(local) if local.exists() else None
+
+
+async def open_client(cfg: ClientConfig) -> Client:
+    """A client connection with the configured credentials and TLS trust."""
+    return await Client.connect(cfg.nats_url, creds_file=cfg.creds(),
+                                tls_ca_file=cfg.tls_ca_file)
 
 
 def client_config(**overrides: object) -> ClientConfig:

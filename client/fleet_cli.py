@@ -15,8 +15,7 @@ import click
 import msgspec
 
 from broker.fleet import FleetInstance, FleetSummary
-from client.api import Client
-from client.commands import ClientConfig, run_command
+from client.commands import ClientConfig, open_client, run_command
 
 __all__ = ["controller", "format_status", "simulate", "status"]
 
@@ -30,7 +29,7 @@ def status(cfg: ClientConfig, as_json: bool) -> None:
 
 
 async def _status(cfg: ClientConfig, as_json: bool) -> int:
-    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
+    async with await open_client(cfg) as vf:
         summary, machines = await vf.fleet()
     if as_json:
         click.echo(msgspec.json.encode({"summary": summary, "machines": machines}).decode())

@@ -15,7 +15,7 @@ import msgspec
 from broker.events import Failed, Succeeded
 from broker.jobs import AddAudioJob, CaptionJob, CaptionStyle, Img2VidJob, JobRequest, Output
 from client.api import Client
-from client.commands import ClientConfig, run_command
+from client.commands import ClientConfig, open_client, run_command
 from client.display import ProgressDisplay
 
 __all__ = ["follow_and_fetch", "submit"]
@@ -167,7 +167,7 @@ async def _input(vf: Client, value: str) -> str:
 
 async def _submit(cfg: ClientConfig, build: Callable[[dict[str, str]], JobRequest],
                   inputs: dict[str, str], out: Path, common: dict[str, Any]) -> int:
-    async with await Client.connect(cfg.nats_url, creds_file=cfg.creds()) as vf:
+    async with await open_client(cfg) as vf:
         refs = {name: await _input(vf, value) for name, value in inputs.items()}
         receipt = await vf.submit(build(refs), job_id=common["job_id"])
         if receipt.duplicate:

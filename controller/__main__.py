@@ -53,13 +53,15 @@ async def _main(config: ControllerConfig) -> None:
     agent_env = {"VIDFLEET_VAST_URL": config.vast_url} if config.provider == "vast" else {}
     credentials = (LiveCredentials.from_creds(Path(config.creds_file).read_text())
                    if config.creds_file else None)
-    nc = await connect(config.nats_url, name="vidfleet-controller", credentials=credentials)
+    nc = await connect(config.nats_url, name="vidfleet-controller", credentials=credentials,
+                       tls_ca_file=config.tls_ca_file)
     keys = AuthDir(Path(config.auth_dir)).keys() if config.auth_dir else None
     system = None
     if keys is not None:  # revocations are pushed to the server as its system account
         sys_user = mint_user(keys, "system", "vidfleet-controller-sys", expires_in_s=None)
         system = await connect(config.nats_url, name="vidfleet-controller-sys",
-                               credentials=LiveCredentials(sys_user.jwt.reveal(), sys_user.seed))
+                               credentials=LiveCredentials(sys_user.jwt.reveal(), sys_user.seed),
+                               tls_ca_file=config.tls_ca_file)
     try:
         controller = Controller(nc=nc, provider=provider, config=config,
                                 policy=policy_of(config), agent_env=agent_env, auth=keys,

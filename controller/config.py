@@ -20,6 +20,7 @@ __all__ = ["ControllerConfig", "policy_of"]
 class ControllerConfig(Struct, frozen=True, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     creds_file: str = ""  # the controller's own NATS credentials (operator-mode servers)
+    tls_ca_file: str = ""  # a private CA for a tls:// server (default: the system's CAs)
     # The deployment's keys (broker/auth_store.py AuthDir): set, every machine gets its own
     # agent credentials, renewed over the bus and revoked when it is destroyed.
     auth_dir: str = ""

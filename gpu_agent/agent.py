@@ -124,7 +124,8 @@ class Agent:
 
         nc = await connect(self.config.nats_url, name=self.agent_id,
                            inbox_prefix=agent_inbox_prefix(self.agent_id),
-                           credentials=credentials, closed_cb=on_closed)
+                           credentials=credentials, tls_ca_file=self.config.tls_ca_file,
+                           closed_cb=on_closed)
         try:
             js = nc.jetstream()
             worker = await self._make_worker(js, fonts_dir)

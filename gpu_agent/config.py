@@ -20,6 +20,7 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     # machine's environment: the nkey seed, and the user JWT in 250-character pieces
     # VIDFLEET_NATS_JWT_0, _1, ... (Vast.ai caps each environment value at 256 characters).
     creds_file: str = ""
+    tls_ca_file: str = ""  # a private CA for a tls:// server (default: the system's CAs)
     nats_seed: Secret = Secret("")
     nats_jwt: str = ""
     agent_id: str = ""  # empty: agent-<host>-<random>, made at start
