@@ -34,6 +34,8 @@ from broker.subjects import (
     JOBS_STREAM,
     JOBSTATE_BUCKET,
     RESULTS_BUCKET,
+    agent_inbox_prefix,
+    client_inbox_prefix,
     renew_subject,
 )
 
@@ -153,7 +155,7 @@ def agent_permissions() -> dict[str, Any]:
             *_object_read(INPUTS_BUCKET),
             *_object_write(RESULTS_BUCKET),
         ]},
-        "sub": {"allow": [f"_INBOX_{me}.>", f"agents.{me}.control",
+        "sub": {"allow": [f"{agent_inbox_prefix(me)}.>", f"agents.{me}.control",
                           CONTROLLER_HEARTBEAT_SUBJECT]},
         "subs": -1, "data": -1, "payload": -1,
     }
@@ -181,7 +183,7 @@ def client_permissions() -> dict[str, Any]:
             *_object_write(INPUTS_BUCKET),
             *_object_read(RESULTS_BUCKET),
         ]},
-        "sub": {"allow": [f"_INBOX_{me}.>", "events.*.*.*"]},
+        "sub": {"allow": [f"{client_inbox_prefix(me)}.>", "events.*.*.*"]},
         "subs": -1, "data": -1, "payload": -1,
     }
 

@@ -127,7 +127,9 @@ async def revoke(js: JetStreamContext, system: Client, keys: AuthKeys, user_key:
             break
         except KeyWrongLastSequenceError:
             continue  # someone else revoked at the same moment: merge with theirs
-    await push_account_jwt(system, account_jwt(keys, {k: int(v[0]) for k, v in current.items()}))
+    # Push the list as it stands now, not as we wrote it: a concurrent revoker's older push
+    # landing after ours must not be the last word.
+    await republish_account(js, system, keys)
 
 
 async def republish_account(js: JetStreamContext, system: Client, keys: AuthKeys) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "RESULTS_BUCKET",
     "agent_control_subject",
     "agent_inbox_prefix",
+    "client_inbox_prefix",
     "event_subject",
     "events_filter",
     "heartbeat_subject",
@@ -124,6 +125,12 @@ def renew_subject(agent_id: str) -> str:
     return f"fleet.renew.{agent_id}"
 
 
+def client_inbox_prefix(name: str) -> str:
+    """A client's private inbox. Agents' and clients' prefixes differ before the first dot,
+    which no name can contain, so no client name can read an agent's replies."""
+    return f"_INBOX_C.{name}"
+
+
 def agent_inbox_prefix(agent_id: str) -> str:
     """A private inbox per agent, so a grant never has to include plain ``_INBOX.>``."""
-    return f"_INBOX_{agent_id}"
+    return f"_INBOX_A.{agent_id}"

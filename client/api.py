@@ -47,6 +47,7 @@ from broker.subjects import (
     FLEET_BUCKET,
     INPUTS_BUCKET,
     JOBS_STREAM,
+    client_inbox_prefix,
     events_filter,
     job_subject,
     parse_event_subject,
@@ -87,12 +88,12 @@ class Client:
     async def connect(cls, url: str, *, name: str = "vidfleet-client",
                       creds_file: str | Path | None = None, **options: Any) -> Client:
         """``creds_file``: a .creds file for an operator-mode server (``vidfleet creds
-        client NAME`` writes one); replies then come on the private inbox ``_INBOX_<NAME>``,
+        client NAME`` writes one); replies then come on the private inbox ``_INBOX_C.<NAME>``,
         the only one such credentials may read."""
         credentials = None
         if creds_file:
             credentials = LiveCredentials.from_creds(Path(creds_file).read_text())
-            options.setdefault("inbox_prefix", f"_INBOX_{credentials.name}")
+            options.setdefault("inbox_prefix", client_inbox_prefix(credentials.name))
         # A client should fail fast when the server is unreachable, not retry forever.
         return cls(await connect(url, name=name, max_reconnect_attempts=10,
                                  allow_reconnect=True, credentials=credentials, **options))

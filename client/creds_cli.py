@@ -2,7 +2,7 @@
 
 Run where the deployment's keys are (``<data dir>/auth``, made by ``vidfleet up``). A client
 creds file can submit jobs, follow events, upload inputs and download results, and nothing
-about the fleet; it names a private inbox (``_INBOX_<NAME>``) that our client library uses.
+about the fleet; it names a private inbox (``_INBOX_C.<NAME>``) that our client library uses.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ class Stack:
 
     async def _supervise(self) -> None:
         """Restart the controller if it exits while the stack runs (after a pause, so a crash
-        loop cannot spin). Its agents carry on meanwhile; the new one adopts them."""
+        loop cannot spin). The old one's agents get SIGTERM from the kernel as it dies (they
+        finish their jobs); the new one starts agents of its own as jobs wait."""
         while not self._stopping.is_set():
             assert self._controller is not None
             exited = asyncio.create_task(self._controller.wait())
@@ -140,7 +141,8 @@ class Stack:
         timeout before a SIGKILL would turn every shutdown into lost attempts."""
         self._stopping.set()
         if self._supervisor:
-            await self._supervisor
+            with contextlib.suppress(Exception):  # a failed restart must not skip the rest
+                await self._supervisor
         proc = self._controller
         if proc is not None and proc.returncode is None:
             proc.terminate()

@@ -35,8 +35,11 @@ def _provider(config: ControllerConfig) -> Provider:
     if config.provider == "vast":
         return provider_from_config(config)
     base_env = {k: v for k, v in os.environ.items() if k not in _CONTROLLER_ONLY}
+    # Stopping waits as long as an agent may take to finish its job (its drain timeout, 600 s
+    # by default) before a SIGKILL: the first signal means "finish", not "lose the work".
     return LocalProvider(max_agents=config.local_max_agents, base_env=base_env,
-                         work_root=config.local_work_dir, log_dir=config.local_log_dir)
+                         work_root=config.local_work_dir, log_dir=config.local_log_dir,
+                         grace_s=config.local_stop_grace_s)
 
 
 async def _main(config: ControllerConfig) -> None:

@@ -51,6 +51,7 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     min_cuda: float = 11.0
     # local provider
     local_max_agents: int = 2
+    local_stop_grace_s: float = 660.0  # an agent's drain timeout plus a margin
     local_work_dir: str = ""  # agents work in <dir>/<label>; empty: temporary directories
     local_log_dir: str = ""  # agents log to <dir>/<label>.log; empty: the controller's stderr
     # vast provider

@@ -64,7 +64,9 @@ class Controller:
         self._policy = policy
         self._agent_env = dict(agent_env or {})
         self._clock = clock
-        self._started_at = clock()
+        self._heard_since = clock()  # heartbeats before this were not heard by us
+        self._reconnects = 0
+        self._unrevoked: dict[str, str] = {}  # label -> user key still to revoke
         self._records: dict[str, FleetInstance] = {}
         self._beats = HeartbeatBook(clock)
         self._speeds = SpeedBook(self._gpu_of)
@@ -91,6 +93,9 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         self._store = await FleetStore.open(self._js)
         self._records = await self._store.load()
+        # A crash between "destroying" and its revocation must not leave the key valid.
+        self._unrevoked = {r.label: r.agent_key for r in self._records.values()
+                           if r.state == "destroying" and r.agent_key}
         last = await self._store.summary()
         # Resume from the last summary: the first accrual also charges the time this
         # controller was down, at the rate of the machines on record.
@@ -116,7 +121,13 @@ class Controller:
         try:
             while not stop.is_set():
                 wake.clear()
-                await self.tick()
+                try:
+                    await self.tick()
+                except (nats.errors.Error, TimeoutError, OSError, ProviderError) as exc:
+                    # The bus or the provider is in trouble (a leader change, a restart): a
+                    # controller that exits here leaves every machine billing unsupervised.
+                    logger.warning("tick failed, next one in {s}s: {error}",
+                                   s=self._config.tick_s, error=str(exc) or type(exc).__name__)
                 await _wait_any(stop, wake, self._config.tick_s)
         finally:
             await queued.unsubscribe()
@@ -127,8 +138,16 @@ class Controller:
 
     async def tick(self) -> None:
         now = self._clock()
-        await self._beat(now)
+        if self._nc.stats["reconnects"] != self._reconnects:
+            # Heartbeats sent while we were cut off never arrived: count from now, or every
+            # machine reads as silent and is destroyed mid-job.
+            self._reconnects = self._nc.stats["reconnects"]
+            self._heard_since = now
         listed = await self._list()
+        if listed is not None:
+            # Only a controller that can see its machines keeps the agents' dead-man switch
+            # quiet; one that cannot act (say, a revoked provider key) lets idle agents go.
+            await self._beat(now)
         state = reconcile(self._records, listed, self._beats.seen, now=now,
                           launch_grace_s=self._config.tick_s * 3 + 60.0,
                           heartbeat_timeout_s=self._policy.heartbeat_timeout_s)
@@ -139,6 +158,8 @@ class Controller:
         if self._paused:
             self._alarms.append(f"renting paused until restart: {self._paused}")
         await self._apply(state)
+        await self._retry_revocations()
+        await self._resend_drains()
         backlog = await self._backlog()
         if state.trusted and backlog is not None:
             await self._decide_and_act(now, backlog, state)
@@ -164,18 +185,23 @@ class Controller:
 
     async def _apply(self, state: Reconciled) -> None:
         assert self._store is not None
+        previous, self._records = self._records, dict(state.records)
         for label in state.forget:
             logger.info("machine gone; record removed", instance_id=label)
+            gone = previous.get(label)
+            if gone is not None and gone.agent_key and gone.state != "destroying":
+                self._unrevoked[label] = gone.agent_key  # vanished: its key must still go
             await self._store.delete(label)
             self._beats.forget(label)
             self._last_terminate.pop(label, None)
         for label, rec in state.records.items():
-            old = self._records.get(label)
+            old = previous.get(label)
+            newly_destroying = rec.state == "destroying" and (old is None
+                                                              or old.state != "destroying")
+            if newly_destroying and rec.agent_key:
+                self._unrevoked[label] = rec.agent_key
             if old != rec:
                 await self._store.put(rec)
-            if rec.state == "destroying" and (old is None or old.state != "destroying"):
-                await self._revoke(rec)
-        self._records = dict(state.records)
         for term in state.terminate:
             await self._terminate(term)
 
@@ -195,7 +221,7 @@ class Controller:
 
     async def _decide_and_act(self, now: float, backlog: Backlog, state: Reconciled) -> None:
         instances = snapshot_instances(self._records, self._beats.seen,
-                                       started_at=self._started_at)
+                                       started_at=self._heard_since)
         live = sum(1 for i in instances if i.state != "draining")
         wants_more = (backlog.queued_jobs + backlog.running_jobs > live
                       or live < self._policy.min_warm)
@@ -286,8 +312,8 @@ class Controller:
             return
         logger.bind(instance_id=rec.label).info("draining: {reason}", reason=action.reason)
         rec = structs.replace(rec, state="draining", reason=action.reason)
+        await self._store.put(rec)  # first: if it fails, next tick drains again
         self._records[rec.label] = rec
-        await self._store.put(rec)
         await self._nc.publish(agent_control_subject(rec.label),
                                encode(AgentCommand(command="drain", reason=action.reason)))
 
@@ -299,23 +325,39 @@ class Controller:
         if rec.state != "destroying":
             rec = structs.replace(rec, state="destroying", reason=action.reason)
             self._records[rec.label] = rec
+            if rec.agent_key:
+                self._unrevoked[rec.label] = rec.agent_key
             await self._store.put(rec)
-            await self._revoke(rec)
+            await self._retry_revocations()
         if action.avoid_machine is not None:
             self._avoid[action.avoid_machine] = self._clock() + _AVOID_S
         if rec.provider_id is not None:
             await self._terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
                                             reason=action.reason))
 
-    async def _revoke(self, rec: FleetInstance) -> None:
-        """Cut a machine's agent off the bus: a destroyed machine's credentials must be worth
-        nothing to whoever holds its disk."""
-        if self._authority is None or self._system is None or rec.agent_key is None:
+    async def _retry_revocations(self) -> None:
+        """Cut destroyed or vanished machines' agents off the bus, retried every tick until
+        the server has it: their credentials must be worth nothing to whoever holds the disk."""
+        if self._authority is None or self._system is None:
+            self._unrevoked.clear()
             return
-        try:
-            await self._authority.revoke(self._js, self._system, rec.agent_key)
-        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
-            self._alarms.append(f"revoking {rec.label}'s credentials failed: {exc}")
+        for label, key in list(self._unrevoked.items()):
+            try:
+                await self._authority.revoke(self._js, self._system, key)
+            except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+                self._alarms.append(f"revoking {label}'s credentials failed, retrying: {exc}")
+                return
+            del self._unrevoked[label]
+            logger.bind(instance_id=label).info("agent credentials revoked")
+
+    async def _resend_drains(self) -> None:
+        """A drain command is fire-and-forget (core NATS): one sent while the agent was
+        reconnecting is lost, and the machine would bill on as 'unconfirmed'. Repeat it until
+        the agent says it is draining."""
+        for rec in self._records.values():
+            if rec.state == "draining" and rec.agent_state not in ("draining", "stopped"):
+                await self._nc.publish(agent_control_subject(rec.label), encode(
+                    AgentCommand(command="drain", reason=rec.reason or "")))
 
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
         assert self._store is not None and self._meter is not None

@@ -61,6 +61,12 @@ class HeartbeatBook:
         except msgspec.DecodeError:
             logger.warning("undecodable heartbeat on {subject}", subject=msg.subject)
             return
+        # The subject is what the server checked against the sender's rights; a body naming
+        # another agent is a forgery (it could get that machine destroyed mid-job).
+        if msg.subject.split(".")[1] != beat.agent_id:
+            logger.warning("heartbeat for {claimed} on {subject} ignored",
+                           claimed=beat.agent_id, subject=msg.subject)
+            return
         self.seen[beat.agent_id] = Seen(beat=beat, received_at=self._clock())
 
     def forget(self, agent_id: str) -> None:

@@ -83,12 +83,14 @@ def reconcile(records: dict[str, FleetInstance], listed: list[InstanceInfo] | No
     for label, rec in list(out.records.items()):
         if label in by_label:
             continue
-        if rec.state == "launching" and now - rec.launched_at < launch_grace_s:
+        fresh = now - rec.launched_at < launch_grace_s
+        if fresh and (rec.state == "launching"
+                      or (rec.state == "booting" and rec.first_heartbeat_at is None)):
             continue  # the create may still be in flight, or the list lags behind it
         del out.records[label]
         out.forget.append(label)
     return Reconciled(records=out.records, forget=out.forget, terminate=out.terminate,
-                      alarms=out.alarms, misconfigured=out.misconfigured)
+                      alarms=[], misconfigured=out.misconfigured)
 
 
 class _Outcome:
@@ -96,7 +98,6 @@ class _Outcome:
         self.records = dict(records)
         self.forget: list[str] = []
         self.terminate: list[Terminate] = []
-        self.alarms: list[str] = []
         self.misconfigured: str | None = None
 
     def match(self, rec: FleetInstance, info: InstanceInfo) -> None:

@@ -2,8 +2,9 @@
 
 The meter charges every machine we hold, from the moment its rent is recorded until it is
 verified gone, at its price per hour: that is when a provider bills (Vast.ai bills a booting
-machine's storage and a draining one's GPU). It errs high, never low, because the daily cap is
-only as good as this figure.
+machine's storage and a draining one's GPU), at the full price even while an image loads, so
+for the machines on record it errs high, because the daily cap is only as good as this figure.
+Orphans (not on record) are not charged here; they are destroyed within a tick or two.
 """
 
 from __future__ import annotations

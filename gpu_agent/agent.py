@@ -158,7 +158,9 @@ class Agent:
         if lost.is_set():
             raise RuntimeError("the server closed the connection for good (credentials "
                                "revoked or expired); any job in hand goes to another agent")
-        if deadman.is_set() and self.config.container_id:
+        # No controller, or credentials lost for good (revoked, or expired while the controller
+        # was away): either way nothing will use this machine again, so it must not bill on.
+        if (deadman.is_set() or lost.is_set()) and self.config.container_id:
             await destroy_own_instance(base_url=self.config.vast_url,
                                        instance_id=self.config.container_id,
                                        key=self.config.container_api_key)

@@ -24,7 +24,13 @@ from broker.auth import AuthKeys, creds_text, generate_keys, mint_user, server_c
 from broker.events import Succeeded
 from broker.jobs import CaptionJob
 from broker.server import EmbeddedServer
-from broker.subjects import FLEET_BUCKET, INPUTS_BUCKET, JOBS_STREAM
+from broker.subjects import (
+    FLEET_BUCKET,
+    INPUTS_BUCKET,
+    JOBS_STREAM,
+    agent_inbox_prefix,
+    client_inbox_prefix,
+)
 from broker.topology import ensure_topology
 from client.api import Client
 from controller.credentials import CredentialAuthority, agent_env
@@ -84,7 +90,9 @@ async def session(secure: Secure, role: str, name: str,
         out.changed.set()
 
     out.nc = await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
-                                inbox_prefix=f"_INBOX_{name}", error_cb=on_error,
+                                inbox_prefix=(agent_inbox_prefix(name) if role == "agent"
+                                              else client_inbox_prefix(name)),
+                                error_cb=on_error,
                                 max_reconnect_attempts=0, allow_reconnect=False)
     try:
         yield out
@@ -110,7 +118,10 @@ async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, top
                            lambda: js.key_value(FLEET_BUCKET))
         await agent.denied(f"$JS.API.STREAM.DELETE.{JOBS_STREAM}",
                            lambda: js.delete_stream(JOBS_STREAM))
-        await agent.denied("_INBOX_vf-a2.>", lambda: agent.nc.subscribe("_INBOX_vf-a2.>"))
+        await agent.denied("_INBOX_A.vf-a2.>",
+                           lambda: agent.nc.subscribe("_INBOX_A.vf-a2.>"))
+        await agent.denied("_INBOX_C.vf-a1.>",  # a client inbox of the same name
+                           lambda: agent.nc.subscribe("_INBOX_C.vf-a1.>"))
         await agent.denied(f"$JS.API.STREAM.PURGE.OBJ_{INPUTS_BUCKET}",
                            lambda: js.purge_stream(f"OBJ_{INPUTS_BUCKET}"))
         await agent.denied("events.j1.succeeded.vf-a2", lambda: agent.nc.publish(
@@ -155,7 +166,7 @@ async def test_revocation_disconnects_a_live_agent(secure, topology) -> None:
         pass
 
     agent = await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
-                               inbox_prefix="_INBOX_vf-doomed", closed_cb=on_closed,
+                               inbox_prefix=agent_inbox_prefix("vf-doomed"), closed_cb=on_closed,
                                error_cb=ignore, max_reconnect_attempts=1,
                                reconnect_time_wait=0.1)
     async with session(secure, "system", "sys") as system, \
@@ -207,7 +218,7 @@ async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, m
 async def test_renewal_keeps_a_job_alive_across_expiries(secure, topology, tmp_path: Path,
                                                          media_dir: Path) -> None:
     lifetime_s = 6.0
-    video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
+    video = make_video(tmp_path / "long.mp4", seconds=90, size="640x360")
     minted = mint_user(secure.keys, "agent", "vf-renew", expires_in_s=lifetime_s)
     authority = CredentialAuthority(secure.keys, agent_lifetime_s=lifetime_s,
                                     known_agent=lambda a: minted.public_key
@@ -228,7 +239,8 @@ async def test_renewal_keeps_a_job_alive_across_expiries(secure, topology, tmp_p
                 srt=await vf.upload_input(media_dir / "talk.srt")))
             done = await vf.result(receipt.job_id, timeout_s=90)
             assert isinstance(done, Succeeded) and done.attempt == 1  # never redelivered
-            assert done.timings.total_s > lifetime_s  # it outlived the JWT it started with
+            assert minted.expires_at is not None
+            assert done.at > minted.expires_at  # it outlived the JWT the agent started with
             beats = await ctl.nc.subscribe("agents.vf-renew.heartbeat")
             await beats.next_msg(timeout=10)  # still connected afterwards
             await authority.stop()

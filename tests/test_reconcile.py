@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from msgspec import structs
+
 from broker.fleet import FleetInstance, FleetState
-from broker.heartbeats import Heartbeat
+from broker.heartbeats import Heartbeat, encode_heartbeat
+from controller.observe import HeartbeatBook
 from controller.providers.base import InstanceInfo, InstanceState
 from controller.reconcile import UNCONFIRMED_DRAIN, Seen, reconcile, snapshot_instances
 from controller.spend import SpendMeter
@@ -124,3 +129,27 @@ def test_spend_meter_accrues_resumes_and_rolls_over_at_utc_midnight() -> None:
     assert resumed.accrue(2.0, midnight + 1800) == 1.0  # only the half hour since midnight
     assert resumed.day == "2027-01-16"
     assert SpendMeter(now=midnight, day="2027-01-15", spent=9.0).spent == 0.0
+
+
+def test_a_rented_machine_the_list_does_not_show_yet_is_kept_within_the_grace() -> None:
+    just_rented = rec("vf-new", "booting", first_beat=None, agent_state=None,
+                      launched_at=NOW - 10)
+    assert run([just_rented], []).records == {"vf-new": just_rented}
+    assert run([structs.replace(just_rented, launched_at=NOW - 90)], []).forget == ["vf-new"]
+
+
+async def test_a_heartbeat_naming_another_agent_is_ignored(nc) -> None:  # type: ignore[no-untyped-def]
+    book = HeartbeatBook(clock=lambda: NOW)
+    await book.start(nc)
+    forged = Heartbeat(agent_id="vf-victim", state="stopped", at=NOW, encoder="x")
+    honest = Heartbeat(agent_id="vf-liar", state="idle", at=NOW, encoder="x")
+    await nc.publish("agents.vf-liar.heartbeat", encode_heartbeat(forged))
+    await nc.publish("agents.vf-liar.heartbeat", encode_heartbeat(honest))
+    await nc.flush()
+    async def honest_seen() -> None:  # it arrives after the forged one
+        while "vf-liar" not in book.seen:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(honest_seen(), 5)
+    assert "vf-victim" not in book.seen
+    await book.stop()

@@ -393,7 +393,10 @@ def provider_from_config(config: ControllerConfig) -> VastProvider:
             disk_gb=config.vast_disk_gb, bid_price_per_hour=bid if bid > 0 else None,
             min_gpu_ram_mb=config.min_gpu_ram_mb, min_reliability=config.min_reliability,
             min_inet_down_mbps=config.min_inet_down_mbps, min_cuda=config.min_cuda,
-            max_price_per_hour=config.max_offer_price_per_hour)
+            max_price_per_hour=config.max_offer_price_per_hour,
+            # The loop re-sends a destroy every 15 s until the machine is gone; waiting out
+            # eight attempts here would stall renting, drains and heartbeats meanwhile.
+            destroy_attempts=2)
     except ValueError as exc:
         raise ConfigError(f"bad vast configuration: {exc}") from None
     return VastProvider(vast)
