@@ -59,8 +59,9 @@ from broker.subjects import INPUTS_BUCKET  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
 from client.api import Client  # noqa: E402
 from client.sample import make_video  # noqa: E402
-from gpu_agent.agent import Agent, find_fonts_dir  # noqa: E402
+from gpu_agent.agent import Agent  # noqa: E402
 from gpu_agent.config import AgentConfig  # noqa: E402
+from gpu_agent.fonts import find_fonts_dir  # noqa: E402
 from gpu_agent.media import INPUT_FORMATS  # noqa: E402
 from gpu_agent.ops.caption import caption_argv  # noqa: E402
 from gpu_agent.srt import Cue, format_srt  # noqa: E402

@@ -42,14 +42,11 @@ from broker.subjects import (
 __all__ = [
     "ACCOUNT_NAME",
     "AuthKeys",
-    "LiveCredentials",
     "Minted",
     "Role",
     "account_jwt",
     "agent_permissions",
     "client_permissions",
-    "creds_of",
-    "creds_text",
     "generate_keys",
     "mint_user",
     "operator_jwt",
@@ -259,69 +256,6 @@ def user_jwt(keys: AuthKeys, role: Role, name: str, user_key: str, *,
         expires_at = int(now + expires_in_s)
         claims["exp"] = expires_at
     return _encode(claims, signer, now), (float(expires_at) if expires_at else None)
-
-
-def creds_text(minted: Minted) -> str:
-    """The ``.creds`` file every NATS client reads (nats-py: ``user_credentials=path``)."""
-    return creds_of(minted.jwt.reveal(), minted.seed)
-
-
-def creds_of(jwt: str, seed: Secret) -> str:
-    return (f"-----BEGIN NATS USER JWT-----\n{jwt}\n"
-            "------END NATS USER JWT------\n\n"
-            "************************* IMPORTANT *************************\n"
-            "NKEY Seed printed below can be used to sign and prove identity.\n"
-            "NKEYs are sensitive and should be treated as secrets.\n\n"
-            f"-----BEGIN USER NKEY SEED-----\n{seed.reveal()}\n"
-            "------END USER NKEY SEED------\n")
-
-
-class LiveCredentials:
-    """A user's credentials as a connection re-reads them at every (re)connect: ``renew``
-    swaps in a fresh JWT for the same key, and the next reconnect authenticates with it.
-
-    nats-py closes a connection for good when the server expires its JWT, so a long-lived
-    process renews ahead of time and forces a reconnect itself (``Client.force_reconnect``);
-    its subscriptions, pending publishes and held messages carry over on the same client.
-    """
-
-    def __init__(self, jwt: str, seed: Secret) -> None:
-        self._jwt = jwt
-        self._seed = seed
-
-    @classmethod
-    def from_creds(cls, text: str) -> LiveCredentials:
-        blocks = [part.split("-----")[0].strip() for part in text.split("-----\n")[1:]]
-        jwt = next(b for b in blocks if b.startswith("ey"))
-        seed = next(b for b in blocks if b.startswith("SU"))
-        return cls(jwt, Secret(seed))
-
-    def renew(self, jwt: str) -> None:
-        self._jwt = jwt
-
-    @property
-    def claims(self) -> dict[str, Any]:
-        body = self._jwt.split(".")[1]
-        data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        return data
-
-    @property
-    def name(self) -> str:
-        return str(self.claims.get("name", ""))
-
-    @property
-    def expires_at(self) -> float | None:
-        exp = self.claims.get("exp")
-        return float(exp) if exp else None
-
-    def user_jwt(self) -> bytes:
-        return self._jwt.encode()
-
-    def sign(self, nonce: str) -> bytes:
-        return base64.b64encode(_pair(self._seed).sign(nonce.encode()))
-
-    def __repr__(self) -> str:
-        return f"LiveCredentials(name={self.name!r}, jwt=***, seed=***)"
 
 
 def server_config(keys: AuthKeys, resolver_dir: str, now: float | None = None) -> str:

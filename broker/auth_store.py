@@ -24,7 +24,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from broker.auth import AuthKeys, account_jwt, creds_text, generate_keys, mint_user, server_config
+from broker.auth import AuthKeys, account_jwt, generate_keys, mint_user, server_config
+from broker.creds import creds_text
 from broker.subjects import AUTH_BUCKET
 
 __all__ = ["AuthDir", "push_account_jwt", "republish_account", "revoke", "write_private"]

@@ -14,7 +14,7 @@ import nats
 from loguru import logger
 from nats.aio.client import Client
 
-from broker.auth import LiveCredentials
+from broker.creds import LiveCredentials
 
 __all__ = ["connect"]
 

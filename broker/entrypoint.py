@@ -4,6 +4,7 @@ code (0 done, 1 could not do its work, 2 bad configuration)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -15,9 +16,23 @@ from msgspec import Struct
 from broker.config import ConfigError, load_config
 from broker.logs import setup_logging
 
-__all__ = ["run_process"]
+__all__ = ["run_process", "stop_signals"]
 
 C = TypeVar("C", bound=Struct)
+
+
+def stop_signals() -> tuple[asyncio.Event, asyncio.Event]:
+    """(stop, force): the first SIGTERM/SIGINT sets ``stop`` (finish what is in hand), the
+    second ``force`` (hand it back now). Call from inside the running loop."""
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    return stop, force
 
 
 def run_process(component: str, config_type: type[C],

@@ -30,8 +30,8 @@ from nats.aio.client import Client as Nats
 from nats.js.api import DeliverPolicy
 from nats.js.errors import APIError
 
-from broker.auth import LiveCredentials
 from broker.connect import connect
+from broker.creds import LiveCredentials
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
 from broker.fleet import (
     SUMMARY_KEY,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import click
 
-from broker.auth import LiveCredentials, creds_text, mint_user
+from broker.auth import mint_user
 from broker.auth_store import AuthDir, revoke, write_private
 from broker.connect import connect
+from broker.creds import LiveCredentials, creds_text
 from client.commands import ClientConfig, run_command
 
 __all__ = ["creds"]

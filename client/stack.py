@@ -23,9 +23,9 @@ from typing import IO
 
 from loguru import logger
 
-from broker.auth import LiveCredentials
 from broker.auth_store import AuthDir
 from broker.connect import connect
+from broker.creds import LiveCredentials
 from broker.server import EmbeddedServer
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from broker.topology import TopologyConfig, ensure_topology

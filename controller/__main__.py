@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
 from loguru import logger
 
-from broker.auth import LiveCredentials, mint_user
+from broker.auth import mint_user
 from broker.auth_store import AuthDir
 from broker.connect import connect
-from broker.entrypoint import run_process
+from broker.creds import LiveCredentials
+from broker.entrypoint import run_process, stop_signals
 from controller.config import ControllerConfig, policy_of
 from controller.dead_letters import Reaper
 from controller.loop import Controller
@@ -43,14 +43,7 @@ def _provider(config: ControllerConfig) -> Provider:
 
 
 async def _main(config: ControllerConfig) -> None:
-    stop, force = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        (force if stop.is_set() else stop).set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop, force = stop_signals()
     provider = _provider(config)
     # A Vast.ai agent's dead-man switch destroys its own instance through the same API.
     agent_env = {"VIDFLEET_VAST_URL": config.vast_url} if config.provider == "vast" else {}

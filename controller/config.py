@@ -63,8 +63,13 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     log_json: bool = False
 
-    def agents_connect_to(self) -> str:
-        return self.agent_nats_url or self.nats_url
+    def agent_env(self, label: str, price_per_hour: float) -> dict[str, str]:
+        """The settings a machine's agent gets (its credentials are added by the caller)."""
+        return {"VIDFLEET_NATS_URL": self.agent_nats_url or self.nats_url,
+                "VIDFLEET_AGENT_ID": label,
+                "VIDFLEET_PRICE_PER_HOUR": repr(price_per_hour),
+                "VIDFLEET_DEADMAN_S": repr(self.agent_deadman_s),
+                "VIDFLEET_HEARTBEAT_INTERVAL_S": repr(self.agent_heartbeat_interval_s)}
 
 
 def policy_of(config: ControllerConfig) -> Policy:

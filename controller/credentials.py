@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import nats.errors
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -48,6 +49,24 @@ class CredentialAuthority:
         self._known_agent = known_agent
         self._clock = clock
         self._sub: Subscription | None = None
+        self._unrevoked: dict[str, str] = {}  # label -> user key still to revoke
+
+    def queue_revocation(self, label: str, user_key: str) -> None:
+        """Revoke at the next ``flush_revocations`` (and after it, until it works)."""
+        self._unrevoked[label] = user_key
+
+    async def flush_revocations(self, js: JetStreamContext, system: Client) -> str | None:
+        """Cut destroyed or vanished machines' agents off the bus; an alarm when the server
+        could not be told (retried next time): their credentials must be worth nothing to
+        whoever holds the disk."""
+        for label, key in list(self._unrevoked.items()):
+            try:
+                await self.revoke(js, system, key)
+            except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+                return f"revoking {label}'s credentials failed, retrying: {exc}"
+            del self._unrevoked[label]
+            logger.bind(instance_id=label).info("agent credentials revoked")
+        return None
 
     def mint_agent(self, agent_id: str) -> Minted:
         return mint_user(self.keys, "agent", agent_id, expires_in_s=self._lifetime_s,

@@ -33,7 +33,7 @@ from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, agent_control_subject
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority, agent_env
 from controller.fleet_store import FleetStore
-from controller.observe import Backlog, HeartbeatBook, SpeedBook, read_backlog
+from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
 from controller.policy import Action, Destroy, Drain, Offer, Policy, Rent, Snapshot, decide
 from controller.providers.base import InstanceInfo, NoCapacity, Provider, ProviderError
 from controller.reconcile import Reconciled, Terminate, reconcile, snapshot_instances
@@ -66,12 +66,10 @@ class Controller:
         self._clock = clock
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
-        self._unrevoked: dict[str, str] = {}  # label -> user key still to revoke
         self._records: dict[str, FleetInstance] = {}
         self._beats = HeartbeatBook(clock)
         self._speeds = SpeedBook(self._gpu_of)
-        self._offers: tuple[Offer, ...] = ()
-        self._offers_at = float("-inf")
+        self._offers = OfferBook(provider, ttl_s=_OFFERS_TTL_S)
         self._avoid: dict[int, float] = {}  # machine id -> avoid until
         self._last_rent_at: float | None = None
         self._last_terminate: dict[str, float] = {}
@@ -94,8 +92,9 @@ class Controller:
         self._store = await FleetStore.open(self._js)
         self._records = await self._store.load()
         # A crash between "destroying" and its revocation must not leave the key valid.
-        self._unrevoked = {r.label: r.agent_key for r in self._records.values()
-                           if r.state == "destroying" and r.agent_key}
+        for r in self._records.values():
+            if r.state == "destroying" and r.agent_key:
+                self._queue_revocation(r.label, r.agent_key)
         last = await self._store.summary()
         # Resume from the last summary: the first accrual also charges the time this
         # controller was down, at the rate of the machines on record.
@@ -190,7 +189,7 @@ class Controller:
             logger.info("machine gone; record removed", instance_id=label)
             gone = previous.get(label)
             if gone is not None and gone.agent_key and gone.state != "destroying":
-                self._unrevoked[label] = gone.agent_key  # vanished: its key must still go
+                self._queue_revocation(label, gone.agent_key)  # vanished: its key must go too
             await self._store.delete(label)
             self._beats.forget(label)
             self._last_terminate.pop(label, None)
@@ -199,7 +198,7 @@ class Controller:
             newly_destroying = rec.state == "destroying" and (old is None
                                                               or old.state != "destroying")
             if newly_destroying and rec.agent_key:
-                self._unrevoked[label] = rec.agent_key
+                self._queue_revocation(label, rec.agent_key)
             if old != rec:
                 await self._store.put(rec)
         for term in state.terminate:
@@ -239,14 +238,11 @@ class Controller:
             await self._act(action, now)
 
     async def _offers_for(self, now: float) -> tuple[Offer, ...]:
-        if now - self._offers_at > _OFFERS_TTL_S:
-            try:
-                self._offers = tuple(await self._provider.search_offers())
-                self._offers_at = now
-            except ProviderError as exc:
-                self._alarms.append(f"offer search failed: {exc}")
-                return ()
-        return self._offers
+        try:
+            return await self._offers.current(now)
+        except ProviderError as exc:
+            self._alarms.append(f"offer search failed: {exc}")
+            return ()
 
     async def _act(self, action: Action, now: float) -> None:
         if isinstance(action, Rent):
@@ -258,11 +254,11 @@ class Controller:
 
     async def _rent(self, action: Rent, now: float) -> None:
         assert self._store is not None
-        offer = next((o for o in self._offers if o.offer_id == action.offer_id), None)
+        offer = self._offers.take(action.offer_id)  # asked for once, whatever the answer
         if offer is None:
             return
         label = f"{self._config.label_prefix}{secrets.token_hex(6)}"
-        env = self._env_for(label, offer)
+        env = {**self._agent_env, **self._config.agent_env(label, offer.price_per_hour)}
         agent_key = None
         if self._authority is not None:
             minted = self._authority.mint_agent(label)
@@ -278,8 +274,6 @@ class Controller:
         log = logger.bind(instance_id=label)
         log.info("renting {gpu} at ${price:.3f}/h (offer {offer})", gpu=offer.gpu_name,
                  price=offer.price_per_hour, offer=offer.offer_id)
-        # An offer is rented once, whatever the answer: never ask for the same one again.
-        self._offers = tuple(o for o in self._offers if o.offer_id != offer.offer_id)
         try:
             info = await self._provider.launch(offer, label=label, env=env)
         except NoCapacity as exc:
@@ -296,14 +290,6 @@ class Controller:
                               gpu_name=info.gpu_name or rec.gpu_name)
         self._records[label] = rec
         await self._store.put(rec)
-
-    def _env_for(self, label: str, offer: Offer) -> dict[str, str]:
-        return {**self._agent_env,
-                "VIDFLEET_NATS_URL": self._config.agents_connect_to(),
-                "VIDFLEET_AGENT_ID": label,
-                "VIDFLEET_PRICE_PER_HOUR": repr(offer.price_per_hour),
-                "VIDFLEET_DEADMAN_S": repr(self._config.agent_deadman_s),
-                "VIDFLEET_HEARTBEAT_INTERVAL_S": repr(self._config.agent_heartbeat_interval_s)}
 
     async def _drain(self, action: Drain) -> None:
         assert self._store is not None
@@ -326,7 +312,7 @@ class Controller:
             rec = structs.replace(rec, state="destroying", reason=action.reason)
             self._records[rec.label] = rec
             if rec.agent_key:
-                self._unrevoked[rec.label] = rec.agent_key
+                self._queue_revocation(rec.label, rec.agent_key)
             await self._store.put(rec)
             await self._retry_revocations()
         if action.avoid_machine is not None:
@@ -335,20 +321,15 @@ class Controller:
             await self._terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
                                             reason=action.reason))
 
+    def _queue_revocation(self, label: str, user_key: str) -> None:
+        if self._authority is not None:
+            self._authority.queue_revocation(label, user_key)
+
     async def _retry_revocations(self) -> None:
-        """Cut destroyed or vanished machines' agents off the bus, retried every tick until
-        the server has it: their credentials must be worth nothing to whoever holds the disk."""
-        if self._authority is None or self._system is None:
-            self._unrevoked.clear()
-            return
-        for label, key in list(self._unrevoked.items()):
-            try:
-                await self._authority.revoke(self._js, self._system, key)
-            except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
-                self._alarms.append(f"revoking {label}'s credentials failed, retrying: {exc}")
-                return
-            del self._unrevoked[label]
-            logger.bind(instance_id=label).info("agent credentials revoked")
+        if self._authority is not None and self._system is not None:
+            alarm = await self._authority.flush_revocations(self._js, self._system)
+            if alarm:
+                self._alarms.append(alarm)
 
     async def _resend_drains(self) -> None:
         """A drain command is fire-and-forget (core NATS): one sent while the agent was

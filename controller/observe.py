@@ -22,9 +22,11 @@ from nats.js import JetStreamContext
 from broker.events import Succeeded, decode_event
 from broker.heartbeats import decode_heartbeat
 from broker.subjects import JOBS_CONSUMER, JOBS_STREAM
+from controller.policy import Offer
+from controller.providers.base import Provider
 from controller.reconcile import Seen
 
-__all__ = ["Backlog", "HeartbeatBook", "SpeedBook", "read_backlog"]
+__all__ = ["Backlog", "HeartbeatBook", "OfferBook", "SpeedBook", "read_backlog"]
 
 _PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
 _EWMA = 0.2  # weight of the newest result
@@ -114,3 +116,27 @@ class SpeedBook:
 
 def _ewma(old: float | None, new: float) -> float:
     return new if old is None else (1 - _EWMA) * old + _EWMA * new
+
+
+class OfferBook:
+    """The provider's offers, searched at most every ``ttl_s`` (Vast.ai limits searches to
+    about ten a minute) and only when renting could follow; an offer asked for once leaves
+    the book whatever the answer (an offer is rented once; a retry could rent two)."""
+
+    def __init__(self, provider: Provider, ttl_s: float = 30.0) -> None:
+        self._provider = provider
+        self._ttl_s = ttl_s
+        self._offers: tuple[Offer, ...] = ()
+        self._at = float("-inf")
+
+    async def current(self, now: float) -> tuple[Offer, ...]:
+        """Raises ProviderError when a due search fails."""
+        if now - self._at > self._ttl_s:
+            self._offers = tuple(await self._provider.search_offers())
+            self._at = now
+        return self._offers
+
+    def take(self, offer_id: int) -> Offer | None:
+        offer = next((o for o in self._offers if o.offer_id == offer_id), None)
+        self._offers = tuple(o for o in self._offers if o.offer_id != offer_id)
+        return offer

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from collections.abc import Mapping
 
-from broker.entrypoint import run_process
+from broker.entrypoint import run_process, stop_signals
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 
 
 async def _main(config: AgentConfig) -> None:
-    stop, force = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        (force if stop.is_set() else stop).set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop, force = stop_signals()
     await Agent(config).run(stop, force)
 
 

@@ -17,7 +17,6 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,8 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker.auth import LiveCredentials
 from broker.connect import connect
+from broker.creds import LiveCredentials
 from broker.fleet import decode_command, decode_renew_reply
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.jobstate import JobStates
@@ -43,7 +42,7 @@ from broker.subjects import (
 )
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
-from gpu_agent.ffmpeg import run_capture
+from gpu_agent.fonts import find_fonts_dir, font_families
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
@@ -53,40 +52,12 @@ from gpu_agent.worker import JobOutcome, Worker
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["Agent", "default_agent_id", "find_fonts_dir"]
-
-_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts", "/usr/local/share/fonts",
-              "/System/Library/Fonts", "/Library/Fonts")
+__all__ = ["Agent", "default_agent_id"]
 
 
 def default_agent_id() -> str:
     host = "".join(c for c in socket.gethostname().split(".")[0] if c.isalnum() or c in "-_")
     return f"agent-{host[:24] or 'host'}-{secrets.token_hex(3)}"
-
-
-async def font_families() -> frozenset[str]:
-    """The font families fontconfig offers (empty when fc-list is unavailable)."""
-    try:
-        rc, out, _ = await run_capture(["fc-list", ":", "family"], 10.0)
-    except (OSError, TimeoutError):
-        return frozenset()
-    if rc != 0:
-        return frozenset()
-    names = (n.strip() for line in out.decode(errors="replace").splitlines()
-             for n in line.split(","))
-    return frozenset(n for n in names if n)
-
-
-def find_fonts_dir(configured: str) -> str:
-    """The font directory libass gets; without one it burns nothing and still exits 0."""
-    candidates = [configured] if configured else list(_FONT_DIRS)
-    for d in candidates:
-        if d and any(Path(d).rglob("*.[ot]tf")):
-            return d
-    raise RuntimeError(
-        f"no fonts found in {configured or ', '.join(_FONT_DIRS)}: captions would render "
-        "nothing. Install fonts-dejavu-core or set VIDFLEET_FONTS_DIR"
-    )
 
 
 class Agent:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from msgspec import Struct
 
-from broker.auth import LiveCredentials
 from broker.config import Secret
+from broker.creds import LiveCredentials
 
 __all__ = ["AgentConfig", "agent_credentials"]
 

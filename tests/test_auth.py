@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client as Nats
 from nats.aio.client import RawCredentials
 
-from broker.auth import AuthKeys, creds_text, generate_keys, mint_user, server_config
+from broker.auth import AuthKeys, generate_keys, mint_user, server_config
+from broker.creds import creds_text
 from broker.events import Succeeded
 from broker.jobs import CaptionJob
 from broker.server import EmbeddedServer

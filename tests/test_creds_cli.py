@@ -10,7 +10,7 @@ import nats
 import nats.errors
 import pytest
 
-from broker.auth import LiveCredentials
+from broker.creds import LiveCredentials
 from broker.jobs import CaptionJob
 from broker.subjects import FLEET_BUCKET
 from client.api import Client
