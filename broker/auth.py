@@ -134,9 +134,11 @@ def system_account_jwt(keys: AuthKeys, now: float | None = None) -> str:
 
 
 def agent_permissions() -> dict[str, Any]:
-    """An agent: pull and ack on the jobs consumer, its own events and heartbeats, the job
-    state it claims, read inputs, write results (no purge: it could not be limited to one
-    name), its own inbox, its commands and the controller's heartbeat. Nothing else."""
+    """An agent: pull and ack on the jobs consumer, its own events and heartbeats, read and
+    write the job-state KV (any key: KV subjects cannot be limited to the jobs it holds, so
+    an agent could overwrite another job's state), read inputs, write results (no purge: it
+    could not be limited to one name), its own inbox, its commands and the controller's
+    heartbeat. Nothing else."""
     me = "{{name()}}"
     return {
         "pub": {"allow": [

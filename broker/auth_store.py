@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from broker.auth import AuthKeys, account_jwt, generate_keys, mint_user, server_config
+from broker.config import Secret
 from broker.creds import creds_text
 from broker.subjects import AUTH_BUCKET
 
@@ -77,8 +78,6 @@ def _keys_doc(keys: AuthKeys) -> dict[str, str]:
 
 
 def _secret_hook(type_: type, obj: object) -> object:
-    from broker.config import Secret
-
     if type_ is Secret and isinstance(obj, str):
         return Secret(obj)
     raise NotImplementedError
