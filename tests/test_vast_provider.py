@@ -19,6 +19,7 @@ import httpx
 import pytest
 from loguru import logger
 
+from broker.auth import generate_keys, mint_user
 from broker.config import Secret
 from controller.policy import Offer
 from controller.providers.base import NoCapacity, ProviderError
@@ -254,6 +255,19 @@ async def test_a_200_with_success_false_is_a_refusal(fake: FakeVast,
     assert (caught.value.kind, caught.value.retryable, caught.value.status) == (
         "rejected", False, 200)
     assert fake.instances() == [] and fake.requests("list") == []
+
+
+async def test_credentials_echoed_in_an_error_are_scrubbed(fake: FakeVast,
+                                                          vast: VastProvider) -> None:
+    minted = mint_user(generate_keys(), "agent", "vf-x", expires_in_s=60)
+    echoed = f"bad env: VIDFLEET_NATS_SEED={minted.seed.reveal()} JWT={minted.jwt.reveal()}"
+    fake.reject_next_create(msg=echoed)
+    offer = (await vast.search_offers())[0]
+    with pytest.raises(VastError) as caught:
+        await vast.launch(offer, label="vf-no", env={})
+    text = str(caught.value)
+    assert "bad env" in text and minted.seed.reveal() not in text
+    assert minted.jwt.reveal() not in text
 
 
 @pytest.mark.parametrize("error, msg", [

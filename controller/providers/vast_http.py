@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -142,6 +143,10 @@ class MinInterval:
             await self._sleep(at - now)
 
 
+_CREDENTIAL_SHAPES = re.compile(
+    r"S[UAO][A-Z2-7]{50,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+
 class VastHttp:
     def __init__(self, *, base_url: str, api_key: Secret, timeout_s: float, max_retries: int,
                  backoff_base_s: float, backoff_cap_s: float,
@@ -240,5 +245,8 @@ class VastHttp:
                             status=resp.status_code) from None
 
     def _scrub(self, text: str) -> str:
+        """No secret in an error: the account key, and any NATS seed or JWT (a machine's
+        credentials, should Vast.ai ever echo a create request's env back)."""
         key = self._key.reveal()
-        return text.replace(key, "***") if key else text
+        text = text.replace(key, "***") if key else text
+        return _CREDENTIAL_SHAPES.sub("***", text)
