@@ -8,14 +8,13 @@ controller would rent a duplicate of every machine. A destroy is verified by rea
 instance back, and repeated with backoff until it is gone.
 
 All HTTP goes through ``vast_http.VastHttp``; the vendor's JSON is decoded into the small
-private Structs below, holding only the fields read here.
+Structs of ``vast_wire``, holding only the fields read here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,8 +25,18 @@ from loguru import logger
 
 from broker.config import ConfigError, Secret
 from controller.policy import NO_NVENC_GPUS, Offer
-from controller.providers.base import InstanceInfo, InstanceState, NoCapacity, ProviderError
+from controller.providers.base import InstanceInfo, NoCapacity, ProviderError
 from controller.providers.vast_http import VastError, VastHttp
+from controller.providers.vast_wire import (
+    VastAck,
+    VastCreated,
+    VastInstance,
+    VastOffers,
+    VastPage,
+    VastSingle,
+    VastUser,
+    instance_state,
+)
 
 if TYPE_CHECKING:
     from controller.config import ControllerConfig
@@ -91,98 +100,6 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"runtype {self.runtype!r} is not one Vast.ai accepts")
 
 
-class _Offer(msgspec.Struct):
-    id: int
-    machine_id: int | None = None
-    gpu_name: str | None = None
-    gpu_ram: float | None = None
-    dph_total: float | None = None
-    reliability: float | None = None
-    inet_down: float | None = None
-    cuda_max_good: float | None = None
-
-
-class _Offers(msgspec.Struct):
-    offers: list[_Offer] = []
-
-
-class _Created(msgspec.Struct):
-    new_contract: int
-
-
-class _Instance(msgspec.Struct):
-    id: int
-    label: str | None = None
-    actual_status: str | None = None
-    intended_status: str | None = None
-    next_state: str | None = None
-    status_msg: str | None = None
-    machine_id: int | None = None
-    gpu_name: str | None = None
-    dph_total: float | None = None
-    start_date: float | None = None
-
-
-class _Page(msgspec.Struct):
-    instances: list[_Instance] = []
-    next_token: str | None = None
-
-
-class _Single(msgspec.Struct):
-    instances: _Instance | None = None
-
-
-class _Ack(msgspec.Struct):
-    success: bool | None = None
-
-
-class _User(msgspec.Struct):
-    credit: float | None = None
-
-
-# A registry or image that refuses or does not exist: another machine will not fix it.
-_MISCONFIGURED = re.compile(
-    r"pull access denied|repository does not exist|manifest unknown|manifest for \S+ not found"
-    r"|requested access to the resource is denied|unauthorized|authentication required"
-    r"|no such image|invalid reference format")
-# The official self-test's fail-fast tokens for a container that is not up yet.
-_ERROR_TOKENS = ("error", "failed", "failure", "exception", "traceback", "oci runtime",
-                 "permission denied")
-_PENDING = frozenset({"", "created", "loading", "rebooting", "restarting"})
-_DEAD = frozenset({"exited", "stopped", "unknown", "offline", "frozen"})
-
-
-def instance_state(actual_status: str | None, intended_status: str | None,
-                   next_state: str | None, status_msg: str | None) -> InstanceState:
-    """Vast.ai's words for an instance, as one of ours. Pure. First match wins:
-
-    - status_msg names a refused or missing image/registry      -> misconfigured
-    - next_state "unloaded" (a destroy is under way)            -> failed
-    - actual exited/stopped/unknown/offline/frozen, or intended
-      stopped (e.g. "created" + stopped after an OCI failure)   -> failed
-    - actual running                                            -> running
-    - actual null/created/loading/rebooting/restarting          -> starting, or failed when
-      status_msg carries an error token (a pull that timed out, an OCI error)
-    - anything else                                             -> unknown
-
-    No grace period for offline/unknown hosts: the mapping is stateless, and the controller,
-    which sees the agent's heartbeats, owns any patience."""
-    actual = (actual_status or "").strip().lower()
-    intended = (intended_status or "").strip().lower()
-    msg = (status_msg or "").strip().lower()
-    if _MISCONFIGURED.search(msg):
-        return "misconfigured"
-    if (next_state or "").strip().lower() == "unloaded":
-        return "failed"  # being destroyed
-    if actual in _DEAD or intended == "stopped":
-        return "failed"
-    if actual == "running":
-        return "running"
-    if actual in _PENDING:
-        return "failed" if any(token in msg for token in _ERROR_TOKENS) else "starting"
-    return "unknown"
-
-
 class VastProvider:
     name = "vast"
 
@@ -205,7 +122,7 @@ class VastProvider:
 
     async def search_offers(self) -> list[Offer]:
         found = await self._http.call("POST", "/api/v0/bundles/", endpoint="search",
-                                      idempotent=True, response_type=_Offers,
+                                      idempotent=True, response_type=VastOffers,
                                       body=search_query(self._config))
         excluded = {*NO_NVENC_GPUS, *(n.upper() for n in self._config.excluded_gpu_names)}
         offers = []
@@ -228,7 +145,7 @@ class VastProvider:
         try:
             created = await self._http.call("PUT", f"/api/v0/asks/{offer.offer_id}/",
                                             endpoint="create", idempotent=False,
-                                            response_type=_Created, body=body)
+                                            response_type=VastCreated, body=body)
         except VastError as exc:
             # Creates are never re-sent, so no_such_ask always means someone else has it.
             if exc.kind in ("offer_gone", "not_found"):
@@ -262,7 +179,7 @@ class VastProvider:
                 await self._http.sleep(self._http.backoff_s(attempt - 1))
             try:
                 await self._http.call("DELETE", f"/api/v0/instances/{provider_id}/",
-                                      endpoint="destroy", idempotent=True, response_type=_Ack,
+                                      endpoint="destroy", idempotent=True, response_type=VastAck,
                                       body={})
             except VastError as exc:
                 if exc.kind != "not_found":  # not found: already gone, or going
@@ -277,7 +194,7 @@ class VastProvider:
     async def account_credit(self) -> float:
         """The account's remaining credit in dollars (at zero Vast.ai stops every instance)."""
         user = await self._http.call("GET", "/api/v0/users/current", endpoint="user",
-                                     idempotent=True, response_type=_User)
+                                     idempotent=True, response_type=VastUser)
         return user.credit or 0.0
 
     def _create_body(self, label: str, env: dict[str, str]) -> dict[str, Any]:
@@ -320,8 +237,8 @@ class VastProvider:
                         f"{self._config.adopt_lookups} lookups; listing by label prefix will "
                         "show it if it appears", kind="ambiguous") from cause
 
-    async def _list_rows(self, select_filters: dict[str, Any]) -> list[_Instance]:
-        rows: dict[int, _Instance] = {}
+    async def _list_rows(self, select_filters: dict[str, Any]) -> list[VastInstance]:
+        rows: dict[int, VastInstance] = {}
         token: str | None = None
         for _ in range(self._config.max_list_pages):
             params: dict[str, Any] = {"select_filters": select_filters,
@@ -330,7 +247,7 @@ class VastProvider:
             if token:
                 params["after_token"] = token
             page = await self._http.call("GET", "/api/v1/instances/", endpoint="list",
-                                         idempotent=True, response_type=_Page, params=params)
+                                         idempotent=True, response_type=VastPage, params=params)
             rows.update((row.id, row) for row in page.instances)
             token = page.next_token
             if not token:
@@ -342,14 +259,14 @@ class VastProvider:
         try:
             single = await self._http.call("GET", f"/api/v0/instances/{provider_id}/",
                                            endpoint="show", idempotent=True,
-                                           response_type=_Single, params={"owner": "me"})
+                                           response_type=VastSingle, params={"owner": "me"})
         except VastError as exc:
             if exc.kind == "not_found":
                 return True
             raise
         return single.instances is None
 
-    def _info(self, row: _Instance) -> InstanceInfo:
+    def _info(self, row: VastInstance) -> InstanceInfo:
         msg = (row.status_msg or "").strip()
         return InstanceInfo(
             provider_id=str(row.id), label=(row.label or "").strip(),

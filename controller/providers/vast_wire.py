@@ -1,0 +1,106 @@
+"""Vast.ai's JSON as we read it: small Structs holding only the fields the provider uses, and
+what an instance's status fields mean for us (shared/reference/vastai-api.md §4.5, §7.3-7.4).
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from controller.providers.base import InstanceState
+
+__all__ = ["VastAck", "VastCreated", "VastInstance", "VastOffer", "VastOffers", "VastPage",
+           "VastSingle", "VastUser", "instance_state"]
+
+
+class VastOffer(msgspec.Struct):
+    id: int
+    machine_id: int | None = None
+    gpu_name: str | None = None
+    gpu_ram: float | None = None
+    dph_total: float | None = None
+    reliability: float | None = None
+    inet_down: float | None = None
+    cuda_max_good: float | None = None
+
+
+class VastOffers(msgspec.Struct):
+    offers: list[VastOffer] = []
+
+
+class VastCreated(msgspec.Struct):
+    new_contract: int
+
+
+class VastInstance(msgspec.Struct):
+    id: int
+    label: str | None = None
+    actual_status: str | None = None
+    intended_status: str | None = None
+    next_state: str | None = None
+    status_msg: str | None = None
+    machine_id: int | None = None
+    gpu_name: str | None = None
+    dph_total: float | None = None
+    start_date: float | None = None
+
+
+class VastPage(msgspec.Struct):
+    instances: list[VastInstance] = []
+    next_token: str | None = None
+
+
+class VastSingle(msgspec.Struct):
+    instances: VastInstance | None = None
+
+
+class VastAck(msgspec.Struct):
+    success: bool | None = None
+
+
+class VastUser(msgspec.Struct):
+    credit: float | None = None
+
+
+# A registry or image that refuses or does not exist: another machine will not fix it.
+_MISCONFIGURED = re.compile(
+    r"pull access denied|repository does not exist|manifest unknown|manifest for \S+ not found"
+    r"|requested access to the resource is denied|unauthorized|authentication required"
+    r"|no such image|invalid reference format")
+# The official self-test's fail-fast tokens for a container that is not up yet.
+_ERROR_TOKENS = ("error", "failed", "failure", "exception", "traceback", "oci runtime",
+                 "permission denied")
+_PENDING = frozenset({"", "created", "loading", "rebooting", "restarting"})
+_DEAD = frozenset({"exited", "stopped", "unknown", "offline", "frozen"})
+
+
+def instance_state(actual_status: str | None, intended_status: str | None,
+                   next_state: str | None, status_msg: str | None) -> InstanceState:
+    """Vast.ai's words for an instance, as one of ours. Pure. First match wins:
+
+    - status_msg names a refused or missing image/registry      -> misconfigured
+    - next_state "unloaded" (a destroy is under way)            -> failed
+    - actual exited/stopped/unknown/offline/frozen, or intended
+      stopped (e.g. "created" + stopped after an OCI failure)   -> failed
+    - actual running                                            -> running
+    - actual null/created/loading/rebooting/restarting          -> starting, or failed when
+      status_msg carries an error token (a pull that timed out, an OCI error)
+    - anything else                                             -> unknown
+
+    No grace period for offline/unknown hosts: the mapping is stateless, and the controller,
+    which sees the agent's heartbeats, owns any patience."""
+    actual = (actual_status or "").strip().lower()
+    intended = (intended_status or "").strip().lower()
+    msg = (status_msg or "").strip().lower()
+    if _MISCONFIGURED.search(msg):
+        return "misconfigured"
+    if (next_state or "").strip().lower() == "unloaded":
+        return "failed"  # being destroyed
+    if actual in _DEAD or intended == "stopped":
+        return "failed"
+    if actual == "running":
+        return "running"
+    if actual in _PENDING:
+        return "failed" if any(token in msg for token in _ERROR_TOKENS) else "starting"
+    return "unknown"
