@@ -220,7 +220,7 @@ class Controller:
 
     async def _decide_and_act(self, now: float, backlog: Backlog, state: Reconciled) -> None:
         instances = snapshot_instances(self._records, self._beats.seen,
-                                       started_at=self._heard_since)
+                                       heard_since=self._heard_since)
         live = sum(1 for i in instances if i.state != "draining")
         wants_more = (backlog.queued_jobs + backlog.running_jobs > live
                       or live < self._policy.min_warm)

@@ -149,14 +149,15 @@ def _with_heartbeat(rec: FleetInstance, seen: Seen | None) -> FleetInstance:
 
 
 def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen], *,
-                       started_at: float) -> tuple[Instance, ...]:
-    """The policy's view. An agent not heard since this controller started gets the start time
-    as its last heartbeat: a restart must not read every machine as silent and destroy it."""
+                       heard_since: float) -> tuple[Instance, ...]:
+    """The policy's view. ``heard_since``: when this controller (re)started listening; no
+    agent's last heartbeat counts as older than that, or a restart or a reconnect after an
+    outage would read every machine as silent and destroy it mid-job."""
     out = []
     for rec in records.values():
         last = seen[rec.label].received_at if rec.label in seen else None
-        if rec.first_heartbeat_at is not None and last is None:
-            last = started_at
+        if rec.first_heartbeat_at is not None:
+            last = max(last or heard_since, heard_since)
         out.append(Instance(instance_id=rec.label, machine_id=rec.machine_id,
                             price_per_hour=rec.price_per_hour, state=_policy_state(rec),
                             launched_at=rec.launched_at, last_heartbeat_at=last,

@@ -114,11 +114,14 @@ def test_snapshot_marks_unconfirmed_drains_busy_and_restarts_as_heard() -> None:
     confirmed = rec("vf-c", "draining", agent_state="draining")
     booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
     by_id = {i.instance_id: i for i in snapshot_instances(
-        {r.label: r for r in (draining, confirmed, booting)}, {}, started_at=NOW - 5)}
+        {r.label: r for r in (draining, confirmed, booting)}, {}, heard_since=NOW - 5)}
     assert by_id["vf-d"].job_id == UNCONFIRMED_DRAIN  # the policy must not destroy it yet
     assert by_id["vf-c"].job_id is None and by_id["vf-c"].state == "draining"
     assert by_id["vf-b"].state == "booting" and by_id["vf-b"].last_heartbeat_at is None
     assert by_id["vf-d"].last_heartbeat_at == NOW - 5  # not heard since the restart
+    stale = {"vf-c": seen("vf-c", "draining", at=NOW - 300)}  # heard before an outage
+    again = snapshot_instances({"vf-c": confirmed}, stale, heard_since=NOW - 2)
+    assert again[0].last_heartbeat_at == NOW - 2
 
 
 def test_spend_meter_accrues_resumes_and_rolls_over_at_utc_midnight() -> None:
