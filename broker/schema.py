@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from broker.events import Event
-from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary
+from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
 
@@ -46,7 +46,9 @@ def schemas() -> dict[str, dict]:
             ("controller.heartbeat.json", ControllerBeat, "vidfleet controller heartbeat",
              "Body of a message on controller.heartbeat (core NATS)."),
             ("agent.command.json", AgentCommand, "vidfleet agent command",
-             "Body of a message on agents.<agent_id>.control (core NATS).")):
+             "Body of a message on agents.<agent_id>.control (core NATS)."),
+            ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
+             "The controller's reply to a request on fleet.renew.<agent_id> (empty body).")):
         doc = msgspec.json.schema(cls)
         doc["title"] = title
         doc["description"] = where
