@@ -52,8 +52,9 @@ def run_command(coro: Coroutine[Any, Any, int]) -> int:
         click.echo("interrupted", err=True)
         return 130
     except nats.errors.NoServersError:
-        click.echo("error: cannot reach NATS (is `vidfleet up` running? see --nats-url)",
-                   err=True)
+        click.echo("error: cannot reach NATS, or it refused our credentials (is `vidfleet up` "
+                   "running? see --nats-url; --creds, or VIDFLEET_DATA_DIR for the data dir "
+                   "`vidfleet up` used, which holds auth/admin.creds)", err=True)
         return 1
     except (SubmitError, JobNotFound, TimeoutError, OSError, nats.errors.Error) as exc:
         click.echo(f"error: {exc or type(exc).__name__}", err=True)

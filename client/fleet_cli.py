@@ -30,7 +30,13 @@ def status(cfg: ClientConfig, as_json: bool) -> None:
 
 async def _status(cfg: ClientConfig, as_json: bool) -> int:
     async with await open_client(cfg) as vf:
-        summary, machines = await vf.fleet()
+        try:
+            summary, machines = await vf.fleet()
+        except TimeoutError:  # what a permissions denial looks like from nats-py
+            click.echo("error: the fleet bucket did not answer: `vidfleet status` needs the "
+                       "operator's credentials (auth/admin.creds in the data dir), not a "
+                       "client's", err=True)
+            return 1
     if as_json:
         click.echo(msgspec.json.encode({"summary": summary, "machines": machines}).decode())
     else:

@@ -50,6 +50,8 @@ async def test_client_creds_submit_but_cannot_see_the_fleet_and_revoke_cuts_them
         assert not receipt.duplicate
         with pytest.raises((TimeoutError, nats.errors.Error)):
             await vf._js.key_value(FLEET_BUCKET)  # the fleet is not a client's business
+        rc, _, err = await cli(data, stack.url, "--creds", str(creds), "status")
+        assert rc == 1 and "needs the operator's credentials" in err
         rc, out, err = await cli(data, stack.url, "creds", "revoke", "alice")
         assert rc == 0 and "revoked" in out, err
         await asyncio.wait_for(closed.wait(), 10)  # its live connection is cut
