@@ -16,34 +16,31 @@ fleet (reconcile refuses it).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable
 
 import nats.errors
 from loguru import logger
-from msgspec import structs
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from broker.auth import AuthKeys
 from broker.auth_store import republish_account
-from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, encode
-from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, agent_control_subject
+from broker.fleet import ControllerBeat, FleetInstance, FleetSummary, encode
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from controller.config import ControllerConfig
-from controller.credentials import CredentialAuthority, agent_env
+from controller.credentials import CredentialAuthority
 from controller.fleet_store import FleetStore
+from controller.machines import Machines
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
-from controller.policy import Action, Destroy, Drain, Offer, Policy, Rent, Snapshot, decide
-from controller.providers.base import InstanceInfo, NoCapacity, Provider, ProviderError
-from controller.reconcile import Reconciled, Terminate, reconcile, snapshot_instances
+from controller.policy import Offer, Policy, Snapshot, decide
+from controller.providers.base import InstanceInfo, Provider, ProviderError
+from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import SpendMeter
 
 __all__ = ["Controller"]
 
 _OFFERS_TTL_S = 30.0
-_AVOID_S = 24 * 3600.0  # a machine that failed to boot is not rented again for a day
-_TERMINATE_RETRY_S = 15.0  # a destroying machine still listed gets terminate again this often
 
 
 class Controller:
@@ -66,19 +63,20 @@ class Controller:
         self._clock = clock
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
-        self._records: dict[str, FleetInstance] = {}
         self._beats = HeartbeatBook(clock)
         self._speeds = SpeedBook(self._gpu_of)
         self._offers = OfferBook(provider, ttl_s=_OFFERS_TTL_S)
-        self._avoid: dict[int, float] = {}  # machine id -> avoid until
-        self._last_rent_at: float | None = None
-        self._last_terminate: dict[str, float] = {}
         self._alarms: list[str] = []
         # Set when a machine could not start our image (registry refused it, no such image):
         # another machine would fail the same way, so renting stops until a restart.
         self._paused: str | None = None
         self._store: FleetStore | None = None
+        self._machines: Machines | None = None
         self._meter: SpendMeter | None = None
+
+    @property
+    def _records(self) -> dict[str, FleetInstance]:
+        return self._machines.records if self._machines is not None else {}
 
     def _may_renew(self, agent_id: str) -> str | None:
         rec = self._records.get(agent_id)
@@ -90,11 +88,11 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._store = await FleetStore.open(self._js)
-        self._records = await self._store.load()
-        # A crash between "destroying" and its revocation must not leave the key valid.
-        for r in self._records.values():
-            if r.state == "destroying" and r.agent_key:
-                self._queue_revocation(r.label, r.agent_key)
+        self._machines = Machines(
+            nc=self._nc, provider=self._provider, config=self._config, store=self._store,
+            records=await self._store.load(), offers=self._offers, authority=self._authority,
+            system=self._system, agent_env=self._agent_env, forget_beat=self._beats.forget,
+            clock=self._clock)
         last = await self._store.summary()
         # Resume from the last summary: the first accrual also charges the time this
         # controller was down, at the rate of the machines on record.
@@ -156,9 +154,11 @@ class Controller:
             logger.error("renting paused until restart: {why}", why=self._paused)
         if self._paused:
             self._alarms.append(f"renting paused until restart: {self._paused}")
-        await self._apply(state)
-        await self._retry_revocations()
-        await self._resend_drains()
+        assert self._machines is not None
+        self._machines.alarms = self._alarms
+        await self._machines.apply(state)
+        await self._machines.retry_revocations()
+        await self._machines.resend_drains()
         backlog = await self._backlog()
         if state.trusted and backlog is not None:
             await self._decide_and_act(now, backlog, state)
@@ -182,43 +182,9 @@ class Controller:
             self._alarms.append(f"backlog unreadable: {type(exc).__name__}: {exc}")
             return None
 
-    async def _apply(self, state: Reconciled) -> None:
-        assert self._store is not None
-        previous, self._records = self._records, dict(state.records)
-        for label in state.forget:
-            logger.info("machine gone; record removed", instance_id=label)
-            gone = previous.get(label)
-            if gone is not None and gone.agent_key and gone.state != "destroying":
-                self._queue_revocation(label, gone.agent_key)  # vanished: its key must go too
-            await self._store.delete(label)
-            self._beats.forget(label)
-            self._last_terminate.pop(label, None)
-        for label, rec in state.records.items():
-            old = previous.get(label)
-            newly_destroying = rec.state == "destroying" and (old is None
-                                                              or old.state != "destroying")
-            if newly_destroying and rec.agent_key:
-                self._queue_revocation(label, rec.agent_key)
-            if old != rec:
-                await self._store.put(rec)
-        for term in state.terminate:
-            await self._terminate(term)
-
-    async def _terminate(self, term: Terminate) -> None:
-        now = self._clock()
-        if now - self._last_terminate.get(term.label, float("-inf")) < _TERMINATE_RETRY_S:
-            return
-        self._last_terminate[term.label] = now
-        if term.avoid_machine is not None:
-            self._avoid[term.avoid_machine] = now + _AVOID_S
-        log = logger.bind(instance_id=term.label, provider_id=term.provider_id)
-        log.info("destroying machine: {reason}", reason=term.reason)
-        try:
-            await self._provider.terminate(term.provider_id)
-        except ProviderError as exc:
-            log.warning("destroy failed, retried next tick: {error}", error=str(exc))
-
     async def _decide_and_act(self, now: float, backlog: Backlog, state: Reconciled) -> None:
+        machines = self._machines
+        assert machines is not None
         instances = snapshot_instances(self._records, self._beats.seen,
                                        heard_since=self._heard_since)
         live = sum(1 for i in instances if i.state != "draining")
@@ -231,11 +197,12 @@ class Controller:
                         running_jobs=backlog.running_jobs,
                         backlog_work_s=self._speeds.work_s(backlog), instances=instances,
                         offers=offers, spent_today=self._meter.spent,
-                        failed_machines=frozenset(m for m, t in self._avoid.items() if t > now),
-                        last_rent_at=self._last_rent_at,
+                        failed_machines=frozenset(m for m, t in machines.avoid.items()
+                                                  if t > now),
+                        last_rent_at=machines.last_rent_at,
                         gpu_speed=dict(self._speeds.gpu_speed))
         for action in decide(snap, self._policy):
-            await self._act(action, now)
+            await machines.act(action, now)
 
     async def _offers_for(self, now: float) -> tuple[Offer, ...]:
         try:
@@ -243,102 +210,6 @@ class Controller:
         except ProviderError as exc:
             self._alarms.append(f"offer search failed: {exc}")
             return ()
-
-    async def _act(self, action: Action, now: float) -> None:
-        if isinstance(action, Rent):
-            await self._rent(action, now)
-        elif isinstance(action, Drain):
-            await self._drain(action)
-        elif isinstance(action, Destroy):
-            await self._destroy(action)
-
-    async def _rent(self, action: Rent, now: float) -> None:
-        assert self._store is not None
-        offer = self._offers.take(action.offer_id)  # asked for once, whatever the answer
-        if offer is None:
-            return
-        label = f"{self._config.label_prefix}{secrets.token_hex(6)}"
-        env = {**self._agent_env, **self._config.agent_env(label, offer.price_per_hour)}
-        agent_key = None
-        if self._authority is not None:
-            minted = self._authority.mint_agent(label)
-            env |= agent_env(minted)
-            agent_key = minted.public_key
-        rec = FleetInstance(label=label, provider=self._provider.name, state="launching",
-                            launched_at=now, price_per_hour=offer.price_per_hour,
-                            machine_id=offer.machine_id, gpu_name=offer.gpu_name,
-                            offer_id=offer.offer_id, agent_key=agent_key)
-        await self._store.put(rec)  # the intent, before the provider hears of it
-        self._records[label] = rec
-        self._last_rent_at = now
-        log = logger.bind(instance_id=label)
-        log.info("renting {gpu} at ${price:.3f}/h (offer {offer})", gpu=offer.gpu_name,
-                 price=offer.price_per_hour, offer=offer.offer_id)
-        try:
-            info = await self._provider.launch(offer, label=label, env=env)
-        except NoCapacity as exc:
-            log.info("offer gone, trying another next tick: {error}", error=str(exc))
-            del self._records[label]
-            await self._store.delete(label)
-            return
-        except ProviderError as exc:
-            # Ambiguous: the machine may exist. The record stays "launching"; reconcile adopts
-            # it by label, or forgets the record once the launch grace has passed.
-            log.warning("rent failed; reconciling by label: {error}", error=str(exc))
-            return
-        rec = structs.replace(rec, state="booting", provider_id=info.provider_id,
-                              gpu_name=info.gpu_name or rec.gpu_name)
-        self._records[label] = rec
-        await self._store.put(rec)
-
-    async def _drain(self, action: Drain) -> None:
-        assert self._store is not None
-        rec = self._records.get(action.instance_id)
-        if rec is None or rec.state != "serving":
-            return
-        logger.bind(instance_id=rec.label).info("draining: {reason}", reason=action.reason)
-        rec = structs.replace(rec, state="draining", reason=action.reason)
-        await self._store.put(rec)  # first: if it fails, next tick drains again
-        self._records[rec.label] = rec
-        await self._nc.publish(agent_control_subject(rec.label),
-                               encode(AgentCommand(command="drain", reason=action.reason)))
-
-    async def _destroy(self, action: Destroy) -> None:
-        assert self._store is not None
-        rec = self._records.get(action.instance_id)
-        if rec is None:
-            return
-        if rec.state != "destroying":
-            rec = structs.replace(rec, state="destroying", reason=action.reason)
-            self._records[rec.label] = rec
-            if rec.agent_key:
-                self._queue_revocation(rec.label, rec.agent_key)
-            await self._store.put(rec)
-            await self._retry_revocations()
-        if action.avoid_machine is not None:
-            self._avoid[action.avoid_machine] = self._clock() + _AVOID_S
-        if rec.provider_id is not None:
-            await self._terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
-                                            reason=action.reason))
-
-    def _queue_revocation(self, label: str, user_key: str) -> None:
-        if self._authority is not None:
-            self._authority.queue_revocation(label, user_key)
-
-    async def _retry_revocations(self) -> None:
-        if self._authority is not None and self._system is not None:
-            alarm = await self._authority.flush_revocations(self._js, self._system)
-            if alarm:
-                self._alarms.append(alarm)
-
-    async def _resend_drains(self) -> None:
-        """A drain command is fire-and-forget (core NATS): one sent while the agent was
-        reconnecting is lost, and the machine would bill on as 'unconfirmed'. Repeat it until
-        the agent says it is draining."""
-        for rec in self._records.values():
-            if rec.state == "draining" and rec.agent_state not in ("draining", "stopped"):
-                await self._nc.publish(agent_control_subject(rec.label), encode(
-                    AgentCommand(command="drain", reason=rec.reason or "")))
 
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
         assert self._store is not None and self._meter is not None
