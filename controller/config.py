@@ -73,24 +73,13 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
 
 
 def policy_of(config: ControllerConfig) -> Policy:
-    """The policy; the hardware filters on offers apply to rented machines only (a local slot
-    is this machine, whatever it has)."""
-    rented = config.provider != "local"
-    return Policy(
-        min_warm=config.min_warm,
-        max_instances=config.max_instances,
-        target_drain_s=config.target_drain_s,
-        idle_timeout_s=config.idle_timeout_s,
-        boot_deadline_s=config.boot_deadline_s,
-        heartbeat_timeout_s=config.heartbeat_timeout_s,
-        rent_cooldown_s=config.rent_cooldown_s,
-        expected_boot_s=config.expected_boot_s,
-        budget_reserve_s=config.budget_reserve_s,
-        max_price_per_hour=config.max_spend_per_hour,
-        max_spend_per_day=config.max_spend_per_day,
-        max_offer_price_per_hour=config.max_offer_price_per_hour,
-        min_gpu_ram_mb=config.min_gpu_ram_mb if rented else 0,
-        min_reliability=config.min_reliability if rented else 0.0,
-        min_inet_down_mbps=config.min_inet_down_mbps if rented else 0.0,
-        min_cuda=config.min_cuda if rented else 0.0,
-    )
+    """The policy from the same-named settings (``max_spend_per_hour`` is the policy's
+    ``max_price_per_hour``); the hardware filters on offers apply to rented machines only (a
+    local slot is this machine, whatever it has)."""
+    knobs = {name: getattr(config, name) for name in Policy.__struct_fields__
+             if hasattr(config, name)}
+    knobs["max_price_per_hour"] = config.max_spend_per_hour
+    if config.provider == "local":
+        knobs |= {"min_gpu_ram_mb": 0, "min_reliability": 0.0, "min_inet_down_mbps": 0.0,
+                  "min_cuda": 0.0}
+    return Policy(**knobs)

@@ -22,6 +22,7 @@ from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_co
 from client.api import Client
 from controller.config import ControllerConfig, policy_of
 from controller.loop import Controller
+from controller.policy import Policy
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
 from gpu_agent.deadman import DeadManSwitch
@@ -236,3 +237,11 @@ async def test_local_agents_do_not_outlive_a_killed_controller(nc: Nats, js,
             if controller.returncode is None:
                 controller.kill()
                 await controller.wait()
+
+
+def test_every_policy_knob_is_a_controller_setting() -> None:
+    settable = set(ControllerConfig.__struct_fields__) | {"max_price_per_hour"}
+    assert set(Policy.__struct_fields__) <= settable  # a new knob must not go unset
+    rented = policy_of(ControllerConfig(provider="vast", max_spend_per_hour=7.0, min_warm=2))
+    assert (rented.max_price_per_hour, rented.min_warm, rented.min_gpu_ram_mb) == (7.0, 2, 8000)
+    assert policy_of(ControllerConfig(provider="local")).min_gpu_ram_mb == 0

@@ -36,13 +36,14 @@ from controller.providers.vast_wire import (
     VastSingle,
     VastUser,
     instance_state,
+    search_query,
 )
 
 if TYPE_CHECKING:
     from controller.config import ControllerConfig
 
 __all__ = ["DEFAULT_MIN_INTERVAL_S", "VastConfig", "VastProvider", "instance_state",
-           "provider_from_config", "search_query"]
+           "provider_from_config"]
 
 # Client-side pacing per endpoint, in seconds between calls; the server's documented
 # thresholds (create 4.5, destroy 3.0, show 2.0, list 1.0, search about 10 a minute).
@@ -50,8 +51,6 @@ DEFAULT_MIN_INTERVAL_S = {"create": 4.5, "destroy": 3.0, "show": 2.0, "list": 1.
                           "search": 6.0, "user": 1.0}
 # Vast.ai's spellings of GPUs without NVENC, excluded server-side so a page of offers is not
 # filled with them; the NO_NVENC_GPUS fragments are the authority, checked again client-side.
-_NO_NVENC_NAMES = ("A100 PCIE", "A100 SXM4", "A100X", "A800 PCIE", "A30", "H100 PCIE",
-                   "H100 SXM", "H100 NVL", "H200", "H200 NVL", "GH200 SXM", "B200")
 _RUNTYPE_TOKENS = frozenset({"args", "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter",
                              "jupyter_proxy", "jupyter_direc", "jupyter_direct"})
 _MAX_LABEL_CHARS = 256
@@ -275,27 +274,6 @@ class VastProvider:
             machine_id=row.machine_id or 0, price_per_hour=row.dph_total or 0.0,
             started_at=row.start_date or self._clock(), gpu_name=(row.gpu_name or "").strip(),
             detail=msg or (row.actual_status or "").strip())
-
-
-def search_query(config: VastConfig) -> dict[str, Any]:
-    """The body of ``POST /bundles/``: real numbers (the server coerces strings, but we need
-    not rely on it), ``allocated_storage`` = our disk so ``dph_total`` is the real price."""
-    c = config
-    query: dict[str, Any] = {
-        "rentable": {"eq": True}, "rented": {"eq": False}, "num_gpus": {"eq": c.num_gpus},
-        "gpu_ram": {"gte": c.min_gpu_ram_mb}, "reliability": {"gte": c.min_reliability},
-        "inet_down": {"gte": c.min_inet_down_mbps}, "cuda_max_good": {"gte": c.min_cuda},
-        "dph_total": {"lte": c.max_price_per_hour},
-        "order": [["dph_total", "asc"], ["reliability", "desc"]],
-        "type": "on-demand" if c.bid_price_per_hour is None else "bid",
-        "limit": c.offer_limit, "allocated_storage": c.disk_gb}
-    if c.verified:
-        query["verified"] = {"eq": True}
-    if c.gpu_names:
-        query["gpu_name"] = {"in": list(c.gpu_names)}
-    else:
-        query["gpu_name"] = {"notin": list(_NO_NVENC_NAMES)}
-    return query
 
 
 def provider_from_config(config: ControllerConfig) -> VastProvider:

@@ -1,17 +1,25 @@
-"""Vast.ai's JSON as we read it: small Structs holding only the fields the provider uses, and
-what an instance's status fields mean for us (shared/reference/vastai-api.md §4.5, §7.3-7.4).
+"""Vast.ai's JSON as we send and read it: the offer search query, small Structs holding only
+the fields the provider uses, and what an instance's status fields mean for us
+(shared/reference/vastai-api.md §2, §4.5, §7.3-7.4).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from controller.providers.base import InstanceState
 
+if TYPE_CHECKING:
+    from controller.providers.vast import VastConfig
+
 __all__ = ["VastAck", "VastCreated", "VastInstance", "VastOffer", "VastOffers", "VastPage",
-           "VastSingle", "VastUser", "instance_state"]
+           "VastSingle", "VastUser", "instance_state", "search_query"]
+
+_NO_NVENC_NAMES = ("A100 PCIE", "A100 SXM4", "A100X", "A800 PCIE", "A30", "H100 PCIE",
+                   "H100 SXM", "H100 NVL", "H200", "H200 NVL", "GH200 SXM", "B200")
 
 
 class VastOffer(msgspec.Struct):
@@ -104,3 +112,24 @@ def instance_state(actual_status: str | None, intended_status: str | None,
     if actual in _PENDING:
         return "failed" if any(token in msg for token in _ERROR_TOKENS) else "starting"
     return "unknown"
+
+
+def search_query(config: VastConfig) -> dict[str, Any]:
+    """The body of ``POST /bundles/``: real numbers (the server coerces strings, but we need
+    not rely on it), ``allocated_storage`` = our disk so ``dph_total`` is the real price."""
+    c = config
+    query: dict[str, Any] = {
+        "rentable": {"eq": True}, "rented": {"eq": False}, "num_gpus": {"eq": c.num_gpus},
+        "gpu_ram": {"gte": c.min_gpu_ram_mb}, "reliability": {"gte": c.min_reliability},
+        "inet_down": {"gte": c.min_inet_down_mbps}, "cuda_max_good": {"gte": c.min_cuda},
+        "dph_total": {"lte": c.max_price_per_hour},
+        "order": [["dph_total", "asc"], ["reliability", "desc"]],
+        "type": "on-demand" if c.bid_price_per_hour is None else "bid",
+        "limit": c.offer_limit, "allocated_storage": c.disk_gb}
+    if c.verified:
+        query["verified"] = {"eq": True}
+    if c.gpu_names:
+        query["gpu_name"] = {"in": list(c.gpu_names)}
+    else:
+        query["gpu_name"] = {"notin": list(_NO_NVENC_NAMES)}
+    return query
