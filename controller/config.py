@@ -11,7 +11,8 @@ from typing import Literal
 
 from msgspec import Struct
 
-from broker.config import Secret
+from broker.config import ConfigError, Secret
+from broker.tls import is_tls_only
 from controller.policy import Policy
 
 __all__ = ["ControllerConfig", "policy_of"]
@@ -30,6 +31,11 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     tick_s: float = 5.0  # observe -> decide -> act, this often
     # The agents' settings, put into each machine's environment at launch.
     agent_nats_url: str = ""  # empty: nats_url (a rented machine needs a public address)
+    # UNSAFE: lets rented machines be given a plaintext (nats://) URL, so their credentials,
+    # jobs and results cross networks we do not control unencrypted; a stripped or spoofed
+    # server gets a replayable login. Only for tests and private networks; off, the vast
+    # provider refuses to start unless the agents' URL is tls:// for every server.
+    allow_plaintext_agent_url: bool = False
     agent_deadman_s: float = 900.0  # an agent with no work and no controller this long stops
     agent_heartbeat_interval_s: float = 5.0
     # Policy (controller/policy.py says what each one does).
@@ -62,6 +68,19 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
     log_level: str = "INFO"
     log_json: bool = False
+
+    def rented_agent_nats_url(self) -> str:
+        """The URL rented machines are given; ``ConfigError`` naming the setting unless every
+        server in it is ``tls://`` (or ``allow_plaintext_agent_url`` is set)."""
+        url = self.agent_nats_url or self.nats_url
+        if not self.allow_plaintext_agent_url and not is_tls_only(url):
+            source = "" if self.agent_nats_url else " (unset, so VIDFLEET_NATS_URL's)"
+            raise ConfigError(
+                f"bad configuration in VIDFLEET_AGENT_NATS_URL{source}: rented machines must "
+                "get a tls:// URL for every server, or their credentials and jobs cross the "
+                "internet in plaintext; set it to tls://<public host>:<port> (on a private "
+                "network only: VIDFLEET_ALLOW_PLAINTEXT_AGENT_URL=1, which is unsafe)")
+        return url
 
     def agent_env(self, label: str, price_per_hour: float) -> dict[str, str]:
         """The settings a machine's agent gets (its credentials are added by the caller)."""

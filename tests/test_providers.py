@@ -28,7 +28,7 @@ async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                   log_dir=tmp_path / "containers", kill_grace_s=20.0) as fake:
         vast = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:test",
                                        base_url=fake.url, min_interval_s={},
-                                       backoff_base_s=0.05))
+                                       backoff_base_s=0.05, allow_plaintext_agent_url=True))
         yield vast
         for info in await vast.list_instances(""):
             await vast.terminate(info.provider_id)

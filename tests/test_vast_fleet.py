@@ -51,7 +51,8 @@ def fake(tmp_path: Path) -> Iterator[FakeVast]:
 async def vast(fake: FakeVast) -> AsyncIterator[VastProvider]:
     provider = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:t",
                                        base_url=fake.url, min_interval_s={},
-                                       backoff_base_s=0.05, backoff_cap_s=0.2))
+                                       backoff_base_s=0.05, backoff_cap_s=0.2,
+                                       allow_plaintext_agent_url=True))  # loopback nats://
     try:
         yield provider
     finally:
@@ -200,7 +201,8 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
            "VIDFLEET_VAST_API_KEY": fake.api_key, "VIDFLEET_VAST_IMAGE": "vidfleet/agent:t",
            "VIDFLEET_TICK_S": "0.5", "VIDFLEET_MAX_INSTANCES": "2",
            "VIDFLEET_RENT_COOLDOWN_S": "0", "VIDFLEET_IDLE_TIMEOUT_S": "2",
-           "VIDFLEET_TARGET_DRAIN_S": "30", "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5"}
+           "VIDFLEET_TARGET_DRAIN_S": "30", "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5",
+           "VIDFLEET_ALLOW_PLAINTEXT_AGENT_URL": "1"}  # loopback nats://
     log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
     start = [sys.executable, "-m", "controller"]
     first = await asyncio.create_subprocess_exec(*start, env=env, stdout=log, stderr=log)

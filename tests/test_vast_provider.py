@@ -66,7 +66,8 @@ async def make(fake: FakeVast, sleeps: Sleeps) -> AsyncIterator[Make]:
                 clock: Callable[[], float] | None = None, sleep: Any = None,
                 **overrides: Any) -> VastProvider:
         config = VastConfig(**{"api_key": Secret(key), "image": "vidfleet/agent:test",
-                               "base_url": fake.url, "min_interval_s": {}, **overrides})
+                               "base_url": fake.url, "min_interval_s": {},
+                               "allow_plaintext_agent_url": True, **overrides})
         # Plain HTTP to 127.0.0.1: a transport that skips loading the CA bundle, which costs
         # ~0.15 s of CPU per client and there is one client per provider here.
         transport = transport or httpx.AsyncHTTPTransport(verify=False)

@@ -35,6 +35,7 @@ from controller.providers.vast_wire import (
     VastPage,
     VastSingle,
     VastUser,
+    create_body,
     instance_state,
     search_query,
 )
@@ -53,8 +54,6 @@ DEFAULT_MIN_INTERVAL_S = {"create": 4.5, "destroy": 3.0, "show": 2.0, "list": 1.
 # filled with them; the NO_NVENC_GPUS fragments are the authority, checked again client-side.
 _RUNTYPE_TOKENS = frozenset({"args", "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter",
                              "jupyter_proxy", "jupyter_direc", "jupyter_direct"})
-_MAX_LABEL_CHARS = 256
-_MAX_ENV_VALUE_CHARS = 256
 _PAGE_LIMIT = 25  # the v1 list's maximum page
 
 
@@ -78,6 +77,9 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
     verified: bool = True
     num_gpus: int = 1
     bid_price_per_hour: float | None = None  # set: interruptible at this bid; None: on-demand
+    # UNSAFE when True: a machine may be given a plaintext VIDFLEET_NATS_URL (tests, private
+    # networks). False: a create whose env's URL is not tls:// for every server is refused.
+    allow_plaintext_agent_url: bool = False
     offer_limit: int = 64
     request_timeout_s: float = 30.0
     max_retries: int = 4  # per idempotent call, after the first attempt
@@ -140,7 +142,7 @@ class VastProvider:
         """Rent ``offer`` once. An answer we did not get (timeout, dropped connection, 5xx, an
         unreadable 200) is settled by looking ``label`` up, never by sending again: a second
         create would bill a second machine."""
-        body = self._create_body(label, env)
+        body = create_body(self._config, label, env)
         try:
             created = await self._http.call("PUT", f"/api/v0/asks/{offer.offer_id}/",
                                             endpoint="create", idempotent=False,
@@ -195,26 +197,6 @@ class VastProvider:
         user = await self._http.call("GET", "/api/v0/users/current", endpoint="user",
                                      idempotent=True, response_type=VastUser)
         return user.credit or 0.0
-
-    def _create_body(self, label: str, env: dict[str, str]) -> dict[str, Any]:
-        if not label or len(label) > _MAX_LABEL_CHARS:
-            raise ProviderError(f"label must be 1..{_MAX_LABEL_CHARS} characters",
-                                retryable=False)
-        env = {**env, "VIDFLEET_AGENT_ID": label}
-        for key, value in env.items():
-            if len(value) > _MAX_ENV_VALUE_CHARS:  # name the variable, never the value
-                raise ProviderError(f"env {key} is longer than {_MAX_ENV_VALUE_CHARS} "
-                                    "characters, Vast.ai's limit", retryable=False)
-        c = self._config
-        body: dict[str, Any] = {
-            "client_id": "me", "image": c.image, "disk": c.disk_gb, "label": label,
-            "env": env, "runtype": c.runtype, "onstart": c.onstart, "cancel_unavail": True,
-            "target_state": "running"}
-        if c.runtype == "args":
-            body["args"] = list(c.args)
-        if c.bid_price_per_hour is not None:
-            body["price"] = c.bid_price_per_hour
-        return body
 
     async def _adopt(self, label: str, cause: VastError) -> InstanceInfo:
         for attempt in range(self._config.adopt_lookups):
@@ -281,6 +263,7 @@ def provider_from_config(config: ControllerConfig) -> VastProvider:
     if not config.vast_api_key.reveal():
         raise ConfigError("bad configuration in VIDFLEET_VAST_API_KEY: required when "
                           "VIDFLEET_PROVIDER is vast")
+    config.rented_agent_nats_url()  # refuses a plaintext URL for machines on the internet
     bid = config.vast_bid_per_hour
     try:
         vast = VastConfig(
@@ -289,6 +272,7 @@ def provider_from_config(config: ControllerConfig) -> VastProvider:
             min_gpu_ram_mb=config.min_gpu_ram_mb, min_reliability=config.min_reliability,
             min_inet_down_mbps=config.min_inet_down_mbps, min_cuda=config.min_cuda,
             max_price_per_hour=config.max_offer_price_per_hour,
+            allow_plaintext_agent_url=config.allow_plaintext_agent_url,
             # The loop re-sends a destroy every 15 s until the machine is gone; waiting out
             # eight attempts here would stall renting, drains and heartbeats meanwhile.
             destroy_attempts=2)

@@ -1,5 +1,5 @@
-"""Vast.ai's JSON as we send and read it: the offer search query, small Structs holding only
-the fields the provider uses, and what an instance's status fields mean for us
+"""Vast.ai's JSON as we send and read it: the offer search query, the create body, small
+Structs holding only the fields the provider uses, and what an instance's status fields mean for us
 (shared/reference/vastai-api.md §2, §4.5, §7.3-7.4).
 """
 
@@ -10,14 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from controller.providers.base import InstanceState
+from broker.tls import is_tls_only
+from controller.providers.base import InstanceState, ProviderError
 
 if TYPE_CHECKING:
     from controller.providers.vast import VastConfig
 
 __all__ = ["VastAck", "VastCreated", "VastInstance", "VastOffer", "VastOffers", "VastPage",
-           "VastSingle", "VastUser", "instance_state", "search_query"]
+           "VastSingle", "VastUser", "create_body", "instance_state", "search_query"]
 
+_MAX_LABEL_CHARS = 256
+_MAX_ENV_VALUE_CHARS = 256
 _NO_NVENC_NAMES = ("A100 PCIE", "A100 SXM4", "A100X", "A800 PCIE", "A30", "H100 PCIE",
                    "H100 SXM", "H100 NVL", "H200", "H200 NVL", "GH200 SXM", "B200")
 
@@ -133,3 +136,31 @@ def search_query(config: VastConfig) -> dict[str, Any]:
     else:
         query["gpu_name"] = {"notin": list(_NO_NVENC_NAMES)}
     return query
+
+
+def create_body(config: VastConfig, label: str, env: dict[str, str]) -> dict[str, Any]:
+    """The body of ``PUT /asks/<offer>/``. Refused (not retryable) when the machine's
+    ``VIDFLEET_NATS_URL`` is missing or not ``tls://`` for every server, unless
+    ``allow_plaintext_agent_url``: the machine is on someone else's network, and a plaintext
+    connection hands its credentials and our jobs to whoever sits in between."""
+    if not label or len(label) > _MAX_LABEL_CHARS:
+        raise ProviderError(f"label must be 1..{_MAX_LABEL_CHARS} characters", retryable=False)
+    if not config.allow_plaintext_agent_url and not is_tls_only(env.get("VIDFLEET_NATS_URL", "")):
+        raise ProviderError("env VIDFLEET_NATS_URL must be tls:// for every server: a rented "
+                            "machine is never given a plaintext URL (allow_plaintext_agent_url "
+                            "is off)", retryable=False)
+    env = {**env, "VIDFLEET_AGENT_ID": label}
+    for key, value in env.items():
+        if len(value) > _MAX_ENV_VALUE_CHARS:  # name the variable, never the value
+            raise ProviderError(f"env {key} is longer than {_MAX_ENV_VALUE_CHARS} "
+                                "characters, Vast.ai's limit", retryable=False)
+    c = config
+    body: dict[str, Any] = {
+        "client_id": "me", "image": c.image, "disk": c.disk_gb, "label": label,
+        "env": env, "runtype": c.runtype, "onstart": c.onstart, "cancel_unavail": True,
+        "target_state": "running"}
+    if c.runtype == "args":
+        body["args"] = list(c.args)
+    if c.bid_price_per_hour is not None:
+        body["price"] = c.bid_price_per_hour
+    return body
