@@ -8,6 +8,7 @@ from msgspec import Struct
 
 from broker.config import Secret
 from broker.creds import LiveCredentials
+from gpu_agent.url_guard import parse_networks
 
 __all__ = ["AgentConfig", "agent_credentials"]
 
@@ -35,6 +36,9 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     max_input_duration_s: float = 4 * 3600.0
     url_timeout_s: float = 60.0  # one read from a URL input
     url_total_timeout_s: float = 1800.0  # a whole URL download
+    # URL inputs are fetched only from public internet addresses, plus these networks
+    # (comma-separated CIDRs, e.g. "10.20.0.0/16,fd00::/8") for a private deployment's servers.
+    url_allow_networks: str = ""
     ffmpeg_timeout_factor: float = 10.0  # FFmpeg may run this many times the media duration
     ffmpeg_min_timeout_s: float = 120.0
     stall_timeout_s: float = 60.0  # no progress from FFmpeg this long: kill it
@@ -53,6 +57,9 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     container_api_key: Secret = Secret("")
     log_level: str = "INFO"
     log_json: bool = False
+
+    def __post_init__(self) -> None:
+        parse_networks(self.url_allow_networks)  # a bad entry fails at start, named
 
 
 def agent_credentials(config: AgentConfig) -> LiveCredentials | None:

@@ -1,13 +1,20 @@
 """Fetching a job's inputs into its work directory, bounded in size and time.
 
 ``obj:<name>`` comes from the inputs bucket (verified by digest); an http(s) URL is streamed with
-httpx. Missing objects, 4xx answers and oversize files are the job's fault (final); timeouts,
-connection errors and 5xx are the network's (retryable).
+httpx through a transport that refuses, hop by hop, every address outside the public internet
+and the networks the deployment allows (gpu_agent/url_transport.py); a refused URL fails the job
+(``input_forbidden``, final). Missing objects, 4xx answers and oversize files are the job's
+fault (final); timeouts, connection errors and 5xx are the network's (retryable).
+
+What a failure says is shown to whoever submitted the job, so it never carries what was fetched,
+a URL's ``user:password@`` or query string, or anything that tells an open port from a closed
+one: a connection refused, reset, unreachable or silent before any HTTP answer all read alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,38 +22,45 @@ from nats.js import JetStreamContext
 
 from broker.jobs import parse_input_ref
 from broker.objects import ObjectCorrupt, ObjectMissing, download
-from broker.subjects import INPUTS_BUCKET
-from gpu_agent.errors import invalid_input, retryable
+from gpu_agent.errors import JobFailure, invalid_input, retryable
+from gpu_agent.url_guard import scheme_problem, shown_url
+from gpu_agent.url_transport import GuardedTransport, HostUnresolvable, UrlRefused
 
-__all__ = ["InputFetcher"]
+__all__ = ["MAX_REDIRECTS", "InputFetcher"]
+
+MAX_REDIRECTS = 5
 
 
 class InputFetcher:
     def __init__(self, js: JetStreamContext, *, max_bytes: int, url_timeout_s: float,
                  url_total_timeout_s: float = 1800.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """``url_timeout_s`` bounds each read; ``url_total_timeout_s`` the whole download, so a
-        server trickling a byte a minute cannot hold a paid machine forever."""
+                 transport: Callable[[], httpx.AsyncBaseTransport] = GuardedTransport) -> None:
+        """``url_timeout_s`` bounds each connect and each read; ``url_total_timeout_s`` the
+        whole download, so a server trickling a byte a minute cannot hold a paid machine
+        forever. ``transport`` makes a fresh transport per download (closed with it); the
+        default fetches only from public internet addresses."""
         self._js = js
         self._max_bytes = max_bytes
         self._url_timeout_s = url_timeout_s
         self._url_total_timeout_s = url_total_timeout_s
         self._transport = transport
 
-    async def fetch(self, ref: str, dest: Path, *, label: str) -> Path:
+    async def fetch(self, ref: str, dest: Path, *, label: str, bucket: str) -> Path:
+        """Fetch ``ref`` into ``dest``; ``obj:`` names come from ``bucket`` (the job's
+        tenant's inputs)."""
         kind, where = parse_input_ref(ref)
         if kind == "object":
-            await self._fetch_object(where, dest, label)
+            await self._fetch_object(where, dest, label, bucket)
         else:
             await self._fetch_url(where, dest, label)
         return dest
 
-    async def _fetch_object(self, name: str, dest: Path, label: str) -> None:
+    async def _fetch_object(self, name: str, dest: Path, label: str, bucket: str) -> None:
         try:
-            await download(self._js, INPUTS_BUCKET, name, dest, max_size_bytes=self._max_bytes)
+            await download(self._js, bucket, name, dest, max_size_bytes=self._max_bytes)
         except ObjectMissing:
             raise invalid_input(
-                f"{label}: no object {name!r} in the {INPUTS_BUCKET!r} bucket "
+                f"{label}: no object {name!r} in the {bucket!r} bucket "
                 "(upload it first, or check the name after 'obj:')"
             ) from None
         except ValueError as exc:
@@ -57,22 +71,48 @@ class InputFetcher:
             raise retryable("input_timeout", f"{label}: object download stalled") from None
 
     async def _fetch_url(self, url: str, dest: Path, label: str) -> None:
-        shown = url.split("?", 1)[0]  # query strings often carry signatures; never echo them
-        timeout = httpx.Timeout(self._url_timeout_s)
+        what = f"{label}: {shown_url(url)}"
+        if problem := scheme_problem(url):  # httpx would take file:/x for a relative URL
+            raise JobFailure("input_forbidden", f"{label}: {problem}")
+        answered = False  # False until the response headers are in
         try:
             async with asyncio.timeout(self._url_total_timeout_s), \
-                    httpx.AsyncClient(transport=self._transport, timeout=timeout,
-                                      follow_redirects=True, max_redirects=5) as http, \
+                    httpx.AsyncClient(transport=self._transport(), trust_env=False,
+                                      timeout=httpx.Timeout(self._url_timeout_s),
+                                      follow_redirects=True,
+                                      max_redirects=MAX_REDIRECTS) as http, \
                     http.stream("GET", url) as resp:
-                await self._save(resp, dest, f"{label}: {shown}")
+                answered = True
+                await self._save(resp, dest, what)
+        except UrlRefused as exc:
+            raise _refused(url, what, exc) from None
         except TimeoutError:
-            raise retryable("input_timeout", f"{label}: downloading {shown} took over "
-                            f"{self._url_total_timeout_s:.0f}s") from None
-        except httpx.TimeoutException:
-            raise retryable("input_timeout", f"{label}: {shown} timed out") from None
-        except httpx.TransportError as exc:
+            raise retryable("input_timeout", f"{what}: the download took over "
+                            f"{self._url_total_timeout_s:g}s") from None
+        except HostUnresolvable as exc:
             raise retryable("input_unavailable",
-                            f"{label}: cannot reach {shown} ({type(exc).__name__})") from None
+                            f"{what}: the host name {exc.host} does not resolve") from None
+        except httpx.TooManyRedirects:
+            raise invalid_input(f"{what} redirects more than {MAX_REDIRECTS} times") from None
+        except httpx.InvalidURL:
+            raise invalid_input(f"{what} is not a valid URL") from None
+        except httpx.DecodingError:
+            raise invalid_input(f"{what}: the response body could not be decoded") from None
+        except httpx.TransportError as exc:
+            raise self._transport_failure(what, exc, answered) from None
+
+    def _transport_failure(self, what: str, exc: httpx.TransportError,
+                           answered: bool) -> JobFailure:
+        """Before any HTTP answer, every failure reads the same: telling refused from reset
+        or silent would make URL inputs a port scanner."""
+        if not answered:
+            return retryable("input_unavailable", f"{what}: no HTTP answer (the connection "
+                             "was refused, reset, unreachable or timed out)")
+        if isinstance(exc, httpx.ReadTimeout):
+            return retryable("input_timeout", f"{what} sent nothing for "
+                             f"{self._url_timeout_s:g}s")
+        return retryable("input_unavailable", f"{what}: the connection broke during the "
+                         "download")
 
     async def _save(self, resp: httpx.Response, dest: Path, what: str) -> None:
         if resp.status_code >= 500 or resp.status_code == 429:
@@ -92,3 +132,12 @@ class InputFetcher:
 
     def _too_big(self, what: str, size: int) -> str:
         return f"{what} is over {size} bytes, more than the limit of {self._max_bytes} bytes"
+
+
+def _refused(url: str, what: str, exc: UrlRefused) -> JobFailure:
+    try:
+        first = shown_url(str(httpx.URL(url)))  # as httpx sent it: normalised
+    except httpx.InvalidURL:
+        first = ""
+    hop = "" if exc.url == first else f" redirects to {exc.url}, which"
+    return JobFailure("input_forbidden", f"{what}{hop} is refused: {exc.reason}")

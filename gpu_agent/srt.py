@@ -5,7 +5,8 @@ Accepted: UTF-8 (a BOM is fine), CRLF or LF, cues of an index line, a timing lin
 ``HH:MM:SS,mmm --> HH:MM:SS,mmm`` (a ``.`` is accepted for ``,``) and one or more text lines,
 separated by blank lines. Cues must have end > start. ASS override blocks like ``{\\pos(...)}``
 are removed from the text: libass would obey them inside an SRT, letting a job's subtitle file
-move, resize or hide text outside the typed styling options.
+move, resize or hide text outside the typed styling options. Errors name a line but never quote
+it: the file may have come from a URL, and what it holds must not reach the submitter.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ def parse_srt(data: bytes, *, max_cues: int = 10_000) -> list[Cue]:
             i += 1
             continue
         if not lines[i].strip().isdigit():
-            raise SrtError(f"subtitles line {i + 1}: expected a cue number, got {lines[i][:60]!r}")
+            raise SrtError(f"subtitles line {i + 1}: expected a cue number")
         i += 1
         if i >= n or not (m := _TIMING.match(lines[i].strip())):
-            got = lines[i][:60] if i < n else "end of file"
+            got = "" if i < n else ", got the end of the file"
             raise SrtError(
                 f"subtitles line {i + 1}: expected a timing line like "
-                f"'00:00:01,000 --> 00:00:02,500', got {got!r}"
+                f"'00:00:01,000 --> 00:00:02,500'{got}"
             )
         start, end = _seconds(*m.group(1, 2, 3, 4)), _seconds(*m.group(5, 6, 7, 8))
         if end <= start:

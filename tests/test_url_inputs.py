@@ -1,19 +1,28 @@
 """Inputs given as http(s) URLs are fetched by the agent, bounded in size; HTTP errors are
-classified (4xx: the job's fault, final; 5xx: retried)."""
+classified (4xx: the job's fault, final; 5xx: retried). The server is on loopback, which an
+agent fetches from only when its url_allow_networks says so (tests/test_ssrf.py)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.events import Failed, Retrying, Succeeded
 from broker.jobs import CaptionJob
-from tests.conftest import agent_config, running_agent
+from gpu_agent.agent import Agent
+from gpu_agent.config import AgentConfig
+from tests.conftest import Outcomes, agent_config, running_agent
+
+LOOPBACK = "127.0.0.1/32"
+
+
+def _config(nats_server, work_dir: Path, **overrides: object) -> AgentConfig:
+    return agent_config(nats_server, work_dir, url_allow_networks=LOOPBACK, **overrides)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -46,6 +55,13 @@ def http_base(media_dir: Path) -> Iterator[str]:
     thread.join()
 
 
+@pytest.fixture
+async def agent(js, nats_server, tmp_path: Path, outcomes: Outcomes) -> AsyncIterator[Agent]:
+    """conftest's agent, allowed to fetch from the loopback test server."""
+    async with running_agent(_config(nats_server, tmp_path / "agent"), outcomes) as a:
+        yield a
+
+
 async def test_url_inputs(client, agent, http_base: str) -> None:
     receipt = await client.submit(CaptionJob(video=f"{http_base}/talk.mp4?sig=SECRET",
                                              srt=f"{http_base}/talk.srt"))
@@ -63,7 +79,7 @@ async def test_url_404_fails_without_echoing_the_query(client, agent, http_base:
 
 async def test_url_5xx_is_retried_then_fails_for_good(client, js, nats_server, http_base: str,
                                                       tmp_path: Path) -> None:
-    config = agent_config(nats_server, tmp_path / "a", retry_delay_s=0.1)
+    config = _config(nats_server, tmp_path / "a", retry_delay_s=0.1)
     async with running_agent(config):
         receipt = await client.submit(CaptionJob(video=f"{http_base}/broken.mp4",
                                                  srt=f"{http_base}/talk.srt"))
@@ -76,7 +92,7 @@ async def test_url_5xx_is_retried_then_fails_for_good(client, js, nats_server, h
 
 async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
                                        tmp_path: Path) -> None:
-    config = agent_config(nats_server, tmp_path / "a", max_input_bytes=1000)
+    config = _config(nats_server, tmp_path / "a", max_input_bytes=1000)
     async with running_agent(config):
         receipt = await client.submit(CaptionJob(video=f"{http_base}/talk.mp4",
                                                  srt=f"{http_base}/talk.srt"))
@@ -87,7 +103,7 @@ async def test_url_over_the_size_limit(client, js, nats_server, http_base: str,
 
 async def test_transient_trouble_is_retried_and_explained(client, js, nats_server, http_base: str,
                                                           tmp_path: Path) -> None:
-    config = agent_config(nats_server, tmp_path / "a", retry_delay_s=0.1)
+    config = _config(nats_server, tmp_path / "a", retry_delay_s=0.1)
     async with running_agent(config):
         receipt = await client.submit(CaptionJob(video=f"{http_base}/flaky/talk.mp4",
                                                  srt=f"{http_base}/talk.srt"))
