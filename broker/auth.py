@@ -1,16 +1,18 @@
-"""Operator-mode NATS auth: keys, account and user JWTs, role permissions, creds files.
+"""Operator-mode NATS auth: keys, account and user JWTs, creds.
 
-Trust chain: an operator key signs two accounts (SYS for the server's own use, APP for
-vidfleet); APP carries three signing keys. The controller's key is unscoped (its users have the
-account's full rights). The agent and client keys are *scoped*: the permissions live in the
-account JWT as a template, so a user minted with such a key gets exactly the role's rights and
-no bug in the minting code can widen them (the server refuses a scoped user JWT that carries
-permissions of its own). ``{{name()}}`` in a template is the user JWT's name: an agent's id,
-so an agent can only publish its own events and heartbeats and read its own inbox.
+Trust chain: an operator key signs every account: SYS (the server's own), FLEET (JetStream and
+the control plane), AGENTS (every agent) and one account per tenant; what each account holds
+and reaches is broker/accounts.py. FLEET's signer (controller, operator tools) is unscoped. The
+agent signer is *scoped*: the permissions live in the AGENTS account JWT as a template, so a
+user minted with it gets exactly the role's rights and no bug in the minting code can widen
+them (the server refuses a scoped user JWT that carries permissions of its own). Tenant users
+are signed by the client signer and have every right inside their own account, which reaches
+nothing but its imports. A client user's JWT names its tenant in a tag (``vidfleet-tenant:``).
 
-Getting a grant wrong is either a hole (a stranger's GPU machine reads other agents' jobs, or
-deletes a stream) or an outage (an agent denied its ack subject runs every job to its lease end).
-The tests run every role's real calls under these grants and assert each denial.
+Getting a grant wrong is either a hole (a stranger's GPU machine reads the fleet's records, a
+tenant another's results) or an outage (an agent denied its ack subject runs every job to its
+lease end). tests/test_auth.py and tests/test_isolation.py run every role's real calls under
+these grants and try the attacks.
 """
 
 from __future__ import annotations
@@ -25,38 +27,40 @@ import nkeys
 from msgspec import Struct
 from nacl.signing import SigningKey
 
-from broker.config import Secret
-from broker.subjects import (
-    CONTROLLER_HEARTBEAT_SUBJECT,
-    EVENTS_STREAM,
-    INPUTS_BUCKET,
-    JOBS_CONSUMER,
-    JOBS_STREAM,
-    JOBSTATE_BUCKET,
-    RESULTS_BUCKET,
-    agent_inbox_prefix,
-    client_inbox_prefix,
-    renew_subject,
+from broker.accounts import (
+    Tenant,
+    agent_template,
+    agents_imports,
+    fleet_exports,
+    tenant_imports,
 )
+from broker.config import Secret
+from broker.subjects import validate_tenant
 
 __all__ = [
-    "ACCOUNT_NAME",
+    "AGENTS_ACCOUNT",
+    "FLEET_ACCOUNT",
+    "TENANT_TAG",
     "AuthKeys",
     "Minted",
     "Role",
-    "account_jwt",
-    "agent_permissions",
-    "client_permissions",
+    "Tenant",
+    "agents_account_jwt",
+    "fleet_account_jwt",
     "generate_keys",
     "mint_user",
+    "new_tenant",
     "operator_jwt",
     "public_key",
     "server_config",
     "system_account_jwt",
+    "tenant_account_jwt",
     "user_jwt",
 ]
 
-ACCOUNT_NAME = "VIDFLEET"
+FLEET_ACCOUNT = "VIDFLEET"  # the name the single account had; its key did not change
+AGENTS_ACCOUNT = "AGENTS"
+TENANT_TAG = "vidfleet-tenant:"
 Role = Literal["controller", "agent", "client", "system"]
 _JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
@@ -64,11 +68,13 @@ _UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -
 
 
 class AuthKeys(Struct, frozen=True, kw_only=True):
-    """Every seed of the deployment. Held by the controller alone; never logged (Secret)."""
+    """Every seed of the deployment. Held by the controller alone; never logged (Secret).
+    ``account`` is FLEET's."""
 
     operator: Secret
     system_account: Secret
     account: Secret
+    agents_account: Secret
     controller_signer: Secret
     agent_signer: Secret
     client_signer: Secret
@@ -81,6 +87,7 @@ class Minted(Struct, frozen=True, kw_only=True):
     jwt: Secret
     seed: Secret
     expires_at: float | None
+    account: str = ""  # the public key of the account the user belongs to
 
 
 def _new_seed(prefix: int) -> Secret:
@@ -92,6 +99,7 @@ def generate_keys() -> AuthKeys:
     return AuthKeys(operator=_new_seed(nkeys.PREFIX_BYTE_OPERATOR),
                     system_account=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
                     account=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+                    agents_account=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
                     controller_signer=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
                     agent_signer=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
                     client_signer=_new_seed(nkeys.PREFIX_BYTE_ACCOUNT))
@@ -133,124 +141,100 @@ def system_account_jwt(keys: AuthKeys, now: float | None = None) -> str:
                    keys.operator, now or time.time())
 
 
-def agent_permissions() -> dict[str, Any]:
-    """An agent: pull and ack on the jobs consumer, its own events and heartbeats, read and
-    write the job-state KV (any key: KV subjects cannot be limited to the jobs it holds, so
-    an agent could overwrite another job's state), read inputs, write results (no purge: it
-    could not be limited to one name), its own inbox, its commands and the controller's
-    heartbeat. Nothing else."""
-    me = "{{name()}}"
-    return {
-        "pub": {"allow": [
-            f"$JS.API.CONSUMER.INFO.{JOBS_STREAM}.{JOBS_CONSUMER}",
-            f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{JOBS_CONSUMER}",
-            f"$JS.ACK.{JOBS_STREAM}.{JOBS_CONSUMER}.>",
-            f"events.*.*.{me}",
-            f"agents.{me}.heartbeat",
-            renew_subject(me),
-            f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
-            f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.>",
-            *_kv_rw(JOBSTATE_BUCKET),
-            *_object_read(INPUTS_BUCKET),
-            *_object_write(RESULTS_BUCKET),
-        ]},
-        "sub": {"allow": [f"{agent_inbox_prefix(me)}.>", f"agents.{me}.control",
-                          CONTROLLER_HEARTBEAT_SUBJECT]},
-        "subs": -1, "data": -1, "payload": -1,
-    }
-
-
-def client_permissions() -> dict[str, Any]:
-    """A client: submit jobs, follow events, write inputs, read results; its own inbox. No
-    fleet subjects (heartbeats, commands, the fleet bucket), no pulling jobs, no stream
-    management, no publishing events."""
-    me = "{{name()}}"
-    return {
-        "pub": {"allow": [
-            "jobs.*.*",
-            f"$JS.API.STREAM.INFO.{JOBS_STREAM}",
-            f"$JS.API.STREAM.MSG.GET.{JOBS_STREAM}",
-            f"$JS.API.DIRECT.GET.{JOBS_STREAM}.>",
-            f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
-            f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
-            f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.>",
-            f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}",
-            f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.>",
-            f"$JS.API.CONSUMER.DELETE.{EVENTS_STREAM}.>",
-            f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.>",
-            f"$JS.FC.{EVENTS_STREAM}.>",
-            *_object_write(INPUTS_BUCKET),
-            *_object_read(RESULTS_BUCKET),
-        ]},
-        "sub": {"allow": [f"{client_inbox_prefix(me)}.>", "events.*.*.*"]},
-        "subs": -1, "data": -1, "payload": -1,
-    }
-
-
-def _kv_rw(bucket: str) -> list[str]:
-    stream = f"KV_{bucket}"
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}.>", f"$KV.{bucket}.>"]
-
-
-def _object_read(bucket: str) -> list[str]:
-    stream = f"OBJ_{bucket}"
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>",
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.FC.{stream}.>",
-            f"$JS.ACK.{stream}.>"]
-
-
-def _object_write(bucket: str) -> list[str]:
-    stream = f"OBJ_{bucket}"
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}.>", f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
-
-
-def account_jwt(keys: AuthKeys, revocations: dict[str, int] | None = None,
-                now: float | None = None) -> str:
-    """The vidfleet account. ``revocations`` maps a user's public key to a unix time: that
-    user's JWTs issued at or before it are refused, and its live connections are closed."""
-    limits = {**_UNLIMITED, "mem_storage": -1, "disk_storage": -1, "streams": -1,
-              "consumer": -1}
-    scoped = [{"kind": "user_scope", "key": public_key(keys.agent_signer), "role": "agent",
-               "template": agent_permissions()},
-              {"kind": "user_scope", "key": public_key(keys.client_signer), "role": "client",
-               "template": client_permissions()}]
+def _account(keys: AuthKeys, seed_or_key: Secret | str, name: str, *, jetstream: bool,
+             signing_keys: list[Any], revocations: dict[str, int] | None, now: float | None,
+             exports: list[dict[str, Any]] | None = None,
+             imports: list[dict[str, Any]] | None = None) -> str:
+    store = -1 if jetstream else 0
+    limits = {**_UNLIMITED, "mem_storage": store, "disk_storage": store,
+              "streams": store, "consumer": store}
     nats: dict[str, Any] = {"limits": limits, "type": "account", "version": 2,
-                            "signing_keys": [public_key(keys.controller_signer), *scoped],
+                            "signing_keys": signing_keys,
                             "default_permissions": {"pub": {}, "sub": {}}}
+    if exports:
+        nats["exports"] = exports
+    if imports:
+        nats["imports"] = imports
     if revocations:
         nats["revocations"] = dict(revocations)
-    return _encode({"sub": public_key(keys.account), "name": ACCOUNT_NAME, "nats": nats},
-                   keys.operator, now or time.time())
+    # (A Secret is a str too: test for it first, or the seed itself would become the subject.)
+    sub = public_key(seed_or_key) if isinstance(seed_or_key, Secret) else seed_or_key
+    return _encode({"sub": sub, "name": name, "nats": nats}, keys.operator, now or time.time())
+
+
+def fleet_account_jwt(keys: AuthKeys, revocations: dict[str, int] | None = None,
+                      now: float | None = None) -> str:
+    """FLEET: JetStream and the control plane; exports what the other accounts import.
+    ``revocations`` maps a user's public key to a unix time: that user's JWTs issued at or
+    before it are refused, and its live connections are closed."""
+    return _account(keys, keys.account, FLEET_ACCOUNT, jetstream=True,
+                    signing_keys=[public_key(keys.controller_signer)],
+                    revocations=revocations, now=now, exports=fleet_exports())
+
+
+def agents_account_jwt(keys: AuthKeys, tenants: list[Tenant],
+                       revocations: dict[str, int] | None = None,
+                       now: float | None = None) -> str:
+    """AGENTS: every agent user, confined by the scoped agent signer's template."""
+    scoped = {"kind": "user_scope", "key": public_key(keys.agent_signer), "role": "agent",
+              "template": agent_template(tenants)}
+    return _account(keys, keys.agents_account, AGENTS_ACCOUNT, jetstream=False,
+                    signing_keys=[scoped], revocations=revocations, now=now,
+                    imports=agents_imports(public_key(keys.account), tenants))
+
+
+def tenant_account_jwt(keys: AuthKeys, tenant: Tenant,
+                       revocations: dict[str, int] | None = None,
+                       now: float | None = None) -> str:
+    """One tenant's account: its users have every right inside it, and it reaches nothing of
+    the fleet but its own imports."""
+    return _account(keys, tenant.account, f"tenant-{tenant.name}", jetstream=False,
+                    signing_keys=[public_key(keys.client_signer)],
+                    revocations=revocations, now=now,
+                    imports=tenant_imports(public_key(keys.account), tenant.name))
+
+
+def new_tenant(name: str) -> Tenant:
+    """A tenant with a fresh account key (its seed is not needed: the operator signs the
+    account, the shared client signer signs its users)."""
+    return Tenant(name=validate_tenant(name),
+                  account=public_key(_new_seed(nkeys.PREFIX_BYTE_ACCOUNT)))
 
 
 def mint_user(keys: AuthKeys, role: Role, name: str, *, expires_in_s: float | None,
-              now: float | None = None) -> Minted:
-    """A new user (a fresh nkey) for ``role`` named ``name`` (an agent's id, a client's name)."""
+              tenant: Tenant | None = None, now: float | None = None) -> Minted:
+    """A new user (a fresh nkey) for ``role`` named ``name`` (an agent's id, a client's name);
+    a client belongs to ``tenant``."""
     now = now or time.time()
     seed = _new_seed(nkeys.PREFIX_BYTE_USER)
     jwt, expires_at = user_jwt(keys, role, name, public_key(seed), expires_in_s=expires_in_s,
-                               now=now)
+                               tenant=tenant, now=now)
     return Minted(name=name, role=role, public_key=public_key(seed), seed=seed,
-                  jwt=Secret(jwt), expires_at=expires_at)
+                  jwt=Secret(jwt), expires_at=expires_at,
+                  account=_account_of(keys, role, tenant))
+
+
+def _account_of(keys: AuthKeys, role: Role, tenant: Tenant | None) -> str:
+    if role == "client":
+        if tenant is None:
+            raise ValueError("a client user belongs to a tenant: pass tenant=")
+        return tenant.account
+    return public_key({"controller": keys.account, "agent": keys.agents_account,
+                       "system": keys.system_account}[role])
 
 
 def user_jwt(keys: AuthKeys, role: Role, name: str, user_key: str, *,
-             expires_in_s: float | None, now: float) -> tuple[str, float | None]:
+             expires_in_s: float | None, now: float,
+             tenant: Tenant | None = None) -> tuple[str, float | None]:
     """A JWT for an existing user key: how a renewal works without the seed travelling."""
-    signer, account = {
-        "controller": (keys.controller_signer, keys.account),
-        "agent": (keys.agent_signer, keys.account),
-        "client": (keys.client_signer, keys.account),
-        "system": (keys.system_account, keys.system_account),
-    }[role]
+    signer = {"controller": keys.controller_signer, "agent": keys.agent_signer,
+              "client": keys.client_signer, "system": keys.system_account}[role]
     nats: dict[str, Any] = {"type": "user", "version": 2}
-    if signer is not account:
-        nats["issuer_account"] = public_key(account)
-    if role in ("controller", "system"):  # unscoped signers: the account's full rights
+    if role != "system":
+        nats["issuer_account"] = _account_of(keys, role, tenant)
+    if tenant is not None:
+        nats["tags"] = [f"{TENANT_TAG}{tenant.name}"]
+    if role in ("controller", "system", "client"):  # unscoped: the account's full rights
         nats |= {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}
     claims: dict[str, Any] = {"sub": user_key, "name": name, "nats": nats}
     expires_at = None
@@ -262,9 +246,12 @@ def user_jwt(keys: AuthKeys, role: Role, name: str, user_key: str, *,
 
 def server_config(keys: AuthKeys, resolver_dir: str, now: float | None = None) -> str:
     """nats-server settings for operator mode with a ``full`` resolver (account JWTs kept in
-    ``resolver_dir``, updatable at run time: that is how a revocation reaches the server)."""
+    ``resolver_dir``, updatable at run time: that is how a revocation or a new tenant reaches
+    the server). The preloaded AGENTS account knows no tenant: whoever starts the stack pushes
+    the current accounts at once (broker/auth_store.py ``publish_accounts``)."""
     preload = {public_key(keys.system_account): system_account_jwt(keys, now),
-               public_key(keys.account): account_jwt(keys, now=now)}
+               public_key(keys.account): fleet_account_jwt(keys, now=now),
+               public_key(keys.agents_account): agents_account_jwt(keys, [], now=now)}
     lines = [f"operator: {operator_jwt(keys, now)}",
              f"system_account: {public_key(keys.system_account)}",
              "resolver: {",

@@ -6,10 +6,11 @@ the local operator's own tools) and ``clients.json`` (which key each named clien
 has, so ``vidfleet creds revoke NAME`` can name it). Whoever can read this directory owns the
 deployment: in production it sits with the controller only.
 
-Revocations are kept in KV bucket ``auth`` (key ``revocations``), so the controller (destroyed
-machines) and ``vidfleet creds revoke`` (clients) extend one list, and the account JWT pushed
-to the server always carries all of it. Each entry is dropped once the revoked user's JWTs
-have all expired.
+Revocations and tenants are kept in KV bucket ``auth`` (keys ``revocations`` and ``tenants``),
+written only from the FLEET account (the controller, ``vidfleet creds``): no tenant or agent
+account imports it. Every account JWT pushed to the server is built from both, so the AGENTS
+account always imports every tenant's buckets and each account carries all of its revocations.
+Each revocation is dropped once the revoked user's JWTs have all expired.
 """
 
 from __future__ import annotations
@@ -17,21 +18,37 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
+from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from broker.auth import AuthKeys, account_jwt, generate_keys, mint_user, server_config
+from broker.auth import (
+    AuthKeys,
+    Tenant,
+    agents_account_jwt,
+    fleet_account_jwt,
+    generate_keys,
+    mint_user,
+    new_tenant,
+    public_key,
+    server_config,
+    tenant_account_jwt,
+)
 from broker.config import Secret
 from broker.creds import creds_text
-from broker.subjects import AUTH_BUCKET
+from broker.subjects import AUTH_BUCKET, validate_tenant
 
-__all__ = ["AuthDir", "push_account_jwt", "republish_account", "revoke", "write_private"]
+__all__ = ["AuthDir", "create_tenant", "publish_accounts", "push_account_jwt", "revoke",
+           "tenants", "write_private"]
 
 _REVOCATIONS_KEY = "revocations"
+_TENANTS_KEY = "tenants"
 
 
 class AuthDir:
@@ -58,12 +75,17 @@ class AuthDir:
         return keys
 
     def keys(self) -> AuthKeys:
-        return msgspec.json.decode(self.keys_file.read_bytes(), type=AuthKeys,
-                                   dec_hook=_secret_hook)
+        doc = json.loads(self.keys_file.read_text())
+        if "agents_account" not in doc:  # made before agents had an account of their own
+            doc["agents_account"] = generate_keys().agents_account.reveal()
+            write_private(self.keys_file, json.dumps(doc).encode())
+        return msgspec.convert(doc, type=AuthKeys, dec_hook=_secret_hook)
 
-    def register_client(self, name: str, public_key: str, expires_at: float | None) -> None:
+    def register_client(self, name: str, public_key: str, expires_at: float | None,
+                        account: str) -> None:
         clients = self.clients()
-        clients.setdefault(name, []).append({"key": public_key, "expires_at": expires_at})
+        clients.setdefault(name, []).append({"key": public_key, "expires_at": expires_at,
+                                             "account": account})
         write_private(self.clients_file, json.dumps(clients, indent=2).encode())
 
     def clients(self) -> dict[str, list[dict[str, object]]]:
@@ -99,43 +121,106 @@ async def push_account_jwt(system: Client, jwt: str, timeout_s: float = 5.0) -> 
         raise RuntimeError(f"account update refused: {data!r}")
 
 
-async def _revocations(js: JetStreamContext) -> tuple[dict[str, list[float]], int | None]:
+async def _read(js: JetStreamContext, key: str) -> tuple[dict[str, Any], int | None]:
+    """A JSON object kept under ``key`` in the auth bucket; ``{}`` when missing, or when it
+    is not an object (logged: only FLEET users can write here, but a broken entry must not
+    stop revocations for good)."""
     kv = await js.key_value(AUTH_BUCKET)
     try:
-        entry = await kv.get(_REVOCATIONS_KEY)
+        entry = await kv.get(key)
     except KeyNotFoundError:
         return {}, None
-    return (msgspec.json.decode(entry.value) if entry.value else {}), entry.revision
+    try:
+        data = msgspec.json.decode(entry.value or b"{}")
+    except msgspec.DecodeError:
+        data = None
+    if not isinstance(data, dict):
+        logger.error("auth bucket entry {key} is not a JSON object; starting it afresh", key=key)
+        return {}, entry.revision
+    return data, entry.revision
+
+
+async def _update(js: JetStreamContext, key: str,
+                  change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Compare-and-set ``key``: concurrent writers (the controller and a CLI) merge."""
+    kv = await js.key_value(AUTH_BUCKET)
+    while True:
+        current, revision = await _read(js, key)
+        body = msgspec.json.encode(change(current))
+        try:
+            if revision is None:
+                await kv.create(key, body)
+            else:
+                await kv.update(key, body, last=revision)
+            return
+        except KeyWrongLastSequenceError:
+            continue  # someone else wrote at the same moment: merge with theirs
+
+
+async def tenants(js: JetStreamContext) -> list[Tenant]:
+    data, _ = await _read(js, _TENANTS_KEY)
+    found = []
+    for name, account in sorted(data.items()):
+        if isinstance(account, str):
+            found.append(Tenant(name=name, account=account))
+    return found
+
+
+async def create_tenant(js: JetStreamContext, system: Client, keys: AuthKeys,
+                        name: str) -> Tenant:
+    """The tenant ``name`` (made once: an existing tenant keeps its account), its account
+    pushed to the server, and AGENTS re-pushed so agents can reach its buckets. The caller
+    creates its object stores (broker/topology.py ``ensure_tenant``)."""
+    validate_tenant(name)
+    made = new_tenant(name)
+    await _update(js, _TENANTS_KEY, lambda d: d if name in d else {**d, name: made.account})
+    tenant = next(t for t in await tenants(js) if t.name == name)
+    await publish_accounts(js, system, keys)
+    return tenant
 
 
 async def revoke(js: JetStreamContext, system: Client, keys: AuthKeys, user_key: str, *,
-                 until: float, now: float | None = None) -> None:
-    """Refuse ``user_key``'s JWTs from now on (and close its connections) until ``until``,
-    when its last JWT has expired anyway."""
-    kv = await js.key_value(AUTH_BUCKET)
-    while True:
-        now = now or time.time()
-        current, revision = await _revocations(js)
-        current = {k: v for k, v in current.items() if v[1] > now}
-        current[user_key] = [float(int(now) + 1), until]
-        body = msgspec.json.encode(current)
-        try:
-            if revision is None:
-                await kv.create(_REVOCATIONS_KEY, body)
-            else:
-                await kv.update(_REVOCATIONS_KEY, body, last=revision)
-            break
-        except KeyWrongLastSequenceError:
-            continue  # someone else revoked at the same moment: merge with theirs
-    # Push the list as it stands now, not as we wrote it: a concurrent revoker's older push
-    # landing after ours must not be the last word.
-    await republish_account(js, system, keys)
+                 account: str, until: float, now: float | None = None) -> None:
+    """Refuse ``user_key``'s JWTs (a user of ``account``, a public key) from now on, and close
+    its connections, until ``until``, when its last JWT has expired anyway."""
+    stamp = now or time.time()
+
+    def add(current: dict[str, Any]) -> dict[str, Any]:
+        live = {k: v for k, v in current.items() if (e := _entry(v)) and e[1] > stamp}
+        return {**live, user_key: [float(int(stamp) + 1), until, account]}
+
+    await _update(js, _REVOCATIONS_KEY, add)
+    # Push the lists as they stand now, not as we wrote them: a concurrent revoker's older
+    # push landing after ours must not be the last word.
+    await publish_accounts(js, system, keys)
 
 
-async def republish_account(js: JetStreamContext, system: Client, keys: AuthKeys) -> None:
-    """Push the account JWT with every live revocation (after a server restart, its preloaded
-    account JWT may predate some)."""
+def _entry(value: object) -> tuple[float, float, str] | None:
+    """``[revoked_at, until, account]``; entries from before accounts were split name none
+    (they were agents or clients of one account that no longer holds either)."""
+    if not isinstance(value, list) or len(value) not in (2, 3):
+        return None
+    try:
+        return float(value[0]), float(value[1]), str(value[2]) if len(value) == 3 else ""
+    except (TypeError, ValueError):
+        return None
+
+
+async def publish_accounts(js: JetStreamContext, system: Client, keys: AuthKeys) -> None:
+    """Push FLEET, AGENTS and every tenant account with their live revocations (after a
+    server restart the preloaded JWTs know no tenant and may predate some revocations)."""
     now = time.time()
-    current, _ = await _revocations(js)
-    live = {k: int(v[0]) for k, v in current.items() if v[1] > now}
-    await push_account_jwt(system, account_jwt(keys, live))
+    current, _ = await _read(js, _REVOCATIONS_KEY)
+    by_account: dict[str, dict[str, int]] = {}
+    for user_key, value in current.items():
+        entry = _entry(value)
+        if entry and entry[1] > now:
+            by_account.setdefault(entry[2], {})[user_key] = int(entry[0])
+    known = await tenants(js)
+    await push_account_jwt(system, fleet_account_jwt(
+        keys, by_account.get(public_key(keys.account))))
+    await push_account_jwt(system, agents_account_jwt(
+        keys, known, by_account.get(public_key(keys.agents_account))))
+    for tenant in known:
+        await push_account_jwt(system, tenant_account_jwt(
+            keys, tenant, by_account.get(tenant.account)))

@@ -1,4 +1,4 @@
-"""What happens to a job, as events on ``events.<job_id>.<kind>.<publisher>``.
+"""What happens to a job, as events on ``events.<tenant>.<job_id>.<kind>.<publisher>``.
 
 Every body is JSON with a ``kind`` tag equal to the subject's kind token. The one exception is
 ``queued``: the server itself republishes each stored job as a headers-only message (empty
@@ -44,6 +44,7 @@ KINDS = frozenset({"queued", "started", "progress", "retrying", "succeeded", "fa
 class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
     job_id: str
     at: float  # unix seconds when the publisher created the event
+    tenant: str = ""  # whose job (ids are unique per tenant); equals the subject's token
 
 
 class Queued(_Event, frozen=True, kw_only=True, tag="queued"):
@@ -149,18 +150,28 @@ def event_from_msg(subject: str, headers: dict[str, str] | None, data: bytes) ->
     """Decode one message of the EVENTS stream, including the server-made queued event.
 
     Returns None for a kind this version does not know, so old readers survive new writers.
+    Raises ValueError (msgspec's errors are ValueErrors) for a malformed message: callers
+    that read what others publish log and skip it.
     """
-    job_id, kind, _publisher = parse_event_subject(subject)
+    tenant, job_id, kind, _publisher = parse_event_subject(subject)
     if kind not in KINDS:
         return None
     if kind == "queued" and not data:
         headers = headers or {}
-        operation, _ = parse_job_subject(headers["Nats-Subject"])
+        try:
+            _tenant, operation, _ = parse_job_subject(headers["Nats-Subject"])
+            stamp, seq = headers["Nats-Time-Stamp"], int(headers["Nats-Sequence"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"queued event without its job headers: {exc}") from None
         return Queued(
-            job_id=job_id,
-            at=_timestamp(headers["Nats-Time-Stamp"]),
+            job_id=job_id, tenant=tenant,
+            at=_timestamp(stamp),
             operation=operation,
-            stream_seq=int(headers["Nats-Sequence"]),
+            stream_seq=seq,
         )
-    return decode_event(data)
+    event = decode_event(data)
+    if event.job_id != job_id or event.tenant not in ("", tenant):
+        raise ValueError(f"event body names job {event.tenant}/{event.job_id}, its subject "
+                         f"{tenant}/{job_id}")
+    return event
 

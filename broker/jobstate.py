@@ -1,5 +1,5 @@
-"""The job-state KV: one entry per job id holding its latest lifecycle event, with the terminal
-state claimed by compare-and-set.
+"""The job-state KV: one entry per job (key ``<tenant>.<job_id>``) holding its latest lifecycle
+event, with the terminal state claimed by compare-and-set.
 
 Exactly one terminal event per job is the contract with clients. Two attempts can both finish
 (a frozen machine whose lease lapsed wakes up after another machine ran the job), and they may
@@ -10,10 +10,12 @@ entry is never overwritten, so a late ``started`` cannot make a finished job loo
 
 from __future__ import annotations
 
+from loguru import logger
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.events import Event, Failed, Started, Succeeded, decode_event, encode_event
+from broker.subjects import job_key
 
 __all__ = ["JobStates", "Terminal"]
 
@@ -25,12 +27,12 @@ class JobStates:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
 
-    async def get(self, job_id: str) -> Event | None:
-        current, _ = await self._read(job_id)
+    async def get(self, tenant: str, job_id: str) -> Event | None:
+        current, _ = await self._read(job_key(tenant, job_id))
         return current
 
-    async def terminal(self, job_id: str) -> Terminal | None:
-        current, _ = await self._read(job_id)
+    async def terminal(self, tenant: str, job_id: str) -> Terminal | None:
+        current, _ = await self._read(job_key(tenant, job_id))
         return current if isinstance(current, (Succeeded, Failed)) else None
 
     async def record_started(self, event: Started) -> Terminal | None:
@@ -42,27 +44,33 @@ class JobStates:
         that was there first, and the caller must not publish its own."""
         return await self._write_unless_terminal(event)
 
-    async def _read(self, job_id: str) -> tuple[Event | None, int | None]:
+    async def _read(self, key: str) -> tuple[Event | None, int | None]:
         try:
-            entry = await self._kv.get(job_id)
+            entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None, None
         if not entry.value:
             return None, entry.revision
-        return decode_event(entry.value), entry.revision
+        try:
+            return decode_event(entry.value), entry.revision
+        except ValueError as exc:  # unreadable: treated as no state, and overwritten
+            logger.error("job state {key} is unreadable ({error}); ignored", key=key,
+                         error=str(exc))
+            return None, entry.revision
 
     async def _write_unless_terminal(self, event: Event) -> Terminal | None:
         data = encode_event(event)
+        key = job_key(event.tenant, event.job_id)
         for _ in range(_CAS_ATTEMPTS):
-            current, revision = await self._read(event.job_id)
+            current, revision = await self._read(key)
             if isinstance(current, (Succeeded, Failed)):
                 return current
             try:
                 if revision is None:
-                    await self._kv.create(event.job_id, data)
+                    await self._kv.create(key, data)
                 else:
-                    await self._kv.update(event.job_id, data, last=revision)
+                    await self._kv.update(key, data, last=revision)
                 return None
             except KeyWrongLastSequenceError:
                 continue  # someone wrote in between: read again
-        raise RuntimeError(f"job state of {event.job_id} kept changing; gave up writing it")
+        raise RuntimeError(f"job state of {key} kept changing; gave up writing it")

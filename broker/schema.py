@@ -16,6 +16,7 @@ from broker.events import Event
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
+from broker.submit import SubmitReply
 
 __all__ = ["schemas", "write_schemas"]
 
@@ -26,12 +27,14 @@ def schemas() -> dict[str, dict]:
     for operation, cls in OPERATIONS.items():
         doc = msgspec.json.schema(cls)
         doc["title"] = f"vidfleet job: {operation}"
-        doc["description"] = (f"Body of a message on jobs.{operation}.<job_id>. "
+        doc["description"] = (f"Body of a request on submit.<tenant>.{operation}.<job_id> "
+                              f"(stored as jobs.<tenant>.{operation}.<job_id>). "
                               + (cls.__doc__ or "").strip())
         out[f"job.{operation}.json"] = doc
     events = msgspec.json.schema(Event)
     events["title"] = "vidfleet job event"
-    events["description"] = ("Body of a message on events.<job_id>.<kind>.<publisher>; the "
+    events["description"] = ("Body of a message on events.<tenant>.<job_id>.<kind>.<publisher>; "
+                             "the "
                              "'kind' field equals the subject's kind token. The queued event "
                              "has an empty body (see docs/protocol.md).")
     out["event.json"] = events
@@ -47,6 +50,8 @@ def schemas() -> dict[str, dict]:
              "Body of a message on controller.heartbeat (core NATS)."),
             ("agent.command.json", AgentCommand, "vidfleet agent command",
              "Body of a message on agents.<agent_id>.control (core NATS)."),
+            ("submit.reply.json", SubmitReply, "vidfleet submit reply",
+             "The gateway's reply to a request on submit.<tenant>.<operation>.<job_id>."),
             ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
              "The controller's reply to a request on fleet.renew.<agent_id> (empty body).")):
         doc = msgspec.json.schema(cls)

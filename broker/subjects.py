@@ -1,12 +1,17 @@
 """Every subject, stream, consumer and bucket name on the bus, and the rules for job ids.
 
-The layout is chosen so that per-agent permissions can be granted later without renaming
-anything: an agent publishes only on subjects that end in (events) or start with (heartbeats)
-its own id, and reads replies on its own inbox prefix.
+Every job belongs to a tenant, and the tenant is the second token of every subject about a job,
+so one account's imports can name exactly one tenant's jobs (see broker/accounts.py and
+docs/security.md). An agent publishes only on subjects that end in (events) or start with
+(heartbeats) its own id, and reads replies on its own inbox prefix.
 
-    jobs.<operation>.<job_id>              a job request (JSON body; stream JOBS)
-    events.<job_id>.<kind>.<publisher>     a job's life (stream EVENTS); publisher is the agent
-                                           id, or ``queue`` for the server-made queued event
+    submit.<tenant>.<operation>.<job_id>   a tenant asks the control plane to queue a job (JSON
+                                           body; request/reply, answered by the gateway)
+    jobs.<tenant>.<operation>.<job_id>     a queued job (stream JOBS; only the gateway writes)
+    events.<tenant>.<job_id>.<kind>.<publisher>
+                                           a job's life (stream EVENTS); publisher is the agent
+                                           id, ``queue`` for the server-made queued event, or
+                                           ``controller``
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
     agents.<agent_id>.control              the controller's commands to one agent (drain)
     fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
@@ -26,29 +31,37 @@ __all__ = [
     "AUTH_BUCKET",
     "CONTROLLER_HEARTBEAT_SUBJECT",
     "CONTROLLER_PUBLISHER",
+    "DEFAULT_TENANT",
     "EVENTS_STREAM",
     "EXHAUSTED_CONSUMER",
     "EXHAUSTED_STREAM",
     "EXHAUSTED_SUBJECT",
+    "FLEET_API_PREFIX",
     "FLEET_BUCKET",
-    "INPUTS_BUCKET",
     "JOBSTATE_BUCKET",
     "JOBS_CONSUMER",
     "JOBS_STREAM",
     "JOB_ID_RE",
     "QUEUE_PUBLISHER",
-    "RESULTS_BUCKET",
+    "TENANT_RE",
     "agent_control_subject",
     "agent_inbox_prefix",
     "client_inbox_prefix",
     "event_subject",
     "events_filter",
     "heartbeat_subject",
+    "inputs_bucket",
+    "job_key",
     "job_subject",
     "parse_event_subject",
     "parse_job_subject",
+    "parse_submit_subject",
     "renew_subject",
+    "results_bucket",
+    "submit_subject",
     "validate_job_id",
+    "validate_operation",
+    "validate_tenant",
 ]
 
 JOBS_STREAM = "JOBS"
@@ -63,11 +76,15 @@ CONTROLLER_HEARTBEAT_SUBJECT = "controller.heartbeat"
 AUTH_BUCKET = "auth"  # the revocation list (see broker/auth_store.py)
 FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it alone
 EVENTS_STREAM = "EVENTS"
-JOBSTATE_BUCKET = "jobstate"
-INPUTS_BUCKET = "inputs"
-RESULTS_BUCKET = "results"
+JOBSTATE_BUCKET = "jobstate"  # key <tenant>.<job_id>
 QUEUE_PUBLISHER = "queue"
+# Tenants and agents reach the fleet's JetStream API through imports under this prefix (an
+# account's own ``$JS.API`` would answer first, with "JetStream not enabled for account").
+FLEET_API_PREFIX = "$JS.FLEET.API"
+# The tenant of a server without auth (development): every client is this tenant.
+DEFAULT_TENANT = "default"
 
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _OPERATION_RE = re.compile(r"^[a-z0-9_]{1,32}$")
@@ -82,35 +99,78 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-def job_subject(operation: str, job_id: str) -> str:
+def validate_tenant(tenant: str) -> str:
+    """Return ``tenant`` or raise ValueError saying what a tenant name may contain."""
+    if not TENANT_RE.match(tenant):
+        raise ValueError(f"invalid tenant name {tenant!r}: use 1-32 characters from a-z 0-9 -, "
+                         "starting with a letter or digit")
+    return tenant
+
+
+def validate_operation(operation: str) -> str:
     if not _OPERATION_RE.match(operation):
         raise ValueError(f"invalid operation name {operation!r}")
-    return f"jobs.{operation}.{validate_job_id(job_id)}"
+    return operation
 
 
-def parse_job_subject(subject: str) -> tuple[str, str]:
-    """``jobs.<operation>.<job_id>`` -> (operation, job_id). The stream captures only that shape."""
+def job_subject(tenant: str, operation: str, job_id: str) -> str:
+    return (f"jobs.{validate_tenant(tenant)}.{validate_operation(operation)}."
+            f"{validate_job_id(job_id)}")
+
+
+def submit_subject(tenant: str, operation: str, job_id: str) -> str:
+    return (f"submit.{validate_tenant(tenant)}.{validate_operation(operation)}."
+            f"{validate_job_id(job_id)}")
+
+
+def _four(subject: str, head: str) -> tuple[str, str, str]:
     parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != "jobs":
-        raise ValueError(f"not a job subject: {subject!r}")
-    return parts[1], parts[2]
-
-
-def event_subject(job_id: str, kind: str, publisher: str) -> str:
-    return f"events.{job_id}.{kind}.{publisher}"
-
-
-def events_filter(job_id: str) -> str:
-    """The wildcard that follows one job: every kind, every publisher."""
-    return f"events.{validate_job_id(job_id)}.>"
-
-
-def parse_event_subject(subject: str) -> tuple[str, str, str]:
-    """``events.<job_id>.<kind>.<publisher>`` -> (job_id, kind, publisher)."""
-    parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != "events":
-        raise ValueError(f"not an event subject: {subject!r}")
+    if len(parts) != 4 or parts[0] != head:
+        raise ValueError(f"not a {head} subject: {subject!r}")
     return parts[1], parts[2], parts[3]
+
+
+def parse_job_subject(subject: str) -> tuple[str, str, str]:
+    """``jobs.<tenant>.<operation>.<job_id>`` -> (tenant, operation, job_id), unchecked: the
+    stream captures only that shape, but tokens may hold anything a subject allows."""
+    return _four(subject, "jobs")
+
+
+def parse_submit_subject(subject: str) -> tuple[str, str, str]:
+    """``submit.<tenant>.<operation>.<job_id>`` -> (tenant, operation, job_id), unchecked."""
+    return _four(subject, "submit")
+
+
+def job_key(tenant: str, job_id: str) -> str:
+    """A job's key in the job-state KV: job ids are unique per tenant only."""
+    return f"{tenant}.{job_id}"
+
+
+def event_subject(tenant: str, job_id: str, kind: str, publisher: str) -> str:
+    return f"events.{tenant}.{job_id}.{kind}.{publisher}"
+
+
+def events_filter(tenant: str, job_id: str) -> str:
+    """The wildcard that follows one job: every kind, every publisher."""
+    return f"events.{validate_tenant(tenant)}.{validate_job_id(job_id)}.>"
+
+
+def parse_event_subject(subject: str) -> tuple[str, str, str, str]:
+    """``events.<tenant>.<job_id>.<kind>.<publisher>`` -> (tenant, job_id, kind, publisher)."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "events":
+        raise ValueError(f"not an event subject: {subject!r}")
+    return parts[1], parts[2], parts[3], parts[4]
+
+
+def inputs_bucket(tenant: str) -> str:
+    """The tenant's own object store of inputs; only that tenant may write or read it."""
+    return f"inputs-{validate_tenant(tenant)}"
+
+
+def results_bucket(tenant: str) -> str:
+    """The tenant's own object store of results; agents write, only that tenant reads."""
+    return f"results-{validate_tenant(tenant)}"
 
 
 def heartbeat_subject(agent_id: str) -> str:

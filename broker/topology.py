@@ -1,4 +1,4 @@
-"""Streams, the agents' consumer, the job-state KV and the object stores, created idempotently.
+"""Streams, the agents' consumer, the control KVs and each tenant's object stores, idempotently.
 
 ``ensure_topology`` may run any number of times, from any process that has the rights: it
 creates what is missing and updates what drifted. Agents never call it; they bind to the
@@ -26,20 +26,22 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from broker.subjects import (
     AUTH_BUCKET,
+    DEFAULT_TENANT,
     EVENTS_STREAM,
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
     EXHAUSTED_SUBJECT,
     FLEET_BUCKET,
-    INPUTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
     QUEUE_PUBLISHER,
-    RESULTS_BUCKET,
+    inputs_bucket,
+    results_bucket,
 )
 
-__all__ = ["TopologyConfig", "ensure_topology", "jobs_consumer_config", "jobs_stream_config"]
+__all__ = ["TopologyConfig", "ensure_tenant", "ensure_topology", "jobs_consumer_config",
+           "jobs_stream_config"]
 
 _DAY_S = 24 * 3600.0
 
@@ -63,8 +65,8 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
 def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
     return StreamConfig(
         name=JOBS_STREAM,
-        description="vidfleet job requests: jobs.<operation>.<job_id>",
-        subjects=["jobs.*.*"],
+        description="vidfleet job requests: jobs.<tenant>.<operation>.<job_id>",
+        subjects=["jobs.*.*.*"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=cfg.replicas,
@@ -76,8 +78,8 @@ def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
         duplicate_window=cfg.duplicate_window_s,
         # The queued event: the server copies each stored job's headers into EVENTS.
         republish=RePublish(
-            src="jobs.*.*",
-            dest=f"events.{{{{wildcard(2)}}}}.queued.{QUEUE_PUBLISHER}",
+            src="jobs.*.*.*",
+            dest=f"events.{{{{wildcard(1)}}}}.{{{{wildcard(3)}}}}.queued.{QUEUE_PUBLISHER}",
             headers_only=True,
         ),
     )
@@ -98,8 +100,8 @@ def jobs_consumer_config(cfg: TopologyConfig) -> ConsumerConfig:
 def _events_stream_config(cfg: TopologyConfig) -> StreamConfig:
     return StreamConfig(
         name=EVENTS_STREAM,
-        description="vidfleet job events: events.<job_id>.<kind>.<publisher>",
-        subjects=["events.*.*.*"],
+        description="vidfleet job events: events.<tenant>.<job_id>.<kind>.<publisher>",
+        subjects=["events.*.*.*.*"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=cfg.replicas,
@@ -132,13 +134,25 @@ def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
 
 
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+    """Create the bucket, then forbid rollups and purges on its stream: nats-py creates KV
+    streams with rollups allowed, and one ``Nats-Rollup: all`` publish would empty the
+    bucket. (Irreversible by design: the server refuses to allow purges again.) Reads are
+    direct gets, by key: the agents' grant has no message get by sequence."""
     try:
         await js.key_value(config.bucket)
     except NotFoundError:
         await js.create_key_value(config)
+    stream = f"KV_{config.bucket}"
+    current = (await js.stream_info(stream)).config
+    if current.allow_rollup_hdrs or not current.deny_purge or not current.allow_direct:
+        await js.update_stream(current.evolve(allow_rollup_hdrs=False, deny_purge=True,
+                                              allow_direct=True))
 
 
-async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
+async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
+                          tenants: tuple[str, ...] = (DEFAULT_TENANT,)) -> None:
+    """Everything the fleet needs, and the object stores of ``tenants`` (by default the one
+    every client of a server without auth, and the fleet's own tools, act for)."""
     await _ensure_stream(js, jobs_stream_config(cfg))
     await _ensure_stream(js, _events_stream_config(cfg))
     await _ensure_stream(js, _exhausted_stream_config(cfg))
@@ -157,8 +171,15 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig) -> None:
     await _ensure_kv(js, KeyValueConfig(
         bucket=FLEET_BUCKET, description="the controller's machines and its last summary",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
-    for bucket, max_age_s in ((INPUTS_BUCKET, cfg.inputs_max_age_s),
-                              (RESULTS_BUCKET, cfg.results_max_age_s)):
+    for tenant in tenants:
+        await ensure_tenant(js, cfg, tenant)
+
+
+async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) -> None:
+    """The tenant's own input and result object stores. (An object store cannot forbid
+    rollups, so each is reachable only by its tenant, and by agents for results.)"""
+    for bucket, max_age_s in ((inputs_bucket(tenant), cfg.inputs_max_age_s),
+                              (results_bucket(tenant), cfg.results_max_age_s)):
         try:
             await js.object_store(bucket)
         except NotFoundError:

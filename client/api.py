@@ -8,12 +8,16 @@
         done = await vf.result(receipt.job_id)        # Succeeded or Failed
         await vf.download(done.output, "talk.captioned.mp4")
 
-Submitting is idempotent by job id: the id is the message's ``Nats-Msg-Id`` and its subject's
-last token, so a retried submit (a timeout, a second click) runs the job once.
+Every client acts for one tenant: the one its credentials belong to (a tenant's creds file from
+``vidfleet creds client``), or ``tenant=`` (default ``default``) for the fleet's own users and a
+server without auth. Job ids are the tenant's own namespace. Submitting is idempotent by job id:
+the gateway stores the job under its tenant and id, so a retried submit (a timeout, a second
+click) runs the job once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
@@ -26,10 +30,11 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+from loguru import logger
 from nats.aio.client import Client as Nats
-from nats.js.api import DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from broker.auth import TENANT_TAG
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
@@ -41,22 +46,26 @@ from broker.fleet import (
     decode_fleet_summary,
 )
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
-from broker.objects import download, upload
+from broker.objects import ObjectCorrupt, digest_hex, download, upload
 from broker.subjects import (
+    DEFAULT_TENANT,
     EVENTS_STREAM,
+    FLEET_API_PREFIX,
     FLEET_BUCKET,
-    INPUTS_BUCKET,
-    JOBS_STREAM,
-    client_inbox_prefix,
+    event_subject,
     events_filter,
-    job_subject,
+    inputs_bucket,
     parse_event_subject,
+    results_bucket,
+    submit_subject,
     validate_job_id,
+    validate_tenant,
 )
+from broker.submit import decode_submit_reply
 
 __all__ = ["Client", "JobNotFound", "SubmitError", "SubmitReceipt", "new_job_id"]
 
-_LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
+_GATEWAY_WAIT_S = 30.0  # how long a submit waits for a gateway (a controller restarting)
 
 
 class SubmitError(RuntimeError):
@@ -79,24 +88,40 @@ def new_job_id() -> str:
     return "j" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(6)
 
 
+def tenant_of(credentials: LiveCredentials) -> str | None:
+    """The tenant a client user belongs to (its JWT's tag), None for the fleet's own users."""
+    tags = credentials.claims.get("nats", {}).get("tags") or []
+    found = [t.removeprefix(TENANT_TAG) for t in tags if str(t).startswith(TENANT_TAG)]
+    return found[0] if found else None
+
+
 class Client:
-    def __init__(self, nc: Nats) -> None:
+    def __init__(self, nc: Nats, *, tenant: str = DEFAULT_TENANT,
+                 api_prefix: str | None = None) -> None:
+        """``api_prefix``: where this connection reaches the fleet's JetStream API
+        (``$JS.FLEET.API`` from a tenant account; None: the account's own ``$JS.API``)."""
         self._nc = nc
-        self._js = nc.jetstream()
+        self.tenant = validate_tenant(tenant)
+        self.is_tenant = api_prefix is not None  # a tenant account's user, not the fleet's
+        self._js = nc.jetstream(prefix=api_prefix) if api_prefix else nc.jetstream()
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "vidfleet-client",
-                      creds_file: str | Path | None = None, **options: Any) -> Client:
-        """``creds_file``: a .creds file for an operator-mode server (``vidfleet creds
-        client NAME`` writes one); replies then come on the private inbox ``_INBOX_C.<NAME>``,
-        the only one such credentials may read."""
+                      creds_file: str | Path | None = None, tenant: str | None = None,
+                      **options: Any) -> Client:
+        """``creds_file``: a .creds file for an operator-mode server. A tenant's (``vidfleet
+        creds client NAME``) acts for that tenant; the fleet's own (admin) for ``tenant``."""
         credentials = None
         if creds_file:
             credentials = LiveCredentials.from_creds(Path(creds_file).read_text())
-            options.setdefault("inbox_prefix", client_inbox_prefix(credentials.name))
+        own = tenant_of(credentials) if credentials else None
+        if own and tenant and tenant != own:
+            raise ValueError(f"these credentials belong to tenant {own!r}, not {tenant!r}")
         # A client should fail fast when the server is unreachable, not retry forever.
-        return cls(await connect(url, name=name, max_reconnect_attempts=10,
-                                 allow_reconnect=True, credentials=credentials, **options))
+        nc = await connect(url, name=name, max_reconnect_attempts=10, allow_reconnect=True,
+                           credentials=credentials, **options)
+        return cls(nc, tenant=own or tenant or DEFAULT_TENANT,
+                   api_prefix=FLEET_API_PREFIX if own else None)
 
     async def close(self) -> None:
         if not self._nc.is_closed:  # the server may have closed it (revoked credentials)
@@ -109,80 +134,98 @@ class Client:
         await self.close()
 
     async def upload_input(self, path: str | Path, name: str | None = None) -> str:
-        """Upload a local file to the inputs bucket; returns the ``obj:<name>`` reference."""
+        """Upload a local file to the tenant's inputs bucket; returns its ``obj:<name>``."""
         path = Path(path)
         name = name or f"{secrets.token_hex(8)}/{re.sub(r'[^A-Za-z0-9._-]+', '_', path.name)}"
         if re.search(r"\s", name):
             raise ValueError(f"object name {name!r} has white space; a job cannot refer to it")
-        await upload(self._js, INPUTS_BUCKET, name, path)
+        await upload(self._js, inputs_bucket(self.tenant), name, path)
         return object_ref(name)
 
     async def submit(self, job: JobRequest, *, job_id: str | None = None) -> SubmitReceipt:
         """Queue ``job`` under ``job_id`` (a new id when None). Raises SubmitError when the
-        queue refuses it. A receipt with ``duplicate=True`` means the id was already
-        submitted and nothing new will run: calling this twice never runs (and bills) twice.
+        gateway refuses it or none answers within 30 s. A receipt with ``duplicate=True``
+        means the id was already submitted and nothing new will run: calling this twice
+        never runs (and bills) twice.
         """
         job_id = validate_job_id(job_id or new_job_id())
         operation = operation_of(job)
-        subject = job_subject(operation, job_id)
         body = encode_job(job)
-        try:  # the agent's own checks, before anything is queued
+        try:  # the agent's own checks, before anything is sent
             decode_job(operation, body)
         except msgspec.ValidationError as exc:
             raise SubmitError(f"invalid {operation} job: {exc}") from None
+        subject = submit_subject(self.tenant, operation, job_id)
+        deadline = time.monotonic() + _GATEWAY_WAIT_S
+        while True:
+            try:
+                answer = await self._nc.request(subject, body, timeout=10)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise SubmitError("no gateway answers submits: is the vidfleet controller "
+                                      "running?") from None
+                await asyncio.sleep(0.5)
         try:
-            ack = await self._js.publish(subject, body,
-                                         headers={"Nats-Msg-Id": job_id})
-        except APIError as exc:
-            # 10077 is both "this job id is still queued" (per subject) and "the queue is
-            # full"; mistaking the second for the first would drop a job silently.
-            if exc.err_code == _LIMIT_REACHED and "per subject" in (exc.description or ""):
-                return SubmitReceipt(job_id, operation, duplicate=True, stream_seq=None)
-            raise SubmitError(f"the server refused job {job_id}: {exc.description}") from None
-        except nats.errors.NoRespondersError:
-            raise SubmitError("no JOBS stream answers: is the vidfleet stack running?") from None
-        return SubmitReceipt(job_id, operation, duplicate=bool(ack.duplicate), stream_seq=ack.seq)
+            reply = decode_submit_reply(answer.data)
+        except msgspec.DecodeError:
+            raise SubmitError(f"the gateway's answer is unreadable: {answer.data[:80]!r}") \
+                from None
+        if not reply.ok:
+            raise SubmitError(f"job {job_id} refused ({reply.code}): {reply.message}")
+        return SubmitReceipt(job_id, operation, duplicate=reply.duplicate,
+                             stream_seq=reply.stream_seq)
 
     async def watch(self, job_id: str, *, timeout_s: float | None = None) -> AsyncIterator[Event]:
         """Every event of the job from its start, then live ones, ending after the terminal one.
 
         Raises JobNotFound for an id nobody submitted, TimeoutError if the job has not ended
-        within ``timeout_s`` (None: wait forever). Events of kinds this version does not know
-        are skipped.
+        within ``timeout_s`` (None: wait forever). Events of kinds this version does not know,
+        and malformed ones, are skipped.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         await self._require_job(job_id)
-        sub = await self._js.subscribe(events_filter(job_id), stream=EVENTS_STREAM,
-                                       ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        # A named pull consumer filtered to the job: a tenant may create consumers on EVENTS
+        # only with a filter inside its own events (the name and filter are in the subject).
+        consumer = f"watch-{secrets.token_hex(8)}"
+        await self._js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+            name=consumer, filter_subject=events_filter(self.tenant, job_id),
+            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True,
+            inactive_threshold=60.0))
+        sub = await self._js.pull_subscribe_bind(consumer=consumer, stream=EVENTS_STREAM)
         try:
             while True:
                 wait_s = 5.0 if deadline is None else deadline - time.monotonic()
                 if wait_s <= 0:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
                 try:
-                    msg = await sub.next_msg(timeout=min(wait_s, 5.0))
-                except nats.errors.TimeoutError:
+                    msgs = await sub.fetch(16, timeout=min(wait_s, 5.0))
+                except (nats.errors.TimeoutError, TimeoutError):
                     continue
-                event = event_from_msg(msg.subject, msg.headers, msg.data)
-                if event is not None:
-                    yield event
-                if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
-                    return
+                for msg in msgs:
+                    event = _event(msg.subject, msg.headers, msg.data)
+                    if event is not None:
+                        yield event
+                    if parse_event_subject(msg.subject)[2] in TERMINAL_KINDS:
+                        return
         finally:
             with contextlib.suppress(nats.errors.Error):  # closed or draining already
                 await sub.unsubscribe()
 
     async def _require_job(self, job_id: str) -> None:
-        """Raise JobNotFound unless the job has events or is in the queue. (The queued event
-        reaches EVENTS a moment after the job is stored, so both places are checked.)"""
-        for stream, subject in ((EVENTS_STREAM, f"events.{validate_job_id(job_id)}.*.*"),
-                                (JOBS_STREAM, f"jobs.*.{job_id}")):
+        """Raise JobNotFound unless the job has events. (The queued event reaches EVENTS a
+        moment after the gateway stored the job, so a miss is looked at again for 2 s.)"""
+        subject = event_subject(self.tenant, validate_job_id(job_id), "*", "*")
+        deadline = time.monotonic() + 2.0
+        while True:
             try:
-                await self._js.get_last_msg(stream, subject)
+                await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
                 return
             except nats.js.errors.NotFoundError:
-                continue
-        raise JobNotFound(f"no job with id {job_id!r} (never submitted, or its events expired)")
+                if time.monotonic() > deadline:
+                    raise JobNotFound(f"no job with id {job_id!r} (never submitted, or its "
+                                      "events expired)") from None
+                await asyncio.sleep(0.1)
 
     async def result(self, job_id: str, *, timeout_s: float | None = None) -> Succeeded | Failed:
         """The job's terminal event, waiting for it if the job is still running.
@@ -193,7 +236,7 @@ class Client:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         await self._require_job(job_id)
-        live = await self._nc.subscribe(f"events.{validate_job_id(job_id)}.*.*")
+        live = await self._nc.subscribe(event_subject(self.tenant, job_id, "*", "*"))
         try:
             while True:
                 stored = await self._terminal_now(job_id)
@@ -206,7 +249,7 @@ class Client:
                 with contextlib.suppress(nats.errors.TimeoutError):
                     while True:
                         msg = await live.next_msg(timeout=wait_s)
-                        if parse_event_subject(msg.subject)[1] in TERMINAL_KINDS:
+                        if parse_event_subject(msg.subject)[2] in TERMINAL_KINDS:
                             break
         finally:
             with contextlib.suppress(nats.errors.Error):
@@ -215,23 +258,31 @@ class Client:
     async def _terminal_now(self, job_id: str) -> Succeeded | Failed | None:
         for kind in ("succeeded", "failed"):
             try:
-                msg = await self._js.get_last_msg(EVENTS_STREAM, f"events.{job_id}.{kind}.*")
+                msg = await self._js.get_last_msg(
+                    EVENTS_STREAM, event_subject(self.tenant, job_id, kind, "*"), direct=True)
             except nats.js.errors.NotFoundError:
                 continue
-            event = event_from_msg(msg.subject or "", msg.headers, msg.data or b"")
+            event = _event(msg.subject or "", msg.headers, msg.data or b"")
             if isinstance(event, (Succeeded, Failed)):
                 return event
         return None
 
     async def download(self, output: OutputInfo, dest: str | Path) -> Path:
-        """Download a result to ``dest`` (a file path, or a directory to put it in); the
-        SHA-256 digest is verified before this returns."""
+        """Download a result to ``dest`` (a file path, or a directory to put it in). What is
+        written is checked against the outcome's own SHA-256 (and the stored object's) before
+        this returns; on a mismatch the file is deleted and ObjectCorrupt raised."""
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / output.name.replace("/", "-")
-        await download(self._js, output.bucket, output.name, dest)
+        if output.bucket != results_bucket(self.tenant):
+            raise ObjectCorrupt(f"the result names bucket {output.bucket!r}, not this "
+                                f"tenant's {results_bucket(self.tenant)!r}")
+        info = await download(self._js, output.bucket, output.name, dest)
+        if digest_hex(info) != output.sha256:
+            dest.unlink(missing_ok=True)
+            raise ObjectCorrupt(f"result {output.name!r} is not the file the job's outcome "
+                                "names (SHA-256 differs)")
         return dest
-
 
     async def fleet(self) -> tuple[FleetSummary | None, list[FleetInstance]]:
         """The controller's last summary and its machines, from the fleet KV (empty before a
@@ -257,3 +308,14 @@ class Client:
             elif key.startswith("instances."):
                 machines.append(decode_fleet_instance(entry.value))
         return summary, sorted(machines, key=lambda m: m.launched_at)
+
+
+def _event(subject: str, headers: dict[str, str] | None, data: bytes) -> Event | None:
+    """One stored or live event, or None (logged) when it cannot be read: a reader never dies
+    of what someone else published."""
+    try:
+        return event_from_msg(subject, headers, data)
+    except ValueError as exc:
+        logger.warning("unreadable event on {subject} skipped: {error}", subject=subject,
+                       error=str(exc))
+        return None

@@ -22,6 +22,8 @@ class ClientConfig(Struct, frozen=True, kw_only=True):
     data_dir: str = "vidfleet-data"
     # A .creds file; empty: <data_dir>/auth/admin.creds when `vidfleet up` made one there.
     creds_file: str = ""
+    # The tenant the fleet's own (admin) credentials act for; a tenant's creds name their own.
+    tenant: str = ""
     tls_ca_file: str = ""  # a private CA for a tls:// server (default: the system's CAs)
     log_level: str = "WARNING"
 
@@ -35,7 +37,7 @@ class ClientConfig(Struct, frozen=True, kw_only=True):
 async def open_client(cfg: ClientConfig) -> Client:
     """A client connection with the configured credentials and TLS trust."""
     return await Client.connect(cfg.nats_url, creds_file=cfg.creds(),
-                                tls_ca_file=cfg.tls_ca_file)
+                                tenant=cfg.tenant or None, tls_ca_file=cfg.tls_ca_file)
 
 
 def client_config(**overrides: object) -> ClientConfig:

@@ -1,23 +1,29 @@
 """``vidfleet creds client NAME`` and ``vidfleet creds revoke NAME``: credentials for clients.
 
 Run where the deployment's keys are (``<data dir>/auth``, made by ``vidfleet up``). A client
-creds file can submit jobs, follow events, upload inputs and download results, and nothing
-about the fleet; it names a private inbox (``_INBOX_C.<NAME>``) that our client library uses.
+creds file belongs to a tenant (its own NATS account, made on first use): it can submit that
+tenant's jobs, follow their events, upload inputs and download results, and nothing else, of
+the fleet or of any other tenant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import click
+from nats.aio.client import Client
 
 from broker.auth import mint_user
-from broker.auth_store import AuthDir, revoke, write_private
+from broker.auth_store import AuthDir, create_tenant, revoke, write_private
 from broker.connect import connect
 from broker.creds import LiveCredentials, creds_text
+from broker.subjects import validate_tenant
+from broker.topology import TopologyConfig, ensure_tenant
 from client.commands import ClientConfig, run_command
 
 __all__ = ["creds"]
@@ -49,22 +55,62 @@ def creds() -> None:
 
 @creds.command("client")
 @click.argument("name")
+@click.option("--tenant", default=None,
+              help="The tenant these creds act for [default: NAME]; made on first use.")
 @click.option("--expires", "expires", default="30d", show_default=True,
               help="Lifetime: 30d, 12h, 90m...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write it [default: ./NAME.creds].")
 @click.pass_obj
-def client(cfg: ClientConfig, name: str, expires: str, out: Path | None) -> None:
-    """Write NAME.creds: submit jobs, follow events, read results; nothing about the fleet."""
+def client(cfg: ClientConfig, name: str, tenant: str | None, expires: str,
+           out: Path | None) -> None:
+    """Write NAME.creds: a tenant's jobs, events, inputs and results; nothing else."""
     if not _NAME_RE.match(name):
         raise click.BadParameter("use 1-64 characters from A-Z a-z 0-9 _ -", param_hint="NAME")
+    tenant = tenant or name
+    try:
+        validate_tenant(tenant)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (or pass --tenant)", param_hint="tenant") from None
+    sys.exit(run_command(_client(cfg, name, tenant, parse_lifetime(expires),
+                                 out or Path(f"{name}.creds"))))
+
+
+async def _client(cfg: ClientConfig, name: str, tenant_name: str, lifetime_s: float,
+                  path: Path) -> int:
     auth = _auth_dir(cfg)
-    minted = mint_user(auth.keys(), "client", name, expires_in_s=parse_lifetime(expires))
-    path = out or Path(f"{name}.creds")
+    keys = auth.keys()
+    async with _fleet_connections(cfg, auth) as (nc, system):
+        js = nc.jetstream()
+        tenant = await create_tenant(js, system, keys, tenant_name)
+        await ensure_tenant(js, TopologyConfig(), tenant.name)
+    minted = mint_user(keys, "client", name, expires_in_s=lifetime_s, tenant=tenant)
     write_private(path, creds_text(minted).encode())
-    auth.register_client(name, minted.public_key, minted.expires_at)
+    auth.register_client(name, minted.public_key, minted.expires_at, minted.account)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(minted.expires_at or 0))
-    click.echo(f"wrote {path} for client {name!r}, valid until {when}")
+    click.echo(f"wrote {path} for client {name!r} of tenant {tenant.name!r}, valid until {when}")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _fleet_connections(cfg: ClientConfig,
+                             auth: AuthDir) -> AsyncIterator[tuple[Client, Client]]:
+    """An admin connection (FLEET) and a system one (to push account JWTs)."""
+    system_user = mint_user(auth.keys(), "system", "vidfleet-cli-sys", expires_in_s=300)
+    system = await connect(cfg.nats_url, name="vidfleet-cli-sys", max_reconnect_attempts=3,
+                           credentials=LiveCredentials(system_user.jwt.reveal(),
+                                                       system_user.seed),
+                           tls_ca_file=cfg.tls_ca_file)
+    try:
+        nc = await connect(cfg.nats_url, name="vidfleet-cli", max_reconnect_attempts=3,
+                           credentials=LiveCredentials.from_creds(auth.admin_creds.read_text()),
+                           tls_ca_file=cfg.tls_ca_file)
+        try:
+            yield nc, system
+        finally:
+            await nc.close()
+    finally:
+        await system.close()
 
 
 @creds.command("revoke")
@@ -82,21 +128,12 @@ async def _revoke(cfg: ClientConfig, name: str) -> int:
         click.echo(f"error: no creds were made for {name!r} here", err=True)
         return 1
     keys = auth.keys()
-    system_user = mint_user(keys, "system", "vidfleet-cli-sys", expires_in_s=300)
-    admin = LiveCredentials.from_creds(auth.admin_creds.read_text())
-    system = await connect(cfg.nats_url, name="vidfleet-cli-sys", max_reconnect_attempts=3,
-                           credentials=LiveCredentials(system_user.jwt.reveal(),
-                                                       system_user.seed))
-    nc = await connect(cfg.nats_url, name="vidfleet-cli", max_reconnect_attempts=3,
-                       credentials=admin)
-    try:
+    async with _fleet_connections(cfg, auth) as (nc, system):
         now = time.time()
         for entry in issued:
             until = float(entry.get("expires_at") or now + 365 * 86400)  # type: ignore[arg-type]
             if until > now:
-                await revoke(nc.jetstream(), system, keys, str(entry["key"]), until=until)
-    finally:
-        await nc.close()
-        await system.close()
+                await revoke(nc.jetstream(), system, keys, str(entry["key"]),
+                             account=str(entry.get("account", "")), until=until)
     click.echo(f"revoked every creds file made for {name!r}")
     return 0

@@ -30,13 +30,12 @@ def status(cfg: ClientConfig, as_json: bool) -> None:
 
 async def _status(cfg: ClientConfig, as_json: bool) -> int:
     async with await open_client(cfg) as vf:
-        try:
-            summary, machines = await vf.fleet()
-        except TimeoutError:  # what a permissions denial looks like from nats-py
-            click.echo("error: the fleet bucket did not answer: `vidfleet status` needs the "
-                       "operator's credentials (auth/admin.creds in the data dir), not a "
-                       "client's", err=True)
+        if vf.is_tenant:  # a tenant's account reaches nothing of the fleet
+            click.echo(f"error: these are tenant {vf.tenant!r}'s credentials: `vidfleet "
+                       "status` needs the operator's credentials (auth/admin.creds in the data "
+                       "dir)", err=True)
             return 1
+        summary, machines = await vf.fleet()
     if as_json:
         click.echo(msgspec.json.encode({"summary": summary, "machines": machines}).decode())
     else:

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import IO
 
 from loguru import logger
+from nats.aio.client import Client
 
-from broker.auth_store import AuthDir
+from broker.auth import mint_user
+from broker.auth_store import AuthDir, create_tenant
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.server import EmbeddedServer
-from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, DEFAULT_TENANT
 from broker.topology import TopologyConfig, ensure_topology
 
 __all__ = ["Stack", "StackOptions"]
@@ -84,6 +86,8 @@ class Stack:
                            if creds else None)
         try:
             await ensure_topology(nc.jetstream(), self.options.topology)
+            if self.options.auth:  # the default tenant's account, and AGENTS reaching it
+                await self._register_default_tenant(nc)
             beats = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT)
             await self._spawn()
             try:
@@ -94,6 +98,16 @@ class Stack:
         finally:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _register_default_tenant(self, nc: Client) -> None:
+        keys = self.auth.keys()
+        user = mint_user(keys, "system", "vidfleet-stack-sys", expires_in_s=300)
+        system = await connect(self.url, name="vidfleet-stack-sys", max_reconnect_attempts=3,
+                               credentials=LiveCredentials(user.jwt.reveal(), user.seed))
+        try:
+            await create_tenant(nc.jetstream(), system, keys, DEFAULT_TENANT)
+        finally:
+            await system.close()
 
     async def _spawn(self) -> None:
         data = self.options.data_dir

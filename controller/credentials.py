@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from broker.auth import AuthKeys, Minted, mint_user, user_jwt
+from broker.auth import AuthKeys, Minted, mint_user, public_key, user_jwt
 from broker.auth_store import revoke
 from broker.fleet import RenewReply, encode
 from broker.subjects import renew_subject
@@ -74,7 +74,7 @@ class CredentialAuthority:
 
     async def revoke(self, js: JetStreamContext, system: Client, user_key: str) -> None:
         """Refuse this agent's JWTs from now on and close its connections."""
-        await revoke(js, system, self.keys, user_key,
+        await revoke(js, system, self.keys, user_key, account=public_key(self.keys.agents_account),
                      until=self._clock() + self._lifetime_s + 60.0, now=self._clock())
 
     async def serve_renewals(self, nc: Client) -> None:

@@ -70,24 +70,39 @@ class Reaper:
                 await sub.unsubscribe()
 
     async def reap(self, advisory: Msg, states: JobStates) -> None:
-        info = _ADVISORY.decode(advisory.data)
+        """End the job an advisory names. Anything it cannot use (a malformed advisory, a job
+        subject of another shape) is logged and dropped: one bad message must not stop the
+        reaper, or take the controller down with it, for as long as it is retained."""
+        try:
+            info = _ADVISORY.decode(advisory.data)
+        except msgspec.DecodeError as exc:
+            logger.error("unusable MAX_DELIVERIES advisory dropped: {error}", error=str(exc))
+            await advisory.term()
+            return
         try:
             job = await self._js.get_msg(JOBS_STREAM, info.stream_seq)
         except NotFoundError:  # finished after all, or already reaped
             await advisory.ack()
             return
-        operation, job_id = parse_job_subject(job.subject or "")
+        try:
+            tenant, operation, job_id = parse_job_subject(job.subject or "")
+            subject = event_subject(tenant, job_id, "failed", CONTROLLER_PUBLISHER)
+        except ValueError as exc:
+            logger.error("job {seq} cannot be failed ({error}); deleted", seq=info.stream_seq,
+                         error=str(exc))
+            await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
+            await advisory.ack()
+            return
         failed = Failed(
-            job_id=job_id, at=self._clock(), agent_id=CONTROLLER_PUBLISHER,
+            job_id=job_id, tenant=tenant, at=self._clock(), agent_id=CONTROLLER_PUBLISHER,
             attempt=info.deliveries, operation=operation,
             error=JobError(code="deliveries_exhausted", message=(
                 f"the job was delivered {info.deliveries} times and no attempt finished: each "
                 "machine running it was lost or stopped (a job that crashes its agent ends "
                 "here too). Submit it again under a new job id to retry.")))
         if await states.claim_terminal(failed) is None:
-            await self._js.publish(
-                event_subject(job_id, "failed", CONTROLLER_PUBLISHER), encode_event(failed),
-                headers={"Nats-Msg-Id": f"{job_id}.failed"})
+            await self._js.publish(subject, encode_event(failed),
+                                   headers={"Nats-Msg-Id": f"{tenant}.{job_id}.failed"})
             logger.bind(job_id=job_id).warning("job failed: deliveries exhausted after {n}",
                                                n=info.deliveries)
         await self._js.delete_msg(JOBS_STREAM, info.stream_seq)

@@ -25,12 +25,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from broker.auth import AuthKeys
-from broker.auth_store import republish_account
+from broker.auth_store import publish_accounts
 from broker.fleet import ControllerBeat, FleetInstance, FleetSummary, encode
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority
 from controller.fleet_store import FleetStore
+from controller.gateway import Gateway
 from controller.machines import Machines
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
 from controller.policy import Offer, Policy, Snapshot, decide
@@ -99,12 +100,14 @@ class Controller:
         self._meter = SpendMeter(now=last.at if last else self._clock(),
                                  day=last.day if last else None,
                                  spent=last.spent_today if last else 0.0)
+        gateway = Gateway(self._js)
+        await gateway.start(self._nc)  # before anything slow: submits wait on it
         await self._beats.start(self._nc)
         await self._speeds.start(self._nc)
         if self._authority is not None:
             await self._authority.serve_renewals(self._nc)
             if self._system is not None:  # a restarted server may have lost revocations
-                await republish_account(self._js, self._system, self._authority.keys)
+                await publish_accounts(self._js, self._system, self._authority.keys)
         # A newly queued job wakes the loop at once: scaling from zero costs a boot, not a
         # boot plus a tick.
         wake = asyncio.Event()
@@ -112,7 +115,7 @@ class Controller:
         async def on_queued(_msg: Msg) -> None:
             wake.set()
 
-        queued = await self._nc.subscribe("events.*.queued.*", cb=on_queued)
+        queued = await self._nc.subscribe("events.*.*.queued.*", cb=on_queued)
         logger.info("controller running: provider {provider}, {n} machines on record",
                     provider=self._provider.name, n=len(self._records))
         try:
@@ -128,6 +131,7 @@ class Controller:
                 await _wait_any(stop, wake, self._config.tick_s)
         finally:
             await queued.unsubscribe()
+            await gateway.stop()
             if self._authority is not None:
                 await self._authority.stop()
             await self._beats.stop()

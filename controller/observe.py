@@ -86,7 +86,7 @@ class SpeedBook:
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
-        self._sub = await nc.subscribe("events.*.succeeded.*", cb=self._on_result)
+        self._sub = await nc.subscribe("events.*.*.succeeded.*", cb=self._on_result)
 
     async def stop(self) -> None:
         if self._sub is not None:

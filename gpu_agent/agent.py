@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -32,6 +33,7 @@ from broker.fleet import decode_command, decode_renew_reply
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.jobstate import JobStates
 from broker.subjects import (
+    FLEET_API_PREFIX,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
@@ -47,6 +49,8 @@ from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.reporter import Reporter
+from gpu_agent.url_guard import parse_networks
+from gpu_agent.url_transport import GuardedTransport
 from gpu_agent.worker import JobOutcome, Worker
 
 if TYPE_CHECKING:
@@ -98,7 +102,10 @@ class Agent:
                            credentials=credentials, tls_ca_file=self.config.tls_ca_file,
                            closed_cb=on_closed)
         try:
-            js = nc.jetstream()
+            # With credentials this agent is in the AGENTS account and reaches the fleet's
+            # JetStream through its imports (broker/accounts.py).
+            js = (nc.jetstream(prefix=FLEET_API_PREFIX) if credentials is not None
+                  else nc.jetstream())
             worker = await self._make_worker(js, fonts_dir)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
@@ -178,7 +185,9 @@ class Agent:
         assert self.encoders is not None
         fetcher = InputFetcher(js, max_bytes=self.config.max_input_bytes,
                                url_timeout_s=self.config.url_timeout_s,
-                               url_total_timeout_s=self.config.url_total_timeout_s)
+                               url_total_timeout_s=self.config.url_total_timeout_s,
+                               transport=functools.partial(GuardedTransport, parse_networks(
+                                   self.config.url_allow_networks)))
         ops = Operations(js=js, config=self.config, encoders=self.encoders,
                          fonts_dir=fonts_dir, fetcher=fetcher,
                          font_families=await font_families(), clock=self._clock)

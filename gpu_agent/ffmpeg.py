@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ProgressParser",
     "ProgressUpdate",
     "classify_failure",
+    "media_env",
     "run_capture",
     "run_ffmpeg",
 ]
@@ -87,11 +88,25 @@ def classify_failure(stderr: str) -> tuple[str, bool]:
     return "ffmpeg_failed", False
 
 
+# What FFmpeg and ffprobe may see of the agent's environment: where programs, libraries, fonts
+# and the GPU are, and the locale. Nothing else: the agent's own environment holds its NATS
+# seed and JWT and its instance's API key, and a filter graph or a crafted input should find
+# nothing there to leak.
+_MEDIA_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+_MEDIA_ENV_PREFIXES = ("LC_", "FONTCONFIG_", "NVIDIA_", "CUDA_", "XDG_")
+
+
+def media_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a media tool runs with: an allowlist of ``environ``."""
+    return {k: v for k, v in environ.items()
+            if k in _MEDIA_ENV or k.startswith(_MEDIA_ENV_PREFIXES)}
+
+
 async def run_capture(argv: list[str], timeout_s: float) -> tuple[int, bytes, bytes]:
     """Run a short command (ffprobe, a probe encode); kill it past ``timeout_s``."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True, env=media_env(os.environ),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -137,6 +152,7 @@ async def run_ffmpeg(
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        env=media_env(os.environ),
     )
     stderr_lines: list[str] = []
     stderr_task = asyncio.create_task(_drain_stderr(proc, stderr_lines, on_stderr))

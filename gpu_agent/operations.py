@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from broker.events import OutputInfo, Timings
 from broker.jobs import AddAudioJob, JobRequest, Output
 from broker.objects import digest_hex, upload
-from broker.subjects import RESULTS_BUCKET
+from broker.subjects import inputs_bucket, results_bucket
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, retryable
 from gpu_agent.ffmpeg import Feeder, FfmpegResult, classify_failure, run_ffmpeg
@@ -33,6 +33,7 @@ __all__ = ["Encoded", "JobResult", "Operations", "WorkContext"]
 
 @dataclass(frozen=True, slots=True)
 class WorkContext:
+    tenant: str
     job_id: str
     attempt: int
     work_dir: Path
@@ -87,7 +88,8 @@ class Operations:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._fetcher.fetch(ref, ctx.work_dir / f"{label}.input",
-                                                            label=label))
+                                                            label=label,
+                                                            bucket=inputs_bucket(ctx.tenant)))
                          for label, ref in refs.items()]
         except* JobFailure as group:
             raise group.exceptions[0] from None
@@ -174,10 +176,10 @@ class Operations:
         ~0.1 s of process start-up per job on a small machine."""
         name = f"{ctx.job_id}/{ctx.attempt}/{path.name}"
         try:
-            stored = await upload(self._js, RESULTS_BUCKET, name, path)
+            stored = await upload(self._js, results_bucket(ctx.tenant), name, path)
         except (nats.errors.Error, OSError) as exc:
             raise retryable("upload_failed", f"uploading the output failed: {exc}") from None
-        return OutputInfo(bucket=RESULTS_BUCKET, name=name, size_bytes=stored.size or 0,
+        return OutputInfo(bucket=results_bucket(ctx.tenant), name=name, size_bytes=stored.size or 0,
                           sha256=digest_hex(stored), duration_s=round(encoded.media_time_s, 3),
                           width=encoded.source.width, height=encoded.source.height,
                           video_codec=video_codec, container=output.container)

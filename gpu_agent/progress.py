@@ -21,9 +21,10 @@ __all__ = ["ProgressReporter"]
 
 
 class ProgressReporter:
-    def __init__(self, *, js: JetStreamContext, job_id: str, attempt: int, agent_id: str,
-                 clock: Callable[[], float], min_interval_s: float) -> None:
+    def __init__(self, *, js: JetStreamContext, tenant: str, job_id: str, attempt: int,
+                 agent_id: str, clock: Callable[[], float], min_interval_s: float) -> None:
         self._js = js
+        self._tenant = tenant
         self._job_id = job_id
         self._attempt = attempt
         self._agent_id = agent_id
@@ -45,10 +46,10 @@ class ProgressReporter:
         if now - self._last_at < self._min_interval_s and not update.done:
             return
         self._last_at, self._last_percent = now, percent
-        event = Progress(job_id=self._job_id, at=now, agent_id=self._agent_id,
+        event = Progress(job_id=self._job_id, tenant=self._tenant, at=now, agent_id=self._agent_id,
                          attempt=self._attempt, percent=percent,
                          media_time_s=round(update.media_time_s, 3), speed=update.speed)
-        subject = event_subject(self._job_id, "progress", self._agent_id)
+        subject = event_subject(self._tenant, self._job_id, "progress", self._agent_id)
         try:
             await self._js.publish(subject, encode_event(event))
         except nats.errors.Error as exc:

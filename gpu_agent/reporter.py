@@ -22,14 +22,18 @@ def _kind(event: Event) -> str:
     return str(type(event).__struct_config__.tag)
 
 
+def _key(event: Event) -> str:
+    return f"{event.tenant}.{event.job_id}"
+
+
 class Reporter:
     def __init__(self, js: JetStreamContext, states: JobStates, agent_id: str) -> None:
         self._js = js
         self._states = states
         self._agent_id = agent_id
 
-    async def terminal(self, job_id: str) -> Terminal | None:
-        return await self._states.terminal(job_id)
+    async def terminal(self, tenant: str, job_id: str) -> Terminal | None:
+        return await self._states.terminal(tenant, job_id)
 
     async def started(self, event: Started) -> Terminal | None:
         """Record and announce an attempt; returns the job's outcome instead if it has one."""
@@ -39,38 +43,39 @@ class Reporter:
         return existing
 
     async def retrying(self, event: Retrying) -> None:
-        await self._publish(event, msg_id=f"{event.job_id}.retrying.{event.attempt}")
+        await self._publish(event, msg_id=f"{_key(event)}.retrying.{event.attempt}")
 
     async def finish(self, event: Terminal) -> Terminal | None:
         """Claim and announce the job's outcome. Returns the outcome another attempt claimed
         first, in which case nothing is published."""
         winner = await self._states.claim_terminal(event)
         if winner is None:
-            await self._publish(event, msg_id=f"{event.job_id}.{_kind(event)}")
+            await self._publish(event, msg_id=f"{_key(event)}.{_kind(event)}")
         return winner
 
     async def ensure_published(self, outcome: Terminal) -> None:
         """Publish a claimed outcome that may never have reached EVENTS (its agent died
         between the claim and the publish). Skipped when it is there already, so a
         resubmit long after the dedupe window does not repeat it."""
-        subject = f"events.{outcome.job_id}.{_kind(outcome)}.*"
+        subject = event_subject(outcome.tenant, outcome.job_id, _kind(outcome), "*")
         try:
-            await self._js.get_last_msg(EVENTS_STREAM, subject)
+            await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
         except NotFoundError:
-            await self._publish(outcome, msg_id=f"{outcome.job_id}.{_kind(outcome)}",
-                                publisher=getattr(outcome, "agent_id", self._agent_id))
+            # Under this agent's own id: it may publish no other (the body still names the
+            # attempt that ended the job).
+            await self._publish(outcome, msg_id=f"{_key(outcome)}.{_kind(outcome)}")
 
-    async def failures_so_far(self, job_id: str) -> int:
+    async def failures_so_far(self, tenant: str, job_id: str) -> int:
         """Retryable failures of this job so far, from its stored ``retrying`` events."""
         try:
             info = await self._js.stream_info(
-                EVENTS_STREAM, subjects_filter=f"events.{job_id}.retrying.*")
+                EVENTS_STREAM,
+                subjects_filter=event_subject(tenant, job_id, "retrying", "*"))
         except nats.errors.Error:
             return 0
         return sum((info.state.subjects or {}).values())
 
-    async def _publish(self, event: Event, *, msg_id: str | None = None,
-                       publisher: str | None = None) -> None:
-        subject = event_subject(event.job_id, _kind(event), publisher or self._agent_id)
+    async def _publish(self, event: Event, *, msg_id: str | None = None) -> None:
+        subject = event_subject(event.tenant, event.job_id, _kind(event), self._agent_id)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         await self._js.publish(subject, encode_event(event), headers=headers)

@@ -33,13 +33,14 @@ from nats.aio.msg import Msg
 
 from broker.events import Failed, JobError, Retrying, Started, Succeeded
 from broker.jobs import JobRequest, decode_job
-from broker.subjects import parse_job_subject
+from broker.subjects import parse_job_subject, validate_job_id, validate_tenant
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.pipelines import run_job
 from gpu_agent.progress import ProgressReporter
 from gpu_agent.reporter import Reporter
+from gpu_agent.url_guard import scheme_problem
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -57,6 +58,7 @@ class JobOutcome:
 @dataclass(frozen=True, slots=True)
 class _Attempt:
     msg: Msg
+    tenant: str
     operation: str
     job_id: str
     number: int  # num_delivered
@@ -78,11 +80,20 @@ class Worker:
         self._clock = clock
 
     async def handle(self, msg: Msg) -> JobOutcome:
-        operation, job_id = parse_job_subject(msg.subject)
+        tenant, operation, job_id = parse_job_subject(msg.subject)
         number = msg.metadata.num_delivered
-        log = logger.bind(job_id=job_id, attempt=number, operation=operation)
-        attempt = _Attempt(msg, operation, job_id, number, log)
-        existing = await self._report.terminal(job_id)
+        log = logger.bind(tenant=tenant, job_id=job_id, attempt=number, operation=operation)
+        attempt = _Attempt(msg, tenant, operation, job_id, number, log)
+        try:
+            validate_tenant(tenant)
+            validate_job_id(job_id)
+        except ValueError as exc:
+            # Only the gateway writes JOBS, and it checks both; should one slip through, it
+            # cannot have events or a state (neither can name it): drop it, loudly.
+            log.error("job dropped: {error}", error=str(exc))
+            await msg.term()
+            return JobOutcome(job_id, "failed")
+        existing = await self._report.terminal(tenant, job_id)
         if existing is not None:
             return await self._skip(attempt, existing)
         lease = asyncio.create_task(self._keep_lease(msg))
@@ -111,14 +122,15 @@ class Worker:
         try:
             job = _decode(attempt.operation, attempt.msg.data)
             attempt = dataclasses.replace(attempt, encoder=self._ops.encoder_for(job))
-            started = Started(job_id=attempt.job_id, at=started_at,
+            started = Started(job_id=attempt.job_id, tenant=attempt.tenant, at=started_at,
                               operation=attempt.operation, agent_id=self._agent_id,
                               attempt=attempt.number, encoder=attempt.encoder)
             if (existing := await self._report.started(started)) is not None:
                 return await self._skip(attempt, existing)
             attempt.log.info("job started on {encoder}", encoder=attempt.encoder)
             with _work_dir(self._cfg.work_dir, attempt.job_id, attempt.number) as wd:
-                ctx = WorkContext(job_id=attempt.job_id, attempt=attempt.number, work_dir=wd,
+                ctx = WorkContext(tenant=attempt.tenant, job_id=attempt.job_id,
+                                  attempt=attempt.number, work_dir=wd,
                                   queued_at=attempt.msg.metadata.timestamp.timestamp(),
                                   started_at=started_at,
                                   progress=self._progress_reporter(attempt))
@@ -129,7 +141,8 @@ class Worker:
             attempt.log.exception("job crashed")
             return await self._fail(attempt, JobFailure(
                 "internal_error", f"agent error: {type(exc).__name__}: {exc}", retryable=True))
-        done = Succeeded(job_id=attempt.job_id, at=self._clock(), operation=attempt.operation,
+        done = Succeeded(job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
+                         operation=attempt.operation,
                          agent_id=self._agent_id, attempt=attempt.number,
                          encoder=attempt.encoder, output=result.output, timings=result.timings,
                          price_per_hour=self._cfg.price_per_hour,
@@ -145,7 +158,7 @@ class Worker:
     async def _fail(self, attempt: _Attempt, failure: JobFailure) -> JobOutcome:
         error = JobError(code=failure.code, message=failure.message)
         if failure.retryable:
-            failures = await self._report.failures_so_far(attempt.job_id) + 1
+            failures = await self._report.failures_so_far(attempt.tenant, attempt.job_id) + 1
             if failures <= self._cfg.max_retries and attempt.number < self._max_deliver:
                 delay_s = failure.retry_delay_s
                 if delay_s is None:
@@ -153,14 +166,16 @@ class Worker:
                 attempt.log.warning("attempt failed, retrying in {delay:.1f}s: {code}: {msg}",
                                     delay=delay_s, code=failure.code, msg=failure.message)
                 await self._report.retrying(Retrying(
-                    job_id=attempt.job_id, at=self._clock(), agent_id=self._agent_id,
+                    job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
+                    agent_id=self._agent_id,
                     attempt=attempt.number, error=error, retry_in_s=delay_s,
                     failures=failures))
                 await attempt.msg.nak(delay=delay_s)
                 return JobOutcome(attempt.job_id, "retrying")
             error = JobError(code=failure.code, message=f"{failure.message} (gave up after "
                              f"{failures} failed attempts)")
-        event = Failed(job_id=attempt.job_id, at=self._clock(), agent_id=self._agent_id,
+        event = Failed(job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
+                       agent_id=self._agent_id,
                        attempt=attempt.number, operation=attempt.operation,
                        encoder=attempt.encoder, error=error)
         await self._report.finish(event)
@@ -170,7 +185,8 @@ class Worker:
         return JobOutcome(attempt.job_id, "failed")
 
     def _progress_reporter(self, attempt: _Attempt) -> ProgressReporter:
-        return ProgressReporter(js=self._js, job_id=attempt.job_id, attempt=attempt.number,
+        return ProgressReporter(js=self._js, tenant=attempt.tenant, job_id=attempt.job_id,
+                                attempt=attempt.number,
                                 agent_id=self._agent_id, clock=self._clock,
                                 min_interval_s=self._cfg.progress_interval_s)
 
@@ -193,9 +209,23 @@ def _decode(operation: str, data: bytes) -> JobRequest:
     except LookupError as exc:
         raise JobFailure("unknown_operation", str(exc.args[0])) from None
     except msgspec.ValidationError as exc:
-        raise JobFailure("invalid_job", f"invalid {operation} job: {exc}") from None
+        raise _refused_scheme(data, str(exc)) or JobFailure(
+            "invalid_job", f"invalid {operation} job: {exc}") from None
     except msgspec.DecodeError as exc:
         raise JobFailure("invalid_job", f"job body is not valid JSON: {exc}") from None
+
+
+def _refused_scheme(data: bytes, error: str) -> JobFailure | None:
+    """An input the contract refuses because it is a file://, ftp://... URL: said plainly
+    (``input_forbidden``) instead of as a pattern mismatch, without echoing the URL."""
+    field = error.rpartition(" - at `$.")[2].rstrip("`")
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    value = body.get(field) if isinstance(body, dict) else None
+    problem = scheme_problem(value) if isinstance(value, str) else None
+    return JobFailure("input_forbidden", f"{field}: {problem}") if problem else None
 
 
 @contextlib.contextmanager

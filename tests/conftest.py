@@ -20,10 +20,13 @@ from broker.logs import setup_logging
 from broker.server import EmbeddedServer
 from broker.topology import TopologyConfig, ensure_topology
 from client.api import Client
+from controller.gateway import Gateway
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.worker import JobOutcome
 from tests.media import TWO_CUES_SRT, make_video
+
+pytest_plugins = ("tests.secure_stack",)  # the operator-mode server fixtures
 
 # Short leases so a killed agent's job comes back within seconds.
 TEST_TOPOLOGY = TopologyConfig(ack_wait_s=3.0, max_deliver=4)
@@ -55,7 +58,16 @@ async def js(nc: Nats) -> JetStreamContext:
 
 
 @pytest.fixture
-async def client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+async def gateway(js: JetStreamContext, nc: Nats) -> AsyncIterator[Gateway]:
+    """The submit gateway (the controller runs it; tests without a controller run it here)."""
+    gw = Gateway(js)
+    await gw.start(nc)
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def client(js, gateway: Gateway, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
     vf = await Client.connect(nats_server.url)
     yield vf
     await vf.close()
@@ -127,8 +139,9 @@ def outcomes() -> Outcomes:
 
 
 @pytest.fixture
-async def agent(js, nats_server: EmbeddedServer, tmp_path: Path,
+async def agent(js, gateway: Gateway, nats_server: EmbeddedServer, tmp_path: Path,
                 outcomes: Outcomes) -> AsyncIterator[Agent]:
+    """An in-process agent (and the gateway, so that jobs can reach it)."""
     async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
         yield a
 

@@ -39,7 +39,8 @@ async def test_sigkill_mid_encode_redelivers_to_another_agent(
     done = successes[0]
     assert done.agent_id == "rescuer" and done.attempt == 2
     assert abs(done.output.duration_s - 60.0) <= 0.1
-    info = await js.stream_info("EVENTS", subjects_filter=f"events.{receipt.job_id}.succeeded.*")
+    info = await js.stream_info(
+        "EVENTS", subjects_filter=f"events.default.{receipt.job_id}.succeeded.*")
     assert sum((info.state.subjects or {}).values()) == 1
     assert await client.result(receipt.job_id) == done
     # The victim's FFmpeg did not outlive it (it dies on its next write to the dead pipe).

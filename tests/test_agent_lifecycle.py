@@ -41,7 +41,7 @@ async def test_sigterm_finishes_the_running_job_then_exits_0(
 
 
 async def _count_started(js, job_id: str) -> int:
-    info = await js.stream_info("EVENTS", subjects_filter=f"events.{job_id}.started.*")
+    info = await js.stream_info("EVENTS", subjects_filter=f"events.default.{job_id}.started.*")
     return sum((info.state.subjects or {}).values())
 
 

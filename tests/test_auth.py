@@ -7,148 +7,92 @@ out or returns normally), so each check waits for that error naming the subject.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
-from nats.aio.client import Client as Nats
 from nats.aio.client import RawCredentials
 
-from broker.auth import AuthKeys, generate_keys, mint_user, server_config
+from broker.auth import mint_user
 from broker.creds import creds_text
 from broker.events import Succeeded
 from broker.jobs import CaptionJob
-from broker.server import EmbeddedServer
 from broker.subjects import (
+    FLEET_API_PREFIX,
     FLEET_BUCKET,
-    INPUTS_BUCKET,
     JOBS_STREAM,
     agent_inbox_prefix,
-    client_inbox_prefix,
+    inputs_bucket,
 )
-from broker.topology import ensure_topology
-from client.api import Client
 from controller.credentials import CredentialAuthority, agent_env
-from tests.conftest import TEST_TOPOLOGY
 from tests.media import make_video
-
-
-@dataclass
-class Secure:
-    server: EmbeddedServer
-    keys: AuthKeys
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-@dataclass
-class Session:
-    nc: Nats
-    errors: list[str] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def denied(self, subject: str, action: Callable[[], Awaitable[object]]) -> None:
-        """Run ``action`` and wait for the server's permissions violation naming ``subject``."""
-        with contextlib.suppress(TimeoutError, nats.errors.Error):
-            await asyncio.wait_for(action(), 2)
-
-        async def seen() -> None:
-            while not any(subject.lower() in e.lower() and "permissions violation" in e
-                          for e in self.errors):
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(seen(), 5)
+from tests.secure_stack import Secure, session, tenant_client
 
 
 @pytest.fixture
-def secure(tmp_path: Path) -> Iterator[Secure]:
-    keys = generate_keys()
-    (tmp_path / "jwt").mkdir()
-    conf = tmp_path / "server.conf"
-    conf.write_text(server_config(keys, str(tmp_path / "jwt")))
-    server = EmbeddedServer(tmp_path / "nats", extra_args=["-c", str(conf)]).start()
-    yield Secure(server, keys)
-    server.stop()
-
-
-@contextlib.asynccontextmanager
-async def session(secure: Secure, role: str, name: str,
-                  expires_in_s: float | None = 600) -> AsyncIterator[Session]:
-    minted = mint_user(secure.keys, role, name, expires_in_s=expires_in_s)  # type: ignore[arg-type]
-    out = Session(nc=None)  # type: ignore[arg-type]
-
-    async def on_error(exc: Exception) -> None:
-        out.errors.append(str(exc))
-        out.changed.set()
-
-    out.nc = await nats.connect(secure.url, user_credentials=RawCredentials(creds_text(minted)),
-                                inbox_prefix=(agent_inbox_prefix(name) if role == "agent"
-                                              else client_inbox_prefix(name)),
-                                error_cb=on_error,
-                                max_reconnect_attempts=0, allow_reconnect=False)
-    try:
-        yield out
-    finally:
-        await out.nc.close()
-
-
-@pytest.fixture
-async def topology(secure: Secure) -> None:
-    async with session(secure, "controller", "ctl") as admin:
-        await ensure_topology(admin.nc.jetstream(), TEST_TOPOLOGY)
+def topology(secure: Secure) -> None:
+    """(The ``secure`` fixture has made the topology, the gateway and the tenants.)"""
 
 
 async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, topology) -> None:
     async with session(secure, "agent", "vf-a1") as agent, \
             session(secure, "agent", "vf-a2") as other:
-        js = agent.nc.jetstream()
+        js = agent.nc.jetstream(prefix=FLEET_API_PREFIX)
         await js.consumer_info(JOBS_STREAM, "agents")  # its own work: allowed
         await agent.nc.publish("agents.vf-a1.heartbeat", b"{}")
-        await agent.denied("jobs.caption.evil", lambda: agent.nc.publish(
-            "jobs.caption.evil", b"{}"))
-        await agent.denied(f"$JS.API.STREAM.INFO.KV_{FLEET_BUCKET}",
+        await agent.denied("jobs.alice.caption.evil", lambda: agent.nc.publish(
+            "jobs.alice.caption.evil", b"{}"))
+        await agent.denied(f"{FLEET_API_PREFIX}.STREAM.INFO.KV_{FLEET_BUCKET}",
                            lambda: js.key_value(FLEET_BUCKET))
-        await agent.denied(f"$JS.API.STREAM.DELETE.{JOBS_STREAM}",
+        await agent.denied(f"{FLEET_API_PREFIX}.STREAM.DELETE.{JOBS_STREAM}",
                            lambda: js.delete_stream(JOBS_STREAM))
         await agent.denied("_INBOX_A.vf-a2.>",
                            lambda: agent.nc.subscribe("_INBOX_A.vf-a2.>"))
-        await agent.denied("_INBOX_C.vf-a1.>",  # a client inbox of the same name
-                           lambda: agent.nc.subscribe("_INBOX_C.vf-a1.>"))
-        await agent.denied(f"$JS.API.STREAM.PURGE.OBJ_{INPUTS_BUCKET}",
-                           lambda: js.purge_stream(f"OBJ_{INPUTS_BUCKET}"))
-        await agent.denied("events.j1.succeeded.vf-a2", lambda: agent.nc.publish(
-            "events.j1.succeeded.vf-a2", b"{}"))  # another agent's name
+        bucket = f"OBJ_{inputs_bucket('alice')}"
+        await agent.denied(f"{FLEET_API_PREFIX}.STREAM.PURGE.{bucket}",
+                           lambda: js.purge_stream(bucket))
+        await agent.denied(f"$O.{inputs_bucket('alice')}.M.", lambda: agent.nc.publish(
+            f"$O.{inputs_bucket('alice')}.M.eA", b"{}"))  # no writing a tenant's inputs
+        await agent.denied("events.alice.j1.succeeded.vf-a2", lambda: agent.nc.publish(
+            "events.alice.j1.succeeded.vf-a2", b"{}"))  # another agent's name
+        await agent.denied("submit.alice.caption.j1", lambda: agent.nc.publish(
+            "submit.alice.caption.j1", b"{}"))
         assert not other.errors
 
 
-async def test_a_clients_credentials_cannot_touch_the_fleet_or_the_queue(secure,
-                                                                         topology) -> None:
-    async with session(secure, "client", "alice") as client:
-        js = client.nc.jetstream()
-        await client.denied("$JS.API.CONSUMER.MSG.NEXT.JOBS.agents", lambda: client.nc.request(
-            "$JS.API.CONSUMER.MSG.NEXT.JOBS.agents", b'{"batch":1}', timeout=1))
-        await client.denied("events.j1.succeeded.alice", lambda: client.nc.publish(
-            "events.j1.succeeded.alice", b"{}"))
-        await client.denied("agents.*.heartbeat",
-                            lambda: client.nc.subscribe("agents.*.heartbeat"))
-        await client.denied(f"$JS.API.STREAM.INFO.KV_{FLEET_BUCKET}",
-                            lambda: js.key_value(FLEET_BUCKET))
-        await client.denied(f"$JS.API.STREAM.DELETE.{JOBS_STREAM}",
-                            lambda: js.delete_stream(JOBS_STREAM))
+async def _fails(action: Callable[[], Awaitable[object]]) -> None:
+    """The call finds nothing to answer it: no import leads anywhere (no responders, a time
+    out, or the account's own JetStream API saying it is off)."""
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await asyncio.wait_for(action(), 3)
+
+
+async def test_a_tenants_credentials_reach_nothing_of_the_fleet(secure, topology) -> None:
+    async with session(secure, "client", "alice", tenant="alice") as alice, \
+            session(secure, "controller", "ctl") as ctl:
+        for js in (alice.nc.jetstream(prefix=FLEET_API_PREFIX), alice.nc.jetstream()):
+            await _fails(lambda js=js: js.key_value(FLEET_BUCKET))
+            await _fails(lambda js=js: js.delete_stream(JOBS_STREAM))
+            await _fails(lambda js=js: js.stream_info(JOBS_STREAM))
+            await _fails(lambda js=js: js.consumer_info(JOBS_STREAM, "agents"))
+        await _fails(lambda: alice.nc.request(
+            f"{FLEET_API_PREFIX}.CONSUMER.MSG.NEXT.JOBS.agents", b'{"batch":1}', timeout=1))
+        beats = await alice.nc.subscribe("agents.*.heartbeat")
+        await alice.nc.flush()
+        await ctl.nc.publish("agents.vf-x.heartbeat", b"{}")
+        await ctl.nc.flush()
+        with pytest.raises(nats.errors.TimeoutError):  # the fleet's traffic never reaches it
+            await beats.next_msg(timeout=1)
+        assert (await ctl.nc.jetstream().stream_info(JOBS_STREAM)).state.messages == 0
 
 
 async def test_expired_credentials_are_refused(secure, topology) -> None:
     with pytest.raises((nats.errors.Error, OSError)) as refused:
-        async with session(secure, "client", "late", expires_in_s=-60):
+        async with session(secure, "client", "late", tenant="alice", expires_in_s=-60):
             pass
     assert "expired" in str(refused.value).lower() or "authorization" in str(
         refused.value).lower()
@@ -194,8 +138,8 @@ async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, m
     agent = await asyncio.create_subprocess_exec(sys.executable, "-m", "gpu_agent", env=env,
                                                  stdout=log, stderr=log)
     try:
-        async with session(secure, "client", "bob") as s:
-            vf = Client(s.nc)
+        async with session(secure, "client", "bob", tenant="bob") as s:
+            vf = tenant_client(s, "bob")
             receipt = await vf.submit(CaptionJob(
                 video=await vf.upload_input(media_dir / "talk.mp4"),
                 srt=await vf.upload_input(media_dir / "talk.srt")))
@@ -232,9 +176,9 @@ async def test_renewal_keeps_a_job_alive_across_expiries(secure, topology, tmp_p
                                                  stdout=log, stderr=log)
     try:
         async with session(secure, "controller", "ctl") as ctl, \
-                session(secure, "client", "carol") as s:
+                session(secure, "client", "carol", tenant="alice") as s:
             await authority.serve_renewals(ctl.nc)
-            vf = Client(s.nc)
+            vf = tenant_client(s, "alice")
             receipt = await vf.submit(CaptionJob(
                 video=await vf.upload_input(video),
                 srt=await vf.upload_input(media_dir / "talk.srt")))
@@ -277,8 +221,8 @@ async def test_a_revoked_agent_is_cut_off_and_its_job_goes_to_another(
     try:
         async with session(secure, "controller", "ctl") as ctl, \
                 session(secure, "system", "sys") as system, \
-                session(secure, "client", "dave") as s:
-            vf = Client(s.nc)
+                session(secure, "client", "dave", tenant="bob") as s:
+            vf = tenant_client(s, "bob")
             receipt = await vf.submit(CaptionJob(
                 video=await vf.upload_input(video),
                 srt=await vf.upload_input(media_dir / "talk.srt")))

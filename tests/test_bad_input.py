@@ -61,15 +61,15 @@ async def test_bad_input_files(client, agent, media_dir: Path, tmp_path: Path, c
 @pytest.mark.parametrize(
     ("subject", "body", "code", "phrases"),
     [
-        ("jobs.transcode.badop", b"{}", "unknown_operation",
+        ("jobs.default.transcode.badop", b"{}", "unknown_operation",
          ["unknown operation 'transcode'", "caption"]),
-        ("jobs.caption.nosrt", b'{"video": "obj:a.mp4"}', "invalid_job",
+        ("jobs.default.caption.nosrt", b'{"video": "obj:a.mp4"}', "invalid_job",
          ["missing required field `srt`"]),
-        ("jobs.caption.wrongtype", b'{"video": 5, "srt": "obj:a"}', "invalid_job",
+        ("jobs.default.caption.wrongtype", b'{"video": 5, "srt": "obj:a"}', "invalid_job",
          ["Expected `str`", "$.video"]),
-        ("jobs.caption.badref", b'{"video": "/etc/passwd", "srt": "obj:a"}', "invalid_job",
+        ("jobs.default.caption.badref", b'{"video": "/etc/passwd", "srt": "obj:a"}', "invalid_job",
          ["$.video"]),
-        ("jobs.caption.notjson", b"video=a.mp4", "invalid_job", ["not valid JSON"]),
+        ("jobs.default.caption.notjson", b"video=a.mp4", "invalid_job", ["not valid JSON"]),
     ],
 )
 async def test_malformed_job_documents(client, agent, js, media_dir: Path, subject: str,

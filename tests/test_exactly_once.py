@@ -19,20 +19,20 @@ from tests.conftest import TEST_TOPOLOGY
 
 
 def _failed(job_id: str, agent: str) -> Failed:
-    return Failed(job_id=job_id, at=1.0, agent_id=agent, attempt=1,
+    return Failed(job_id=job_id, tenant="default", at=1.0, agent_id=agent, attempt=1,
                   error=JobError(code="x", message="y"))
 
 
 async def test_terminal_state_is_claimed_once(js) -> None:
     states = JobStates(await js.key_value(JOBSTATE_BUCKET))
-    started = Started(job_id="j1", at=0.0, operation="caption", agent_id="a", attempt=1,
-                      encoder="libx264")
+    started = Started(job_id="j1", tenant="default", at=0.0, operation="caption",
+                      agent_id="a", attempt=1, encoder="libx264")
     assert await states.record_started(started) is None
     first = _failed("j1", "a")
     assert await states.claim_terminal(first) is None  # claimed
     assert await states.claim_terminal(_failed("j1", "b")) == first  # the loser learns who won
     assert await states.record_started(started) == first  # a late start cannot reopen it
-    assert await states.terminal("j1") == first
+    assert await states.terminal("default", "j1") == first
 
 
 async def test_concurrent_claims_have_one_winner(js) -> None:
@@ -40,7 +40,7 @@ async def test_concurrent_claims_have_one_winner(js) -> None:
     results = await asyncio.gather(*(states.claim_terminal(_failed("j2", f"a{n}"))
                                      for n in range(8)))
     assert sum(r is None for r in results) == 1
-    winner = await states.terminal("j2")
+    winner = await states.terminal("default", "j2")
     assert all(r in (None, winner) for r in results)
 
 
@@ -93,4 +93,4 @@ async def test_outcome_survives_in_job_state(client, agent, js, media_dir: Path)
     done = await client.result(receipt.job_id, timeout_s=60)
     assert isinstance(done, Succeeded)
     states = JobStates(await js.key_value(JOBSTATE_BUCKET))
-    assert await states.terminal(receipt.job_id) == done
+    assert await states.terminal("default", receipt.job_id) == done

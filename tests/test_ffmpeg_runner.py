@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_agent.ffmpeg import ProgressUpdate, run_ffmpeg
+from gpu_agent.ffmpeg import ProgressUpdate, media_env, run_capture, run_ffmpeg
 
 
 def _argv(out: Path) -> list[str]:
@@ -58,3 +58,18 @@ async def test_no_progress_is_a_stall(tmp_path: Path) -> None:
     result = await asyncio.wait_for(run_ffmpeg(_argv(tmp_path / "o.mp4"), on_progress=_ignore,
                                                feed=feed, stall_timeout_s=1.0), 10)
     assert result.stalled and result.returncode != 0
+
+
+def test_media_tools_see_no_credentials() -> None:
+    env = media_env({"PATH": "/usr/bin", "LC_ALL": "C", "NVIDIA_VISIBLE_DEVICES": "all",
+                     "VIDFLEET_NATS_SEED": "SUAAAA", "VIDFLEET_NATS_JWT_0": "eyJ",
+                     "CONTAINER_API_KEY": "k", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert env == {"PATH": "/usr/bin", "LC_ALL": "C", "NVIDIA_VISIBLE_DEVICES": "all"}
+
+
+async def test_a_spawned_media_tool_gets_the_clean_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDFLEET_NATS_SEED", "SUSECRETSEEDVALUE")
+    rc, out, _ = await run_capture(["env"], timeout_s=10)
+    assert rc == 0 and b"SUSECRETSEEDVALUE" not in out and b"PATH=" in out
+

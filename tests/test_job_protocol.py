@@ -13,30 +13,30 @@ from broker.subjects import EVENTS_STREAM
 
 
 async def _count(js, job_id: str, kind: str) -> int:
-    info = await js.stream_info(EVENTS_STREAM, subjects_filter=f"events.{job_id}.{kind}.*")
+    info = await js.stream_info(EVENTS_STREAM, subjects_filter=f"events.default.{job_id}.{kind}.*")
     return sum((info.state.subjects or {}).values())
 
 
-async def test_raw_json_job_from_plain_nats_client(js, agent, nats_server, media_dir: Path,
+async def test_raw_json_job_from_plain_nats_client(js, gateway, agent, nats_server, media_dir: Path,
                                                     tmp_path: Path) -> None:
     # Nothing of ours on this side: nats-py's own object store and a core publish.
     nc = await nats.connect(nats_server.url)
-    inputs = await nc.jetstream().object_store("inputs")
+    inputs = await nc.jetstream().object_store("inputs-default")
     await inputs.put("raw/talk.mp4", (media_dir / "talk.mp4").read_bytes())
     await inputs.put("raw/talk.srt", (media_dir / "talk.srt").read_bytes())
-    events = await nc.subscribe("events.rawjob1.>")
+    events = await nc.subscribe("events.default.rawjob1.>")
     body = json.dumps({"video": "obj:raw/talk.mp4", "srt": "obj:raw/talk.srt"}).encode()
-    await nc.publish("jobs.caption.rawjob1", body)
+    await nc.publish("submit.default.caption.rawjob1", body)  # no reply wanted
 
     seen = []
-    while not seen or seen[-1].split(".")[2] not in ("succeeded", "failed"):
+    while not seen or seen[-1].split(".")[3] not in ("succeeded", "failed"):
         msg = await events.next_msg(timeout=60)
         seen.append(msg.subject)
         last = msg
-    assert seen[-1] == f"events.rawjob1.succeeded.{agent.agent_id}"
+    assert seen[-1] == f"events.default.rawjob1.succeeded.{agent.agent_id}"
     result = json.loads(last.data)
     assert result["kind"] == "succeeded" and result["encoder"] == "libx264"
-    results = await nc.jetstream().object_store("results")
+    results = await nc.jetstream().object_store("results-default")
     out = await results.get(result["output"]["name"])
     assert len(out.data) == result["output"]["size_bytes"] > 1000
     await nc.close()
@@ -71,7 +71,7 @@ async def test_resubmitting_a_job_id_runs_it_once(client, agent, outcomes, js,
     # the job state and acks without running it again. (The result is published before the
     # ack, so wait for the agent to finish with the first delivery.)
     await outcomes.wait_for("same-id", "succeeded")
-    await js.publish("jobs.caption.same-id", b'{"video": "obj:x", "srt": "obj:y"}')
+    await js.publish("jobs.default.caption.same-id", b'{"video": "obj:x", "srt": "obj:y"}')
     await outcomes.wait_for("same-id", "skipped")
     assert await _count(js, "same-id", "started") == 1
     assert await _count(js, "same-id", "succeeded") == 1

@@ -11,7 +11,7 @@ from broker.config import ConfigError, Secret, load_config
 from broker.events import Queued, event_from_msg
 from broker.jobs import decode_job
 from broker.schema import render, schemas
-from broker.subjects import job_subject, parse_event_subject, validate_job_id
+from broker.subjects import job_subject, parse_event_subject, validate_job_id, validate_tenant
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
 from gpu_agent.ops.common import audio_args, video_args
@@ -74,18 +74,23 @@ def test_progress_parser_blocks() -> None:
 
 
 def test_job_ids_and_subjects() -> None:
-    assert job_subject("caption", "a-B_9") == "jobs.caption.a-B_9"
+    assert job_subject("acme", "caption", "a-B_9") == "jobs.acme.caption.a-B_9"
     for bad in ("", "a.b", "a b", "a*", "x" * 65, "a>"):
         with pytest.raises(ValueError, match="invalid job id"):
             validate_job_id(bad)
-    assert parse_event_subject("events.j1.progress.agent-1") == ("j1", "progress", "agent-1")
+    assert parse_event_subject("events.acme.j1.progress.agent-1") == (
+        "acme", "j1", "progress", "agent-1")
+    for bad in ("", "Acme", "-x", "a.b", "x" * 33, "café"):
+        with pytest.raises(ValueError, match="invalid tenant"):
+            validate_tenant(bad)
 
 
 def test_queued_event_from_server_headers() -> None:
-    headers = {"Nats-Subject": "jobs.caption.j1", "Nats-Sequence": "7",
+    headers = {"Nats-Subject": "jobs.acme.caption.j1", "Nats-Sequence": "7",
                "Nats-Time-Stamp": "2026-11-28T00:43:26.697005155Z"}
-    event = event_from_msg("events.j1.queued.queue", headers, b"")
-    assert event == Queued(job_id="j1", at=1795826606.697005, operation="caption", stream_seq=7)
+    event = event_from_msg("events.acme.j1.queued.queue", headers, b"")
+    assert event == Queued(job_id="j1", tenant="acme", at=1795826606.697005,
+                           operation="caption", stream_seq=7)
 
 
 HOSTILE = ["we:ird, name's [x];y\\z", "%{pts}", "a\nb", "movie=/etc/passwd", "x'];[y"]
@@ -137,7 +142,7 @@ def test_ffmpeg_failures_are_classified(stderr: str, code: str, retryable: bool)
 
 
 def test_unknown_event_kinds_are_skipped_not_fatal() -> None:
-    assert event_from_msg("events.j1.cancelled.agent", None, b'{"kind":"cancelled"}') is None
+    assert event_from_msg("events.acme.j1.cancelled.agent", None, b'{"kind":"cancelled"}') is None
 
 
 @pytest.mark.parametrize(("container", "codec", "args"), [

@@ -17,19 +17,18 @@ from loguru import logger
 from msgspec import structs
 
 from broker.auth import public_key
-from broker.auth_store import AuthDir
+from broker.auth_store import AuthDir, create_tenant
 from broker.config import Secret
 from broker.events import Succeeded
 from broker.server import EmbeddedServer
 from broker.subjects import AUTH_BUCKET, FLEET_BUCKET
-from broker.topology import ensure_topology
-from client.api import Client
+from broker.topology import ensure_tenant, ensure_topology
 from controller.config import policy_of
 from controller.loop import Controller
 from controller.providers.vast import VastConfig, VastProvider
 from tests.conftest import TEST_TOPOLOGY
 from tests.fakes.vast import FakeVast
-from tests.test_auth import Secure, session
+from tests.secure_stack import Secure, session, tenant_client
 from tests.test_controller import AGENT_ENV, caption_job, until
 from tests.test_vast_fleet import RENTED
 
@@ -61,42 +60,53 @@ async def test_no_secret_leaks_and_machines_get_only_their_own_credentials(
                       base_env=os.environ, log_dir=tmp_path / "containers",
                       kill_grace_s=20.0) as fake, captured_logs() as lines:
             async with session(secure, "controller", "ctl") as ctl, \
-                    session(secure, "system", "sys") as system, \
-                    session(secure, "client", "erin") as client_session:
-                await ensure_topology(ctl.nc.jetstream(), TEST_TOPOLOGY)
-                provider = VastProvider(VastConfig(
-                    api_key=Secret(vast_key), image="vidfleet/agent:t", base_url=fake.url,
-                    min_interval_s={}, backoff_base_s=0.05))
-                config = structs.replace(RENTED, nats_url=server.url, max_instances=2)
-                controller = Controller(nc=ctl.nc, provider=provider, config=config,
-                                        policy=policy_of(config), auth=keys, system=system.nc,
-                                        agent_env={**AGENT_ENV, "VIDFLEET_VAST_URL": fake.url})
-                stop = asyncio.Event()
-                task = asyncio.create_task(controller.run(stop))
-                vf = Client(client_session.nc)
-                receipts = [await vf.submit(await caption_job(vf, media_dir)) for _ in range(2)]
-                results = [await vf.result(r.job_id, timeout_s=90) for r in receipts]
-                assert all(isinstance(r, Succeeded) for r in results)
-                kv = await ctl.nc.jetstream().key_value(FLEET_BUCKET)
+                    session(secure, "system", "sys") as system:
+                await ensure_topology(ctl.nc.jetstream(), TEST_TOPOLOGY, tenants=())
+                secure.tenants["erin"] = await create_tenant(ctl.nc.jetstream(), system.nc,
+                                                             keys, "erin")
+                await ensure_tenant(ctl.nc.jetstream(), TEST_TOPOLOGY, "erin")
+                async with session(secure, "client", "erin",
+                                   tenant="erin") as client_session:
+                    provider = VastProvider(VastConfig(
+                        api_key=Secret(vast_key), image="vidfleet/agent:t",
+                        base_url=fake.url, min_interval_s={}, backoff_base_s=0.05,
+                        allow_plaintext_agent_url=True))
+                    config = structs.replace(RENTED, nats_url=server.url, max_instances=2)
+                    controller = Controller(
+                        nc=ctl.nc, provider=provider, config=config, policy=policy_of(config),
+                        auth=keys, system=system.nc,
+                        agent_env={**AGENT_ENV, "VIDFLEET_VAST_URL": fake.url})
+                    stop = asyncio.Event()
+                    task = asyncio.create_task(controller.run(stop))
+                    vf = tenant_client(client_session, "erin")
+                    receipts = [await vf.submit(await caption_job(vf, media_dir))
+                                for _ in range(2)]
+                    results = [await vf.result(r.job_id, timeout_s=90) for r in receipts]
+                    assert all(isinstance(r, Succeeded) for r in results)
+                    kv = await ctl.nc.jetstream().key_value(FLEET_BUCKET)
 
-                async def all_gone() -> bool:
-                    return not fake.instances()
+                    async def all_gone() -> bool:
+                        return not fake.instances()
 
-                await until(kv, all_gone, 60)
-                stop.set()
-                await asyncio.wait_for(task, 30)
-                await provider.aclose()
-                revoked = await (await ctl.nc.jetstream().key_value(AUTH_BUCKET)).get(
-                    "revocations")
-                events: list[str] = []
-                for r in receipts:
-                    events += [str(e) async for e in vf.watch(r.job_id, timeout_s=10)]
+                    await until(kv, all_gone, 60)
+                    stop.set()
+                    await asyncio.wait_for(task, 30)
+                    await provider.aclose()
+                    revoked = await (await ctl.nc.jetstream().key_value(AUTH_BUCKET)).get(
+                        "revocations")
+                    events: list[str] = []
+                    for r in receipts:
+                        events += [str(e) async for e in vf.watch(r.job_id, timeout_s=10)]
     finally:
         server.stop()
 
     secrets = {s.reveal() for s in (keys.operator, keys.system_account, keys.account,
-                                    keys.controller_signer, keys.agent_signer,
-                                    keys.client_signer)}
+                                    keys.agents_account, keys.controller_signer,
+                                    keys.agent_signer, keys.client_signer)}
+    # No account JWT the server holds (preloaded or pushed) carries a seed.
+    for stored in [auth.server_conf, *auth.path.joinpath("jwt").rglob("*")]:
+        if stored.is_file():
+            assert not SEED_SHAPE.search(stored.read_text(errors="replace")), stored
     secrets |= {vast_key, auth.admin_creds.read_text().split("\n")[1]}
     creates = fake.create_requests
     assert creates

@@ -1,0 +1,110 @@
+"""The submit gateway: the one writer of JOBS. It answers ``submit.<tenant>.<op>.<job_id>``.
+
+A tenant cannot publish to JOBS at all (broker/accounts.py gives no tenant that import), so
+everything about entry is decided here, once: the job id's alphabet, the operation, the body
+(the agent's own decoder), and the message id that makes a resubmit a duplicate *of the same
+tenant's job only*. What it refuses never reaches a queue, an agent or a KV key; the reply
+says why. Several controllers may serve it (a queue group); a submit made while none runs
+gets "no responders", which the client library retries for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from broker.jobs import decode_job
+from broker.subjects import (
+    job_subject,
+    parse_submit_subject,
+    validate_job_id,
+    validate_operation,
+    validate_tenant,
+)
+from broker.submit import SubmitReply, encode_submit_reply
+
+__all__ = ["Gateway", "check_submit"]
+
+_LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
+_QUEUE_GROUP = "gateway"
+
+
+def check_submit(subject: str, body: bytes) -> tuple[str, str, str] | SubmitReply:
+    """(tenant, operation, job_id) of an acceptable submit, or the refusal to send back."""
+    try:
+        tenant, operation, job_id = parse_submit_subject(subject)
+        validate_tenant(tenant)
+    except ValueError:
+        return SubmitReply(ok=False, code="invalid_subject",
+                           message="submit on submit.<tenant>.<operation>.<job_id>")
+    try:
+        validate_job_id(job_id)
+    except ValueError as exc:
+        return SubmitReply(ok=False, code="invalid_job_id", message=str(exc))
+    try:
+        validate_operation(operation)
+        decode_job(operation, body)
+    except (LookupError, ValueError) as exc:
+        code = "unknown_operation" if isinstance(exc, LookupError) else "invalid_job"
+        detail = exc.args[0] if exc.args else str(exc)
+        return SubmitReply(ok=False, job_id=job_id, operation=operation, code=code,
+                           message=f"invalid {operation} job: {detail}"
+                           if code == "invalid_job" else str(detail))
+    return tenant, operation, job_id
+
+
+class Gateway:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._sub: Subscription | None = None
+
+    async def start(self, nc: Client) -> None:
+        self._sub = await nc.subscribe("submit.*.*.*", queue=_QUEUE_GROUP, cb=self._on_submit)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def _on_submit(self, msg: Msg) -> None:
+        reply = await self.submit(msg.subject, msg.data)
+        if msg.reply:
+            try:
+                await msg.respond(encode_submit_reply(reply))
+            except nats.errors.Error as exc:
+                logger.warning("submit reply lost: {error}", error=str(exc))
+
+    async def submit(self, subject: str, body: bytes) -> SubmitReply:
+        checked = check_submit(subject, body)
+        if isinstance(checked, SubmitReply):
+            logger.info("submit refused on {subject}: {code}", subject=subject[:200],
+                        code=checked.code)
+            return checked
+        tenant, operation, job_id = checked
+        log = logger.bind(tenant=tenant, job_id=job_id)
+        try:
+            ack = await self._js.publish(job_subject(tenant, operation, job_id), body,
+                                         headers={"Nats-Msg-Id": f"{tenant}.{job_id}"})
+        except APIError as exc:
+            # 10077 is both "this job id is still queued" (per subject) and "the queue is
+            # full"; mistaking the second for the first would drop a job silently.
+            if exc.err_code == _LIMIT_REACHED and "per subject" in (exc.description or ""):
+                return SubmitReply(ok=True, job_id=job_id, operation=operation, duplicate=True)
+            log.warning("JOBS refused a job: {error}", error=exc.description)
+            return SubmitReply(ok=False, job_id=job_id, operation=operation, code="queue_full",
+                               message=f"the queue refused job {job_id}: {exc.description}")
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("JOBS did not answer: {error}", error=str(exc) or type(exc).__name__)
+            return SubmitReply(ok=False, job_id=job_id, operation=operation, code="unavailable",
+                               message="the job queue did not answer; submit again")
+        if not ack.duplicate:
+            log.info("job queued ({operation})", operation=operation)
+        return SubmitReply(ok=True, job_id=job_id, operation=operation,
+                           duplicate=bool(ack.duplicate), stream_seq=ack.seq)
