@@ -55,10 +55,11 @@ from broker.jobs import CaptionJob  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
 from broker.objects import download, upload  # noqa: E402
 from broker.server import EmbeddedServer, find_nats_server  # noqa: E402
-from broker.subjects import INPUTS_BUCKET  # noqa: E402
+from broker.subjects import DEFAULT_TENANT, inputs_bucket  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
 from client.api import Client  # noqa: E402
 from client.sample import make_video  # noqa: E402
+from controller.gateway import Gateway  # noqa: E402
 from gpu_agent.agent import Agent  # noqa: E402
 from gpu_agent.config import AgentConfig  # noqa: E402
 from gpu_agent.fonts import find_fonts_dir  # noqa: E402
@@ -158,6 +159,9 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
         exits.push_async_callback(nc.close)
         js = nc.jetstream()
         await ensure_topology(js, TopologyConfig())
+        gateway = Gateway(js)  # the controller's submit gateway
+        await gateway.start(nc)
+        exits.push_async_callback(gateway.stop)
         agent = await exits.enter_async_context(running_agent(server.url, root / "agent"))
         client = await Client.connect(server.url, name="bench-client")
         exits.push_async_callback(client.close)
@@ -316,24 +320,25 @@ async def timed_mbps(size_bytes: int, action: Callable[[], Awaitable[object]]) -
 
 async def builtin_get(js: JetStreamContext, name: str, dest: Path) -> None:
     with open(dest, "wb") as f:
-        await (await js.object_store(INPUTS_BUCKET)).get(name, writeinto=f)
+        await (await js.object_store(inputs_bucket(DEFAULT_TENANT))).get(name, writeinto=f)
 
 
 async def transfer_round(js: JetStreamContext, media: Media, out_dir: Path,
                          n: int) -> TransferRound:
     name = f"bench/{secrets.token_hex(6)}/blob.bin"
     size = media.blob_bytes
-    up = await timed_mbps(size, lambda: upload(js, INPUTS_BUCKET, name, media.blob))
+    bucket = inputs_bucket(DEFAULT_TENANT)
+    up = await timed_mbps(size, lambda: upload(js, bucket, name, media.blob))
     dest = out_dir / "blob.out"
     speeds: dict[str, float] = {}
-    readers = {"ours": lambda: download(js, INPUTS_BUCKET, name, dest),
+    readers = {"ours": lambda: download(js, bucket, name, dest),
                "builtin": lambda: builtin_get(js, name, dest)}
     for which in ("ours", "builtin") if n % 2 == 0 else ("builtin", "ours"):
         speeds[which] = await timed_mbps(size, readers[which])
         if dest.stat().st_size != size:
             raise RuntimeError(f"{which} download wrote {dest.stat().st_size} of {size} bytes")
         dest.unlink()
-    await (await js.object_store(INPUTS_BUCKET)).delete(name)  # keep the data dir small
+    await (await js.object_store(bucket)).delete(name)  # keep the data dir small
     result = TransferRound(up, speeds["ours"], speeds["builtin"])
     print(f"  round {n + 1} ({'ours' if n % 2 == 0 else 'built-in'} first): upload "
           f"{up:6.1f} MB/s  download ours {result.ours_mbps:6.1f} MB/s  built-in "

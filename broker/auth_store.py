@@ -1,7 +1,7 @@
 """Where the auth material lives: the keys directory, and the revocation list on the bus.
 
 ``AuthDir`` (``<data dir>/auth``, mode 0700) holds ``keys.json`` (every seed; 0600), the
-server's ``server.conf`` (rewritten at each start), ``admin.creds`` (a controller-role user for
+server's ``server.conf`` (rewritten at each start), ``admin.creds`` (an expiring FLEET user for
 the local operator's own tools) and ``clients.json`` (which key each named client creds file
 has, so ``vidfleet creds revoke NAME`` can name it). Whoever can read this directory owns the
 deployment: in production it sits with the controller only.
@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from broker.auth import (
     AuthKeys,
+    Minted,
     Tenant,
     agents_account_jwt,
     fleet_account_jwt,
@@ -41,12 +41,15 @@ from broker.auth import (
     tenant_account_jwt,
 )
 from broker.config import Secret
-from broker.creds import creds_text
+from broker.creds import LiveCredentials, creds_text
 from broker.subjects import AUTH_BUCKET, validate_tenant
 
-__all__ = ["AuthDir", "create_tenant", "publish_accounts", "push_account_jwt", "revoke",
-           "tenants", "write_private"]
+__all__ = ["ADMIN_NAME", "AuthDir", "AuthRecordUnreadable", "create_tenant", "publish_accounts",
+           "push_account_jwt", "revoke", "tenants", "write_private"]
 
+ADMIN_NAME = "admin"  # its keys are listed with the clients', under this name
+ADMIN_LIFETIME_S = 30 * 86400.0
+ADMIN_RENEW_BEFORE_S = 7 * 86400.0  # `vidfleet up` writes a new one this long before expiry
 _REVOCATIONS_KEY = "revocations"
 _TENANTS_KEY = "tenants"
 
@@ -69,10 +72,35 @@ class AuthDir:
         keys = self.keys()
         (self.path / "jwt").mkdir(exist_ok=True)
         write_private(self.server_conf, server_config(keys, str(self.path / "jwt")).encode())
-        if not self.admin_creds.exists():
-            admin = mint_user(keys, "controller", "admin", expires_in_s=None)
-            write_private(self.admin_creds, creds_text(admin).encode())
+        if self._admin_expires_within(ADMIN_RENEW_BEFORE_S):
+            self._list_old_admin()
+            self.write_admin(keys)
         return keys
+
+    def _list_old_admin(self) -> None:
+        """An admin.creds from before they expired was never listed: list its key now, so
+        ``vidfleet creds admin`` can revoke it."""
+        if not self.admin_creds.exists():
+            return
+        old = LiveCredentials.from_creds(self.admin_creds.read_text()).claims
+        listed = {e.get("key") for e in self.clients().get(ADMIN_NAME, [])}
+        if old.get("sub") not in listed:
+            account = old.get("nats", {}).get("issuer_account", "")
+            self.register_client(ADMIN_NAME, str(old.get("sub")), old.get("exp"), account)
+
+    def write_admin(self, keys: AuthKeys, lifetime_s: float = ADMIN_LIFETIME_S) -> Minted:
+        """A new ``admin.creds`` (a fresh key). The keys of earlier ones stay listed, so
+        ``vidfleet creds admin`` can revoke them."""
+        admin = mint_user(keys, "controller", "admin", expires_in_s=lifetime_s)
+        write_private(self.admin_creds, creds_text(admin).encode())
+        self.register_client(ADMIN_NAME, admin.public_key, admin.expires_at, admin.account)
+        return admin
+
+    def _admin_expires_within(self, seconds: float) -> bool:
+        if not self.admin_creds.exists():
+            return True
+        expires_at = LiveCredentials.from_creds(self.admin_creds.read_text()).expires_at
+        return expires_at is None or expires_at - time.time() < seconds
 
     def keys(self) -> AuthKeys:
         doc = json.loads(self.keys_file.read_text())
@@ -121,10 +149,14 @@ async def push_account_jwt(system: Client, jwt: str, timeout_s: float = 5.0) -> 
         raise RuntimeError(f"account update refused: {data!r}")
 
 
+class AuthRecordUnreadable(RuntimeError):
+    """An entry of the auth bucket is not what we write. Nothing is pushed or rewritten
+    until an operator repairs it: starting it afresh would drop revocations, and every
+    revoked credential would work again."""
+
+
 async def _read(js: JetStreamContext, key: str) -> tuple[dict[str, Any], int | None]:
-    """A JSON object kept under ``key`` in the auth bucket; ``{}`` when missing, or when it
-    is not an object (logged: only FLEET users can write here, but a broken entry must not
-    stop revocations for good)."""
+    """A JSON object kept under ``key`` in the auth bucket; ``{}`` when missing."""
     kv = await js.key_value(AUTH_BUCKET)
     try:
         entry = await kv.get(key)
@@ -135,8 +167,10 @@ async def _read(js: JetStreamContext, key: str) -> tuple[dict[str, Any], int | N
     except msgspec.DecodeError:
         data = None
     if not isinstance(data, dict):
-        logger.error("auth bucket entry {key} is not a JSON object; starting it afresh", key=key)
-        return {}, entry.revision
+        raise AuthRecordUnreadable(
+            f"the auth bucket's {key!r} entry (revision {entry.revision}) is not a JSON "
+            "object: repair it by hand (clients.json and the controller's log name the keys "
+            "revoked); until then no account is updated")
     return data, entry.revision
 
 

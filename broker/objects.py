@@ -28,12 +28,13 @@ from nats.js.api import (
     ObjectMeta,
     ObjectMetaOptions,
 )
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
 
 __all__ = [
     "CHUNK_SIZE_BYTES",
     "ObjectCorrupt",
     "ObjectMissing",
+    "StoreFull",
     "digest_hex",
     "download",
     "object_info",
@@ -52,6 +53,11 @@ class ObjectCorrupt(IOError):
     pass
 
 
+class StoreFull(IOError):
+    """The bucket holds its quota of bytes (it discards nothing old): delete objects or wait
+    for them to expire."""
+
+
 async def upload(
     js: JetStreamContext, bucket: str, name: str,
     source: str | os.PathLike[str] | io.BufferedIOBase,
@@ -62,10 +68,17 @@ async def upload(
     obs = await js.object_store(bucket)
     meta = ObjectMeta(name=name, description=description,
                       options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE_BYTES))
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            return await obs.put(name, f, meta=meta)
-    return await obs.put(name, source, meta=meta)
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                return await obs.put(name, f, meta=meta)
+        return await obs.put(name, source, meta=meta)
+    except APIError as exc:
+        if "maximum bytes" not in (exc.description or ""):
+            raise
+        limit = (await js.stream_info(f"OBJ_{bucket}")).config.max_bytes
+        raise StoreFull(f"bucket {bucket!r} is full (its limit is {limit} bytes): delete "
+                        "objects or wait for them to expire") from None
 
 
 async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInfo:

@@ -60,6 +60,11 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     max_events_per_job_kind: int = 50_000  # progress beyond this (~14 h at 1/s) drops the oldest
     inputs_max_age_s: float = 1 * _DAY_S
     results_max_age_s: float = 7 * _DAY_S
+    # Per tenant: what its inputs and its results may hold at once. Past it an upload is
+    # refused (the buckets discard nothing old), for that tenant only. JetStream reserves
+    # each bucket's limit on the server's disk up front: size these by disk / tenants.
+    tenant_inputs_max_bytes: int = 4 * 2**30
+    tenant_results_max_bytes: int = 4 * 2**30
 
 
 def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
@@ -178,13 +183,18 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
 async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) -> None:
     """The tenant's own input and result object stores. (An object store cannot forbid
     rollups, so each is reachable only by its tenant, and by agents for results.)"""
-    for bucket, max_age_s in ((inputs_bucket(tenant), cfg.inputs_max_age_s),
-                              (results_bucket(tenant), cfg.results_max_age_s)):
+    for bucket, max_age_s, max_bytes in (
+            (inputs_bucket(tenant), cfg.inputs_max_age_s, cfg.tenant_inputs_max_bytes),
+            (results_bucket(tenant), cfg.results_max_age_s, cfg.tenant_results_max_bytes)):
         try:
             await js.object_store(bucket)
         except NotFoundError:
             await js.create_object_store(
                 bucket,
                 ObjectStoreConfig(ttl=max_age_s, storage=StorageType.FILE,
-                                  replicas=cfg.replicas),
+                                  replicas=cfg.replicas, max_bytes=max_bytes),
             )
+            continue
+        current = (await js.stream_info(f"OBJ_{bucket}")).config
+        if current.max_bytes != max_bytes:  # the quota changed: so does the bucket
+            await js.update_stream(current.evolve(max_bytes=max_bytes))

@@ -303,10 +303,13 @@ class Client:
                 continue
             if not entry.value:
                 continue
-            if key == SUMMARY_KEY:
-                summary = decode_fleet_summary(entry.value)
-            elif key.startswith("instances."):
-                machines.append(decode_fleet_instance(entry.value))
+            try:
+                if key == SUMMARY_KEY:
+                    summary = decode_fleet_summary(entry.value)
+                elif key.startswith("instances."):
+                    machines.append(decode_fleet_instance(entry.value))
+            except msgspec.DecodeError:
+                logger.warning("unreadable fleet record {key} skipped", key=key)
         return summary, sorted(machines, key=lambda m: m.launched_at)
 
 

@@ -19,7 +19,7 @@ import click
 from nats.aio.client import Client
 
 from broker.auth import mint_user
-from broker.auth_store import AuthDir, create_tenant, revoke, write_private
+from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke, write_private
 from broker.connect import connect
 from broker.creds import LiveCredentials, creds_text
 from broker.subjects import validate_tenant
@@ -61,29 +61,39 @@ def creds() -> None:
               help="Lifetime: 30d, 12h, 90m...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write it [default: ./NAME.creds].")
+@click.option("--inputs-max-gb", type=click.FloatRange(min=0.001), default=4.0,
+              show_default=True, help="The tenant's quota of stored inputs (set again on "
+              "every run; the server reserves it on its disk).")
+@click.option("--results-max-gb", type=click.FloatRange(min=0.001), default=4.0,
+              show_default=True, help="The tenant's quota of stored results.")
 @click.pass_obj
 def client(cfg: ClientConfig, name: str, tenant: str | None, expires: str,
-           out: Path | None) -> None:
+           out: Path | None, inputs_max_gb: float, results_max_gb: float) -> None:
     """Write NAME.creds: a tenant's jobs, events, inputs and results; nothing else."""
     if not _NAME_RE.match(name):
         raise click.BadParameter("use 1-64 characters from A-Z a-z 0-9 _ -", param_hint="NAME")
+    if name == ADMIN_NAME:
+        raise click.BadParameter("admin is the operator's own (vidfleet creds admin)",
+                                 param_hint="NAME")
     tenant = tenant or name
     try:
         validate_tenant(tenant)
     except ValueError as exc:
         raise click.BadParameter(f"{exc} (or pass --tenant)", param_hint="tenant") from None
+    quotas = TopologyConfig(tenant_inputs_max_bytes=int(inputs_max_gb * 2**30),
+                            tenant_results_max_bytes=int(results_max_gb * 2**30))
     sys.exit(run_command(_client(cfg, name, tenant, parse_lifetime(expires),
-                                 out or Path(f"{name}.creds"))))
+                                 out or Path(f"{name}.creds"), quotas)))
 
 
 async def _client(cfg: ClientConfig, name: str, tenant_name: str, lifetime_s: float,
-                  path: Path) -> int:
+                  path: Path, quotas: TopologyConfig) -> int:
     auth = _auth_dir(cfg)
     keys = auth.keys()
     async with _fleet_connections(cfg, auth) as (nc, system):
         js = nc.jetstream()
         tenant = await create_tenant(js, system, keys, tenant_name)
-        await ensure_tenant(js, TopologyConfig(), tenant.name)
+        await ensure_tenant(js, quotas, tenant.name)
     minted = mint_user(keys, "client", name, expires_in_s=lifetime_s, tenant=tenant)
     write_private(path, creds_text(minted).encode())
     auth.register_client(name, minted.public_key, minted.expires_at, minted.account)
@@ -113,6 +123,33 @@ async def _fleet_connections(cfg: ClientConfig,
         await system.close()
 
 
+@creds.command("admin")
+@click.option("--expires", "expires", default="30d", show_default=True,
+              help="Lifetime of the new admin.creds: 30d, 12h, 90m...")
+@click.pass_obj
+def admin(cfg: ClientConfig, expires: str) -> None:
+    """Rotate <data dir>/auth/admin.creds: write a new one, revoke every earlier one."""
+    sys.exit(run_command(_rotate_admin(cfg, parse_lifetime(expires))))
+
+
+async def _rotate_admin(cfg: ClientConfig, lifetime_s: float) -> int:
+    auth = _auth_dir(cfg)
+    keys = auth.keys()
+    earlier = auth.clients().get(ADMIN_NAME, [])
+    new = auth.write_admin(keys, lifetime_s)
+    async with _fleet_connections(cfg, auth) as (nc, system):  # as the new admin
+        now = time.time()
+        for entry in earlier:
+            until = float(entry.get("expires_at") or now + 365 * 86400)  # type: ignore[arg-type]
+            if until > now and entry["key"] != new.public_key:
+                await revoke(nc.jetstream(), system, keys, str(entry["key"]),
+                             account=str(entry.get("account", "")), until=until)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(new.expires_at or 0))
+    click.echo(f"wrote {auth.admin_creds}, valid until {when}; every earlier admin.creds is "
+               "revoked")
+    return 0
+
+
 @creds.command("revoke")
 @click.argument("name")
 @click.pass_obj
@@ -122,6 +159,10 @@ def revoke_client(cfg: ClientConfig, name: str) -> None:
 
 
 async def _revoke(cfg: ClientConfig, name: str) -> int:
+    if name == ADMIN_NAME:
+        click.echo("error: to replace admin.creds and revoke the earlier ones, run "
+                   "`vidfleet creds admin`", err=True)
+        return 2
     auth = _auth_dir(cfg)
     issued = auth.clients().get(name)
     if not issued:

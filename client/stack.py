@@ -116,8 +116,10 @@ class Stack:
                "VIDFLEET_LOCAL_MAX_AGENTS": str(self.options.max_agents),
                "VIDFLEET_LOCAL_WORK_DIR": str(data / "work")}
         if self.options.auth:
-            env |= {"VIDFLEET_CREDS_FILE": str(self.auth.admin_creds),
-                    "VIDFLEET_AUTH_DIR": str(self.auth.path)}
+            # The controller mints its own user from the keys; admin.creds (which expires)
+            # is for the operator's tools.
+            env |= {"VIDFLEET_AUTH_DIR": str(self.auth.path)}
+            env.pop("VIDFLEET_CREDS_FILE", None)
         out: int | IO[bytes] | None = None
         if self.options.logs_to_files:
             env["VIDFLEET_LOCAL_LOG_DIR"] = str(self.agent_log_dir)

@@ -47,11 +47,15 @@ async def _main(config: ControllerConfig) -> None:
     provider = _provider(config)
     # A Vast.ai agent's dead-man switch destroys its own instance through the same API.
     agent_env = {"VIDFLEET_VAST_URL": config.vast_url} if config.provider == "vast" else {}
-    credentials = (LiveCredentials.from_creds(Path(config.creds_file).read_text())
-                   if config.creds_file else None)
+    keys = AuthDir(Path(config.auth_dir)).keys() if config.auth_dir else None
+    credentials = None
+    if config.creds_file:
+        credentials = LiveCredentials.from_creds(Path(config.creds_file).read_text())
+    elif keys is not None:  # its own FLEET user, held in memory only (never on disk)
+        own = mint_user(keys, "controller", "vidfleet-controller", expires_in_s=None)
+        credentials = LiveCredentials(own.jwt.reveal(), own.seed)
     nc = await connect(config.nats_url, name="vidfleet-controller", credentials=credentials,
                        tls_ca_file=config.tls_ca_file)
-    keys = AuthDir(Path(config.auth_dir)).keys() if config.auth_dir else None
     system = None
     if keys is not None:  # revocations are pushed to the server as its system account
         sys_user = mint_user(keys, "system", "vidfleet-controller-sys", expires_in_s=None)

@@ -29,6 +29,9 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     provider: Literal["local", "vast"] = "local"
     label_prefix: str = "vf-"  # every machine we rent is labelled <prefix><random>
     tick_s: float = 5.0  # observe -> decide -> act, this often
+    # A tenant's queued jobs (not yet finished) beyond this are refused at submit, for that
+    # tenant only: one tenant cannot fill the queue everyone shares.
+    max_queued_jobs_per_tenant: int = 10_000
     # The agents' settings, put into each machine's environment at launch.
     agent_nats_url: str = ""  # empty: nats_url (a rented machine needs a public address)
     # UNSAFE: lets rented machines be given a plaintext (nats://) URL, so their credentials,

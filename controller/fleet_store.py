@@ -71,4 +71,10 @@ class FleetStore:
             entry = await self._kv.get(SUMMARY_KEY)
         except KeyNotFoundError:
             return None
-        return decode_fleet_summary(entry.value) if entry.value else None
+        if not entry.value:
+            return None
+        try:
+            return decode_fleet_summary(entry.value)
+        except msgspec.DecodeError:  # only FLEET users write it; a broken one starts afresh
+            logger.error("unreadable fleet summary: starting without it")
+            return None

@@ -11,6 +11,8 @@ gets "no responders", which the client library retries for a while.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 
 import nats.errors
 from loguru import logger
@@ -22,6 +24,7 @@ from nats.js.errors import APIError
 
 from broker.jobs import decode_job
 from broker.subjects import (
+    JOBS_STREAM,
     job_subject,
     parse_submit_subject,
     validate_job_id,
@@ -30,7 +33,7 @@ from broker.subjects import (
 )
 from broker.submit import SubmitReply, encode_submit_reply
 
-__all__ = ["Gateway", "check_submit"]
+__all__ = ["Gateway", "QueueCounts", "check_submit"]
 
 _LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
 _QUEUE_GROUP = "gateway"
@@ -60,9 +63,41 @@ def check_submit(subject: str, body: bytes) -> tuple[str, str, str] | SubmitRepl
     return tenant, operation, job_id
 
 
-class Gateway:
-    def __init__(self, js: JetStreamContext) -> None:
+class QueueCounts:
+    """How many jobs each tenant has in JOBS (queued or running), for the quota.
+
+    Counting asks the stream for the tenant's subjects (one per job), so it is refreshed at
+    most every ``max_age_s`` and what this gateway accepted since is added on: a burst of
+    submits costs one count, and the quota can be overshot only by what other gateways
+    accepted within that time."""
+
+    def __init__(self, js: JetStreamContext, *, max_age_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._js = js
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._counted: dict[str, tuple[int, float]] = {}  # tenant -> (count, when)
+
+    async def count(self, tenant: str) -> int:
+        now = self._clock()
+        known = self._counted.get(tenant)
+        if known is None or now - known[1] > self._max_age_s:
+            info = await self._js.stream_info(JOBS_STREAM, subjects_filter=f"jobs.{tenant}.>")
+            known = (len(info.state.subjects or {}), now)
+            self._counted[tenant] = known
+        return known[0]
+
+    def accepted(self, tenant: str) -> None:
+        count, when = self._counted.get(tenant, (0, self._clock()))
+        self._counted[tenant] = (count + 1, when)
+
+
+class Gateway:
+    def __init__(self, js: JetStreamContext, *, max_queued_per_tenant: int = 10_000,
+                 counts: QueueCounts | None = None) -> None:
+        self._js = js
+        self._max_queued = max_queued_per_tenant
+        self._counts = counts or QueueCounts(js)
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
@@ -90,6 +125,18 @@ class Gateway:
         tenant, operation, job_id = checked
         log = logger.bind(tenant=tenant, job_id=job_id)
         try:
+            queued = await self._counts.count(tenant)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("JOBS did not answer: {error}", error=str(exc) or type(exc).__name__)
+            return SubmitReply(ok=False, job_id=job_id, operation=operation, code="unavailable",
+                               message="the job queue did not answer; submit again")
+        if queued >= self._max_queued:
+            return SubmitReply(ok=False, job_id=job_id, operation=operation,
+                               code="quota_exceeded", message=(
+                                   f"tenant {tenant} has {queued} jobs queued or running, "
+                                   f"its limit is {self._max_queued}: submit again when "
+                                   "some have finished"))
+        try:
             ack = await self._js.publish(job_subject(tenant, operation, job_id), body,
                                          headers={"Nats-Msg-Id": f"{tenant}.{job_id}"})
         except APIError as exc:
@@ -105,6 +152,7 @@ class Gateway:
             return SubmitReply(ok=False, job_id=job_id, operation=operation, code="unavailable",
                                message="the job queue did not answer; submit again")
         if not ack.duplicate:
+            self._counts.accepted(tenant)
             log.info("job queued ({operation})", operation=operation)
         return SubmitReply(ok=True, job_id=job_id, operation=operation,
                            duplicate=bool(ack.duplicate), stream_seq=ack.seq)

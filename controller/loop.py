@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from broker.auth import AuthKeys
-from broker.auth_store import publish_accounts
+from broker.auth_store import AuthRecordUnreadable, publish_accounts
 from broker.fleet import ControllerBeat, FleetInstance, FleetSummary, encode
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from controller.config import ControllerConfig
@@ -100,14 +100,18 @@ class Controller:
         self._meter = SpendMeter(now=last.at if last else self._clock(),
                                  day=last.day if last else None,
                                  spent=last.spent_today if last else 0.0)
-        gateway = Gateway(self._js)
+        gateway = Gateway(self._js,
+                          max_queued_per_tenant=self._config.max_queued_jobs_per_tenant)
         await gateway.start(self._nc)  # before anything slow: submits wait on it
         await self._beats.start(self._nc)
         await self._speeds.start(self._nc)
         if self._authority is not None:
             await self._authority.serve_renewals(self._nc)
             if self._system is not None:  # a restarted server may have lost revocations
-                await publish_accounts(self._js, self._system, self._authority.keys)
+                try:
+                    await publish_accounts(self._js, self._system, self._authority.keys)
+                except AuthRecordUnreadable as exc:  # the server keeps what it has
+                    logger.error("accounts not updated: {error}", error=str(exc))
         # A newly queued job wakes the loop at once: scaling from zero costs a boot, not a
         # boot plus a tick.
         wake = asyncio.Event()

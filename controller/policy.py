@@ -5,7 +5,8 @@ leader, heartbeats, the provider's instance list, spend) into a ``Snapshot``, ca
 ``decide``, and carries out the actions. Getting this wrong costs money both ways: renting
 too eagerly (or twice for the same need, while a machine is still booting) bills idle GPUs;
 destroying a busy machine kills a job mid-encode, so scale-down only ever drains idle ones
-(only a spent day budget drains busy ones, and they finish their job first).
+(only a day budget nearly spent drains busy ones, and they finish their job first; once it is
+spent, whatever still runs is destroyed: a machine claiming to be busy cannot bill forever).
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def _dead(inst: Instance, snap: Snapshot, policy: Policy) -> str | None:
 def decide(snap: Snapshot, policy: Policy) -> list[Action]:
     actions: list[Action] = []
     live: list[Instance] = []
+    finishing: list[Instance] = []  # draining, still on their last job
     for inst in snap.instances:
         why = _dead(inst, snap, policy)
         if why:
@@ -197,9 +199,13 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
         elif inst.state == "draining":
             if inst.job_id is None:  # finished its last job: nothing left to lose
                 actions.append(Destroy(instance_id=inst.instance_id, reason="drained"))
+            else:
+                finishing.append(inst)
         else:
             live.append(inst)
     rate = sum(i.price_per_hour for i in snap.instances)
+    if snap.spent_today >= policy.max_spend_per_day:
+        return actions + _destroy_all(live + finishing)
     if snap.spent_today + rate * policy.budget_reserve_s / 3600 >= policy.max_spend_per_day:
         return actions + _stop_all(live)
     desired = _desired(snap, policy, live)
@@ -216,6 +222,14 @@ def _stop_all(live: list[Instance]) -> list[Action]:
     why = "the day's budget is spent"
     return [Destroy(instance_id=i.instance_id, reason=why) if i.state == "booting"
             else Drain(instance_id=i.instance_id, reason=why) for i in live]
+
+
+def _destroy_all(live: list[Instance]) -> list[Action]:
+    """The day's budget is gone. The drain began ``budget_reserve_s`` of burn earlier; a
+    machine still running now (a job longer than that, or an agent that claims to be busy
+    forever) is destroyed: its job goes back to the queue for tomorrow, and the cap holds."""
+    why = "the day's budget is spent and the machine was still running"
+    return [Destroy(instance_id=i.instance_id, reason=why) for i in live]
 
 
 def _rent(snap: Snapshot, policy: Policy, live: list[Instance], count: int) -> list[Rent]:

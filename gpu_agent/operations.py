@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 
 from broker.events import OutputInfo, Timings
 from broker.jobs import AddAudioJob, JobRequest, Output
-from broker.objects import digest_hex, upload
+from broker.objects import StoreFull, digest_hex, upload
 from broker.subjects import inputs_bucket, results_bucket
 from gpu_agent.config import AgentConfig
 from gpu_agent.errors import JobFailure, retryable
@@ -177,6 +177,9 @@ class Operations:
         name = f"{ctx.job_id}/{ctx.attempt}/{path.name}"
         try:
             stored = await upload(self._js, results_bucket(ctx.tenant), name, path)
+        except StoreFull as exc:  # the tenant's quota: no other machine would do better
+            raise JobFailure("results_quota_exceeded", f"the result could not be stored: "
+                             f"{exc}") from None
         except (nats.errors.Error, OSError) as exc:
             raise retryable("upload_failed", f"uploading the output failed: {exc}") from None
         return OutputInfo(bucket=results_bucket(ctx.tenant), name=name, size_bytes=stored.size or 0,

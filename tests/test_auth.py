@@ -7,6 +7,9 @@ out or returns normally), so each check waits for that error naming the subject.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,6 +19,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import RawCredentials
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.auth import mint_user
 from broker.creds import creds_text
@@ -149,6 +153,7 @@ async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, m
             out = await vf.download(done.output, tmp_path / "out.mp4")
             assert out.stat().st_size == done.output.size_bytes
             assert kinds[0] == "Queued" and kinds[-1] == "Succeeded" and not s.errors
+        await _stock_client_job(secure, media_dir, tmp_path)
     finally:
         agent.terminate()
         await agent.wait()
@@ -156,6 +161,49 @@ async def test_a_job_runs_end_to_end_with_scoped_credentials(secure, topology, m
     agent_log = (tmp_path / "agent.log").read_text()
     assert "violation" not in agent_log.lower()
     assert minted.seed.reveal() not in agent_log and minted.jwt.reveal() not in agent_log
+
+
+async def _stock_client_job(secure: Secure, media_dir: Path, tmp_path: Path) -> None:
+    """docs/protocol.md's "A stock client, step by step", with nats-py's own calls only: a
+    tenant's creds file and the documented settings, nothing of our client library."""
+    creds = tmp_path / "alice.creds"
+    creds.write_text(creds_text(mint_user(secure.keys, "client", "alice-stock",
+                                          expires_in_s=600, tenant=secure.tenants["alice"])))
+    nc = await nats.connect(secure.url, user_credentials=str(creds))
+    try:
+        js = nc.jetstream(prefix="$JS.FLEET.API")
+        inputs = await js.object_store("inputs-alice")
+        await inputs.put("u1/talk.mp4", (media_dir / "talk.mp4").read_bytes())
+        await inputs.put("u1/talk.srt", (media_dir / "talk.srt").read_bytes())
+        body = json.dumps({"video": "obj:u1/talk.mp4", "srt": "obj:u1/talk.srt"}).encode()
+        reply = json.loads((await nc.request("submit.alice.caption.talk-42", body,
+                                             timeout=10)).data)
+        assert reply["ok"] and not reply["duplicate"], reply
+        await js.add_consumer("EVENTS", ConsumerConfig(
+            name="w1", filter_subject="events.alice.talk-42.>", deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0))
+        follow = await js.pull_subscribe_bind(consumer="w1", stream="EVENTS")
+        kinds: list[str] = []
+        while not kinds or kinds[-1] not in ("succeeded", "failed"):
+            with contextlib.suppress(nats.errors.TimeoutError):
+                for msg in await follow.fetch(16, timeout=5):
+                    kinds.append(msg.subject.split(".")[3])
+                    last = msg
+        assert kinds[0] == "queued" and kinds[-1] == "succeeded", kinds
+        output = json.loads(last.data)["output"]
+        assert output["bucket"] == "results-alice"
+        info = await (await js.object_store(output["bucket"])).get_info(output["name"])
+        chunks_subject = f"$O.{output['bucket']}.C.{info.nuid}"
+        await js.add_consumer(f"OBJ_{output['bucket']}", ConsumerConfig(
+            name="d1", filter_subject=chunks_subject, ack_policy=AckPolicy.NONE,
+            mem_storage=True, inactive_threshold=30.0))
+        chunks = await js.pull_subscribe_bind(consumer="d1", stream=f"OBJ_{output['bucket']}")
+        data = b""
+        while len(data) < output["size_bytes"]:
+            data += b"".join(m.data for m in await chunks.fetch(64, timeout=10))
+        assert hashlib.sha256(data).hexdigest() == output["sha256"]
+    finally:
+        await nc.close()
 
 
 @pytest.mark.slow

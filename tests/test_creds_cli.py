@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import nats
@@ -61,3 +62,24 @@ async def test_client_creds_submit_but_cannot_see_the_fleet_and_revoke_cuts_them
                                allow_reconnect=False, max_reconnect_attempts=0)
         await vf.close()
         assert (await cli(data, stack.url, "creds", "revoke", "bob"))[0] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_admin_creds_expire_and_rotation_revokes_the_earlier_ones(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Stack(StackOptions(data_dir=data, port=0, logs_to_files=True)) as stack:
+        admin = data / "auth" / "admin.creds"
+        first = LiveCredentials.from_creds(admin.read_text())
+        assert first.expires_at is not None and first.expires_at - time.time() > 29 * 86400
+        rc, out, err = await cli(data, stack.url, "creds", "admin", "--expires", "2h")
+        assert rc == 0 and "every earlier admin.creds is revoked" in out, err
+        second = LiveCredentials.from_creds(admin.read_text())
+        assert second.claims["sub"] != first.claims["sub"]
+        with pytest.raises((nats.errors.Error, OSError)):  # the earlier one is refused
+            await nats.connect(stack.url, user_jwt_cb=first.user_jwt, signature_cb=first.sign,
+                               allow_reconnect=False, max_reconnect_attempts=0)
+        rc, out, err = await cli(data, stack.url, "status")  # the new one works
+        assert rc == 0, err
+        assert (await cli(data, stack.url, "creds", "revoke", "admin"))[0] == 2
+        assert (await cli(data, stack.url, "creds", "client", "admin"))[0] == 2

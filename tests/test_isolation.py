@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from pathlib import Path
 
+import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from broker.auth_store import AuthRecordUnreadable, publish_accounts, revoke
 from broker.events import OutputInfo
 from broker.jobs import CaptionJob
-from broker.objects import ObjectCorrupt, digest_hex, upload
+from broker.objects import ObjectCorrupt, StoreFull, digest_hex, upload
 from broker.subjects import (
     AUTH_BUCKET,
     EVENTS_STREAM,
@@ -31,7 +34,10 @@ from broker.subjects import (
     results_bucket,
 )
 from broker.submit import decode_submit_reply
-from tests.secure_stack import Secure, Session, session, tenant_client
+from broker.topology import ensure_tenant
+from controller.gateway import Gateway, QueueCounts
+from tests.conftest import TEST_TOPOLOGY
+from tests.secure_stack import Secure, Session, connect_as, session, tenant_client
 
 
 async def _nothing(action) -> None:  # type: ignore[no-untyped-def]
@@ -251,3 +257,48 @@ async def test_a_client_refuses_a_result_that_is_not_the_one_the_outcome_names(
 
 def _fields(info: OutputInfo) -> dict[str, object]:
     return {f: getattr(info, f) for f in info.__struct_fields__}
+
+
+async def test_queued_jobs_over_a_tenants_quota_are_refused_for_that_tenant_only(
+        secure: Secure, ctl: Session) -> None:
+    gateway = Gateway(ctl.nc.jetstream(), max_queued_per_tenant=2,
+                      counts=QueueCounts(ctl.nc.jetstream(), max_age_s=0.0))
+    raw = b'{"video": "obj:v.mp4", "srt": "obj:s.srt"}'
+    replies = [await gateway.submit(f"submit.alice.caption.q{n}", raw) for n in range(3)]
+    assert [r.ok for r in replies] == [True, True, False]
+    assert replies[2].code == "quota_exceeded" and "limit is 2" in replies[2].message
+    assert (await gateway.submit("submit.alice.caption.q0", raw)).code == "quota_exceeded"
+    assert (await gateway.submit("submit.bob.caption.q0", raw)).ok  # bob is not affected
+
+
+async def test_a_full_bucket_refuses_that_tenants_uploads_only(
+        secure: Secure, alice: Session, bob: Session, ctl: Session, tmp_path: Path) -> None:
+    small = msgspec.structs.replace(TEST_TOPOLOGY, tenant_inputs_max_bytes=600_000)
+    await ensure_tenant(ctl.nc.jetstream(), small, "alice")  # an existing bucket follows
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"x" * 400_000)
+    vf = tenant_client(alice, "alice")
+    await vf.upload_input(blob, name="a")
+    with pytest.raises(StoreFull, match="limit is 600000 bytes"):
+        await vf.upload_input(blob, name="b")
+    await tenant_client(bob, "bob").upload_input(blob, name="b")
+
+
+async def test_a_broken_revocation_list_is_never_started_afresh(
+        secure: Secure, ctl: Session) -> None:
+    """Only FLEET users can write the auth bucket now, but should its list break, revoked
+    credentials must stay revoked: nothing is pushed until an operator repairs it."""
+    async with session(secure, "system", "sys") as system, \
+            session(secure, "agent", "vf-old") as old:
+        js = ctl.nc.jetstream()
+        await revoke(js, system.nc, secure.keys, old.minted.public_key,
+                     account=old.minted.account, until=time.time() + 600)
+        kv = await js.key_value(AUTH_BUCKET)
+        await kv.put("revocations", b'{"kind": "succeeded"')  # what the old attack wrote
+        with pytest.raises(AuthRecordUnreadable, match="repair it by hand"):
+            await publish_accounts(js, system.nc, secure.keys)
+        with pytest.raises(AuthRecordUnreadable):
+            await revoke(js, system.nc, secure.keys, "UXYZ", account=old.minted.account,
+                         until=time.time() + 600)
+    with pytest.raises((nats.errors.Error, OSError)):  # still revoked
+        await connect_as(secure, old.minted)

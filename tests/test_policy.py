@@ -167,3 +167,15 @@ def test_day_budget_spent_drains_everything_and_rents_nothing() -> None:
     # With 0.6 $ left (18 minutes) it carries on.
     assert not any(isinstance(a, Drain) for a in decide(
         snap(queued=9, work_s=9999, instances=fleet, spent_today=19.4), POLICY))
+
+
+def test_a_spent_day_budget_destroys_even_machines_that_claim_to_be_busy() -> None:
+    """The drain began with budget_reserve_s of burn left; a machine still running when the
+    budget is gone (a very long job, or an agent heartbeating "busy" forever) is destroyed."""
+    fleet = (inst("liar", "draining", job="j1", price=0.8), inst("busy", "busy", job="j2"),
+             inst("done", "draining"))
+    actions = decide(snap(queued=9, work_s=9999, instances=fleet, spent_today=20.0), POLICY)
+    why = "the day's budget is spent and the machine was still running"
+    assert actions == [Destroy(instance_id="done", reason="drained"),
+                       Destroy(instance_id="busy", reason=why),
+                       Destroy(instance_id="liar", reason=why)]
