@@ -42,6 +42,7 @@ from broker.subjects import (
     inputs_bucket,
     renew_subject,
     results_bucket,
+    tenant_events_stream,
 )
 
 __all__ = [
@@ -103,16 +104,18 @@ def _object_store_api(bucket: str, *, write: bool, purge: bool) -> list[str]:
 
 
 def tenant_imports(fleet: str, tenant: str) -> list[dict[str, Any]]:
-    """A tenant's whole reach: its submit subject, its events, its two object stores."""
-    events = f"events.{tenant}"
+    """A tenant's whole reach: its submit subject, its events (live, and its own events
+    stream: no consumer of another tenant's is reachable), its two object stores."""
+    stream = tenant_events_stream(tenant)
     services = [f"submit.{tenant}.>",
-                f"{_JS}DIRECT.GET.{EVENTS_STREAM}.{events}.>",
-                f"{_JS}CONSUMER.CREATE.{EVENTS_STREAM}.*.{events}.>",
-                f"{_JS}CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"]
+                f"{_JS}STREAM.INFO.{stream}", f"{_JS}DIRECT.GET.{stream}.>",
+                f"{_JS}STREAM.MSG.GET.{stream}",
+                f"{_JS}CONSUMER.CREATE.{stream}.>", f"{_JS}CONSUMER.MSG.NEXT.{stream}.*",
+                f"{_JS}CONSUMER.INFO.{stream}.*", f"{_JS}CONSUMER.DELETE.{stream}.*"]
     for bucket in (inputs_bucket(tenant), results_bucket(tenant)):
         services += _object_store_api(bucket, write=True, purge=True)
     imports = [_import(fleet, s) for s in services]
-    imports.append(_import(fleet, f"{events}.>", "stream"))
+    imports.append(_import(fleet, f"events.{tenant}.>", "stream"))
     return imports
 
 

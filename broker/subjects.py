@@ -59,6 +59,7 @@ __all__ = [
     "renew_subject",
     "results_bucket",
     "submit_subject",
+    "tenant_events_stream",
     "validate_job_id",
     "validate_operation",
     "validate_tenant",
@@ -161,6 +162,13 @@ def parse_event_subject(subject: str) -> tuple[str, str, str, str]:
     if len(parts) != 5 or parts[0] != "events":
         raise ValueError(f"not an event subject: {subject!r}")
     return parts[1], parts[2], parts[3], parts[4]
+
+
+def tenant_events_stream(tenant: str) -> str:
+    """The tenant's own copy of its events (sourced from EVENTS): what its clients replay and
+    make consumers on. Consumers live on a stream only that tenant reaches, so their names
+    cannot be guessed into, and their number is that tenant's quota."""
+    return f"EVENTS-{validate_tenant(tenant)}"
 
 
 def inputs_bucket(tenant: str) -> str:

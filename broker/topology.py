@@ -21,6 +21,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -38,6 +39,7 @@ from broker.subjects import (
     QUEUE_PUBLISHER,
     inputs_bucket,
     results_bucket,
+    tenant_events_stream,
 )
 
 __all__ = ["TopologyConfig", "ensure_tenant", "ensure_topology", "jobs_consumer_config",
@@ -65,6 +67,9 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     # each bucket's limit on the server's disk up front: size these by disk / tenants.
     tenant_inputs_max_bytes: int = 4 * 2**30
     tenant_results_max_bytes: int = 4 * 2**30
+    # Consumers a tenant may hold on each of its streams (its events, its two buckets); past
+    # it the server refuses a new one, for that tenant only.
+    tenant_max_consumers: int = 64
 
 
 def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
@@ -180,9 +185,26 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
         await ensure_tenant(js, cfg, tenant)
 
 
+def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:
+    return StreamConfig(
+        name=tenant_events_stream(tenant),
+        description=f"tenant {tenant}'s events, sourced from {EVENTS_STREAM}",
+        sources=[StreamSource(name=EVENTS_STREAM, filter_subject=f"events.{tenant}.>")],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        discard=DiscardPolicy.OLD,
+        max_age=cfg.events_max_age_s,
+        max_msgs_per_subject=cfg.max_events_per_job_kind,
+        max_consumers=cfg.tenant_max_consumers,
+        allow_direct=True,
+    )
+
+
 async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) -> None:
-    """The tenant's own input and result object stores. (An object store cannot forbid
-    rollups, so each is reachable only by its tenant, and by agents for results.)"""
+    """The tenant's own events stream and input and result object stores. (An object store
+    cannot forbid rollups, so each is reachable only by its tenant, and by agents.)"""
+    await _ensure_stream(js, tenant_events_config(cfg, tenant))
     for bucket, max_age_s, max_bytes in (
             (inputs_bucket(tenant), cfg.inputs_max_age_s, cfg.tenant_inputs_max_bytes),
             (results_bucket(tenant), cfg.results_max_age_s, cfg.tenant_results_max_bytes)):
@@ -194,7 +216,7 @@ async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) 
                 ObjectStoreConfig(ttl=max_age_s, storage=StorageType.FILE,
                                   replicas=cfg.replicas, max_bytes=max_bytes),
             )
-            continue
         current = (await js.stream_info(f"OBJ_{bucket}")).config
-        if current.max_bytes != max_bytes:  # the quota changed: so does the bucket
-            await js.update_stream(current.evolve(max_bytes=max_bytes))
+        if (current.max_bytes, current.max_consumers) != (max_bytes, cfg.tenant_max_consumers):
+            await js.update_stream(current.evolve(max_bytes=max_bytes,
+                                                  max_consumers=cfg.tenant_max_consumers))

@@ -49,7 +49,6 @@ from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operatio
 from broker.objects import ObjectCorrupt, digest_hex, download, upload
 from broker.subjects import (
     DEFAULT_TENANT,
-    EVENTS_STREAM,
     FLEET_API_PREFIX,
     FLEET_BUCKET,
     event_subject,
@@ -58,6 +57,7 @@ from broker.subjects import (
     parse_event_subject,
     results_bucket,
     submit_subject,
+    tenant_events_stream,
     validate_job_id,
     validate_tenant,
 )
@@ -103,6 +103,7 @@ class Client:
         self._nc = nc
         self.tenant = validate_tenant(tenant)
         self.is_tenant = api_prefix is not None  # a tenant account's user, not the fleet's
+        self._events = tenant_events_stream(self.tenant)
         self._js = nc.jetstream(prefix=api_prefix) if api_prefix else nc.jetstream()
 
     @classmethod
@@ -185,14 +186,13 @@ class Client:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         await self._require_job(job_id)
-        # A named pull consumer filtered to the job: a tenant may create consumers on EVENTS
-        # only with a filter inside its own events (the name and filter are in the subject).
+        # A named pull consumer on the tenant's own events stream, filtered to the job.
         consumer = f"watch-{secrets.token_hex(8)}"
-        await self._js.add_consumer(EVENTS_STREAM, ConsumerConfig(
+        await self._js.add_consumer(self._events, ConsumerConfig(
             name=consumer, filter_subject=events_filter(self.tenant, job_id),
             ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True,
             inactive_threshold=60.0))
-        sub = await self._js.pull_subscribe_bind(consumer=consumer, stream=EVENTS_STREAM)
+        sub = await self._js.pull_subscribe_bind(consumer=consumer, stream=self._events)
         try:
             while True:
                 wait_s = 5.0 if deadline is None else deadline - time.monotonic()
@@ -213,13 +213,14 @@ class Client:
                 await sub.unsubscribe()
 
     async def _require_job(self, job_id: str) -> None:
-        """Raise JobNotFound unless the job has events. (The queued event reaches EVENTS a
-        moment after the gateway stored the job, so a miss is looked at again for 2 s.)"""
+        """Raise JobNotFound unless the job has events. (The queued event reaches the
+        tenant's events stream a moment after the gateway stored the job, so a miss is looked
+        at again for 2 s.)"""
         subject = event_subject(self.tenant, validate_job_id(job_id), "*", "*")
         deadline = time.monotonic() + 2.0
         while True:
             try:
-                await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+                await self._js.get_last_msg(self._events, subject, direct=True)
                 return
             except nats.js.errors.NotFoundError:
                 if time.monotonic() > deadline:
@@ -237,19 +238,25 @@ class Client:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         await self._require_job(job_id)
         live = await self._nc.subscribe(event_subject(self.tenant, job_id, "*", "*"))
+        copying = 0  # polls left for the stored copy of a terminal event seen live
         try:
             while True:
                 stored = await self._terminal_now(job_id)
                 if stored is not None:
                     return stored
-                # Re-check the store now and then: a reconnect can drop a live message.
                 wait_s = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
                 if wait_s <= 0:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
+                if copying:  # the live event comes a moment before its copy is stored
+                    copying -= 1
+                    await asyncio.sleep(0.05)
+                    continue
+                # Re-check the store now and then: a reconnect can drop a live message.
                 with contextlib.suppress(nats.errors.TimeoutError):
                     while True:
                         msg = await live.next_msg(timeout=wait_s)
                         if parse_event_subject(msg.subject)[2] in TERMINAL_KINDS:
+                            copying = 100
                             break
         finally:
             with contextlib.suppress(nats.errors.Error):
@@ -259,7 +266,7 @@ class Client:
         for kind in ("succeeded", "failed"):
             try:
                 msg = await self._js.get_last_msg(
-                    EVENTS_STREAM, event_subject(self.tenant, job_id, kind, "*"), direct=True)
+                    self._events, event_subject(self.tenant, job_id, kind, "*"), direct=True)
             except nats.js.errors.NotFoundError:
                 continue
             event = _event(msg.subject or "", msg.headers, msg.data or b"")

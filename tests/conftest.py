@@ -31,7 +31,8 @@ pytest_plugins = ("tests.secure_stack",)  # the operator-mode server fixtures
 # Short leases so a killed agent's job comes back within seconds.
 TEST_TOPOLOGY = TopologyConfig(ack_wait_s=3.0, max_deliver=4,
                                tenant_inputs_max_bytes=256 * 2**20,
-                               tenant_results_max_bytes=256 * 2**20)
+                               tenant_results_max_bytes=256 * 2**20,
+                               tenant_max_consumers=16)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -179,10 +179,10 @@ async def _stock_client_job(secure: Secure, media_dir: Path, tmp_path: Path) -> 
         reply = json.loads((await nc.request("submit.alice.caption.talk-42", body,
                                              timeout=10)).data)
         assert reply["ok"] and not reply["duplicate"], reply
-        await js.add_consumer("EVENTS", ConsumerConfig(
+        await js.add_consumer("EVENTS-alice", ConsumerConfig(
             name="w1", filter_subject="events.alice.talk-42.>", deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0))
-        follow = await js.pull_subscribe_bind(consumer="w1", stream="EVENTS")
+        follow = await js.pull_subscribe_bind(consumer="w1", stream="EVENTS-alice")
         kinds: list[str] = []
         while not kinds or kinds[-1] not in ("succeeded", "failed"):
             with contextlib.suppress(nats.errors.TimeoutError):

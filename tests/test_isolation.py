@@ -32,6 +32,7 @@ from broker.subjects import (
     JOBSTATE_BUCKET,
     inputs_bucket,
     results_bucket,
+    tenant_events_stream,
 )
 from broker.submit import decode_submit_reply
 from broker.topology import ensure_tenant
@@ -115,6 +116,20 @@ async def test_a_tenant_cannot_read_or_follow_anothers_jobs_or_events(
         name="spy", filter_subject="events.bob.>", ack_policy=AckPolicy.NONE)))
     await _nothing(lambda: js.add_consumer(EVENTS_STREAM, ConsumerConfig(
         name="spy2", filter_subject="events.>", ack_policy=AckPolicy.NONE)))
+    # Bob follows his job with a consumer of an easy name on his own events stream; alice
+    # guesses it: she can neither read from it nor take it over.
+    bobs = bob.nc.jetstream(prefix=FLEET_API_PREFIX)
+    await bobs.add_consumer(tenant_events_stream("bob"), ConsumerConfig(
+        name="w1", filter_subject="events.bob.>", ack_policy=AckPolicy.NONE))
+    for stream in (tenant_events_stream("bob"), tenant_events_stream("alice")):
+        await _nothing(lambda s=stream: alice.nc.request(
+            f"{FLEET_API_PREFIX}.CONSUMER.MSG.NEXT.{s}.w1", b'{"batch": 5}', timeout=1))
+        await _nothing(lambda s=stream: js.get_last_msg(s, "events.bob.>", direct=True))
+    await _nothing(lambda: js.add_consumer(tenant_events_stream("bob"), ConsumerConfig(
+        name="w1", filter_subject="events.bob.>", ack_policy=AckPolicy.NONE)))
+    still_his = await bobs.pull_subscribe_bind(consumer="w1", stream=tenant_events_stream("bob"))
+    got = await still_his.fetch(1, timeout=10)
+    assert got[0].subject.startswith("events.bob.talk-42.")
     live = await alice.nc.subscribe(">")
     await alice.nc.flush()
     await ctl.nc.jetstream().publish("events.bob.talk-42.progress.vf-x", b"{}")
@@ -302,3 +317,18 @@ async def test_a_broken_revocation_list_is_never_started_afresh(
                          until=time.time() + 600)
     with pytest.raises((nats.errors.Error, OSError)):  # still revoked
         await connect_as(secure, old.minted)
+
+
+async def test_a_tenants_consumers_are_capped_for_that_tenant_only(
+        alice: Session, bob: Session) -> None:
+    js = alice.nc.jetstream(prefix=FLEET_API_PREFIX)
+    for n in range(TEST_TOPOLOGY.tenant_max_consumers):
+        await js.add_consumer(tenant_events_stream("alice"), ConsumerConfig(
+            name=f"c{n}", filter_subject="events.alice.>", ack_policy=AckPolicy.NONE))
+    with pytest.raises(nats.js.errors.APIError, match="maximum consumers"):
+        await js.add_consumer(tenant_events_stream("alice"), ConsumerConfig(
+            name="one-more", filter_subject="events.alice.>", ack_policy=AckPolicy.NONE))
+    await bob.nc.jetstream(prefix=FLEET_API_PREFIX).add_consumer(
+        tenant_events_stream("bob"), ConsumerConfig(
+            name="c0", filter_subject="events.bob.>", ack_policy=AckPolicy.NONE))
+
