@@ -80,22 +80,29 @@ def fleet_exports() -> list[dict[str, Any]]:
     return exports
 
 
+def _local(subject: str) -> str:
+    """Where an importer sees a FLEET subject: its JetStream API under FLEET_API_PREFIX."""
+    return (f"{FLEET_API_PREFIX}.{subject.removeprefix(_JS)}" if subject.startswith(_JS)
+            else subject)
+
+
 def _import(fleet: str, subject: str, kind: str = "service") -> dict[str, Any]:
     claim: dict[str, Any] = {"name": subject, "subject": subject, "account": fleet,
                              "type": kind}
-    if subject.startswith(_JS):
-        claim["local_subject"] = f"{FLEET_API_PREFIX}.{subject.removeprefix(_JS)}"
+    if (local := _local(subject)) != subject:
+        claim["local_subject"] = local
     return claim
 
 
-def _object_store_api(bucket: str, *, write: bool, purge: bool) -> list[str]:
-    """What reading (our pull-based download), writing and overwriting one bucket needs.
-    (nats-py reads an object's metadata with a message get by subject, not a direct get.)"""
+def _object_store_api(bucket: str, *, read: bool, write: bool, purge: bool) -> list[str]:
+    """What our pull-based download (``read``), an object-store put (``write``) and an
+    overwrite or delete (``purge``) need of one bucket. Every use opens the bucket (stream
+    info) and looks objects up by name (nats-py: a message get by subject)."""
     stream = f"OBJ_{bucket}"
-    subjects = [f"{_JS}STREAM.INFO.{stream}", f"{_JS}DIRECT.GET.{stream}.>",
-                f"{_JS}STREAM.MSG.GET.{stream}",
-                f"{_JS}CONSUMER.CREATE.{stream}.>", f"{_JS}CONSUMER.MSG.NEXT.{stream}.*",
-                f"{_JS}CONSUMER.DELETE.{stream}.*"]
+    subjects = [f"{_JS}STREAM.INFO.{stream}", f"{_JS}STREAM.MSG.GET.{stream}"]
+    if read:
+        subjects += [f"{_JS}DIRECT.GET.{stream}.>", f"{_JS}CONSUMER.CREATE.{stream}.>",
+                     f"{_JS}CONSUMER.MSG.NEXT.{stream}.*", f"{_JS}CONSUMER.DELETE.{stream}.*"]
     if write:
         subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
     if purge:
@@ -113,50 +120,56 @@ def tenant_imports(fleet: str, tenant: str) -> list[dict[str, Any]]:
                 f"{_JS}CONSUMER.CREATE.{stream}.>", f"{_JS}CONSUMER.MSG.NEXT.{stream}.*",
                 f"{_JS}CONSUMER.INFO.{stream}.*", f"{_JS}CONSUMER.DELETE.{stream}.*"]
     for bucket in (inputs_bucket(tenant), results_bucket(tenant)):
-        services += _object_store_api(bucket, write=True, purge=True)
+        services += _object_store_api(bucket, read=True, write=True, purge=True)
     imports = [_import(fleet, s) for s in services]
     imports.append(_import(fleet, f"events.{tenant}.>", "stream"))
     return imports
 
 
-def _agent_reach(tenants: list[Tenant]) -> list[str]:
-    subjects = [f"{_JS}CONSUMER.INFO.{JOBS_STREAM}.{JOBS_CONSUMER}",
+# What every agent needs of the fleet besides the tenants' buckets.
+_AGENT_FIXED = (f"{_JS}CONSUMER.INFO.{JOBS_STREAM}.{JOBS_CONSUMER}",
                 f"{_JS}CONSUMER.MSG.NEXT.{JOBS_STREAM}.{JOBS_CONSUMER}",
                 f"$JS.ACK.{JOBS_STREAM}.{JOBS_CONSUMER}.>",
                 f"{_JS}STREAM.INFO.{EVENTS_STREAM}", f"{_JS}DIRECT.GET.{EVENTS_STREAM}.>",
                 f"{_JS}STREAM.INFO.KV_{JOBSTATE_BUCKET}",
-                f"{_JS}DIRECT.GET.KV_{JOBSTATE_BUCKET}.>", f"$KV.{JOBSTATE_BUCKET}.>"]
-    for t in sorted(tenants, key=lambda t: t.name):
-        subjects += _object_store_api(inputs_bucket(t.name), write=False, purge=False)
-        subjects += _object_store_api(results_bucket(t.name), write=True, purge=False)
-    return subjects
+                f"{_JS}DIRECT.GET.KV_{JOBSTATE_BUCKET}.>", f"$KV.{JOBSTATE_BUCKET}.>")
+# The same for any bucket, as wildcards: the template must not name tenants (see
+# agent_template), so the AGENTS imports decide which buckets these reach.
+_AGENT_ANY_BUCKET = (f"{_JS}STREAM.INFO.*", f"{_JS}STREAM.MSG.GET.*", f"{_JS}DIRECT.GET.*.>",
+                     f"{_JS}CONSUMER.CREATE.*.>", f"{_JS}CONSUMER.MSG.NEXT.*.*",
+                     f"{_JS}CONSUMER.DELETE.*.*", "$O.*.C.>", "$O.*.M.>")
 
 
 def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
-    """The AGENTS account's imports: the agent role's reach, for every agent at once (each
-    user's template then confines it to its own id's subjects)."""
-    services = ["events.>", "agents.*.heartbeat", renew_subject("*"), *_agent_reach(tenants)]
+    """The AGENTS account's imports, for every agent at once: the jobs consumer, events and
+    heartbeats, renewal, the job-state KV, every tenant's inputs (read) and results (write
+    only: an object-store put, no consumers). Each user's template then confines it to its
+    own id's subjects."""
+    services = ["events.>", "agents.*.heartbeat", renew_subject("*"), *_AGENT_FIXED]
+    for t in sorted(tenants, key=lambda t: t.name):
+        services += _object_store_api(inputs_bucket(t.name), read=True, write=False,
+                                      purge=False)
+        services += _object_store_api(results_bucket(t.name), read=False, write=True,
+                                      purge=False)
     imports = [_import(fleet, s) for s in services]
     imports += [_import(fleet, s, "stream")
                 for s in ("agents.*.control", CONTROLLER_HEARTBEAT_SUBJECT)]
     return imports
 
 
-def _local(subject: str) -> str:
-    return (f"{FLEET_API_PREFIX}.{subject.removeprefix(_JS)}" if subject.startswith(_JS)
-            else subject)
+def agent_template() -> dict[str, Any]:
+    """One agent user's permissions (``{{name()}}`` is its id): its own events, heartbeats,
+    renewal and inbox, its commands and the controller's heartbeat; the jobs consumer and the
+    job-state KV; object-store reads and writes, which reach only what the AGENTS imports
+    name. No purge, no stream management, nothing of any other agent.
 
-
-def agent_template(tenants: list[Tenant]) -> dict[str, Any]:
-    """One agent user's permissions (``{{name()}}`` is its id): pull and ack on the jobs
-    consumer, its own events, heartbeats and renewal, the job-state KV (any key: residual risk,
-    see docs/security.md), every tenant's inputs (read: residual) and results (write), its
-    own inbox, its own commands and the controller's heartbeat. No purge, no stream or
-    consumer management, no message get by sequence, nothing of any other agent."""
+    It names no tenant on purpose: the server closes every connection of a scoped signer
+    whose template changes, so a template that listed tenants would cut off every agent, mid
+    job, each time a tenant is added."""
     me = "{{name()}}"
-    reach = [_local(s) for s in _agent_reach(tenants)]
+    allow = [_local(s) for s in (*_AGENT_FIXED, *_AGENT_ANY_BUCKET)]
     return {
-        "pub": {"allow": [*reach, f"events.*.*.*.{me}", f"agents.{me}.heartbeat",
+        "pub": {"allow": [*allow, f"events.*.*.*.{me}", f"agents.{me}.heartbeat",
                           renew_subject(me)]},
         "sub": {"allow": [f"{agent_inbox_prefix(me)}.>", f"agents.{me}.control",
                           CONTROLLER_HEARTBEAT_SUBJECT]},

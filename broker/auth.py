@@ -61,6 +61,9 @@ __all__ = [
 FLEET_ACCOUNT = "VIDFLEET"  # the name the single account had; its key did not change
 AGENTS_ACCOUNT = "AGENTS"
 TENANT_TAG = "vidfleet-tenant:"
+# What one tenant may hold on the server at once, so that no tenant can exhaust it for all.
+TENANT_MAX_CONNECTIONS = 256
+TENANT_MAX_SUBSCRIPTIONS = 10_000
 Role = Literal["controller", "agent", "client", "system"]
 _JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
@@ -144,10 +147,11 @@ def system_account_jwt(keys: AuthKeys, now: float | None = None) -> str:
 def _account(keys: AuthKeys, seed_or_key: Secret | str, name: str, *, jetstream: bool,
              signing_keys: list[Any], revocations: dict[str, int] | None, now: float | None,
              exports: list[dict[str, Any]] | None = None,
-             imports: list[dict[str, Any]] | None = None) -> str:
+             imports: list[dict[str, Any]] | None = None,
+             conn: int = -1, subs: int = -1) -> str:
     store = -1 if jetstream else 0
     limits = {**_UNLIMITED, "mem_storage": store, "disk_storage": store,
-              "streams": store, "consumer": store}
+              "streams": store, "consumer": store, "conn": conn, "subs": subs}
     nats: dict[str, Any] = {"limits": limits, "type": "account", "version": 2,
                             "signing_keys": signing_keys,
                             "default_permissions": {"pub": {}, "sub": {}}}
@@ -177,7 +181,7 @@ def agents_account_jwt(keys: AuthKeys, tenants: list[Tenant],
                        now: float | None = None) -> str:
     """AGENTS: every agent user, confined by the scoped agent signer's template."""
     scoped = {"kind": "user_scope", "key": public_key(keys.agent_signer), "role": "agent",
-              "template": agent_template(tenants)}
+              "template": agent_template()}
     return _account(keys, keys.agents_account, AGENTS_ACCOUNT, jetstream=False,
                     signing_keys=[scoped], revocations=revocations, now=now,
                     imports=agents_imports(public_key(keys.account), tenants))
@@ -191,7 +195,8 @@ def tenant_account_jwt(keys: AuthKeys, tenant: Tenant,
     return _account(keys, tenant.account, f"tenant-{tenant.name}", jetstream=False,
                     signing_keys=[public_key(keys.client_signer)],
                     revocations=revocations, now=now,
-                    imports=tenant_imports(public_key(keys.account), tenant.name))
+                    imports=tenant_imports(public_key(keys.account), tenant.name),
+                    conn=TENANT_MAX_CONNECTIONS, subs=TENANT_MAX_SUBSCRIPTIONS)
 
 
 def new_tenant(name: str) -> Tenant:

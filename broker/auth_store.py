@@ -44,12 +44,14 @@ from broker.config import Secret
 from broker.creds import LiveCredentials, creds_text
 from broker.subjects import AUTH_BUCKET, validate_tenant
 
-__all__ = ["ADMIN_NAME", "AuthDir", "AuthRecordUnreadable", "create_tenant", "publish_accounts",
-           "push_account_jwt", "revoke", "tenants", "write_private"]
+__all__ = ["ADMIN_NAME", "FOREVER", "AuthDir", "AuthRecordUnreadable", "create_tenant",
+           "publish_accounts", "push_account_jwt", "revoke", "revoke_listed", "revoke_many",
+           "tenants", "write_private"]
 
 ADMIN_NAME = "admin"  # its keys are listed with the clients', under this name
 ADMIN_LIFETIME_S = 30 * 86400.0
 ADMIN_RENEW_BEFORE_S = 7 * 86400.0  # `vidfleet up` writes a new one this long before expiry
+FOREVER = 2.0**62  # "until" of a revoked user whose JWT never expires: never pruned
 _REVOCATIONS_KEY = "revocations"
 _TENANTS_KEY = "tenants"
 
@@ -134,11 +136,15 @@ def _secret_hook(type_: type, obj: object) -> object:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read (keys, creds)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a file only its owner can read (keys, creds), whole or not at all: a crash
+    mid-write must not leave a truncated ``keys.json``, the deployment's root of trust."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    os.chmod(path, 0o600)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 async def push_account_jwt(system: Client, jwt: str, timeout_s: float = 5.0) -> None:
@@ -217,11 +223,35 @@ async def revoke(js: JetStreamContext, system: Client, keys: AuthKeys, user_key:
                  account: str, until: float, now: float | None = None) -> None:
     """Refuse ``user_key``'s JWTs (a user of ``account``, a public key) from now on, and close
     its connections, until ``until``, when its last JWT has expired anyway."""
+    await revoke_many(js, system, keys, {user_key: (account, until)}, now=now)
+
+
+async def revoke_listed(js: JetStreamContext, system: Client, keys: AuthKeys,
+                        issued: list[dict[str, object]], *, keep: str = "") -> int:
+    """Revoke the users of ``issued`` (entries of ``AuthDir.clients()``) still valid, except
+    ``keep``; one that never expires stays revoked for good. Returns how many."""
+    now = time.time()
+    chosen: dict[str, tuple[str, float]] = {}
+    for entry in issued:
+        expires_at = entry.get("expires_at")
+        until = float(expires_at) if isinstance(expires_at, (int, float)) else FOREVER
+        if until > now and entry.get("key") != keep:
+            chosen[str(entry.get("key"))] = (str(entry.get("account", "")), until)
+    if chosen:
+        await revoke_many(js, system, keys, chosen, now=now)
+    return len(chosen)
+
+
+async def revoke_many(js: JetStreamContext, system: Client, keys: AuthKeys,
+                      users: dict[str, tuple[str, float]], *, now: float | None = None) -> None:
+    """``revoke`` for several users at once: user key -> (account, until); one push."""
     stamp = now or time.time()
 
     def add(current: dict[str, Any]) -> dict[str, Any]:
-        live = {k: v for k, v in current.items() if (e := _entry(v)) and e[1] > stamp}
-        return {**live, user_key: [float(int(stamp) + 1), until, account]}
+        # Expired entries go; one we cannot read stays (dropping it could revive a key).
+        live = {k: v for k, v in current.items() if (e := _entry(v)) is None or e[1] > stamp}
+        return {**live, **{k: [float(int(stamp) + 1), until, account]
+                           for k, (account, until) in users.items()}}
 
     await _update(js, _REVOCATIONS_KEY, add)
     # Push the lists as they stand now, not as we wrote them: a concurrent revoker's older

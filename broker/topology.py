@@ -67,9 +67,11 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     # each bucket's limit on the server's disk up front: size these by disk / tenants.
     tenant_inputs_max_bytes: int = 4 * 2**30
     tenant_results_max_bytes: int = 4 * 2**30
-    # Consumers a tenant may hold on each of its streams (its events, its two buckets); past
-    # it the server refuses a new one, for that tenant only.
+    # Consumers on a tenant's events stream (its clients' watches); past it the server refuses
+    # a new one, for that tenant only. Its buckets allow more: every input an agent downloads
+    # is a consumer there too, so their cap must exceed the tenant's jobs running at once.
     tenant_max_consumers: int = 64
+    tenant_bucket_max_consumers: int = 1024
 
 
 def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
@@ -201,9 +203,11 @@ def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:
     )
 
 
-async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) -> None:
+async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str, *,
+                        resize: bool = False) -> None:
     """The tenant's own events stream and input and result object stores. (An object store
-    cannot forbid rollups, so each is reachable only by its tenant, and by agents.)"""
+    cannot forbid rollups, so each is reachable only by its tenant, and by agents.) A new
+    bucket gets ``cfg``'s quotas; an existing one keeps its own unless ``resize``."""
     await _ensure_stream(js, tenant_events_config(cfg, tenant))
     for bucket, max_age_s, max_bytes in (
             (inputs_bucket(tenant), cfg.inputs_max_age_s, cfg.tenant_inputs_max_bytes),
@@ -216,7 +220,10 @@ async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str) 
                 ObjectStoreConfig(ttl=max_age_s, storage=StorageType.FILE,
                                   replicas=cfg.replicas, max_bytes=max_bytes),
             )
+        else:
+            if not resize:
+                continue
         current = (await js.stream_info(f"OBJ_{bucket}")).config
-        if (current.max_bytes, current.max_consumers) != (max_bytes, cfg.tenant_max_consumers):
-            await js.update_stream(current.evolve(max_bytes=max_bytes,
-                                                  max_consumers=cfg.tenant_max_consumers))
+        wanted = (max_bytes, cfg.tenant_bucket_max_consumers)
+        if (current.max_bytes, current.max_consumers) != wanted:
+            await js.update_stream(current.evolve(max_bytes=wanted[0], max_consumers=wanted[1]))

@@ -211,6 +211,8 @@ class Client:
         finally:
             with contextlib.suppress(nats.errors.Error):  # closed or draining already
                 await sub.unsubscribe()
+                # At once, not at its inactive threshold: a tenant may hold only so many.
+                await self._js.delete_consumer(self._events, consumer)
 
     async def _require_job(self, job_id: str) -> None:
         """Raise JobNotFound unless the job has events. (The queued event reaches the

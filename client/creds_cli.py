@@ -19,7 +19,7 @@ import click
 from nats.aio.client import Client
 
 from broker.auth import mint_user
-from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke, write_private
+from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed, write_private
 from broker.connect import connect
 from broker.creds import LiveCredentials, creds_text
 from broker.subjects import validate_tenant
@@ -61,14 +61,16 @@ def creds() -> None:
               help="Lifetime: 30d, 12h, 90m...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where to write it [default: ./NAME.creds].")
-@click.option("--inputs-max-gb", type=click.FloatRange(min=0.001), default=4.0,
-              show_default=True, help="The tenant's quota of stored inputs (set again on "
-              "every run; the server reserves it on its disk).")
-@click.option("--results-max-gb", type=click.FloatRange(min=0.001), default=4.0,
-              show_default=True, help="The tenant's quota of stored results.")
+@click.option("--inputs-max-gb", type=click.FloatRange(min=0.001), default=None,
+              help="The tenant's quota of stored inputs [default: 4 for a new tenant, else "
+              "unchanged]; the server reserves it on its disk.")
+@click.option("--results-max-gb", type=click.FloatRange(min=0.001), default=None,
+              help="The tenant's quota of stored results [default: 4 for a new tenant, else "
+              "unchanged].")
 @click.pass_obj
 def client(cfg: ClientConfig, name: str, tenant: str | None, expires: str,
-           out: Path | None, inputs_max_gb: float, results_max_gb: float) -> None:
+           out: Path | None, inputs_max_gb: float | None,
+           results_max_gb: float | None) -> None:
     """Write NAME.creds: a tenant's jobs, events, inputs and results; nothing else."""
     if not _NAME_RE.match(name):
         raise click.BadParameter("use 1-64 characters from A-Z a-z 0-9 _ -", param_hint="NAME")
@@ -80,20 +82,25 @@ def client(cfg: ClientConfig, name: str, tenant: str | None, expires: str,
         validate_tenant(tenant)
     except ValueError as exc:
         raise click.BadParameter(f"{exc} (or pass --tenant)", param_hint="tenant") from None
-    quotas = TopologyConfig(tenant_inputs_max_bytes=int(inputs_max_gb * 2**30),
-                            tenant_results_max_bytes=int(results_max_gb * 2**30))
+    default = TopologyConfig()
+    quotas = TopologyConfig(
+        tenant_inputs_max_bytes=int(inputs_max_gb * 2**30) if inputs_max_gb
+        else default.tenant_inputs_max_bytes,
+        tenant_results_max_bytes=int(results_max_gb * 2**30) if results_max_gb
+        else default.tenant_results_max_bytes)
+    resize = inputs_max_gb is not None or results_max_gb is not None
     sys.exit(run_command(_client(cfg, name, tenant, parse_lifetime(expires),
-                                 out or Path(f"{name}.creds"), quotas)))
+                                 out or Path(f"{name}.creds"), quotas, resize)))
 
 
 async def _client(cfg: ClientConfig, name: str, tenant_name: str, lifetime_s: float,
-                  path: Path, quotas: TopologyConfig) -> int:
+                  path: Path, quotas: TopologyConfig, resize: bool) -> int:
     auth = _auth_dir(cfg)
     keys = auth.keys()
     async with _fleet_connections(cfg, auth) as (nc, system):
         js = nc.jetstream()
         tenant = await create_tenant(js, system, keys, tenant_name)
-        await ensure_tenant(js, quotas, tenant.name)
+        await ensure_tenant(js, quotas, tenant.name, resize=resize)
     minted = mint_user(keys, "client", name, expires_in_s=lifetime_s, tenant=tenant)
     write_private(path, creds_text(minted).encode())
     auth.register_client(name, minted.public_key, minted.expires_at, minted.account)
@@ -138,12 +145,7 @@ async def _rotate_admin(cfg: ClientConfig, lifetime_s: float) -> int:
     earlier = auth.clients().get(ADMIN_NAME, [])
     new = auth.write_admin(keys, lifetime_s)
     async with _fleet_connections(cfg, auth) as (nc, system):  # as the new admin
-        now = time.time()
-        for entry in earlier:
-            until = float(entry.get("expires_at") or now + 365 * 86400)  # type: ignore[arg-type]
-            if until > now and entry["key"] != new.public_key:
-                await revoke(nc.jetstream(), system, keys, str(entry["key"]),
-                             account=str(entry.get("account", "")), until=until)
+        await revoke_listed(nc.jetstream(), system, keys, earlier, keep=new.public_key)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(new.expires_at or 0))
     click.echo(f"wrote {auth.admin_creds}, valid until {when}; every earlier admin.creds is "
                "revoked")
@@ -170,11 +172,6 @@ async def _revoke(cfg: ClientConfig, name: str) -> int:
         return 1
     keys = auth.keys()
     async with _fleet_connections(cfg, auth) as (nc, system):
-        now = time.time()
-        for entry in issued:
-            until = float(entry.get("expires_at") or now + 365 * 86400)  # type: ignore[arg-type]
-            if until > now:
-                await revoke(nc.jetstream(), system, keys, str(entry["key"]),
-                             account=str(entry.get("account", "")), until=until)
+        await revoke_listed(nc.jetstream(), system, keys, issued)
     click.echo(f"revoked every creds file made for {name!r}")
     return 0

@@ -25,7 +25,7 @@ from loguru import logger
 from nats.aio.client import Client
 
 from broker.auth import mint_user
-from broker.auth_store import AuthDir, create_tenant
+from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.server import EmbeddedServer
@@ -106,6 +106,12 @@ class Stack:
                                credentials=LiveCredentials(user.jwt.reveal(), user.seed))
         try:
             await create_tenant(nc.jetstream(), system, keys, DEFAULT_TENANT)
+            # An admin.creds from before they expired was replaced at start: revoke it.
+            current = LiveCredentials.from_creds(self.auth.admin_creds.read_text())
+            never = [e for e in self.auth.clients().get(ADMIN_NAME, [])
+                     if e.get("expires_at") is None]
+            await revoke_listed(nc.jetstream(), system, keys, never,
+                                keep=str(current.claims.get("sub")))
         finally:
             await system.close()
 

@@ -23,10 +23,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker.events import Failed, JobError, encode_event
-from broker.jobstate import JobStates
+from broker.events import Failed, JobError, Succeeded, encode_event
+from broker.jobstate import JobStates, Terminal
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
+    EVENTS_STREAM,
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
     JOBS_STREAM,
@@ -64,10 +65,25 @@ class Reaper:
                 except TimeoutError:  # nats-py raises its own or a bare one
                     continue
                 for msg in msgs:
-                    await self.reap(msg, states)
+                    try:
+                        await self.reap(msg, states)
+                    except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+                        # Left unacked, the advisory comes back; the controller (the
+                        # gateway, the scaling loop) must not go down with one job.
+                        logger.warning("reaping failed, retried later: {error}",
+                                       error=str(exc) or type(exc).__name__)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def _ensure_announced(self, outcome: Terminal) -> None:
+        kind = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+        try:
+            await self._js.get_last_msg(
+                EVENTS_STREAM, event_subject(outcome.tenant, outcome.job_id, kind, "*"))
+        except NotFoundError:
+            await self._js.publish(event_subject(outcome.tenant, outcome.job_id, kind,
+                                                 CONTROLLER_PUBLISHER), encode_event(outcome))
 
     async def reap(self, advisory: Msg, states: JobStates) -> None:
         """End the job an advisory names. Anything it cannot use (a malformed advisory, a job
@@ -100,10 +116,12 @@ class Reaper:
                 f"the job was delivered {info.deliveries} times and no attempt finished: each "
                 "machine running it was lost or stopped (a job that crashes its agent ends "
                 "here too). Submit it again under a new job id to retry.")))
-        if await states.claim_terminal(failed) is None:
-            await self._js.publish(subject, encode_event(failed),
-                                   headers={"Nats-Msg-Id": f"{tenant}.{job_id}.failed"})
+        winner = await states.claim_terminal(failed)
+        if winner is None:
+            await self._js.publish(subject, encode_event(failed))
             logger.bind(job_id=job_id).warning("job failed: deliveries exhausted after {n}",
                                                n=info.deliveries)
+        else:  # ended already; but a crash after a claim may have left it unannounced
+            await self._ensure_announced(winner)
         await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
         await advisory.ack()

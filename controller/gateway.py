@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from broker.jobs import decode_job
 from broker.subjects import (
@@ -88,7 +88,8 @@ class QueueCounts:
         return known[0]
 
     def accepted(self, tenant: str) -> None:
-        count, when = self._counted.get(tenant, (0, self._clock()))
+        """Count a job this gateway just stored (``count`` ran first, so it is known)."""
+        count, when = self._counted[tenant]
         self._counted[tenant] = (count + 1, when)
 
 
@@ -116,6 +117,15 @@ class Gateway:
             except nats.errors.Error as exc:
                 logger.warning("submit reply lost: {error}", error=str(exc))
 
+    async def _queued(self, tenant: str, operation: str, job_id: str) -> bool:
+        """Is this very job in JOBS already? Then a resubmit (say, after a lost reply) is
+        a duplicate, not a new job over the quota."""
+        try:
+            await self._js.get_last_msg(JOBS_STREAM, job_subject(tenant, operation, job_id))
+        except NotFoundError:
+            return False
+        return True
+
     async def submit(self, subject: str, body: bytes) -> SubmitReply:
         checked = check_submit(subject, body)
         if isinstance(checked, SubmitReply):
@@ -130,7 +140,7 @@ class Gateway:
             log.warning("JOBS did not answer: {error}", error=str(exc) or type(exc).__name__)
             return SubmitReply(ok=False, job_id=job_id, operation=operation, code="unavailable",
                                message="the job queue did not answer; submit again")
-        if queued >= self._max_queued:
+        if queued >= self._max_queued and not await self._queued(tenant, operation, job_id):
             return SubmitReply(ok=False, job_id=job_id, operation=operation,
                                code="quota_exceeded", message=(
                                    f"tenant {tenant} has {queued} jobs queued or running, "

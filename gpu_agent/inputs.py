@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from broker.jobs import parse_input_ref
 from broker.objects import ObjectCorrupt, ObjectMissing, download
@@ -69,6 +70,9 @@ class InputFetcher:
             raise retryable("input_corrupt", f"{label}: {exc}") from None
         except TimeoutError:
             raise retryable("input_timeout", f"{label}: object download stalled") from None
+        except APIError as exc:  # e.g. the bucket's cap on readers at once: try again later
+            raise retryable("input_unavailable", f"{label}: the {bucket!r} bucket refused a "
+                            f"reader ({exc.description})") from None
 
     async def _fetch_url(self, url: str, dest: Path, label: str) -> None:
         what = f"{label}: {shown_url(url)}"

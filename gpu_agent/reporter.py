@@ -22,9 +22,6 @@ def _kind(event: Event) -> str:
     return str(type(event).__struct_config__.tag)
 
 
-def _key(event: Event) -> str:
-    return f"{event.tenant}.{event.job_id}"
-
 
 class Reporter:
     def __init__(self, js: JetStreamContext, states: JobStates, agent_id: str) -> None:
@@ -43,14 +40,14 @@ class Reporter:
         return existing
 
     async def retrying(self, event: Retrying) -> None:
-        await self._publish(event, msg_id=f"{_key(event)}.retrying.{event.attempt}")
+        await self._publish(event)
 
     async def finish(self, event: Terminal) -> Terminal | None:
         """Claim and announce the job's outcome. Returns the outcome another attempt claimed
         first, in which case nothing is published."""
         winner = await self._states.claim_terminal(event)
         if winner is None:
-            await self._publish(event, msg_id=f"{_key(event)}.{_kind(event)}")
+            await self._publish(event)
         return winner
 
     async def ensure_published(self, outcome: Terminal) -> None:
@@ -63,7 +60,7 @@ class Reporter:
         except NotFoundError:
             # Under this agent's own id: it may publish no other (the body still names the
             # attempt that ended the job).
-            await self._publish(outcome, msg_id=f"{_key(outcome)}.{_kind(outcome)}")
+            await self._publish(outcome)
 
     async def failures_so_far(self, tenant: str, job_id: str) -> int:
         """Retryable failures of this job so far, from its stored ``retrying`` events."""
@@ -75,7 +72,9 @@ class Reporter:
             return 0
         return sum((info.state.subjects or {}).values())
 
-    async def _publish(self, event: Event, *, msg_id: str | None = None) -> None:
+    async def _publish(self, event: Event) -> None:
+        """No ``Nats-Msg-Id``: duplicate detection is per stream, so an agent could publish
+        a message with the id a job's outcome would carry and have the real one dropped.
+        One outcome per job is kept by the job state's compare-and-set, not by the stream."""
         subject = event_subject(event.tenant, event.job_id, _kind(event), self._agent_id)
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        await self._js.publish(subject, encode_event(event), headers=headers)
+        await self._js.publish(subject, encode_event(event))

@@ -80,7 +80,13 @@ class Worker:
         self._clock = clock
 
     async def handle(self, msg: Msg) -> JobOutcome:
-        tenant, operation, job_id = parse_job_subject(msg.subject)
+        try:
+            tenant, operation, job_id = parse_job_subject(msg.subject)
+        except ValueError:  # e.g. jobs.<op>.<id>, queued before jobs had tenants
+            logger.error("job on {subject} dropped: not jobs.<tenant>.<operation>.<job_id>",
+                         subject=msg.subject)
+            await msg.term()
+            return JobOutcome(msg.subject.rsplit(".", 1)[-1], "failed")
         number = msg.metadata.num_delivered
         log = logger.bind(tenant=tenant, job_id=job_id, attempt=number, operation=operation)
         attempt = _Attempt(msg, tenant, operation, job_id, number, log)

@@ -50,8 +50,10 @@ async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, top
         await agent.nc.publish("agents.vf-a1.heartbeat", b"{}")
         await agent.denied("jobs.alice.caption.evil", lambda: agent.nc.publish(
             "jobs.alice.caption.evil", b"{}"))
-        await agent.denied(f"{FLEET_API_PREFIX}.STREAM.INFO.KV_{FLEET_BUCKET}",
-                           lambda: js.key_value(FLEET_BUCKET))
+        await _fails(lambda: js.key_value(FLEET_BUCKET))  # no import leads there
+        await _fails(lambda: js.get_msg(JOBS_STREAM, seq=1))
+        await _fails(lambda: js.add_consumer(JOBS_STREAM, ConsumerConfig(
+            name="steal", filter_subject="jobs.>")))
         await agent.denied(f"{FLEET_API_PREFIX}.STREAM.DELETE.{JOBS_STREAM}",
                            lambda: js.delete_stream(JOBS_STREAM))
         await agent.denied("_INBOX_A.vf-a2.>",
@@ -59,8 +61,8 @@ async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, top
         bucket = f"OBJ_{inputs_bucket('alice')}"
         await agent.denied(f"{FLEET_API_PREFIX}.STREAM.PURGE.{bucket}",
                            lambda: js.purge_stream(bucket))
-        await agent.denied(f"$O.{inputs_bucket('alice')}.M.", lambda: agent.nc.publish(
-            f"$O.{inputs_bucket('alice')}.M.eA", b"{}"))  # no writing a tenant's inputs
+        await _fails(lambda: js.publish(  # no writing a tenant's inputs: no import
+            f"$O.{inputs_bucket('alice')}.M.eA", b"{}"))
         await agent.denied("events.alice.j1.succeeded.vf-a2", lambda: agent.nc.publish(
             "events.alice.j1.succeeded.vf-a2", b"{}"))  # another agent's name
         await agent.denied("submit.alice.caption.j1", lambda: agent.nc.publish(

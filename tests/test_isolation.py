@@ -19,9 +19,10 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from broker.auth_store import AuthRecordUnreadable, publish_accounts, revoke
-from broker.events import OutputInfo
+from broker.auth_store import AuthRecordUnreadable, create_tenant, publish_accounts, revoke
+from broker.events import Failed, JobError, OutputInfo
 from broker.jobs import CaptionJob
+from broker.jobstate import JobStates
 from broker.objects import ObjectCorrupt, StoreFull, digest_hex, upload
 from broker.subjects import (
     AUTH_BUCKET,
@@ -37,6 +38,7 @@ from broker.subjects import (
 from broker.submit import decode_submit_reply
 from broker.topology import ensure_tenant
 from controller.gateway import Gateway, QueueCounts
+from gpu_agent.reporter import Reporter
 from tests.conftest import TEST_TOPOLOGY
 from tests.secure_stack import Secure, Session, connect_as, session, tenant_client
 
@@ -212,16 +214,33 @@ async def test_no_credential_can_roll_up_or_purge_a_control_bucket(
 
 
 async def test_agents_cannot_read_job_bodies_by_sequence_or_renew_for_others(
-        secure: Secure) -> None:
+        secure: Secure, alice: Session, media_dir: Path) -> None:
+    await tenant_client(alice, "alice").upload_input(media_dir / "talk.srt", name="a.srt")
     async with session(secure, "agent", "vf-a1") as agent:
         js = agent.nc.jetstream(prefix=FLEET_API_PREFIX)
-        await agent.denied(f"{FLEET_API_PREFIX}.STREAM.MSG.GET.{JOBS_STREAM}",
-                           lambda: js.get_msg(JOBS_STREAM, seq=1))
-        await agent.denied(f"{FLEET_API_PREFIX}.CONSUMER.CREATE.{JOBS_STREAM}",
-                           lambda: js.add_consumer(JOBS_STREAM, ConsumerConfig(
-                               name="steal", filter_subject="jobs.>")))
+        await _nothing(lambda: js.get_msg(JOBS_STREAM, seq=1))
+        await _nothing(lambda: js.add_consumer(JOBS_STREAM, ConsumerConfig(
+            name="steal", filter_subject="jobs.>")))
+        results = f"OBJ_{results_bucket('alice')}"  # writes only: no consumer on results
+        await _nothing(lambda: js.add_consumer(results, ConsumerConfig(
+            name="peek", filter_subject=f"$O.{results_bucket('alice')}.C.>")))
         await agent.denied("fleet.renew.vf-a2", lambda: agent.nc.request(
             "fleet.renew.vf-a2", b"", timeout=1))
+
+
+async def test_adding_a_tenant_does_not_cut_off_working_agents(
+        secure: Secure, ctl: Session) -> None:
+    """The agent role's template names no tenant: a changed template would make the server
+    close every agent's connection, mid job."""
+    async with session(secure, "agent", "vf-a1") as agent, \
+            session(secure, "system", "sys") as system:
+        closed = agent.nc.stats["reconnects"]
+        carol = await create_tenant(ctl.nc.jetstream(), system.nc, secure.keys, "carol")
+        await ensure_tenant(ctl.nc.jetstream(), TEST_TOPOLOGY, carol.name)
+        js = agent.nc.jetstream(prefix=FLEET_API_PREFIX)
+        await js.object_store(inputs_bucket("carol"))  # reaches the new tenant's inputs
+        assert agent.nc.is_connected and agent.nc.stats["reconnects"] == closed
+        assert not agent.errors
 
 
 async def test_the_gateway_checks_ids_operations_and_bodies_where_they_enter(
@@ -282,14 +301,15 @@ async def test_queued_jobs_over_a_tenants_quota_are_refused_for_that_tenant_only
     replies = [await gateway.submit(f"submit.alice.caption.q{n}", raw) for n in range(3)]
     assert [r.ok for r in replies] == [True, True, False]
     assert replies[2].code == "quota_exceeded" and "limit is 2" in replies[2].message
-    assert (await gateway.submit("submit.alice.caption.q0", raw)).code == "quota_exceeded"
+    again = await gateway.submit("submit.alice.caption.q0", raw)  # a retry, say
+    assert again.ok and again.duplicate  # is what it was: queued, not refused
     assert (await gateway.submit("submit.bob.caption.q0", raw)).ok  # bob is not affected
 
 
 async def test_a_full_bucket_refuses_that_tenants_uploads_only(
         secure: Secure, alice: Session, bob: Session, ctl: Session, tmp_path: Path) -> None:
     small = msgspec.structs.replace(TEST_TOPOLOGY, tenant_inputs_max_bytes=600_000)
-    await ensure_tenant(ctl.nc.jetstream(), small, "alice")  # an existing bucket follows
+    await ensure_tenant(ctl.nc.jetstream(), small, "alice", resize=True)
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"x" * 400_000)
     vf = tenant_client(alice, "alice")
@@ -332,3 +352,22 @@ async def test_a_tenants_consumers_are_capped_for_that_tenant_only(
         tenant_events_stream("bob"), ConsumerConfig(
             name="c0", filter_subject="events.bob.>", ack_policy=AckPolicy.NONE))
 
+
+
+async def test_an_agent_cannot_silence_another_jobs_outcome_with_a_message_id(
+        secure: Secure, ctl: Session) -> None:
+    """Duplicate detection is per stream: were outcomes published with predictable message
+    ids, an agent could publish one first and the real outcome would be dropped."""
+    async with session(secure, "agent", "vf-evil") as evil, \
+            session(secure, "agent", "vf-good") as good:
+        for kind in ("succeeded", "failed"):
+            await evil.nc.jetstream(prefix=FLEET_API_PREFIX).publish(
+                "events.alice.j1.progress.vf-evil", b"{}",
+                headers={"Nats-Msg-Id": f"alice.j1.{kind}"})
+        js = good.nc.jetstream(prefix=FLEET_API_PREFIX)
+        reporter = Reporter(js, JobStates(await js.key_value(JOBSTATE_BUCKET)), "vf-good")
+        outcome = Failed(job_id="j1", tenant="alice", at=1.0, agent_id="vf-good", attempt=1,
+                         error=JobError(code="invalid_input", message="x"))
+        assert await reporter.finish(outcome) is None
+    stored = await ctl.nc.jetstream().get_last_msg(EVENTS_STREAM, "events.alice.j1.failed.*")
+    assert stored.subject == "events.alice.j1.failed.vf-good"
