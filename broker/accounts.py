@@ -137,20 +137,23 @@ _AGENT_FIXED = (f"{_JS}CONSUMER.INFO.{JOBS_STREAM}.{JOBS_CONSUMER}",
 # agent_template), so the AGENTS imports decide which buckets these reach.
 _AGENT_ANY_BUCKET = (f"{_JS}STREAM.INFO.*", f"{_JS}STREAM.MSG.GET.*", f"{_JS}DIRECT.GET.*.>",
                      f"{_JS}CONSUMER.CREATE.*.>", f"{_JS}CONSUMER.MSG.NEXT.*.*",
-                     f"{_JS}CONSUMER.DELETE.*.*", "$O.*.C.>", "$O.*.M.>")
+                     f"{_JS}CONSUMER.DELETE.*.*", f"{_JS}STREAM.PURGE.*", "$O.*.C.>",
+                     "$O.*.M.>")
 
 
 def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
     """The AGENTS account's imports, for every agent at once: the jobs consumer, events and
-    heartbeats, renewal, the job-state KV, every tenant's inputs (read) and results (write
-    only: an object-store put, no consumers). Each user's template then confines it to its
-    own id's subjects."""
+    heartbeats, renewal, the job-state KV, every tenant's inputs (read) and results (an
+    object-store put and its clean-up purge; no consumers). Each user's template then
+    confines it to its own id's subjects."""
     services = ["events.>", "agents.*.heartbeat", renew_subject("*"), *_AGENT_FIXED]
     for t in sorted(tenants, key=lambda t: t.name):
         services += _object_store_api(inputs_bucket(t.name), read=True, write=False,
                                       purge=False)
+        # Purge: nats-py cleans up a failed put's chunks with one (and an object store
+        # allows rollups anyway, which an agent could use to the same end).
         services += _object_store_api(results_bucket(t.name), read=False, write=True,
-                                      purge=False)
+                                      purge=True)
     imports = [_import(fleet, s) for s in services]
     imports += [_import(fleet, s, "stream")
                 for s in ("agents.*.control", CONTROLLER_HEARTBEAT_SUBJECT)]
@@ -161,7 +164,8 @@ def agent_template() -> dict[str, Any]:
     """One agent user's permissions (``{{name()}}`` is its id): its own events, heartbeats,
     renewal and inbox, its commands and the controller's heartbeat; the jobs consumer and the
     job-state KV; object-store reads and writes, which reach only what the AGENTS imports
-    name. No purge, no stream management, nothing of any other agent.
+    name (purges: of results buckets only). No stream management, nothing of any other
+    agent.
 
     It names no tenant on purpose: the server closes every connection of a scoped signer
     whose template changes, so a template that listed tenants would cut off every agent, mid

@@ -60,12 +60,18 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 3600.0  # a resubmitted job id inside this window is dropped
     events_max_age_s: float = 7 * _DAY_S
     max_events_per_job_kind: int = 50_000  # progress beyond this (~14 h at 1/s) drops the oldest
+    # Bytes kept at most; past it the oldest go. Agents may publish events and write job
+    # state for any job, so without a bound one could fill the server's disk for everyone.
+    # (JetStream reserves each limit on the disk up front.)
+    events_max_bytes: int = 2 * 2**30
+    tenant_events_max_bytes: int = 256 * 2**20  # each tenant's copy, EVENTS-<tenant>
+    jobstate_max_bytes: int = 256 * 2**20
     inputs_max_age_s: float = 1 * _DAY_S
     results_max_age_s: float = 7 * _DAY_S
     # Per tenant: what its inputs and its results may hold at once. Past it an upload is
     # refused (the buckets discard nothing old), for that tenant only. JetStream reserves
     # each bucket's limit on the server's disk up front: size these by disk / tenants.
-    tenant_inputs_max_bytes: int = 4 * 2**30
+    tenant_inputs_max_bytes: int = 4 * 2**30  # as large as one input may be (the agents')
     tenant_results_max_bytes: int = 4 * 2**30
     # Consumers on a tenant's events stream (its clients' watches); past it the server refuses
     # a new one, for that tenant only. Its buckets allow more: every input an agent downloads
@@ -120,6 +126,7 @@ def _events_stream_config(cfg: TopologyConfig) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=cfg.events_max_age_s,
         max_msgs_per_subject=cfg.max_events_per_job_kind,
+        max_bytes=cfg.events_max_bytes,
         duplicate_window=120.0,
         allow_direct=True,
     )
@@ -145,20 +152,25 @@ def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
     )
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> None:
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig,
+                     max_bytes: int = -1) -> None:
     """Create the bucket, then forbid rollups and purges on its stream: nats-py creates KV
     streams with rollups allowed, and one ``Nats-Rollup: all`` publish would empty the
     bucket. (Irreversible by design: the server refuses to allow purges again.) Reads are
-    direct gets, by key: the agents' grant has no message get by sequence."""
+    direct gets, by key: the agents' grant has no message get by sequence. With
+    ``max_bytes`` the oldest entries go when it is full, rather than every write failing."""
     try:
         await js.key_value(config.bucket)
     except NotFoundError:
         await js.create_key_value(config)
     stream = f"KV_{config.bucket}"
     current = (await js.stream_info(stream)).config
-    if current.allow_rollup_hdrs or not current.deny_purge or not current.allow_direct:
-        await js.update_stream(current.evolve(allow_rollup_hdrs=False, deny_purge=True,
-                                              allow_direct=True))
+    wanted: dict[str, object] = {"allow_rollup_hdrs": False, "deny_purge": True,
+                                 "allow_direct": True, "max_bytes": max_bytes}
+    if max_bytes > 0:
+        wanted["discard"] = DiscardPolicy.OLD
+    if any(getattr(current, k) != v for k, v in wanted.items()):
+        await js.update_stream(current.evolve(**wanted))
 
 
 async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
@@ -176,7 +188,8 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
     await js.add_consumer(JOBS_STREAM, jobs_consumer_config(cfg))
     await _ensure_kv(js, KeyValueConfig(
         bucket=JOBSTATE_BUCKET, description="latest lifecycle event per job id", history=1,
-        ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas))
+        ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
+        max_bytes=cfg.jobstate_max_bytes)
     await _ensure_kv(js, KeyValueConfig(
         bucket=AUTH_BUCKET, description="revoked user keys, until their JWTs expire",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
@@ -198,6 +211,7 @@ def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=cfg.events_max_age_s,
         max_msgs_per_subject=cfg.max_events_per_job_kind,
+        max_bytes=cfg.tenant_events_max_bytes,
         max_consumers=cfg.tenant_max_consumers,
         allow_direct=True,
     )

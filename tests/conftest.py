@@ -32,7 +32,9 @@ pytest_plugins = ("tests.secure_stack",)  # the operator-mode server fixtures
 TEST_TOPOLOGY = TopologyConfig(ack_wait_s=3.0, max_deliver=4,
                                tenant_inputs_max_bytes=256 * 2**20,
                                tenant_results_max_bytes=256 * 2**20,
-                               tenant_max_consumers=16)
+                               tenant_max_consumers=16, events_max_bytes=64 * 2**20,
+                               tenant_events_max_bytes=16 * 2**20,
+                               jobstate_max_bytes=16 * 2**20)
 
 
 @pytest.fixture(scope="session", autouse=True)
