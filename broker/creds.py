@@ -9,7 +9,7 @@ from typing import Any
 
 import nkeys
 
-from broker.auth import Minted
+from broker.auth import TENANT_TAG, Minted
 from broker.config import Secret
 
 __all__ = ["LiveCredentials", "creds_of", "creds_text"]
@@ -62,6 +62,13 @@ class LiveCredentials:
     @property
     def name(self) -> str:
         return str(self.claims.get("name", ""))
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant a client user belongs to (its JWT's tag); None for the fleet's own."""
+        tags = self.claims.get("nats", {}).get("tags") or []
+        found = [str(t).removeprefix(TENANT_TAG) for t in tags if str(t).startswith(TENANT_TAG)]
+        return found[0] if found else None
 
     @property
     def expires_at(self) -> float | None:

@@ -11,13 +11,14 @@ entry is never overwritten, so a late ``started`` cannot make a finished job loo
 from __future__ import annotations
 
 from loguru import logger
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.events import Event, Failed, Started, Succeeded, decode_event, encode_event
-from broker.subjects import job_key
+from broker.subjects import EVENTS_STREAM, event_subject, job_key
 
-__all__ = ["JobStates", "Terminal"]
+__all__ = ["JobStates", "Terminal", "ensure_announced"]
 
 Terminal = Succeeded | Failed
 _CAS_ATTEMPTS = 20
@@ -74,3 +75,18 @@ class JobStates:
             except KeyWrongLastSequenceError:
                 continue  # someone wrote in between: read again
         raise RuntimeError(f"job state of {key} kept changing; gave up writing it")
+
+
+async def ensure_announced(js: JetStreamContext, outcome: Terminal, publisher: str) -> None:
+    """Publish a claimed outcome that may never have reached EVENTS (whoever claimed it died
+    between the claim and the publish), as ``publisher`` (the body still names the attempt
+    that ended the job). Skipped when it is there already."""
+    kind = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+    try:
+        await js.get_last_msg(EVENTS_STREAM,
+                              event_subject(outcome.tenant, outcome.job_id, kind, "*"),
+                              direct=True)
+    except NotFoundError:
+        await js.publish(event_subject(outcome.tenant, outcome.job_id, kind, publisher),
+                         encode_event(outcome))
+

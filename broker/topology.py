@@ -116,19 +116,28 @@ def jobs_consumer_config(cfg: TopologyConfig) -> ConsumerConfig:
 
 
 def _events_stream_config(cfg: TopologyConfig) -> StreamConfig:
+    return _events_like(cfg, name=EVENTS_STREAM, subjects=["events.*.*.*.*"],
+                        description=("vidfleet job events: "
+                                     "events.<tenant>.<job_id>.<kind>.<publisher>"),
+                        max_bytes=cfg.events_max_bytes, duplicate_window=120.0)
+
+
+def _events_like(cfg: TopologyConfig, *, name: str, description: str,
+                 max_bytes: int, **where: object) -> StreamConfig:
+    """EVENTS and each tenant's copy keep events alike: a week, a bounded number per job
+    and kind, a bounded number of bytes, the oldest going first."""
     return StreamConfig(
-        name=EVENTS_STREAM,
-        description="vidfleet job events: events.<tenant>.<job_id>.<kind>.<publisher>",
-        subjects=["events.*.*.*.*"],
+        name=name,
+        description=description,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=cfg.replicas,
         discard=DiscardPolicy.OLD,
         max_age=cfg.events_max_age_s,
         max_msgs_per_subject=cfg.max_events_per_job_kind,
-        max_bytes=cfg.events_max_bytes,
-        duplicate_window=120.0,
+        max_bytes=max_bytes,
         allow_direct=True,
+        **where,  # type: ignore[arg-type]
     )
 
 
@@ -201,20 +210,11 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
 
 
 def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:
-    return StreamConfig(
-        name=tenant_events_stream(tenant),
+    return _events_like(
+        cfg, name=tenant_events_stream(tenant),
         description=f"tenant {tenant}'s events, sourced from {EVENTS_STREAM}",
         sources=[StreamSource(name=EVENTS_STREAM, filter_subject=f"events.{tenant}.>")],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=cfg.replicas,
-        discard=DiscardPolicy.OLD,
-        max_age=cfg.events_max_age_s,
-        max_msgs_per_subject=cfg.max_events_per_job_kind,
-        max_bytes=cfg.tenant_events_max_bytes,
-        max_consumers=cfg.tenant_max_consumers,
-        allow_direct=True,
-    )
+        max_bytes=cfg.tenant_events_max_bytes, max_consumers=cfg.tenant_max_consumers)
 
 
 async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str, *,

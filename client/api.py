@@ -34,23 +34,15 @@ from loguru import logger
 from nats.aio.client import Client as Nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from broker.auth import TENANT_TAG
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
-from broker.fleet import (
-    SUMMARY_KEY,
-    FleetInstance,
-    FleetSummary,
-    decode_fleet_instance,
-    decode_fleet_summary,
-)
+from broker.fleet import FleetInstance, FleetSummary
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
 from broker.objects import ObjectCorrupt, digest_hex, download, upload
 from broker.subjects import (
     DEFAULT_TENANT,
     FLEET_API_PREFIX,
-    FLEET_BUCKET,
     event_subject,
     events_filter,
     inputs_bucket,
@@ -62,6 +54,7 @@ from broker.subjects import (
     validate_tenant,
 )
 from broker.submit import decode_submit_reply
+from client.fleet_view import read_fleet
 
 __all__ = ["Client", "JobNotFound", "SubmitError", "SubmitReceipt", "new_job_id"]
 
@@ -88,13 +81,6 @@ def new_job_id() -> str:
     return "j" + time.strftime("%Y%m%d%H%M%S", time.gmtime()) + secrets.token_hex(6)
 
 
-def tenant_of(credentials: LiveCredentials) -> str | None:
-    """The tenant a client user belongs to (its JWT's tag), None for the fleet's own users."""
-    tags = credentials.claims.get("nats", {}).get("tags") or []
-    found = [t.removeprefix(TENANT_TAG) for t in tags if str(t).startswith(TENANT_TAG)]
-    return found[0] if found else None
-
-
 class Client:
     def __init__(self, nc: Nats, *, tenant: str = DEFAULT_TENANT,
                  api_prefix: str | None = None) -> None:
@@ -115,7 +101,7 @@ class Client:
         credentials = None
         if creds_file:
             credentials = LiveCredentials.from_creds(Path(creds_file).read_text())
-        own = tenant_of(credentials) if credentials else None
+        own = credentials.tenant if credentials else None
         if own and tenant and tenant != own:
             raise ValueError(f"these credentials belong to tenant {own!r}, not {tenant!r}")
         # A client should fail fast when the server is unreachable, not retry forever.
@@ -294,32 +280,8 @@ class Client:
         return dest
 
     async def fleet(self) -> tuple[FleetSummary | None, list[FleetInstance]]:
-        """The controller's last summary and its machines, from the fleet KV (empty before a
-        controller has run)."""
-        try:
-            kv = await self._js.key_value(FLEET_BUCKET)
-        except nats.js.errors.NotFoundError:
-            return None, []
-        summary, machines = None, []
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return None, []
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            if not entry.value:
-                continue
-            try:
-                if key == SUMMARY_KEY:
-                    summary = decode_fleet_summary(entry.value)
-                elif key.startswith("instances."):
-                    machines.append(decode_fleet_instance(entry.value))
-            except msgspec.DecodeError:
-                logger.warning("unreadable fleet record {key} skipped", key=key)
-        return summary, sorted(machines, key=lambda m: m.launched_at)
+        """The controller's last summary and its machines (the fleet's own users only)."""
+        return await read_fleet(self._js)
 
 
 def _event(subject: str, headers: dict[str, str] | None, data: bytes) -> Event | None:

@@ -23,11 +23,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker.events import Failed, JobError, Succeeded, encode_event
-from broker.jobstate import JobStates, Terminal
+from broker.events import Failed, JobError, encode_event
+from broker.jobstate import JobStates, ensure_announced
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
-    EVENTS_STREAM,
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
     JOBS_STREAM,
@@ -76,15 +75,6 @@ class Reaper:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _ensure_announced(self, outcome: Terminal) -> None:
-        kind = "succeeded" if isinstance(outcome, Succeeded) else "failed"
-        try:
-            await self._js.get_last_msg(
-                EVENTS_STREAM, event_subject(outcome.tenant, outcome.job_id, kind, "*"))
-        except NotFoundError:
-            await self._js.publish(event_subject(outcome.tenant, outcome.job_id, kind,
-                                                 CONTROLLER_PUBLISHER), encode_event(outcome))
-
     async def reap(self, advisory: Msg, states: JobStates) -> None:
         """End the job an advisory names. Anything it cannot use (a malformed advisory, a job
         subject of another shape) is logged and dropped: one bad message must not stop the
@@ -122,6 +112,6 @@ class Reaper:
             logger.bind(job_id=job_id).warning("job failed: deliveries exhausted after {n}",
                                                n=info.deliveries)
         else:  # ended already; but a crash after a claim may have left it unannounced
-            await self._ensure_announced(winner)
+            await ensure_announced(self._js, winner, CONTROLLER_PUBLISHER)
         await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
         await advisory.ack()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from broker.events import Event, Retrying, Started, encode_event
-from broker.jobstate import JobStates, Terminal
+from broker.jobstate import JobStates, Terminal, ensure_announced
 from broker.subjects import EVENTS_STREAM, event_subject
 
 __all__ = ["Reporter"]
@@ -51,16 +50,9 @@ class Reporter:
         return winner
 
     async def ensure_published(self, outcome: Terminal) -> None:
-        """Publish a claimed outcome that may never have reached EVENTS (its agent died
-        between the claim and the publish). Skipped when it is there already, so a
-        resubmit long after the dedupe window does not repeat it."""
-        subject = event_subject(outcome.tenant, outcome.job_id, _kind(outcome), "*")
-        try:
-            await self._js.get_last_msg(EVENTS_STREAM, subject, direct=True)
-        except NotFoundError:
-            # Under this agent's own id: it may publish no other (the body still names the
-            # attempt that ended the job).
-            await self._publish(outcome)
+        """Publish a claimed outcome that may never have reached EVENTS, under this agent's
+        own id: it may publish no other."""
+        await ensure_announced(self._js, outcome, self._agent_id)
 
     async def failures_so_far(self, tenant: str, job_id: str) -> int:
         """Retryable failures of this job so far, from its stored ``retrying`` events."""

@@ -173,15 +173,22 @@ async def test_no_reply_subject_reaches_the_control_plane(
                f"$KV.{FLEET_BUCKET}.instances.vf-x", "$JS.API.STREAM.DELETE.JOBS"]
     raw = b'{"video": "obj:v.mp4", "srt": "obj:s.srt"}'
     await tenant_client(alice, "alice").upload_input(media_dir / "talk.srt", name="a.srt")
+    # Where the answers go instead: alice's own account, where she can watch for them.
+    landed = [await alice.nc.subscribe(target) for target in targets]
     async with session(secure, "agent", "vf-a1") as agent:
         for target in targets:
             await alice.nc.publish("submit.alice.caption.j9", raw, reply=target)
             await alice.nc.publish(f"$O.{inputs_bucket('alice')}.C.x", b"chunk", reply=target)
             await agent.nc.publish("events.alice.j9.progress.vf-a1", b"{}", reply=target)
             await agent.nc.publish(f"$KV.{JOBSTATE_BUCKET}.alice.j9", b"{}", reply=target)
-        await alice.nc.flush()
-        await agent.nc.flush()
-        await asyncio.sleep(0.5)  # let any stray PubAck land (there must be none)
+        for sub in landed:  # the gateway's answer and the PubAck, both back home
+            answers = [await sub.next_msg(timeout=10) for _ in range(2)]
+            assert {b'"ok"' in m.data or b'"stream"' in m.data for m in answers} == {True}
+        # The agent may not subscribe there; an answered publish on each of its two paths
+        # comes after every earlier one on that path (a stream answers in order).
+        js = agent.nc.jetstream(prefix=FLEET_API_PREFIX)
+        await js.publish("events.alice.j9.progress.vf-a1", b"{}")
+        await js.publish(f"$KV.{JOBSTATE_BUCKET}.alice.j9", b"{}")
     assert await _keys(fleet, FLEET_BUCKET) == []
     assert await _keys(fleet, AUTH_BUCKET) == ["tenants"]  # no revocations key appeared
     assert (await (await fleet.key_value(AUTH_BUCKET)).get("tenants")).revision == \
