@@ -59,6 +59,7 @@ from broker.subjects import DEFAULT_TENANT, inputs_bucket  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
 from client.api import Client  # noqa: E402
 from client.sample import make_video  # noqa: E402
+from controller.dispatcher import Dispatcher  # noqa: E402
 from controller.gateway import Gateway  # noqa: E402
 from gpu_agent.agent import Agent  # noqa: E402
 from gpu_agent.config import AgentConfig  # noqa: E402
@@ -162,6 +163,9 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
         gateway = Gateway(js)  # the controller's submit gateway
         await gateway.start(nc)
         exits.push_async_callback(gateway.stop)
+        dispatcher = Dispatcher(js)  # and its dispatcher: agents get jobs from it
+        await dispatcher.start(nc)
+        exits.push_async_callback(dispatcher.stop)
         agent = await exits.enter_async_context(running_agent(server.url, root / "agent"))
         client = await Client.connect(server.url, name="bench-client")
         exits.push_async_callback(client.close)

@@ -9,11 +9,12 @@ own, and reaches the fleet only through imports that we sign:
 - ``FLEET`` holds JetStream (jobs, events, the control KVs, every tenant's object stores); the
   controller and the operator's tools. It exports services and streams publicly, but only
   accounts whose JWTs we sign can import, and each import names exactly what that account needs.
-- ``AGENTS`` holds every agent user (no JetStream). Imports: the jobs consumer, event and
-  heartbeat publishing, renewal, the job-state KV, every tenant's inputs (read) and results
-  (write). The agent role is a *scoped* signing key: its permission template confines a user to
-  its own events, heartbeats, renewal and inbox, and the server refuses a user JWT that carries
-  permissions of its own, so no minting bug can widen it.
+- ``AGENTS`` holds every agent user (no JetStream). Imports: the dispatcher's work, report and
+  upload services (controller/dispatcher.py: an agent reaches a job, its events and its result
+  only through the lease the dispatcher gave it), heartbeats, renewal, and every tenant's inputs
+  (read). No stream of jobs, events, job state or results. The agent role is a *scoped* signing
+  key: its permission template confines a user to its own id's subjects and its inbox, and the
+  server refuses a user JWT that carries permissions of its own, so no minting bug can widen it.
 - One account per tenant (no JetStream): imports its own submit subject, its own events, and its
   own two object stores, nothing else. Replies to a service import are rewritten by the server,
   so a reply subject named by a tenant or an agent lands in its own account, never in ``FLEET``.
@@ -33,16 +34,15 @@ from msgspec import Struct
 
 from broker.subjects import (
     CONTROLLER_HEARTBEAT_SUBJECT,
-    EVENTS_STREAM,
     FLEET_API_PREFIX,
-    JOBS_CONSUMER,
-    JOBS_STREAM,
-    JOBSTATE_BUCKET,
     agent_inbox_prefix,
     inputs_bucket,
     renew_subject,
+    report_subject,
     results_bucket,
     tenant_events_stream,
+    upload_subject,
+    work_subject,
 )
 
 __all__ = [
@@ -69,7 +69,8 @@ def _service(subject: str, *, stream_response: bool = False) -> dict[str, Any]:
 def fleet_exports() -> list[dict[str, Any]]:
     """Everything another account may import from FLEET (each import still names its part)."""
     services = ["submit.>", "events.>", "agents.*.heartbeat", renew_subject("*"),
-                f"$KV.{JOBSTATE_BUCKET}.>", "$O.>", "$JS.ACK.>", "$JS.FC.>",
+                work_subject("*"), report_subject("*"), upload_subject("*"),
+                "$O.>", "$JS.ACK.>", "$JS.FC.>",
                 *(f"{_JS}{api}.>" for api in (
                     "STREAM.INFO", "STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE",
                     "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE"))]
@@ -126,34 +127,25 @@ def tenant_imports(fleet: str, tenant: str) -> list[dict[str, Any]]:
     return imports
 
 
-# What every agent needs of the fleet besides the tenants' buckets.
-_AGENT_FIXED = (f"{_JS}CONSUMER.INFO.{JOBS_STREAM}.{JOBS_CONSUMER}",
-                f"{_JS}CONSUMER.MSG.NEXT.{JOBS_STREAM}.{JOBS_CONSUMER}",
-                f"$JS.ACK.{JOBS_STREAM}.{JOBS_CONSUMER}.>",
-                f"{_JS}STREAM.INFO.{EVENTS_STREAM}", f"{_JS}DIRECT.GET.{EVENTS_STREAM}.>",
-                f"{_JS}STREAM.INFO.KV_{JOBSTATE_BUCKET}",
-                f"{_JS}DIRECT.GET.KV_{JOBSTATE_BUCKET}.>", f"$KV.{JOBSTATE_BUCKET}.>")
-# The same for any bucket, as wildcards: the template must not name tenants (see
-# agent_template), so the AGENTS imports decide which buckets these reach.
+# The dispatcher's services and the fleet's liveness subjects, for any agent id: the template
+# narrows each to the user's own id.
+_AGENT_SERVICES = ("agents.*.heartbeat", renew_subject("*"), work_subject("*"),
+                   report_subject("*"), upload_subject("*"))
+# Reading an input object, in any bucket, as wildcards: the template must not name tenants (see
+# agent_template), so the AGENTS imports decide which buckets these reach (inputs only).
 _AGENT_ANY_BUCKET = (f"{_JS}STREAM.INFO.*", f"{_JS}STREAM.MSG.GET.*", f"{_JS}DIRECT.GET.*.>",
                      f"{_JS}CONSUMER.CREATE.*.>", f"{_JS}CONSUMER.MSG.NEXT.*.*",
-                     f"{_JS}CONSUMER.DELETE.*.*", f"{_JS}STREAM.PURGE.*", "$O.*.C.>",
-                     "$O.*.M.>")
+                     f"{_JS}CONSUMER.DELETE.*.*")
 
 
 def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
-    """The AGENTS account's imports, for every agent at once: the jobs consumer, events and
-    heartbeats, renewal, the job-state KV, every tenant's inputs (read) and results (an
-    object-store put and its clean-up purge; no consumers). Each user's template then
-    confines it to its own id's subjects."""
-    services = ["events.>", "agents.*.heartbeat", renew_subject("*"), *_AGENT_FIXED]
+    """The AGENTS account's imports, for every agent at once: the dispatcher's services,
+    heartbeats, renewal and every tenant's inputs (read). Each user's template then confines
+    it to its own id's subjects."""
+    services = list(_AGENT_SERVICES)
     for t in sorted(tenants, key=lambda t: t.name):
         services += _object_store_api(inputs_bucket(t.name), read=True, write=False,
                                       purge=False)
-        # Purge: nats-py cleans up a failed put's chunks with one (and an object store
-        # allows rollups anyway, which an agent could use to the same end).
-        services += _object_store_api(results_bucket(t.name), read=False, write=True,
-                                      purge=True)
     imports = [_import(fleet, s) for s in services]
     imports += [_import(fleet, s, "stream")
                 for s in ("agents.*.control", CONTROLLER_HEARTBEAT_SUBJECT)]
@@ -161,20 +153,19 @@ def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
 
 
 def agent_template() -> dict[str, Any]:
-    """One agent user's permissions (``{{name()}}`` is its id): its own events, heartbeats,
-    renewal and inbox, its commands and the controller's heartbeat; the jobs consumer and the
-    job-state KV; object-store reads and writes, which reach only what the AGENTS imports
-    name (purges: of results buckets only). No stream management, nothing of any other
-    agent.
+    """One agent user's permissions (``{{name()}}`` is its id): its own heartbeats, renewal,
+    work requests, reports and uploads, and its inbox; its commands and the controller's
+    heartbeat; reads of input objects, which reach only what the AGENTS imports name. No
+    stream it could write, nothing of any other agent.
 
     It names no tenant on purpose: the server closes every connection of a scoped signer
     whose template changes, so a template that listed tenants would cut off every agent, mid
     job, each time a tenant is added."""
     me = "{{name()}}"
-    allow = [_local(s) for s in (*_AGENT_FIXED, *_AGENT_ANY_BUCKET)]
     return {
-        "pub": {"allow": [*allow, f"events.*.*.*.{me}", f"agents.{me}.heartbeat",
-                          renew_subject(me)]},
+        "pub": {"allow": [*(_local(s) for s in _AGENT_ANY_BUCKET), f"agents.{me}.heartbeat",
+                          renew_subject(me), work_subject(me), report_subject(me),
+                          upload_subject(me)]},
         "sub": {"allow": [f"{agent_inbox_prefix(me)}.>", f"agents.{me}.control",
                           CONTROLLER_HEARTBEAT_SUBJECT]},
         "subs": -1, "data": -1, "payload": -1,

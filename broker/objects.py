@@ -14,8 +14,10 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,11 +31,13 @@ from nats.js.api import (
     ObjectMetaOptions,
 )
 from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
+from nats.js.kv import MSG_ROLLUP_SUBJECT
 
 __all__ = [
     "CHUNK_SIZE_BYTES",
     "ObjectCorrupt",
     "ObjectMissing",
+    "ObjectWriter",
     "StoreFull",
     "digest_hex",
     "download",
@@ -74,11 +78,69 @@ async def upload(
                 return await obs.put(name, f, meta=meta)
         return await obs.put(name, source, meta=meta)
     except APIError as exc:
-        if "maximum bytes" not in (exc.description or ""):
+        if not _full(exc):
             raise
-        limit = (await js.stream_info(f"OBJ_{bucket}")).config.max_bytes
-        raise StoreFull(f"bucket {bucket!r} is full (its limit is {limit} bytes): delete "
-                        "objects or wait for them to expire") from None
+        raise await _store_full(js, bucket) from None
+
+
+def _full(exc: APIError) -> bool:
+    return "maximum bytes" in (exc.description or "")
+
+
+class ObjectWriter:
+    """An object written chunk by chunk as the bytes arrive (from another process), in the
+    object-store layout every NATS client reads. The digest and size are the writer's own,
+    computed from what it stored: whoever sent the bytes cannot make them claim anything else.
+
+    Nothing is visible until ``commit``; ``abort`` removes the chunks. Raises StoreFull when
+    the bucket is at its limit."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, name: str) -> None:
+        self._js = js
+        self.bucket = bucket
+        self.name = name
+        self.nuid = secrets.token_hex(11)
+        self.size = 0
+        self.chunks = 0
+        self._sha = hashlib.sha256()
+
+    @property
+    def _chunk_subject(self) -> str:
+        return f"$O.{self.bucket}.C.{self.nuid}"
+
+    async def append(self, data: bytes) -> None:
+        try:
+            await self._js.publish(self._chunk_subject, data)
+        except APIError as exc:
+            if _full(exc):
+                raise await _store_full(self._js, self.bucket) from None
+            raise
+        self._sha.update(data)
+        self.size += len(data)
+        self.chunks += 1
+
+    def sha256_hex(self) -> str:
+        return self._sha.hexdigest()
+
+    async def commit(self, description: str | None = None) -> None:
+        digest = base64.urlsafe_b64encode(self._sha.digest()).decode()
+        info = ObjectInfo(name=self.name, description=description, bucket=self.bucket,
+                          nuid=self.nuid, size=self.size, chunks=self.chunks,
+                          mtime=datetime.now(UTC).isoformat(), digest=f"SHA-256={digest}",
+                          options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE_BYTES))
+        meta = base64.urlsafe_b64encode(self.name.encode()).decode()
+        await self._js.publish(f"$O.{self.bucket}.M.{meta}", json.dumps(info.as_dict()).encode(),
+                               headers={"Nats-Rollup": MSG_ROLLUP_SUBJECT})
+
+    async def abort(self) -> None:
+        with contextlib.suppress(NotFoundError, APIError):
+            await self._js.purge_stream(f"OBJ_{self.bucket}", subject=self._chunk_subject)
+
+
+async def _store_full(js: JetStreamContext, bucket: str) -> StoreFull:
+    limit = (await js.stream_info(f"OBJ_{bucket}")).config.max_bytes
+    return StoreFull(f"bucket {bucket!r} is full (its limit is {limit} bytes): delete "
+                     "objects or wait for them to expire")
 
 
 async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInfo:

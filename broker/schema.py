@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from broker.dispatch import Report, ReportReply, WorkReply, WorkRequest
 from broker.events import Event
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
@@ -53,7 +54,16 @@ def schemas() -> dict[str, dict]:
             ("submit.reply.json", SubmitReply, "vidfleet submit reply",
              "The gateway's reply to a request on submit.<tenant>.<operation>.<job_id>."),
             ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
-             "The controller's reply to a request on fleet.renew.<agent_id> (empty body).")):
+             "The controller's reply to a request on fleet.renew.<agent_id> (empty body)."),
+            ("work.request.json", WorkRequest, "vidfleet work request",
+             "Body of a request on fleet.work.<agent_id> (an agent asks for a job)."),
+            ("work.reply.json", WorkReply, "vidfleet work reply",
+             "The dispatcher's reply to a request on fleet.work.<agent_id>."),
+            ("report.json", Report, "vidfleet report",
+             "Body of a request on fleet.report.<agent_id>: a hold, a release, or an event "
+             "of the job the agent holds."),
+            ("report.reply.json", ReportReply, "vidfleet report reply",
+             "The dispatcher's reply on fleet.report.<agent_id> and fleet.upload.<agent_id>.")):
         doc = msgspec.json.schema(cls)
         doc["title"] = title
         doc["description"] = where

@@ -15,6 +15,10 @@ docs/security.md). An agent publishes only on subjects that end in (events) or s
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
     agents.<agent_id>.control              the controller's commands to one agent (drain)
     fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
+    fleet.work.<agent_id>                  an agent asks the dispatcher for its next job
+    fleet.report.<agent_id>                an agent reports on the job it holds (request/reply)
+    fleet.upload.<agent_id>                an agent sends its result, chunk by chunk, to the
+                                           dispatcher, which stores it (request/reply)
     controller.heartbeat                   the controller's liveness, for the agents' dead-man
                                            switch (core NATS, not stored)
 
@@ -42,6 +46,7 @@ __all__ = [
     "JOBS_CONSUMER",
     "JOBS_STREAM",
     "JOB_ID_RE",
+    "LEASES_BUCKET",
     "QUEUE_PUBLISHER",
     "TENANT_RE",
     "agent_control_subject",
@@ -57,12 +62,15 @@ __all__ = [
     "parse_job_subject",
     "parse_submit_subject",
     "renew_subject",
+    "report_subject",
     "results_bucket",
     "submit_subject",
     "tenant_events_stream",
+    "upload_subject",
     "validate_job_id",
     "validate_operation",
     "validate_tenant",
+    "work_subject",
 ]
 
 JOBS_STREAM = "JOBS"
@@ -76,6 +84,7 @@ CONTROLLER_PUBLISHER = "controller"
 CONTROLLER_HEARTBEAT_SUBJECT = "controller.heartbeat"
 AUTH_BUCKET = "auth"  # the revocation list (see broker/auth_store.py)
 FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it alone
+LEASES_BUCKET = "leases"  # which agent holds which job (broker/dispatch.py); the dispatcher's
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"  # key <tenant>.<job_id>
 QUEUE_PUBLISHER = "queue"
@@ -191,6 +200,18 @@ def agent_control_subject(agent_id: str) -> str:
 
 def renew_subject(agent_id: str) -> str:
     return f"fleet.renew.{agent_id}"
+
+
+def work_subject(agent_id: str) -> str:
+    return f"fleet.work.{agent_id}"
+
+
+def report_subject(agent_id: str) -> str:
+    return f"fleet.report.{agent_id}"
+
+
+def upload_subject(agent_id: str) -> str:
+    return f"fleet.upload.{agent_id}"
 
 
 def client_inbox_prefix(name: str) -> str:

@@ -36,6 +36,7 @@ from broker.subjects import (
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
+    LEASES_BUCKET,
     QUEUE_PUBLISHER,
     inputs_bucket,
     results_bucket,
@@ -204,6 +205,9 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
     await _ensure_kv(js, KeyValueConfig(
         bucket=FLEET_BUCKET, description="the controller's machines and its last summary",
+        history=1, storage=StorageType.FILE, replicas=cfg.replicas))
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=LEASES_BUCKET, description="which agent holds which job (the dispatcher's)",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
     for tenant in tenants:
         await ensure_tenant(js, cfg, tenant)

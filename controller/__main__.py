@@ -66,13 +66,19 @@ async def _main(config: ControllerConfig) -> None:
         controller = Controller(nc=nc, provider=provider, config=config,
                                 policy=policy_of(config), agent_env=agent_env, auth=keys,
                                 system=system)
+
+        async def stop_local_agents() -> None:
+            if isinstance(provider, LocalProvider):
+                logger.info("stopping local agents (a second signal makes them hand jobs "
+                            "back)")
+                await provider.close(force)
+
         async with asyncio.TaskGroup() as tg:
             tg.create_task(Reaper(nc.jetstream()).run(stop))
-            tg.create_task(controller.run(stop))
+            tg.create_task(controller.run(stop, wind_down=stop_local_agents))
     finally:
         if isinstance(provider, LocalProvider):
-            logger.info("stopping local agents (a second signal makes them hand jobs back)")
-            await provider.close(force)
+            await provider.close(force)  # done already, unless the controller failed
         elif isinstance(provider, VastProvider):
             await provider.aclose()  # rented machines stay: the next controller adopts them
         if system is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from loguru import logger
@@ -30,11 +30,12 @@ from broker.fleet import ControllerBeat, FleetInstance, FleetSummary, encode
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority
+from controller.dispatcher import Dispatcher
 from controller.fleet_store import FleetStore
 from controller.gateway import Gateway
 from controller.machines import Machines
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
-from controller.policy import Offer, Policy, Snapshot, decide
+from controller.policy import Destroy, Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import SpendMeter
@@ -64,7 +65,8 @@ class Controller:
         self._clock = clock
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
-        self._beats = HeartbeatBook(clock)
+        self._dispatcher = Dispatcher(self._js, clock=clock)
+        self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
         self._offers = OfferBook(provider, ttl_s=_OFFERS_TTL_S)
         self._alarms: list[str] = []
@@ -87,7 +89,11 @@ class Controller:
         rec = self._records.get(agent_id)
         return rec.gpu_name if rec else None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event,
+                  wind_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Serve until ``stop``. ``wind_down`` runs after the loop and before the bus services
+        (gateway, dispatcher, renewals) stop: local agents finishing their jobs still need
+        the dispatcher to hear their outcomes."""
         self._store = await FleetStore.open(self._js)
         self._machines = Machines(
             nc=self._nc, provider=self._provider, config=self._config, store=self._store,
@@ -103,6 +109,7 @@ class Controller:
         gateway = Gateway(self._js,
                           max_queued_per_tenant=self._config.max_queued_jobs_per_tenant)
         await gateway.start(self._nc)  # before anything slow: submits wait on it
+        await self._dispatcher.start(self._nc)
         await self._beats.start(self._nc)
         await self._speeds.start(self._nc)
         if self._authority is not None:
@@ -135,7 +142,10 @@ class Controller:
                 await _wait_any(stop, wake, self._config.tick_s)
         finally:
             await queued.unsubscribe()
+            if wind_down is not None:
+                await wind_down()
             await gateway.stop()
+            await self._dispatcher.stop()
             if self._authority is not None:
                 await self._authority.stop()
             await self._beats.stop()
@@ -165,12 +175,24 @@ class Controller:
         assert self._machines is not None
         self._machines.alarms = self._alarms
         await self._machines.apply(state)
+        await self._destroy_liars()
         await self._machines.retry_revocations()
         await self._machines.resend_drains()
         backlog = await self._backlog()
         if state.trusted and backlog is not None:
             await self._decide_and_act(now, backlog, state)
         await self._publish_summary(now, backlog)
+
+    async def _destroy_liars(self) -> None:
+        """A machine that keeps saying it is busy with a job it does not hold would never be
+        scaled down: it goes, and its host is avoided."""
+        assert self._machines is not None
+        for agent_id in sorted(self._beats.liars):
+            rec = self._records.get(agent_id)
+            if rec is not None and rec.state != "destroying":
+                await self._machines.act(Destroy(
+                    instance_id=agent_id, avoid_machine=rec.machine_id,
+                    reason="claims to be busy with a job it does not hold"), self._clock())
 
     async def _beat(self, now: float) -> None:
         beat = ControllerBeat(at=now, interval_s=self._config.tick_s)

@@ -1,6 +1,6 @@
 """What the controller reads off the bus: the backlog, the agents' heartbeats, measured speeds.
 
-The backlog is the agents' consumer's ``num_pending + num_ack_pending``, asked of the
+The backlog is the jobs consumer's ``num_pending + num_ack_pending``, asked of the
 consumer's leader through the JetStream API (a replica's count can be stale, and a stale count
 scales the wrong way). Work-seconds are estimated from what finished jobs took: the mean of
 recent results per operation (a prior until there are results), since a queued job's media
@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker.events import Succeeded, decode_event
-from broker.heartbeats import decode_heartbeat
+from broker.heartbeats import Heartbeat, decode_heartbeat
 from broker.subjects import JOBS_CONSUMER, JOBS_STREAM
 from controller.policy import Offer
 from controller.providers.base import Provider
@@ -42,22 +42,36 @@ async def read_backlog(js: JetStreamContext) -> Backlog:
     return Backlog(queued_jobs=info.num_pending or 0, running_jobs=info.num_ack_pending or 0)
 
 
-class HeartbeatBook:
-    """The latest heartbeat per agent id, kept by a core subscription (heartbeats aren't stored)."""
+_LIES = 3  # heartbeats in a row that claim a job the agent does not hold: a liar
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+
+class HeartbeatBook:
+    """The latest heartbeat per agent id, kept by a core subscription (heartbeats aren't stored).
+
+    With ``holds`` (the dispatcher's answer to "which job does this agent hold?"), what a
+    heartbeat says about work is replaced by the truth before anyone reads it: a machine is
+    busy because it holds a job, never because it says so. One that keeps claiming a job it
+    does not hold lands in ``liars`` (the controller destroys it); a single mismatch is the
+    normal race of a job that just ended."""
+
+    def __init__(self, clock: Callable[[], float],
+                 holds: Callable[[str], str | None] | None = None) -> None:
         self._clock = clock
+        self._holds = holds
         self.seen: dict[str, Seen] = {}
+        self.liars: set[str] = set()
+        self._mismatches: dict[str, int] = {}
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
-        self._sub = await nc.subscribe("agents.*.heartbeat", cb=self._on_beat)
+        self._sub = await nc.subscribe("agents.*.heartbeat", cb=self.on_beat)
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    async def _on_beat(self, msg: Msg) -> None:
+    async def on_beat(self, msg: Msg) -> None:
+        """Take one heartbeat message (``start`` feeds every one here)."""
         try:
             beat = decode_heartbeat(msg.data)
         except msgspec.DecodeError:
@@ -69,10 +83,28 @@ class HeartbeatBook:
             logger.warning("heartbeat for {claimed} on {subject} ignored",
                            claimed=beat.agent_id, subject=msg.subject)
             return
-        self.seen[beat.agent_id] = Seen(beat=beat, received_at=self._clock())
+        self.seen[beat.agent_id] = Seen(beat=self._checked(beat), received_at=self._clock())
+
+    def _checked(self, beat: Heartbeat) -> Heartbeat:
+        if self._holds is None or beat.state == "stopped":
+            return beat
+        held = self._holds(beat.agent_id)
+        if beat.job_id == held:
+            self._mismatches.pop(beat.agent_id, None)
+            return beat
+        if beat.job_id is not None:
+            n = self._mismatches[beat.agent_id] = self._mismatches.get(beat.agent_id, 0) + 1
+            if n == _LIES:
+                logger.warning("{agent} keeps claiming job {job_id}, which it does not hold",
+                               agent=beat.agent_id, job_id=beat.job_id)
+                self.liars.add(beat.agent_id)
+        state = beat.state if beat.state == "draining" else ("busy" if held else "idle")
+        return msgspec.structs.replace(beat, job_id=held, state=state)
 
     def forget(self, agent_id: str) -> None:
         self.seen.pop(agent_id, None)
+        self._mismatches.pop(agent_id, None)
+        self.liars.discard(agent_id)
 
 
 class SpeedBook:

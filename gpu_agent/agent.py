@@ -1,11 +1,12 @@
-"""The agent: connect outbound, probe encoders, then pull one job at a time until told to stop.
+"""The agent: connect outbound, probe encoders, then ask the dispatcher for one job at a time
+until told to stop.
 
 ``Agent.run(stop)`` owns its connection, heartbeat task and work directory. Setting ``stop``
 (the first SIGTERM), a ``drain`` command from the controller on ``agents.<id>.control``, or the
-dead-man switch (gpu_agent/deadman.py) stops pulling and lets the job in hand finish within
-``drain_timeout_s``; past that, or on a second signal (``force``), the job is released (``nak``)
-for another agent and the agent exits. Nothing connects into the agent; it needs only outbound
-access to NATS.
+dead-man switch (gpu_agent/deadman.py) stops asking and lets the job in hand finish within
+``drain_timeout_s``; past that, or on a second signal (``force``), the job is released for
+another agent and the agent exits. Nothing connects into the agent; it needs only outbound
+access to NATS, and of JetStream it reads only the tenants' inputs.
 """
 
 from __future__ import annotations
@@ -29,14 +30,11 @@ from nats.js import JetStreamContext
 
 from broker.connect import connect
 from broker.creds import LiveCredentials
+from broker.dispatch import Grant
 from broker.fleet import decode_command, decode_renew_reply
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
-from broker.jobstate import JobStates
 from broker.subjects import (
     FLEET_API_PREFIX,
-    JOBS_CONSUMER,
-    JOBS_STREAM,
-    JOBSTATE_BUCKET,
     agent_control_subject,
     agent_inbox_prefix,
     heartbeat_subject,
@@ -44,11 +42,11 @@ from broker.subjects import (
 )
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
+from gpu_agent.dispatch_link import DispatchLink
 from gpu_agent.fonts import find_fonts_dir, font_families
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
-from gpu_agent.reporter import Reporter
 from gpu_agent.url_guard import parse_networks
 from gpu_agent.url_transport import GuardedTransport
 from gpu_agent.worker import JobOutcome, Worker
@@ -76,7 +74,7 @@ class Agent:
         self.current_job: str | None = None
         self.jobs_done = 0
         self.encoders: EncoderProbe | None = None
-        self.ready = asyncio.Event()  # set once bound to the consumer and pulling
+        self.ready = asyncio.Event()  # set once it asks the dispatcher for work
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
         force = force or asyncio.Event()
@@ -106,7 +104,8 @@ class Agent:
             # JetStream through its imports (broker/accounts.py).
             js = (nc.jetstream(prefix=FLEET_API_PREFIX) if credentials is not None
                   else nc.jetstream())
-            worker = await self._make_worker(js, fonts_dir)
+            link = DispatchLink(nc, self.agent_id)
+            worker = await self._make_worker(js, link, fonts_dir)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
             switch = DeadManSwitch(deadman_s=self.config.deadman_s, clock=self._clock,
@@ -122,7 +121,7 @@ class Agent:
                            tg.create_task(switch.run(nc, deadman))]
                 if credentials is not None and credentials.expires_at is not None:
                     helpers.append(tg.create_task(self._keep_credentials(nc, credentials, log)))
-                await self._pull_loop(js, worker, halt, force, log)
+                await self._work_loop(link, worker, halt, force, log)
                 for task in helpers:
                     task.cancel()
         finally:
@@ -147,7 +146,7 @@ class Agent:
                                 log: Logger) -> None:
         """Renew the JWT at half its remaining life and reconnect with it: the server
         would close the connection at expiry, and nats-py would not come back. The job in
-        hand carries over (same client: its lease renewals and ack go out after the
+        hand carries over (same client: its holds and reports go out after the
         reconnect)."""
         while (expires_at := credentials.expires_at) is not None:
             await asyncio.sleep(max(0.5, (expires_at - self._clock()) / 2))
@@ -180,62 +179,59 @@ class Agent:
                 await self._publish_heartbeat(nc, draining=True)
         return on_command
 
-    async def _make_worker(self, js: JetStreamContext, fonts_dir: str) -> Worker:
-        info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    async def _make_worker(self, js: JetStreamContext, link: DispatchLink,
+                           fonts_dir: str) -> Worker:
         assert self.encoders is not None
         fetcher = InputFetcher(js, max_bytes=self.config.max_input_bytes,
                                url_timeout_s=self.config.url_timeout_s,
                                url_total_timeout_s=self.config.url_total_timeout_s,
                                transport=functools.partial(GuardedTransport, parse_networks(
                                    self.config.url_allow_networks)))
-        ops = Operations(js=js, config=self.config, encoders=self.encoders,
+        ops = Operations(results=link, config=self.config, encoders=self.encoders,
                          fonts_dir=fonts_dir, fetcher=fetcher,
                          font_families=await font_families(), clock=self._clock)
-        states = JobStates(await js.key_value(JOBSTATE_BUCKET))
-        return Worker(js=js, reporter=Reporter(js, states, self.agent_id), config=self.config,
-                      agent_id=self.agent_id, operations=ops,
-                      ack_wait_s=info.config.ack_wait or 30.0,
-                      max_deliver=info.config.max_deliver or 5, clock=self._clock)
+        return Worker(link=link, config=self.config, agent_id=self.agent_id, operations=ops,
+                      clock=self._clock)
 
-    async def _pull_loop(self, js: JetStreamContext, worker: Worker, stop: asyncio.Event,
+    async def _work_loop(self, link: DispatchLink, worker: Worker, stop: asyncio.Event,
                          force: asyncio.Event, log: Logger) -> None:
-        sub = await js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self.state = "idle"
         self.ready.set()
-        log.info("pulling jobs from {stream}/{consumer}", stream=JOBS_STREAM,
-                 consumer=JOBS_CONSUMER)
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await _fetch_or_stop(sub, self.config.fetch_timeout_s, stop)
-                except nats.errors.Error as exc:  # reconnecting, or the server said no
-                    log.warning("fetch failed, retrying in 1 s: {error}", error=str(exc))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    continue
-                for msg in msgs:
-                    await self._work(worker, msg, force, log)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        log.info("asking the dispatcher for jobs")
+        pause_s = 0.5
+        while not stop.is_set():
+            try:
+                grant = await _next_or_stop(link, self.config.fetch_timeout_s, stop)
+            except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+                # No dispatcher yet (a controller restart), a reconnect, or a refusal.
+                log.warning("no job from the dispatcher ({error}); asking again in "
+                            "{s:.1f} s", error=str(exc) or type(exc).__name__, s=pause_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause_s)
+                pause_s = min(pause_s * 2, 5.0)
+                continue
+            pause_s = 0.5
+            if grant is not None:
+                await self._work(worker, grant, force, log)
 
-    async def _work(self, worker: Worker, msg: Msg, force: asyncio.Event, log: Logger) -> None:
-        self.state, self.current_job = "busy", msg.subject.rsplit(".", 1)[-1]
-        task = asyncio.create_task(worker.handle(msg))
+    async def _work(self, worker: Worker, grant: Grant, force: asyncio.Event,
+                    log: Logger) -> None:
+        self.state, self.current_job = "busy", grant.job_id
+        task = asyncio.create_task(worker.handle(grant))
         forced = asyncio.create_task(force.wait())
         try:
             await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
-                log.warning("forced stop: releasing job {job_id}", job_id=self.current_job)
+                log.warning("forced stop: releasing job {job_id}", job_id=grant.job_id)
                 task.cancel()
             try:
                 outcome = await task
             except asyncio.CancelledError:
-                outcome = JobOutcome(self.current_job or "", "released")
-            except Exception:  # could not even report (NATS down): no ack, so it comes back
-                log.exception("job {job_id} could not be reported; it will be redelivered",
-                              job_id=self.current_job)
-                outcome = JobOutcome(self.current_job or "", "unreported")
+                outcome = JobOutcome(grant.job_id, "released")
+            except Exception:  # could not even report (NATS down): the job comes back
+                log.exception("job {job_id} could not be reported; it runs again once its "
+                              "lease lapses", job_id=grant.job_id)
+                outcome = JobOutcome(grant.job_id, "unreported")
             self.jobs_done += 1
             if self._on_outcome:
                 self._on_outcome(outcome)
@@ -258,24 +254,22 @@ class Agent:
         await nc.publish(heartbeat_subject(self.agent_id), encode_heartbeat(hb))
 
 
-async def _fetch_or_stop(sub: JetStreamContext.PullSubscription, timeout_s: float,
-                         stop: asyncio.Event) -> list[Msg]:
-    """One long-poll for a job, abandoned at once when ``stop`` is set."""
-    fetch = asyncio.create_task(sub.fetch(1, timeout=timeout_s))
+async def _next_or_stop(link: DispatchLink, wait_s: float, stop: asyncio.Event) -> Grant | None:
+    """One long-poll for a job, abandoned at once when ``stop`` is set (and withdrawn, so the
+    dispatcher leases nothing to an agent that is leaving)."""
+    ask = asyncio.create_task(link.next_job(wait_s))
     stopped = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({ask, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
-    if not fetch.done():
-        fetch.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await fetch
-        return []
-    try:
-        return fetch.result()
-    except TimeoutError:  # nats-py raises its own TimeoutError, or under load a bare one
-        return []
+    if not ask.done():
+        ask.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
+            await ask
+        await link.stop_waiting()
+        return None
+    return ask.result()
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:

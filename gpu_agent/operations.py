@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats.errors
-from nats.js import JetStreamContext
 
 from broker.events import OutputInfo, Timings
 from broker.jobs import AddAudioJob, JobRequest, Output
-from broker.objects import StoreFull, digest_hex, upload
+from broker.objects import StoreFull
 from broker.subjects import inputs_bucket, results_bucket
 from gpu_agent.config import AgentConfig
+from gpu_agent.dispatch_link import DispatchLink, UploadRefused
 from gpu_agent.errors import JobFailure, retryable
 from gpu_agent.ffmpeg import Feeder, FfmpegResult, classify_failure, run_ffmpeg
 from gpu_agent.inputs import InputFetcher
@@ -56,12 +56,13 @@ class Encoded:
 
 
 class Operations:
-    def __init__(self, *, js: JetStreamContext, config: AgentConfig, encoders: EncoderProbe,
+    def __init__(self, *, results: DispatchLink, config: AgentConfig, encoders: EncoderProbe,
                  fonts_dir: str, fetcher: InputFetcher,
                  font_families: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.time) -> None:
-        """``font_families``: what fontconfig offers (empty: unknown, names go unchecked)."""
-        self._js = js
+        """``results`` takes each output to the dispatcher, which stores it. ``font_families``:
+        what fontconfig offers (empty: unknown, names go unchecked)."""
+        self._results = results
         self.config = config
         self.encoders = encoders
         self.fonts_dir = fonts_dir
@@ -171,19 +172,22 @@ class Operations:
 
     async def store_output(self, path: Path, ctx: WorkContext, encoded: Encoded,
                            output: Output, video_codec: str) -> OutputInfo:
-        """Upload the output. Its facts come from the encode itself (FFmpeg's final output
-        time; the operations keep the frame size) rather than a second ffprobe, which costs
-        ~0.1 s of process start-up per job on a small machine."""
+        """Send the output to the dispatcher, which stores it and measures it again. Its
+        facts come from the encode itself (FFmpeg's final output time; the operations keep
+        the frame size) rather than a second ffprobe, which costs ~0.1 s of process start-up
+        per job on a small machine."""
         name = f"{ctx.job_id}/{ctx.attempt}/{path.name}"
         try:
-            stored = await upload(self._js, results_bucket(ctx.tenant), name, path)
+            size, sha256 = await self._results.upload(path, tenant=ctx.tenant,
+                                                      job_id=ctx.job_id, name=name)
         except StoreFull as exc:  # the tenant's quota: no other machine would do better
             raise JobFailure("results_quota_exceeded", f"the result could not be stored: "
                              f"{exc}") from None
-        except (nats.errors.Error, OSError) as exc:
-            raise retryable("upload_failed", f"uploading the output failed: {exc}") from None
-        return OutputInfo(bucket=results_bucket(ctx.tenant), name=name, size_bytes=stored.size or 0,
-                          sha256=digest_hex(stored), duration_s=round(encoded.media_time_s, 3),
+        except (nats.errors.Error, TimeoutError, UploadRefused, OSError) as exc:
+            raise retryable("upload_failed", f"uploading the output failed: "
+                            f"{str(exc) or type(exc).__name__}") from None
+        return OutputInfo(bucket=results_bucket(ctx.tenant), name=name, size_bytes=size,
+                          sha256=sha256, duration_s=round(encoded.media_time_s, 3),
                           width=encoded.source.width, height=encoded.source.height,
                           video_codec=video_codec, container=output.container)
 

@@ -11,19 +11,18 @@ from collections.abc import Callable
 
 import nats.errors
 from loguru import logger
-from nats.js import JetStreamContext
 
-from broker.events import Progress, encode_event
-from broker.subjects import event_subject
+from broker.events import Progress
+from gpu_agent.dispatch_link import DispatchLink
 from gpu_agent.ffmpeg import ProgressUpdate
 
 __all__ = ["ProgressReporter"]
 
 
 class ProgressReporter:
-    def __init__(self, *, js: JetStreamContext, tenant: str, job_id: str, attempt: int,
+    def __init__(self, *, link: DispatchLink, tenant: str, job_id: str, attempt: int,
                  agent_id: str, clock: Callable[[], float], min_interval_s: float) -> None:
-        self._js = js
+        self._link = link
         self._tenant = tenant
         self._job_id = job_id
         self._attempt = attempt
@@ -49,10 +48,9 @@ class ProgressReporter:
         event = Progress(job_id=self._job_id, tenant=self._tenant, at=now, agent_id=self._agent_id,
                          attempt=self._attempt, percent=percent,
                          media_time_s=round(update.media_time_s, 3), speed=update.speed)
-        subject = event_subject(self._tenant, self._job_id, "progress", self._agent_id)
         try:
-            await self._js.publish(subject, encode_event(event))
-        except nats.errors.Error as exc:
+            await self._link.report(event)  # the dispatcher publishes it
+        except (nats.errors.Error, TimeoutError) as exc:
             # Progress is best effort: a reconnect must not fail (or kill) the encode.
             logger.bind(job_id=self._job_id).warning("progress event lost: {error}",
                                                      error=str(exc) or type(exc).__name__)

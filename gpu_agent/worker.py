@@ -1,16 +1,19 @@
-"""One job, start to finish: decode, validate, fetch, encode, upload, report, then ack.
+"""One job, start to finish: decode, validate, fetch, encode, upload, report.
 
-Order matters and is the contract with clients:
-- the outcome is claimed in the job state (compare-and-set) and published **before** the ack,
-  so a crash between them repeats a report, never loses one, and of two attempts that both
-  finish only the first is ever announced;
-- a job that already has an outcome is acked without running again (after making sure its
-  outcome event exists), so a redelivery or a late resubmit never shows a client two results;
-- final failures publish ``failed`` and ``term()``. Retryable ones publish ``retrying`` and
-  ``nak`` with backoff while the job's failure budget (``max_retries``) and its deliveries
-  last; host loss spends only deliveries, and the controller's reaper ends a job whose
-  deliveries ran out. A failure on the last delivery always ends the job here, because the
-  server would never deliver it again.
+The job comes from the dispatcher (a ``Grant``: leased to this agent alone) and everything said
+about it goes back to the dispatcher, which checks it against the lease and does the JetStream
+part (broker/dispatch.py). Order is still the contract with clients:
+- ``started`` first; a job that already has an outcome is answered ``already_ended`` and not
+  run again;
+- the result is uploaded before ``succeeded`` is reported, and the dispatcher stores it,
+  measures it and claims the outcome before it acks, so a crash between them repeats a report,
+  never loses one;
+- final failures report ``failed``. Retryable ones report ``retrying`` with a backoff while the
+  job's failure budget (``max_retries``) and its deliveries last; host loss spends only
+  deliveries, and the controller's reaper ends a job whose deliveries ran out. A failure on the
+  last delivery always ends the job here, because the server would never deliver it again;
+- a ``Hold`` every ``hold_every_s`` keeps the lease. Told ``not_holder`` (the lease lapsed and
+  the job went elsewhere), the agent drops the job at once and reports nothing.
 """
 
 from __future__ import annotations
@@ -29,184 +32,193 @@ from typing import TYPE_CHECKING
 import msgspec
 import nats.errors
 from loguru import logger
-from nats.aio.msg import Msg
 
+from broker.dispatch import Grant, Hold, Release, Report, ReportReply
 from broker.events import Failed, JobError, Retrying, Started, Succeeded
 from broker.jobs import JobRequest, decode_job
-from broker.subjects import parse_job_subject, validate_job_id, validate_tenant
 from gpu_agent.config import AgentConfig
+from gpu_agent.dispatch_link import DispatchLink, LeaseLost
 from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.pipelines import run_job
 from gpu_agent.progress import ProgressReporter
-from gpu_agent.reporter import Reporter
 from gpu_agent.url_guard import scheme_problem
 
 if TYPE_CHECKING:
     from loguru import Logger
-    from nats.js import JetStreamContext
 
-__all__ = ["JobOutcome", "Worker"]
+__all__ = ["JobOutcome", "Unreported", "Worker"]
+
+
+class Unreported(Exception):
+    """A report that must arrive could not be delivered."""
 
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     job_id: str
-    status: str  # succeeded | failed | retrying | skipped | released | unreported
+    status: str  # succeeded | failed | retrying | skipped | released | lost | unreported
 
 
 @dataclass(frozen=True, slots=True)
 class _Attempt:
-    msg: Msg
-    tenant: str
-    operation: str
-    job_id: str
-    number: int  # num_delivered
+    grant: Grant
     log: Logger
     encoder: str = ""
 
+    @property
+    def job_id(self) -> str:
+        return self.grant.job_id
+
+    @property
+    def tenant(self) -> str:
+        return self.grant.tenant
+
+    @property
+    def number(self) -> int:
+        return self.grant.attempt
+
 
 class Worker:
-    def __init__(self, *, js: JetStreamContext, reporter: Reporter, config: AgentConfig,
-                 agent_id: str, operations: Operations, ack_wait_s: float, max_deliver: int,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._js = js
-        self._report = reporter
+    def __init__(self, *, link: DispatchLink, config: AgentConfig, agent_id: str,
+                 operations: Operations, clock: Callable[[], float] = time.time) -> None:
+        self._link = link
         self._cfg = config
         self._agent_id = agent_id
         self._ops = operations
-        self._ack_wait_s = ack_wait_s
-        self._max_deliver = max_deliver
         self._clock = clock
 
-    async def handle(self, msg: Msg) -> JobOutcome:
+    async def handle(self, grant: Grant) -> JobOutcome:
+        log = logger.bind(tenant=grant.tenant, job_id=grant.job_id, attempt=grant.attempt,
+                          operation=grant.operation)
+        attempt = _Attempt(grant, log)
+        run = asyncio.create_task(self._run(attempt))
+        hold = asyncio.create_task(self._hold(grant, log))
         try:
-            tenant, operation, job_id = parse_job_subject(msg.subject)
-        except ValueError:  # e.g. jobs.<op>.<id>, queued before jobs had tenants
-            logger.error("job on {subject} dropped: not jobs.<tenant>.<operation>.<job_id>",
-                         subject=msg.subject)
-            await msg.term()
-            return JobOutcome(msg.subject.rsplit(".", 1)[-1], "failed")
-        number = msg.metadata.num_delivered
-        log = logger.bind(tenant=tenant, job_id=job_id, attempt=number, operation=operation)
-        attempt = _Attempt(msg, tenant, operation, job_id, number, log)
-        try:
-            validate_tenant(tenant)
-            validate_job_id(job_id)
-        except ValueError as exc:
-            # Only the gateway writes JOBS, and it checks both; should one slip through, it
-            # cannot have events or a state (neither can name it): drop it, loudly.
-            log.error("job dropped: {error}", error=str(exc))
-            await msg.term()
-            return JobOutcome(job_id, "failed")
-        existing = await self._report.terminal(tenant, job_id)
-        if existing is not None:
-            return await self._skip(attempt, existing)
-        lease = asyncio.create_task(self._keep_lease(msg))
-        try:
-            return await self._run(attempt)
-        except asyncio.CancelledError:
-            log.warning("job released: the agent is stopping")
+            await asyncio.wait({run, hold}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():  # the hold loop ended: the lease is gone
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                    await run
+                log.warning("lease lost (the job runs elsewhere now); dropped")
+                return JobOutcome(grant.job_id, "lost")
             try:
-                await asyncio.shield(msg.nak())
-            except nats.errors.Error as exc:
-                log.warning("release failed ({error}); the job returns after ack_wait",
-                            error=str(exc))
+                return run.result()
+            except LeaseLost:
+                log.warning("lease lost (the job runs elsewhere now); dropped")
+                return JobOutcome(grant.job_id, "lost")
+        except asyncio.CancelledError:
+            run.cancel()
+            log.warning("job released: the agent is stopping")
+            with contextlib.suppress(nats.errors.Error, TimeoutError, asyncio.CancelledError):
+                await asyncio.shield(self._link.report(
+                    Release(job_id=grant.job_id, tenant=grant.tenant)))
             raise
         finally:
-            lease.cancel()
+            hold.cancel()
 
-    async def _skip(self, attempt: _Attempt, outcome: Succeeded | Failed) -> JobOutcome:
-        attempt.log.info("job already ended ({kind}); acking without running it",
-                         kind=type(outcome).__name__.lower())
-        await self._report.ensure_published(outcome)
-        await attempt.msg.ack_sync()
-        return JobOutcome(attempt.job_id, "skipped")
+    async def _hold(self, grant: Grant, log: Logger) -> None:
+        """Renew the lease every ``hold_every_s``; returns when the dispatcher says it is
+        gone. Hangs are caught by each phase's own time limits (URL downloads, FFmpeg's
+        wall clock and stall timeout), not by letting the lease lapse."""
+        while True:
+            await asyncio.sleep(grant.hold_every_s)
+            try:
+                reply = await self._link.report(Hold(job_id=grant.job_id, tenant=grant.tenant))
+            except (nats.errors.Error, TimeoutError) as exc:  # a reconnect: next tick retries
+                log.warning("lease renewal failed: {error}", error=str(exc) or
+                            type(exc).__name__)
+                continue
+            if reply.code == "not_holder":
+                return
+
+    async def _say(self, attempt: _Attempt, report: Report) -> ReportReply:
+        """A report that must arrive. Raises LeaseLost on ``not_holder``, and Unreported
+        when the dispatcher could not be reached (the job then comes back after its lease
+        lapses: nothing is lost)."""
+        try:
+            reply = await self._link.report_until_heard(report)
+        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
+            raise Unreported(str(exc) or type(exc).__name__) from exc
+        if reply.code == "not_holder":
+            raise LeaseLost(reply.message)
+        if not reply.ok and reply.code != "already_ended":
+            attempt.log.error("the dispatcher refused a report: {code}: {message}",
+                              code=reply.code, message=reply.message)
+        return reply
 
     async def _run(self, attempt: _Attempt) -> JobOutcome:
         started_at = self._clock()
+        grant = attempt.grant
         try:
-            job = _decode(attempt.operation, attempt.msg.data)
+            job = _decode(grant.operation, grant.body.encode())
             attempt = dataclasses.replace(attempt, encoder=self._ops.encoder_for(job))
-            started = Started(job_id=attempt.job_id, tenant=attempt.tenant, at=started_at,
-                              operation=attempt.operation, agent_id=self._agent_id,
-                              attempt=attempt.number, encoder=attempt.encoder)
-            if (existing := await self._report.started(started)) is not None:
-                return await self._skip(attempt, existing)
+            started = Started(job_id=grant.job_id, tenant=grant.tenant, at=started_at,
+                              operation=grant.operation, agent_id=self._agent_id,
+                              attempt=grant.attempt, encoder=attempt.encoder)
+            if (await self._say(attempt, started)).code == "already_ended":
+                attempt.log.info("job already ended; not run again")
+                return JobOutcome(grant.job_id, "skipped")
             attempt.log.info("job started on {encoder}", encoder=attempt.encoder)
-            with _work_dir(self._cfg.work_dir, attempt.job_id, attempt.number) as wd:
-                ctx = WorkContext(tenant=attempt.tenant, job_id=attempt.job_id,
-                                  attempt=attempt.number, work_dir=wd,
-                                  queued_at=attempt.msg.metadata.timestamp.timestamp(),
-                                  started_at=started_at,
+            with _work_dir(self._cfg.work_dir, grant.job_id, grant.attempt) as wd:
+                ctx = WorkContext(tenant=grant.tenant, job_id=grant.job_id,
+                                  attempt=grant.attempt, work_dir=wd,
+                                  queued_at=grant.queued_at, started_at=started_at,
                                   progress=self._progress_reporter(attempt))
                 result = await run_job(self._ops, job, ctx)
+            done = Succeeded(job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
+                             operation=grant.operation, agent_id=self._agent_id,
+                             attempt=grant.attempt, encoder=attempt.encoder,
+                             output=result.output, timings=result.timings,
+                             price_per_hour=self._cfg.price_per_hour,
+                             cost_usd=round(result.timings.total_s
+                                            * self._cfg.price_per_hour / 3600.0, 6))
+            reply = await self._say(attempt, done)
+            if reply.code == "upload_mismatch":
+                raise JobFailure("upload_failed", f"the result did not arrive whole: "
+                                 f"{reply.message}", retryable=True)
         except JobFailure as failure:
             return await self._fail(attempt, failure)
+        except (LeaseLost, Unreported):
+            raise
         except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
             attempt.log.exception("job crashed")
             return await self._fail(attempt, JobFailure(
                 "internal_error", f"agent error: {type(exc).__name__}: {exc}", retryable=True))
-        done = Succeeded(job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
-                         operation=attempt.operation,
-                         agent_id=self._agent_id, attempt=attempt.number,
-                         encoder=attempt.encoder, output=result.output, timings=result.timings,
-                         price_per_hour=self._cfg.price_per_hour,
-                         cost_usd=round(result.timings.total_s
-                                        * self._cfg.price_per_hour / 3600.0, 6))
-        if (winner := await self._report.finish(done)) is not None:
-            attempt.log.warning("another attempt ended this job first ({agent}); this "
-                                "result is dropped", agent=winner.agent_id)
-        await attempt.msg.ack_sync()
         attempt.log.info("job succeeded in {total_s:.2f}s", total_s=result.timings.total_s)
-        return JobOutcome(attempt.job_id, "succeeded")
+        return JobOutcome(grant.job_id, "succeeded")
 
     async def _fail(self, attempt: _Attempt, failure: JobFailure) -> JobOutcome:
+        grant = attempt.grant
         error = JobError(code=failure.code, message=failure.message)
         if failure.retryable:
-            failures = await self._report.failures_so_far(attempt.tenant, attempt.job_id) + 1
-            if failures <= self._cfg.max_retries and attempt.number < self._max_deliver:
+            failures = grant.failures + 1
+            if failures <= self._cfg.max_retries and grant.attempt < grant.max_deliver:
                 delay_s = failure.retry_delay_s
                 if delay_s is None:
                     delay_s = backoff_s(failures, self._cfg.retry_delay_s)
                 attempt.log.warning("attempt failed, retrying in {delay:.1f}s: {code}: {msg}",
                                     delay=delay_s, code=failure.code, msg=failure.message)
-                await self._report.retrying(Retrying(
-                    job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
-                    agent_id=self._agent_id,
-                    attempt=attempt.number, error=error, retry_in_s=delay_s,
-                    failures=failures))
-                await attempt.msg.nak(delay=delay_s)
-                return JobOutcome(attempt.job_id, "retrying")
+                await self._say(attempt, Retrying(
+                    job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
+                    agent_id=self._agent_id, attempt=grant.attempt, error=error,
+                    retry_in_s=delay_s, failures=failures))
+                return JobOutcome(grant.job_id, "retrying")
             error = JobError(code=failure.code, message=f"{failure.message} (gave up after "
                              f"{failures} failed attempts)")
-        event = Failed(job_id=attempt.job_id, tenant=attempt.tenant, at=self._clock(),
-                       agent_id=self._agent_id,
-                       attempt=attempt.number, operation=attempt.operation,
-                       encoder=attempt.encoder, error=error)
-        await self._report.finish(event)
-        await attempt.msg.term()
+        await self._say(attempt, Failed(
+            job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
+            agent_id=self._agent_id, attempt=grant.attempt, operation=grant.operation,
+            encoder=attempt.encoder, error=error))
         attempt.log.warning("job failed: {code}: {message}", code=error.code,
                             message=error.message)
-        return JobOutcome(attempt.job_id, "failed")
+        return JobOutcome(grant.job_id, "failed")
 
     def _progress_reporter(self, attempt: _Attempt) -> ProgressReporter:
-        return ProgressReporter(js=self._js, tenant=attempt.tenant, job_id=attempt.job_id,
-                                attempt=attempt.number,
-                                agent_id=self._agent_id, clock=self._clock,
+        return ProgressReporter(link=self._link, tenant=attempt.tenant, job_id=attempt.job_id,
+                                attempt=attempt.number, agent_id=self._agent_id,
+                                clock=self._clock,
                                 min_interval_s=self._cfg.progress_interval_s)
-
-    async def _keep_lease(self, msg: Msg) -> None:
-        """+WPI every ack_wait/3 while this job is in hand. Hangs are caught by the time
-        limits of each phase (URL downloads, FFmpeg's wall clock and stall timeout), not by
-        letting the lease lapse: a lapsed lease hands a job still running here to a second
-        machine (which the terminal claim then makes harmless, but the work is wasted)."""
-        while True:
-            await asyncio.sleep(self._ack_wait_s / 3)
-            try:
-                await msg.in_progress()
-            except nats.errors.Error as exc:  # a reconnect in progress: the next tick retries
-                logger.warning("lease renewal failed: {error}", error=str(exc))
 
 
 def _decode(operation: str, data: bytes) -> JobRequest:

@@ -20,10 +20,10 @@ from broker.logs import setup_logging
 from broker.server import EmbeddedServer
 from broker.topology import TopologyConfig, ensure_topology
 from client.api import Client
-from controller.gateway import Gateway
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.worker import JobOutcome
+from tests.control_plane import ControlPlane, control_plane
 from tests.media import TWO_CUES_SRT, make_video
 
 pytest_plugins = ("tests.secure_stack",)  # the operator-mode server fixtures
@@ -63,19 +63,26 @@ async def js(nc: Nats) -> JetStreamContext:
 
 
 @pytest.fixture
-async def gateway(js: JetStreamContext, nc: Nats) -> AsyncIterator[Gateway]:
-    """The submit gateway (the controller runs it; tests without a controller run it here)."""
-    gw = Gateway(js)
-    await gw.start(nc)
-    yield gw
-    await gw.stop()
+async def control(js: JetStreamContext, nc: Nats) -> AsyncIterator[ControlPlane]:
+    """The gateway and the dispatcher (the controller runs them; tests without a controller
+    run them here)."""
+    async with control_plane(js, nc) as services:
+        yield services
 
 
 @pytest.fixture
-async def client(js, gateway: Gateway, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+async def fleet_client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+    """A client of a stack whose controller runs (it serves submits and dispatch: a second
+    dispatcher beside it would lease the same agents' work twice)."""
     vf = await Client.connect(nats_server.url)
     yield vf
     await vf.close()
+
+
+@pytest.fixture
+async def client(control: ControlPlane, fleet_client: Client) -> Client:
+    """A client, with the control plane run here (no controller)."""
+    return fleet_client
 
 
 @pytest.fixture(scope="session")
@@ -144,9 +151,9 @@ def outcomes() -> Outcomes:
 
 
 @pytest.fixture
-async def agent(js, gateway: Gateway, nats_server: EmbeddedServer, tmp_path: Path,
+async def agent(js, control: ControlPlane, nats_server: EmbeddedServer, tmp_path: Path,
                 outcomes: Outcomes) -> AsyncIterator[Agent]:
-    """An in-process agent (and the gateway, so that jobs can reach it)."""
+    """An in-process agent (and the control plane, so that jobs can reach it)."""
     async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
         yield a
 

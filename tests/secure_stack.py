@@ -1,5 +1,6 @@
 """A real operator-mode nats-server with the production account layout, for tests that use
-credentials: FLEET (topology, the gateway), AGENTS, and tenants ``alice`` and ``bob``.
+credentials: FLEET (topology, the gateway, the dispatcher), AGENTS, and tenants ``alice``
+and ``bob``.
 
 A call that crosses no import simply has nowhere to go: inside a tenant or the agents' account
 it meets no responder (or times out), and a publish lands in the caller's own account. A call
@@ -28,8 +29,8 @@ from broker.server import EmbeddedServer
 from broker.subjects import FLEET_API_PREFIX, agent_inbox_prefix
 from broker.topology import ensure_tenant, ensure_topology
 from client.api import Client
-from controller.gateway import Gateway
 from tests.conftest import TEST_TOPOLOGY
+from tests.control_plane import ControlPlane, control_plane
 
 __all__ = ["TENANTS", "Secure", "Session", "connect_as", "secure", "session", "tenant_client"]
 
@@ -41,6 +42,7 @@ class Secure:
     server: EmbeddedServer
     keys: AuthKeys
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    control: ControlPlane | None = None  # set by the ``secure`` fixture
 
     @property
     def url(self) -> str:
@@ -81,7 +83,8 @@ def secure_server(tmp_path: Path) -> Iterator[Secure]:
 
 @pytest.fixture
 async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
-    """The fleet's topology, its gateway (as the controller runs it) and two tenants."""
+    """The fleet's topology, its gateway and dispatcher (as the controller runs them) and
+    two tenants."""
     async with session(secure_server, "controller", "ctl") as ctl, \
             session(secure_server, "system", "sys") as system:
         js = ctl.nc.jetstream()
@@ -90,12 +93,9 @@ async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
             tenant = await create_tenant(js, system.nc, secure_server.keys, name)
             await ensure_tenant(js, TEST_TOPOLOGY, name)
             secure_server.tenants[name] = tenant
-        gateway = Gateway(js)
-        await gateway.start(ctl.nc)
-        try:
+        async with control_plane(js, ctl.nc) as services:
+            secure_server.control = services
             yield secure_server
-        finally:
-            await gateway.stop()
 
 
 async def connect_as(secure: Secure, minted: Minted, errors: list[str] | None = None,

@@ -46,8 +46,9 @@ async def test_an_agents_credentials_allow_its_work_and_nothing_else(secure, top
     async with session(secure, "agent", "vf-a1") as agent, \
             session(secure, "agent", "vf-a2") as other:
         js = agent.nc.jetstream(prefix=FLEET_API_PREFIX)
-        await js.consumer_info(JOBS_STREAM, "agents")  # its own work: allowed
+        await agent.nc.request("fleet.work.vf-a1", b'{"wait_s": 0}', timeout=5)  # its work
         await agent.nc.publish("agents.vf-a1.heartbeat", b"{}")
+        await _fails(lambda: js.consumer_info(JOBS_STREAM, "agents"))  # the dispatcher's
         await agent.denied("jobs.alice.caption.evil", lambda: agent.nc.publish(
             "jobs.alice.caption.evil", b"{}"))
         await _fails(lambda: js.key_value(FLEET_BUCKET))  # no import leads there

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nats.js.kv import KeyValue
 
 from broker.events import Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, encode
-from broker.heartbeats import decode_heartbeat
+from broker.heartbeats import Heartbeat, decode_heartbeat, encode_heartbeat
 from broker.jobs import CaptionJob
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_control_subject
 from client.api import Client
@@ -80,21 +81,21 @@ async def local(nats_server) -> AsyncIterator[LocalProvider]:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
-        nc: Nats, js, client: Client, local: LocalProvider, media_dir: Path) -> None:
+        nc: Nats, js, fleet_client: Client, local: LocalProvider, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     async with running_controller(nc, local):
         summary = None
 
         async def idle_and_reported() -> bool:
             nonlocal summary
-            summary, machines = await client.fleet()
+            summary, machines = await fleet_client.fleet()
             return summary is not None and not machines
 
         await until(kv, idle_and_reported, 10)
         assert summary and summary.queued_jobs == 0 and summary.spend_per_hour == 0.0
         assert await local.list_instances("") == []  # nothing runs while idle
 
-        receipts = [await client.submit(await caption_job(client, media_dir))
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(3)]
         peak = 0
 
@@ -102,16 +103,16 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
             nonlocal peak
             peak = max(peak, len([i for i in await local.list_instances("vf-")
                                   if i.state == "running"]))
-            return all([await client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
 
         await until(kv, all_done, 90)
-        results = [await client.result(r.job_id, timeout_s=5) for r in receipts]
+        results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
         assert all(isinstance(r, Succeeded) and r.cost_usd == 0.0 for r in results)
         assert 1 <= peak <= FAST.max_instances
         assert {r.agent_id[:3] for r in results} == {"vf-"}  # run by agents it started
 
         async def back_to_zero() -> bool:
-            _, machines = await client.fleet()
+            _, machines = await fleet_client.fleet()
             running = [i for i in await local.list_instances("") if i.state == "running"]
             return not machines and not running
 
@@ -119,29 +120,59 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
 
 
 async def test_restart_adopts_its_machines_instead_of_renting_again(
-        nc: Nats, js, client: Client, local: LocalProvider, media_dir: Path) -> None:
+        nc: Nats, js, fleet_client: Client, local: LocalProvider, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     warm = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)
 
     async def one_serving() -> bool:
-        _, machines = await client.fleet()
+        _, machines = await fleet_client.fleet()
         return len(machines) == 1 and machines[0].state == "serving"
 
     async with running_controller(nc, local, warm):
         await until(kv, one_serving, 60)
-    first = (await client.fleet())[1][0]
+    first = (await fleet_client.fleet())[1][0]
     ticks: set[float] = set()
 
     async def five_ticks() -> bool:
-        summary, _ = await client.fleet()
+        summary, _ = await fleet_client.fleet()
         ticks.add(summary.at if summary else 0.0)
         return len(ticks) > 5
 
     async with running_controller(nc, local, warm):
         await until(kv, five_ticks, 30)  # several ticks of the new controller
-        _, machines = await client.fleet()
+        _, machines = await fleet_client.fleet()
     assert [m.label for m in machines] == [first.label]
     assert len(await local.list_instances("vf-")) == 1
+
+
+async def test_a_machine_that_lies_about_its_job_is_destroyed(
+        nc: Nats, js, fleet_client: Client, local: LocalProvider) -> None:
+    """Busy is what the dispatcher knows. A machine that keeps claiming a job it was never
+    given (so that it is never scaled down, and bills on) is destroyed and its host avoided."""
+    kv = await js.key_value(FLEET_BUCKET)
+    warm = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)
+
+    async def serving() -> bool:
+        _, machines = await fleet_client.fleet()
+        return len(machines) == 1 and machines[0].state == "serving"
+
+    async with running_controller(nc, local, warm):
+        await until(kv, serving, 60)
+        liar = (await fleet_client.fleet())[1][0]
+        for _ in range(3):  # what a host that took over the agent's credentials could send
+            await nc.publish(f"agents.{liar.label}.heartbeat", encode_heartbeat(Heartbeat(
+                agent_id=liar.label, state="busy", at=time.time(), encoder="libx264",
+                job_id="ghost")))
+        await nc.flush()
+
+        async def destroyed() -> bool:
+            _, machines = await fleet_client.fleet()
+            gone = [m for m in machines if m.label == liar.label]
+            return not gone or gone[0].state == "destroying"
+
+        await until(kv, destroyed, 30)
+    assert liar.label not in [i.label for i in await local.list_instances("vf-")
+                              if i.state == "running"]
 
 
 async def test_drain_command_lets_the_job_finish_then_the_agent_exits(

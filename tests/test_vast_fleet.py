@@ -78,35 +78,35 @@ class Peak:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
-        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     peak = Peak(fake)
     async with vast(fake) as provider, running_controller(
             nc, provider, RENTED, agent_env=agent_env(fake)):
 
         async def idle_reported() -> bool:
-            summary, machines = await client.fleet()
+            summary, machines = await fleet_client.fleet()
             return summary is not None and not machines
 
         await until(kv, idle_reported, 15)
         assert fake.instances() == [] and fake.create_requests == []  # idle: zero machines
 
-        receipts = [await client.submit(await caption_job(client, media_dir))
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(10)]
 
         async def all_done() -> bool:
             peak.sample()
-            return all([await client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
 
         await until(kv, all_done, 150)
 
         async def all_gone() -> bool:
             peak.sample()
-            _, machines = await client.fleet()
+            _, machines = await fleet_client.fleet()
             return not machines and not fake.instances() and fake.alive_count() == 0
 
         await until(kv, all_gone, 60)
-    results = [await client.result(r.job_id, timeout_s=5) for r in receipts]
+    results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
     assert all(isinstance(r, Succeeded) for r in results)
     assert {r.agent_id for r in results} <= {body["label"] for body in fake.create_requests}
     assert all(r.price_per_hour > 0 and r.cost_usd > 0 for r in results)  # type: ignore[union-attr]
@@ -119,7 +119,7 @@ async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_faults_are_recovered_and_the_caps_hold(
-        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     capped = structs.replace(RENTED, max_instances=4, max_spend_per_hour=0.75,
                              boot_deadline_s=5.0)  # an RTX 3060 and one RTX 4090
@@ -130,21 +130,21 @@ async def test_faults_are_recovered_and_the_caps_hold(
     peak = Peak(fake)
     async with vast(fake) as provider, running_controller(
             nc, provider, capped, agent_env=agent_env(fake)):
-        receipts = [await client.submit(await caption_job(client, media_dir))
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(6)]
 
         async def all_done() -> bool:
             peak.sample()
-            return all([await client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
 
         await until(kv, all_done, 120)
 
         async def all_gone() -> bool:
             peak.sample()
-            return not (await client.fleet())[1] and not fake.instances()
+            return not (await fleet_client.fleet())[1] and not fake.instances()
 
         await until(kv, all_gone, 60)
-    assert all([isinstance(await client.result(r.job_id, timeout_s=5), Succeeded)
+    assert all([isinstance(await fleet_client.result(r.job_id, timeout_s=5), Succeeded)
                 for r in receipts])
     assert peak.rate <= capped.max_spend_per_hour
     stuck = [i for i in fake.instances(include_destroyed=True) if i.actual_status == "loading"]
@@ -155,15 +155,15 @@ async def test_faults_are_recovered_and_the_caps_hold(
 
 @pytest.mark.timeout(90)
 async def test_a_refused_image_pauses_renting_with_an_alarm(
-        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     fake.fail_next_boot("pull_denied")
     async with vast(fake) as provider, running_controller(
             nc, provider, RENTED, agent_env=agent_env(fake)):
-        await client.submit(await caption_job(client, media_dir))
+        await fleet_client.submit(await caption_job(fleet_client, media_dir))
 
         async def alarmed_and_cleaned() -> bool:
-            summary, machines = await client.fleet()
+            summary, machines = await fleet_client.fleet()
             return (summary is not None and any("pull access denied" in a
                                                 for a in summary.alarms)
                     and not machines and not fake.instances())
@@ -193,7 +193,7 @@ async def test_dead_man_switch_destroys_its_own_instance(
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_duplicates(
-        nc: Nats, js, client: Client, fake: FakeVast, media_dir: Path,
+        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path,
         tmp_path: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_url_of(nc),
@@ -206,7 +206,8 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
     log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
     start = [sys.executable, "-m", "controller"]
     first = await asyncio.create_subprocess_exec(*start, env=env, stdout=log, stderr=log)
-    receipts = [await client.submit(await caption_job(client, media_dir)) for _ in range(6)]
+    receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
+                for _ in range(6)]
     peak = Peak(fake)
     second = None
     try:
@@ -222,8 +223,8 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
 
         async def all_done_and_gone() -> bool:
             peak.sample()
-            done = all([await client._terminal_now(r.job_id) for r in receipts])
-            return done and not (await client.fleet())[1] and not fake.instances()
+            done = all([await fleet_client._terminal_now(r.job_id) for r in receipts])
+            return done and not (await fleet_client.fleet())[1] and not fake.instances()
 
         await until(kv, all_done_and_gone, 150)
     finally:
@@ -232,7 +233,7 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
                 proc.terminate()
                 await proc.wait()
         log.close()
-    assert all([isinstance(await client.result(r.job_id, timeout_s=5), Succeeded)
+    assert all([isinstance(await fleet_client.result(r.job_id, timeout_s=5), Succeeded)
                 for r in receipts])
     assert peak.machines <= 2  # the new controller adopted them instead of renting more
     labels = [b["label"] for b in fake.create_requests]

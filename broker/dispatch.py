@@ -1,0 +1,164 @@
+"""Dispatch: how an agent gets a job and reports on it, without touching JetStream.
+
+Agents run on strangers' machines, so the fleet holds the job, not the agent. The controller's
+dispatcher (controller/dispatcher.py) is the one consumer of JOBS. An agent asks it for work on
+``fleet.work.<agent_id>`` and gets a ``Grant``: one job, leased to it alone. From then on the
+agent speaks only of that job, on ``fleet.report.<agent_id>`` (a ``Report``; the reply is a
+``ReportReply``) and ``fleet.upload.<agent_id>`` (its result, chunk by chunk). The dispatcher
+checks every report against the lease (the subject names the agent, and the server only lets
+an agent publish under its own id), then does the JetStream part itself: the job-state claim,
+the event, the lease renewal, the ack. A report about a job the agent does not hold is refused
+with ``not_holder``, and the agent must drop that job at once.
+
+    fleet.work.<agent_id>     request: WorkRequest (or empty). Reply: WorkReply (grant None:
+                              nothing queued within the wait; ask again)
+    fleet.report.<agent_id>   request: Report. Reply: ReportReply
+    fleet.upload.<agent_id>   request: one chunk of the result (at most 256 KiB), headers
+                              Vidfleet-Job (<tenant>.<job_id>), Vidfleet-Name (the object's
+                              name) and Vidfleet-Offset (bytes sent before this chunk; 0 starts
+                              the upload over). Reply: ReportReply
+
+Getting this wrong re-opens what dispatch closed: an agent that could name another job in a
+report (or whose upload counted for another job) could forge that job's outcome.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+from broker.events import Failed, Progress, Retrying, Started, Succeeded
+
+__all__ = [
+    "JOB_HEADER",
+    "MAX_CHUNK_BYTES",
+    "NAME_HEADER",
+    "OFFSET_HEADER",
+    "Grant",
+    "Hold",
+    "Lease",
+    "Release",
+    "Report",
+    "ReportReply",
+    "WorkReply",
+    "WorkRequest",
+    "decode_grant_reply",
+    "decode_lease",
+    "decode_report",
+    "decode_report_reply",
+    "decode_work_request",
+    "encode",
+]
+
+JOB_HEADER = "Vidfleet-Job"
+NAME_HEADER = "Vidfleet-Name"
+OFFSET_HEADER = "Vidfleet-Offset"
+MAX_CHUNK_BYTES = 256 * 1024
+
+
+class Grant(Struct, frozen=True, kw_only=True):
+    """One job, leased to the agent that asked. ``body`` is the job's JSON as the tenant sent
+    it (checked by the gateway against the operation's schema)."""
+
+    tenant: str
+    operation: str
+    job_id: str
+    attempt: int  # this delivery, from 1
+    max_deliver: int  # the last attempt there will be: a retry asked for on it is a failure
+    failures: int  # retryable failures of this job before this attempt
+    queued_at: float  # unix seconds the job was stored
+    hold_every_s: float  # send a Hold (or any report) at least this often, or lose the job
+    body: str
+
+
+class WorkRequest(Struct, frozen=True, kw_only=True):
+    """How long the agent will wait for a job (the dispatcher holds it at most 30 s). 0: the
+    agent no longer wants work (it is stopping); an open request of its is answered empty."""
+
+    wait_s: float = 10.0
+
+
+class WorkReply(Struct, frozen=True, kw_only=True):
+    grant: Grant | None = None
+    error: str = ""  # set when the dispatcher refused (e.g. an unknown agent); retry later
+
+
+class Hold(Struct, frozen=True, kw_only=True, tag_field="kind", tag="hold"):
+    """Still working on it: renews the lease."""
+
+    job_id: str
+    tenant: str
+
+
+class Release(Struct, frozen=True, kw_only=True, tag_field="kind", tag="release"):
+    """Hand the job back without an outcome (the agent is stopping): it runs elsewhere now."""
+
+    job_id: str
+    tenant: str
+
+
+# What an agent may say about the job it holds. The events are the ones clients see; the
+# dispatcher publishes them under the agent's id once it has checked them against the lease.
+Report = Hold | Release | Started | Progress | Retrying | Succeeded | Failed
+
+ReplyCode = Literal["", "not_holder", "already_ended", "invalid", "upload_mismatch",
+                    "results_quota_exceeded", "unavailable"]
+
+
+class ReportReply(Struct, frozen=True, kw_only=True):
+    """``ok`` false with ``not_holder``: the job is not (or no longer) this agent's; stop
+    working on it. ``already_ended``: another attempt ended it; stop, nothing to report.
+    ``unavailable``: the dispatcher could not do its part (the bus is in trouble); retry."""
+
+    ok: bool
+    code: ReplyCode = ""
+    message: str = ""
+
+
+class Lease(Struct, frozen=True, kw_only=True):
+    """The dispatcher's record of one grant (KV ``leases``, key: the agent id). It outlives a
+    controller restart, so a job in hand keeps running."""
+
+    agent_id: str
+    tenant: str
+    operation: str
+    job_id: str
+    attempt: int
+    stream_seq: int
+    ack_subject: str  # the JetStream delivery's reply subject: +WPI, +ACK, -NAK, +TERM
+    granted_at: float
+
+
+_ENCODER = msgspec.json.Encoder()
+_REPORT = msgspec.json.Decoder(Report)
+_REPLY = msgspec.json.Decoder(ReportReply)
+_WORK = msgspec.json.Decoder(WorkReply)
+_WORK_REQUEST = msgspec.json.Decoder(WorkRequest)
+_LEASE = msgspec.json.Decoder(Lease)
+
+
+def encode(value: Struct) -> bytes:
+    return _ENCODER.encode(value)
+
+
+def decode_report(data: bytes) -> Report:
+    """Raises ValueError (msgspec's errors are ValueErrors) on anything malformed."""
+    return _REPORT.decode(data)
+
+
+def decode_report_reply(data: bytes) -> ReportReply:
+    return _REPLY.decode(data)
+
+
+def decode_grant_reply(data: bytes) -> WorkReply:
+    return _WORK.decode(data)
+
+
+def decode_work_request(data: bytes) -> WorkRequest:
+    return _WORK_REQUEST.decode(data)
+
+
+def decode_lease(data: bytes) -> Lease:
+    return _LEASE.decode(data)

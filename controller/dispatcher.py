@@ -1,0 +1,532 @@
+"""The dispatcher: the one consumer of JOBS. It hands each agent one job and records what
+happens to it from that agent alone.
+
+An agent's credentials are assumed stolen (its host can read them), so nothing an agent says is
+written anywhere unless it is about the job this dispatcher leased to it. The lease is kept
+here (and in KV ``leases``, so a controller restart does not cost the job in hand); the
+JetStream delivery behind it is renewed only while its holder keeps reporting, and acked only
+once its outcome is recorded. The protocol is in broker/dispatch.py.
+
+What that buys, each an attack that now fails (tests/test_dispatch.py):
+- an agent holds at most one job; asking for another hands the first back;
+- a report or an upload about any other job is refused (``not_holder``);
+- a job is acked only with its outcome recorded; a holder that goes quiet loses the job within
+  ``ack_wait`` and it runs elsewhere;
+- a result's digest and size are computed here from the bytes stored, not taken from the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+from loguru import logger
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from broker.dispatch import (
+    JOB_HEADER,
+    NAME_HEADER,
+    OFFSET_HEADER,
+    Grant,
+    Hold,
+    Lease,
+    Release,
+    Report,
+    ReportReply,
+    WorkReply,
+    WorkRequest,
+    decode_lease,
+    decode_report,
+    decode_work_request,
+    encode,
+)
+from broker.events import (
+    Event,
+    Failed,
+    OutputInfo,
+    Progress,
+    Retrying,
+    Started,
+    Succeeded,
+    encode_event,
+)
+from broker.jobstate import JobStates, ensure_announced
+from broker.objects import ObjectWriter, StoreFull
+from broker.subjects import (
+    AGENT_ID_RE,
+    CONTROLLER_PUBLISHER,
+    EVENTS_STREAM,
+    JOBS_CONSUMER,
+    JOBS_STREAM,
+    JOBSTATE_BUCKET,
+    LEASES_BUCKET,
+    event_subject,
+    parse_job_subject,
+    results_bucket,
+    validate_job_id,
+    validate_tenant,
+)
+
+__all__ = ["Dispatcher"]
+
+_MAX_WAIT_S = 30.0  # the longest a work request is held open
+_MAX_RETRY_DELAY_S = 3600.0  # an agent's retry delay beyond this is cut to it
+_MIN_PROGRESS_S = 0.1  # a holder's progress events beyond one per this are dropped
+_STALE_HOLDS = 10  # ack_waits of silence after which a lease record is dropped
+_FILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass
+class _Held:
+    lease: Lease
+    heard_at: float  # the last report from the holder (monotonic)
+    upload: ObjectWriter | None = None
+    started: bool = False  # one started event per lease
+    progress_at: float = float("-inf")  # the last progress event published (monotonic)
+
+
+@dataclass
+class _Waiter:
+    msg: Msg
+    agent_id: str
+    until: float  # monotonic: answer (empty) by then
+
+
+class Dispatcher:
+    def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._js = js
+        self._clock = clock
+        self._mono = monotonic
+        self._held: dict[str, _Held] = {}  # agent id -> its one job
+        self._waiting: dict[str, _Waiter] = {}  # agent id -> its open work request
+        self._wake = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._feeder: asyncio.Task[None] | None = None
+        self._nc: Client | None = None
+        self._states: JobStates | None = None
+        self._leases: KeyValue | None = None
+        self._ack_wait_s = 30.0
+        self._max_deliver = 5
+
+    # -- what the rest of the controller asks ---------------------------------------------
+
+    def holds(self, agent_id: str) -> str | None:
+        """The job id ``agent_id`` holds right now, if any: the truth a heartbeat's "busy"
+        is checked against."""
+        held = self._held.get(agent_id)
+        if held is None or self._mono() - held.heard_at > self._ack_wait_s:
+            return None
+        return held.lease.job_id
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self, nc: Client) -> None:
+        self._nc = nc
+        self._states = JobStates(await self._js.key_value(JOBSTATE_BUCKET))
+        self._leases = await self._js.key_value(LEASES_BUCKET)
+        info = await self._js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+        self._ack_wait_s = info.config.ack_wait or 30.0
+        self._max_deliver = info.config.max_deliver or 5
+        await self._load_leases()
+        psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
+        self._subs = [psub,
+                      await nc.subscribe("fleet.work.*", cb=self._on_work),
+                      await nc.subscribe("fleet.report.*", cb=self._spawn(self._on_report)),
+                      await nc.subscribe("fleet.upload.*", cb=self._spawn(self._on_upload))]
+        self._feeder = asyncio.create_task(self._feed(psub))
+        logger.info("dispatcher serving {n} lease(s) on record", n=len(self._held))
+
+    async def stop(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        # Leases stay on record: the next dispatcher picks them up.
+
+    async def _load_leases(self) -> None:
+        assert self._leases is not None
+        try:
+            keys = await self._leases.keys()
+        except nats.errors.Error:  # nats-py: NoKeysError when empty
+            keys = []
+        for key in keys:
+            try:
+                entry = await self._leases.get(key)
+                lease = decode_lease(entry.value or b"")
+            except (KeyNotFoundError, ValueError) as exc:
+                logger.warning("lease {key} unreadable ({error}); dropped", key=key,
+                               error=str(exc))
+                await self._forget(key)
+                continue
+            self._held[lease.agent_id] = _Held(lease, heard_at=self._mono())
+
+    # -- work requests ---------------------------------------------------------------------
+
+    async def _on_work(self, msg: Msg) -> None:
+        agent_id = _agent_of(msg.subject)
+        if agent_id is None or not msg.reply:
+            return
+        try:
+            request = decode_work_request(msg.data) if msg.data else WorkRequest()
+        except ValueError as exc:
+            await self._reply(msg, WorkReply(error=f"unreadable work request: {exc}"))
+            return
+        if (old := self._waiting.pop(agent_id, None)) is not None:
+            await self._reply(old.msg, WorkReply())  # superseded by this one
+        if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
+            await self._reply(msg, WorkReply())
+            return
+        self._waiting[agent_id] = _Waiter(
+            msg, agent_id, until=self._mono() + min(request.wait_s, _MAX_WAIT_S))
+        self._wake.set()
+
+    async def _feed(self, psub: JetStreamContext.PullSubscription) -> None:
+        """Pull one job whenever an agent is waiting, and hand it to the longest waiter."""
+        while True:
+            await self._expire_waiters()
+            if not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            first = min(w.until for w in self._waiting.values())
+            try:
+                msgs = await psub.fetch(1, timeout=max(0.2, min(2.0, first - self._mono())))
+            except TimeoutError:
+                continue
+            except nats.errors.Error as exc:
+                logger.warning("job fetch failed, retrying: {error}", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for job in msgs:
+                try:
+                    await self._dispatch(job)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    # Not acked or granted: it comes back after ack_wait.
+                    logger.warning("dispatching {subject} failed: {error}",
+                                   subject=job.subject, error=str(exc) or type(exc).__name__)
+
+    async def _expire_waiters(self) -> None:
+        now = self._mono()
+        for agent_id, waiter in list(self._waiting.items()):
+            if waiter.until <= now:
+                del self._waiting[agent_id]
+                await self._reply(waiter.msg, WorkReply())
+        # A holder silent this long lost its delivery long ago (the job ran elsewhere, or
+        # the reaper ended it): its record goes.
+        for agent_id, held in list(self._held.items()):
+            if now - held.heard_at > _STALE_HOLDS * self._ack_wait_s:
+                logger.info("lease of {agent} on {job_id} forgotten: silent since",
+                            agent=agent_id, job_id=held.lease.job_id)
+                await self._drop(agent_id)
+
+    async def _dispatch(self, job: Msg) -> None:
+        assert self._states is not None
+        try:
+            tenant, operation, job_id = parse_job_subject(job.subject)
+            validate_tenant(tenant)
+            validate_job_id(job_id)
+        except ValueError as exc:
+            # Only the gateway writes JOBS, and it checks all three: loud, and dropped.
+            logger.error("job on {subject} dropped: {error}", subject=job.subject,
+                         error=str(exc))
+            await job.term()
+            return
+        if (outcome := await self._states.terminal(tenant, job_id)) is not None:
+            # Ended already (a resubmit, or a redelivery after the outcome was recorded).
+            await ensure_announced(self._js, outcome, CONTROLLER_PUBLISHER)
+            await job.ack_sync()
+            return
+        for agent_id, held in list(self._held.items()):  # an older delivery's holder
+            if (held.lease.tenant, held.lease.job_id) == (tenant, job_id):
+                logger.warning("job {tenant}/{job_id} came back from {agent}, which went "
+                               "quiet; its lease is void", tenant=tenant, job_id=job_id,
+                               agent=agent_id)
+                await self._drop(agent_id)
+        waiter = self._next_waiter()
+        if waiter is None:  # everyone gave up while it was fetched: back to the queue
+            await job.nak()
+            return
+        if waiter.agent_id in self._held:
+            old = self._held[waiter.agent_id].lease
+            logger.warning("{agent} asked for work while holding {tenant}/{job_id}; that "
+                           "job goes back to the queue", agent=waiter.agent_id,
+                           tenant=old.tenant, job_id=old.job_id)
+            await self._nc_publish(old.ack_subject, b"-NAK")
+            await self._drop(waiter.agent_id)
+        meta = job.metadata
+        lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
+                      job_id=job_id, attempt=meta.num_delivered,
+                      stream_seq=meta.sequence.stream, ack_subject=job.reply,
+                      granted_at=self._clock())
+        assert self._leases is not None
+        await self._leases.put(waiter.agent_id, encode(lease))
+        self._held[waiter.agent_id] = _Held(lease, heard_at=self._mono())
+        grant = Grant(tenant=tenant, operation=operation, job_id=job_id,
+                      attempt=meta.num_delivered, max_deliver=self._max_deliver,
+                      failures=await self._failures(tenant, job_id),
+                      queued_at=meta.timestamp.timestamp(),
+                      hold_every_s=self._ack_wait_s / 3,
+                      body=job.data.decode("utf-8", errors="replace"))
+        await self._reply(waiter.msg, WorkReply(grant=grant))
+        logger.bind(tenant=tenant, job_id=job_id, agent_id=waiter.agent_id).info(
+            "job {job_id} (attempt {n}) leased to {agent}", job_id=job_id,
+            n=meta.num_delivered, agent=waiter.agent_id)
+
+    def _next_waiter(self) -> _Waiter | None:
+        now = self._mono()
+        live = [w for w in self._waiting.values() if w.until > now]
+        if not live:
+            return None
+        first = min(live, key=lambda w: w.until)
+        del self._waiting[first.agent_id]
+        return first
+
+    async def _failures(self, tenant: str, job_id: str) -> int:
+        """Retryable failures so far, counted from the job's stored ``retrying`` events."""
+        try:
+            info = await self._js.stream_info(
+                EVENTS_STREAM, subjects_filter=event_subject(tenant, job_id, "retrying", "*"))
+        except nats.errors.Error:
+            return 0
+        return sum((info.state.subjects or {}).values())
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def _spawn(self, handler: Callable[[Msg, str], Awaitable[ReportReply]]
+               ) -> Callable[[Msg], Awaitable[None]]:
+        """Each agent's messages in order, different agents' at once: one slow JetStream
+        call must not stall every agent's lease."""
+        async def on_msg(msg: Msg) -> None:
+            agent_id = _agent_of(msg.subject)
+            if agent_id is None or not msg.reply:
+                return
+
+            async def run() -> None:
+                async with self._locks.setdefault(agent_id, asyncio.Lock()):
+                    try:
+                        reply = await handler(msg, agent_id)
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        reply = ReportReply(ok=False, code="unavailable",
+                                            message=f"{type(exc).__name__}: {exc}")
+                await self._reply(msg, reply)
+            task = asyncio.create_task(run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return on_msg
+
+    async def _on_report(self, msg: Msg, agent_id: str) -> ReportReply:
+        try:
+            report = decode_report(msg.data)
+        except ValueError as exc:
+            logger.warning("unreadable report from {agent}: {error}", agent=agent_id,
+                           error=str(exc))
+            return ReportReply(ok=False, code="invalid", message=f"unreadable report: {exc}")
+        held = self._holder(agent_id, report.tenant, report.job_id)
+        if held is None:
+            logger.warning("{agent} reported on {tenant}/{job_id}, which it does not hold; "
+                           "refused", agent=agent_id, tenant=report.tenant,
+                           job_id=report.job_id)
+            return ReportReply(ok=False, code="not_holder",
+                               message="this job is not leased to you (any more)")
+        held.heard_at = self._mono()
+        lease = held.lease
+        if isinstance(report, Hold):
+            await self._nc_publish(lease.ack_subject, b"+WPI")
+            return ReportReply(ok=True)
+        if isinstance(report, Release):
+            await self._nc_publish(lease.ack_subject, b"-NAK")
+            await self._drop(agent_id)
+            return ReportReply(ok=True)
+        event = _as_holder(report, lease)
+        if isinstance(event, Progress):
+            await self._nc_publish(lease.ack_subject, b"+WPI")
+            # Bounded, so a holder cannot flood EVENTS and push other jobs' history out.
+            if held.heard_at - held.progress_at >= _MIN_PROGRESS_S:
+                held.progress_at = held.heard_at
+                await self._publish(event)
+            return ReportReply(ok=True)
+        if isinstance(event, Started):
+            if held.started:
+                return ReportReply(ok=False, code="invalid", message="already started")
+            held.started = True
+            return await self._started(agent_id, event)
+        if isinstance(event, Retrying):
+            await self._publish(event)
+            delay_ns = int(min(max(event.retry_in_s, 0.0), _MAX_RETRY_DELAY_S) * 1e9)
+            await self._nc_publish(lease.ack_subject, b'-NAK {"delay": %d}' % delay_ns)
+            await self._drop(agent_id)
+            return ReportReply(ok=True)
+        if isinstance(event, Succeeded):
+            checked = await self._checked_output(held, event.output)
+            if isinstance(checked, ReportReply):
+                return checked
+            event = msgspec.structs.replace(event, output=checked)
+        assert isinstance(event, (Succeeded, Failed))
+        return await self._finish(agent_id, event)
+
+    async def _started(self, agent_id: str, event: Started) -> ReportReply:
+        assert self._states is not None
+        lease = self._held[agent_id].lease
+        if (existing := await self._states.record_started(event)) is not None:
+            await ensure_announced(self._js, existing, CONTROLLER_PUBLISHER)
+            await self._ack(lease)
+            await self._drop(agent_id)
+            return ReportReply(ok=False, code="already_ended",
+                               message=f"the job already {type(existing).__name__.lower()}")
+        await self._publish(event)
+        await self._nc_publish(lease.ack_subject, b"+WPI")
+        return ReportReply(ok=True)
+
+    async def _finish(self, agent_id: str, event: Succeeded | Failed) -> ReportReply:
+        """Claim the job's outcome, announce it, then ack: a crash between them repeats an
+        announcement (skipped when present), never loses one."""
+        assert self._states is not None
+        lease = self._held[agent_id].lease
+        winner = await self._states.claim_terminal(event)
+        if winner is None:
+            await self._publish(event)
+        else:
+            logger.warning("{agent}'s outcome for {job_id} dropped: {other} ended it first",
+                           agent=agent_id, job_id=event.job_id, other=winner.agent_id)
+        if isinstance(event, Succeeded) or winner is not None:
+            await self._ack(lease)
+        else:
+            await self._nc_publish(lease.ack_subject, b"+TERM")
+        await self._drop(agent_id)
+        return ReportReply(ok=True)
+
+    async def _checked_output(self, held: _Held, claimed: OutputInfo) -> OutputInfo | ReportReply:
+        """The result as stored here: committed, and described by what this dispatcher
+        measured. A claim that disagrees is refused (the agent re-sends)."""
+        upload = held.upload
+        if upload is None or upload.name != claimed.name:
+            return ReportReply(ok=False, code="upload_mismatch",
+                               message="no upload of that name for this job: send it again")
+        if (upload.size, upload.sha256_hex()) != (claimed.size_bytes, claimed.sha256):
+            await upload.abort()
+            held.upload = None
+            return ReportReply(ok=False, code="upload_mismatch",
+                               message="the upload does not match the reported size and "
+                                       "SHA-256: send it again")
+        await upload.commit()
+        held.upload = None
+        return msgspec.structs.replace(claimed, bucket=upload.bucket, name=upload.name,
+                                       size_bytes=upload.size, sha256=upload.sha256_hex())
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    async def _on_upload(self, msg: Msg, agent_id: str) -> ReportReply:
+        headers = msg.headers or {}
+        tenant, _, job_id = headers.get(JOB_HEADER, "").partition(".")
+        held = self._holder(agent_id, tenant, job_id)
+        if held is None:
+            return ReportReply(ok=False, code="not_holder",
+                               message="this job is not leased to you (any more)")
+        held.heard_at = self._mono()
+        lease = held.lease
+        name = headers.get(NAME_HEADER, "")
+        head, _, file = name.rpartition("/")
+        if head != f"{lease.job_id}/{lease.attempt}" or not _FILE_RE.match(file):
+            return ReportReply(ok=False, code="invalid", message=(
+                f"a result is named {lease.job_id}/{lease.attempt}/<file>, file from "
+                "A-Z a-z 0-9 . _ - (at most 64)"))
+        try:
+            offset = int(headers.get(OFFSET_HEADER, ""))
+        except ValueError:
+            return ReportReply(ok=False, code="invalid", message="Vidfleet-Offset: not a number")
+        if offset == 0:
+            if held.upload is not None:
+                await held.upload.abort()
+            held.upload = ObjectWriter(self._js, results_bucket(lease.tenant), name)
+        upload = held.upload
+        if upload is None or upload.name != name or upload.size != offset:
+            return ReportReply(ok=False, code="upload_mismatch", message=(
+                "this chunk does not follow the upload on record: start over at offset 0"))
+        try:
+            await upload.append(msg.data)
+        except StoreFull as exc:
+            await upload.abort()
+            held.upload = None
+            return ReportReply(ok=False, code="results_quota_exceeded", message=str(exc))
+        await self._nc_publish(lease.ack_subject, b"+WPI")
+        return ReportReply(ok=True)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _holder(self, agent_id: str, tenant: str, job_id: str) -> _Held | None:
+        held = self._held.get(agent_id)
+        if held is None or (held.lease.tenant, held.lease.job_id) != (tenant, job_id):
+            return None
+        return held
+
+    async def _drop(self, agent_id: str) -> None:
+        held = self._held.pop(agent_id, None)
+        if held is not None and held.upload is not None:
+            await held.upload.abort()
+        await self._forget(agent_id)
+
+    async def _forget(self, key: str) -> None:
+        assert self._leases is not None
+        with contextlib.suppress(KeyNotFoundError):
+            await self._leases.delete(key)
+
+    async def _ack(self, lease: Lease) -> None:
+        await self._nc_request(lease.ack_subject, b"+ACK")
+
+    async def _publish(self, event: Event) -> None:
+        """Under the holder's id, without ``Nats-Msg-Id`` (one outcome per job is kept by
+        the job state's compare-and-set, not by the stream's dedupe)."""
+        kind = str(type(event).__struct_config__.tag)
+        agent_id = getattr(event, "agent_id", CONTROLLER_PUBLISHER)
+        await self._js.publish(event_subject(event.tenant, event.job_id, kind, agent_id),
+                               encode_event(event))
+
+    async def _nc_publish(self, subject: str, data: bytes) -> None:
+        """An ack-family message (+WPI, -NAK, +TERM), flushed so it is not left buffered."""
+        assert self._nc is not None
+        await self._nc.publish(subject, data)
+        await self._nc.flush(timeout=5)
+
+    async def _nc_request(self, subject: str, data: bytes) -> None:
+        """An ack the server confirms (as nats-py's ``ack_sync``)."""
+        assert self._nc is not None
+        await self._nc.request(subject, data, timeout=5.0)
+
+    async def _reply(self, msg: Msg, reply: WorkReply | ReportReply) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(encode(reply))
+
+
+def _agent_of(subject: str) -> str | None:
+    agent_id = subject.rsplit(".", 1)[-1]
+    return agent_id if AGENT_ID_RE.match(agent_id) else None
+
+
+def _as_holder(report: Report, lease: Lease) -> Event:
+    """The event as the lease says it is: its agent, attempt, tenant and operation are the
+    holder's, whatever the body claimed."""
+    assert not isinstance(report, (Hold, Release))
+    fields: dict[str, object] = {"agent_id": lease.agent_id, "attempt": lease.attempt,
+                                 "tenant": lease.tenant}
+    if isinstance(report, (Started, Succeeded, Failed)):
+        fields["operation"] = lease.operation
+    return msgspec.structs.replace(report, **fields)

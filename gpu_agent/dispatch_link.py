@@ -1,0 +1,133 @@
+"""The agent's side of dispatch (broker/dispatch.py): ask for a job, report on it, send its
+result. The agent touches no JetStream stream for any of this; the controller's dispatcher does
+that part, for the job this agent holds only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client
+
+from broker.dispatch import (
+    JOB_HEADER,
+    MAX_CHUNK_BYTES,
+    NAME_HEADER,
+    OFFSET_HEADER,
+    Grant,
+    Report,
+    ReportReply,
+    WorkRequest,
+    decode_grant_reply,
+    decode_report_reply,
+    encode,
+)
+from broker.objects import StoreFull
+from broker.subjects import report_subject, upload_subject, work_subject
+
+__all__ = ["DispatchLink", "LeaseLost", "UploadRefused"]
+
+
+class LeaseLost(Exception):
+    """The dispatcher says this job is no longer ours: stop working on it, report nothing."""
+
+
+class UploadRefused(IOError):
+    pass
+
+
+class DispatchLink:
+    def __init__(self, nc: Client, agent_id: str, *, timeout_s: float = 10.0) -> None:
+        self._nc = nc
+        self._agent_id = agent_id
+        self._timeout_s = timeout_s
+
+    async def next_job(self, wait_s: float) -> Grant | None:
+        """One long-poll for a job. Raises nats errors (no dispatcher: NoRespondersError) and
+        TimeoutError, and RuntimeError when the dispatcher refuses this agent."""
+        msg = await self._nc.request(work_subject(self._agent_id),
+                                     encode(WorkRequest(wait_s=wait_s)),
+                                     timeout=wait_s + self._timeout_s)
+        reply = decode_grant_reply(msg.data)
+        if reply.error:
+            raise RuntimeError(f"the dispatcher refused: {reply.error}")
+        return reply.grant
+
+    async def stop_waiting(self) -> None:
+        """Withdraw an open work request (the agent is stopping), so no job is leased to
+        an agent that will never run it."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._nc.request(work_subject(self._agent_id),
+                                   encode(WorkRequest(wait_s=0)), timeout=self._timeout_s)
+
+    async def report(self, report: Report) -> ReportReply:
+        """Raises nats errors and TimeoutError when the dispatcher cannot be reached."""
+        msg = await self._nc.request(report_subject(self._agent_id), encode(report),
+                                     timeout=self._timeout_s)
+        return decode_report_reply(msg.data)
+
+    async def report_until_heard(self, report: Report, *, attempts: int = 6) -> ReportReply:
+        """A report that must arrive (an outcome, a release): retried through a reconnect or
+        a controller restart, with a growing pause. A reply of ``unavailable`` is retried too.
+        Raises the last error when every attempt failed."""
+        delay_s = 0.5
+        for n in range(attempts):
+            try:
+                reply = await self.report(report)
+                if reply.code != "unavailable":
+                    return reply
+                error: Exception = RuntimeError(reply.message)
+            except (nats.errors.Error, TimeoutError) as exc:
+                error = exc
+            if n + 1 < attempts:
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+        raise error
+
+    async def upload(self, path: Path, *, tenant: str, job_id: str, name: str
+                     ) -> tuple[int, str]:
+        """Send the file as the job's result; returns (size, SHA-256 hex) of what was sent.
+        Raises StoreFull (the tenant's results bucket is full), LeaseLost, UploadRefused."""
+        for first_try in (True, False):
+            try:
+                return await self._send(path, tenant=tenant, job_id=job_id, name=name)
+            except _StartOver:
+                if not first_try:
+                    raise UploadRefused("the dispatcher lost the upload twice") from None
+        raise AssertionError("unreachable")
+
+    async def _send(self, path: Path, *, tenant: str, job_id: str, name: str
+                    ) -> tuple[int, str]:
+        sha = hashlib.sha256()
+        offset = 0
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(MAX_CHUNK_BYTES)
+                if not chunk and offset > 0:
+                    break
+                headers = {JOB_HEADER: f"{tenant}.{job_id}", NAME_HEADER: name,
+                           OFFSET_HEADER: str(offset)}
+                msg = await self._nc.request(upload_subject(self._agent_id), chunk,
+                                             timeout=self._timeout_s, headers=headers)
+                reply = decode_report_reply(msg.data)
+                if not reply.ok:
+                    if reply.code == "not_holder":
+                        raise LeaseLost(reply.message)
+                    if reply.code == "results_quota_exceeded":
+                        raise StoreFull(reply.message)
+                    if reply.code == "upload_mismatch":
+                        raise _StartOver
+                    raise UploadRefused(f"{reply.code}: {reply.message}")
+                sha.update(chunk)
+                offset += len(chunk)
+                if not chunk:  # an empty file: its one (empty) chunk is sent
+                    break
+        return offset, sha.hexdigest()
+
+
+class _StartOver(Exception):
+    pass

@@ -1,0 +1,308 @@
+"""An agent can harm only the job it was given: each claim of controller/dispatcher.py as the
+attack that fails, on a real operator-mode server with agents' scoped credentials.
+
+These speak the dispatch protocol directly (gpu_agent/dispatch_link.py), as a stolen agent
+credential would; the end-to-end runs of a real agent are in test_auth.py and elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from broker.dispatch import Grant, Hold, Release
+from broker.events import (
+    Failed,
+    JobError,
+    OutputInfo,
+    Progress,
+    Started,
+    Succeeded,
+    Timings,
+    decode_event,
+)
+from broker.heartbeats import Heartbeat, encode_heartbeat
+from broker.jobs import CaptionJob
+from broker.jobstate import JobStates
+from broker.subjects import (
+    EVENTS_STREAM,
+    FLEET_API_PREFIX,
+    JOBS_CONSUMER,
+    JOBS_STREAM,
+    JOBSTATE_BUCKET,
+    results_bucket,
+)
+from client.api import Client
+from controller.dispatcher import Dispatcher
+from controller.observe import HeartbeatBook
+from gpu_agent.dispatch_link import DispatchLink, LeaseLost
+from tests.secure_stack import Secure, Session, session, tenant_client
+
+_JOB = CaptionJob(video="obj:v.mp4", srt="obj:s.srt")
+
+
+@pytest.fixture
+async def ctl(secure: Secure):  # type: ignore[no-untyped-def]
+    async with session(secure, "controller", "ctl") as s:
+        yield s
+
+
+@pytest.fixture
+async def alice(secure: Secure) -> Client:  # type: ignore[misc]
+    async with session(secure, "client", "alice", tenant="alice") as s:
+        yield tenant_client(s, "alice")
+
+
+@pytest.fixture
+async def agent_a(secure: Secure):  # type: ignore[no-untyped-def]
+    async with session(secure, "agent", "vf-a") as s:
+        yield s
+
+
+@pytest.fixture
+async def agent_b(secure: Secure):  # type: ignore[no-untyped-def]
+    async with session(secure, "agent", "vf-b") as s:
+        yield s
+
+
+def _link(s: Session) -> DispatchLink:
+    return DispatchLink(s.nc, s.minted.name, timeout_s=5)
+
+
+async def _grant(s: Session, wait_s: float = 10) -> Grant:
+    grant = await _link(s).next_job(wait_s)
+    assert grant is not None, f"no job for {s.minted.name} within {wait_s} s"
+    return grant
+
+
+def _succeeded(grant: Grant, *, name: str, size: int, sha256: str, job_id: str = "",
+               agent_id: str = "vf-a", attempt: int | None = None) -> Succeeded:
+    return Succeeded(
+        job_id=job_id or grant.job_id, tenant=grant.tenant, at=time.time(), operation="caption",
+        agent_id=agent_id, attempt=grant.attempt if attempt is None else attempt,
+        encoder="libx264",
+        output=OutputInfo(bucket="anything", name=name, size_bytes=size, sha256=sha256,
+                          duration_s=1.0, width=320, height=240, video_codec="h264",
+                          container="mp4"),
+        timings=Timings(queue_wait_s=0, fetch_s=0, validate_s=0, encode_s=1, upload_s=0,
+                        total_s=1))
+
+
+async def _events(ctl: Session, job_id: str) -> list[str]:
+    js = ctl.nc.jetstream()
+    info = await js.stream_info(EVENTS_STREAM, subjects_filter=f"events.alice.{job_id}.>")
+    return sorted(info.state.subjects or {})
+
+
+async def test_an_agent_cannot_report_or_upload_for_a_job_it_does_not_hold(
+        secure: Secure, alice: Client, agent_a: Session, agent_b: Session,
+        ctl: Session, tmp_path: Path) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    await alice.submit(_JOB, job_id="j2")
+    mine, theirs = await _grant(agent_a), await _grant(agent_b)
+    link = _link(agent_a)
+    forged = [Hold(job_id=theirs.job_id, tenant="alice"),
+              Release(job_id=theirs.job_id, tenant="alice"),
+              Started(job_id=theirs.job_id, tenant="alice", at=1.0, operation="caption",
+                      agent_id="vf-b", attempt=1, encoder="libx264"),
+              Failed(job_id=theirs.job_id, tenant="alice", at=1.0, agent_id="vf-b",
+                     attempt=1, error=JobError(code="invalid_input", message="forged")),
+              _succeeded(theirs, name=f"{theirs.job_id}/1/out.mp4", size=3,
+                         sha256=hashlib.sha256(b"bad").hexdigest(), agent_id="vf-b")]
+    for report in forged:
+        reply = await link.report(report)
+        assert (reply.ok, reply.code) == (False, "not_holder"), report
+    other = tmp_path / "evil.mp4"
+    other.write_bytes(b"bad")
+    with pytest.raises(LeaseLost):
+        await link.upload(other, tenant="alice", job_id=theirs.job_id,
+                          name=f"{theirs.job_id}/1/out.mp4")
+    states = JobStates(await ctl.nc.jetstream().key_value(JOBSTATE_BUCKET))
+    assert await states.get("alice", theirs.job_id) is None  # nothing recorded for it
+    assert await _events(ctl, theirs.job_id) == [f"events.alice.{theirs.job_id}.queued.queue"]
+    # Nor can it go around the dispatcher: no stream, KV or ack subject is within reach.
+    js = agent_a.nc.jetstream(prefix=FLEET_API_PREFIX)
+    for subject in (f"events.alice.{theirs.job_id}.succeeded.vf-a",
+                    f"$KV.{JOBSTATE_BUCKET}.alice.{theirs.job_id}",
+                    f"$JS.ACK.{JOBS_STREAM}.{JOBS_CONSUMER}.1.2.2.0.0.0.0"):
+        await agent_a.denied(subject, lambda s=subject: agent_a.nc.publish(s, b"+ACK"))
+    psub = await js.pull_subscribe_bind(JOBS_CONSUMER, JOBS_STREAM)
+    with pytest.raises((TimeoutError, nats.errors.Error)):  # no import leads to JOBS
+        await psub.fetch(1, timeout=1)
+    await agent_a.denied("fleet.report.vf-b", lambda: agent_a.nc.request(
+        "fleet.report.vf-b", b"{}", timeout=1))
+    assert mine.job_id != theirs.job_id
+
+
+async def test_an_agent_holds_one_job_and_asking_for_more_hands_the_first_back(
+        secure: Secure, alice: Client, agent_a: Session, agent_b: Session) -> None:
+    for n in range(3):
+        await alice.submit(_JOB, job_id=f"j{n}")
+    first = await _grant(agent_a)
+    second = await _grant(agent_a)
+    assert secure.control is not None
+    assert secure.control.dispatcher.holds("vf-a") == second.job_id != first.job_id
+    reply = await _link(agent_a).report(Hold(job_id=first.job_id, tenant="alice"))
+    assert reply.code == "not_holder"
+    back = await _grant(agent_b, wait_s=2)  # handed back at once, not after ack_wait
+    assert (back.job_id, back.attempt) == (first.job_id, 2)
+
+
+async def test_a_report_speaks_for_the_lease_not_for_what_its_body_claims(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    reply = await _link(agent_a).report(Started(
+        job_id="j1", tenant="alice", at=1.0, operation="img2vid", agent_id="vf-b",
+        attempt=7, encoder="libx264"))
+    assert reply.ok
+    stored = await ctl.nc.jetstream().get_last_msg(EVENTS_STREAM, "events.alice.j1.started.*")
+    event = decode_event(stored.data)
+    assert stored.subject == "events.alice.j1.started.vf-a"
+    assert isinstance(event, Started)
+    assert (event.agent_id, event.attempt, event.operation) == ("vf-a", grant.attempt,
+                                                                "caption")
+
+
+async def test_a_result_counts_only_as_the_bytes_the_dispatcher_stored(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session,
+        tmp_path: Path) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    link = _link(agent_a)
+    result = tmp_path / "out.mp4"
+    result.write_bytes(b"the real result" * 1000)
+    real_sha = hashlib.sha256(result.read_bytes()).hexdigest()
+    with pytest.raises(OSError, match="named j1/1/<file>"):  # not another job's name
+        await link.upload(result, tenant="alice", job_id="j1", name="j2/1/out.mp4")
+    size, sha = await link.upload(result, tenant="alice", job_id="j1", name="j1/1/out.mp4")
+    assert (size, sha) == (result.stat().st_size, real_sha)
+    lie = await link.report(_succeeded(grant, name="j1/1/out.mp4", size=size,
+                                       sha256=hashlib.sha256(b"other").hexdigest()))
+    assert (lie.ok, lie.code) == (False, "upload_mismatch")
+    states = JobStates(await ctl.nc.jetstream().key_value(JOBSTATE_BUCKET))
+    assert await states.terminal("alice", "j1") is None
+    # Sent again and described truly, it counts, as measured by the dispatcher.
+    await link.upload(result, tenant="alice", job_id="j1", name="j1/1/out.mp4")
+    ok = await link.report(_succeeded(grant, name="j1/1/out.mp4", size=size, sha256=real_sha))
+    assert ok.ok
+    outcome = await states.terminal("alice", "j1")
+    assert isinstance(outcome, Succeeded)
+    assert (outcome.output.bucket, outcome.output.sha256, outcome.output.size_bytes) == (
+        results_bucket("alice"), real_sha, size)
+    saved = await alice.download(outcome.output, tmp_path / "saved.mp4")
+    assert saved.read_bytes() == result.read_bytes()
+    info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)  # acked with its outcome
+
+
+async def test_a_silent_holder_loses_its_job_to_another_agent_within_ack_wait(
+        secure: Secure, alice: Client, agent_a: Session, agent_b: Session) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    # vf-a says nothing more (its host froze, or it acks nothing on purpose).
+    again = await _grant(agent_b, wait_s=3 * 3.0 + 5)  # TEST_TOPOLOGY.ack_wait_s is 3 s
+    assert (again.job_id, again.attempt) == (grant.job_id, grant.attempt + 1)
+    reply = await _link(agent_a).report(Hold(job_id="j1", tenant="alice"))
+    assert reply.code == "not_holder"
+
+
+async def test_a_job_in_hand_survives_a_dispatcher_restart(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session,
+        tmp_path: Path) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    assert secure.control is not None
+    await secure.control.dispatcher.stop()
+    fresh = Dispatcher(ctl.nc.jetstream())
+    await fresh.start(ctl.nc)
+    try:
+        assert fresh.holds("vf-a") == "j1"  # from the leases bucket
+        link = _link(agent_a)
+        assert (await link.report(Hold(job_id="j1", tenant="alice"))).ok
+        result = tmp_path / "out.mp4"
+        result.write_bytes(b"done")
+        size, sha = await link.upload(result, tenant="alice", job_id="j1",
+                                      name="j1/1/out.mp4")
+        assert (await link.report(_succeeded(grant, name="j1/1/out.mp4", size=size,
+                                              sha256=sha))).ok
+        assert fresh.holds("vf-a") is None
+    finally:
+        await fresh.stop()
+    info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)  # never ran twice
+
+
+async def test_a_machine_that_claims_a_job_it_does_not_hold_is_found_out(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session) -> None:
+    """Busy is what the dispatcher knows, not what a heartbeat says: a liar reads as idle,
+    and one that keeps it up is named for destruction (the controller's test follows it
+    through to the provider)."""
+    assert secure.control is not None
+    beats = HeartbeatBook(time.time, holds=secure.control.dispatcher.holds)
+    taken: asyncio.Queue[float] = asyncio.Queue()
+
+    async def on_beat(msg: Msg) -> None:
+        await beats.on_beat(msg)
+        await taken.put(beats.seen["vf-a"].beat.at)
+
+    watch = await ctl.nc.subscribe("agents.vf-a.heartbeat", cb=on_beat)
+
+    async def beat(job_id: str) -> Heartbeat:
+        at = time.time()
+        await agent_a.nc.publish("agents.vf-a.heartbeat", encode_heartbeat(Heartbeat(
+            agent_id="vf-a", state="busy", at=at, encoder="libx264", job_id=job_id)))
+        while await asyncio.wait_for(taken.get(), 5) != at:
+            pass
+        return beats.seen["vf-a"].beat
+
+    try:
+        await alice.submit(_JOB, job_id="j1")
+        await _grant(agent_a)
+        assert (await beat("j1")).job_id == "j1"
+        for _ in range(2):
+            seen = await beat("someone-elses")
+            assert (seen.state, seen.job_id) == ("busy", "j1")  # the truth, not the claim
+        assert "vf-a" not in beats.liars  # two lies so far: could be a race
+        await _link(agent_a).report(Release(job_id="j1", tenant="alice"))
+        seen = await beat("j1")
+        assert (seen.state, seen.job_id) == ("idle", None)
+        assert beats.liars == {"vf-a"}
+    finally:
+        await watch.unsubscribe()
+
+
+def test_reports_decode_only_what_the_protocol_names() -> None:
+    from broker.dispatch import decode_report
+    with pytest.raises(msgspec.ValidationError):
+        decode_report(b'{"kind": "queued", "job_id": "j1", "at": 1}')
+
+
+async def test_a_holder_cannot_flood_the_events_of_its_own_job(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session) -> None:
+    """Events keep a bounded number of bytes, the oldest going first: a flood would push
+    other jobs' history out. A holder gets one started event and a bounded progress rate."""
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    link = _link(agent_a)
+    started = Started(job_id="j1", tenant="alice", at=1.0, operation="caption",
+                      agent_id="vf-a", attempt=grant.attempt, encoder="libx264")
+    assert (await link.report(started)).ok
+    assert (await link.report(started)).code == "invalid"
+    began = time.monotonic()
+    for n in range(100):
+        assert (await link.report(Progress(job_id="j1", tenant="alice", at=1.0,
+                                           agent_id="vf-a", attempt=grant.attempt,
+                                           percent=n / 2, media_time_s=n))).ok
+    elapsed = time.monotonic() - began
+    counts = (await ctl.nc.jetstream().stream_info(
+        EVENTS_STREAM, subjects_filter="events.alice.j1.>")).state.subjects or {}
+    assert counts["events.alice.j1.started.vf-a"] == 1
+    assert counts["events.alice.j1.progress.vf-a"] <= 1 + elapsed / 0.1
