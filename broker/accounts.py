@@ -9,12 +9,13 @@ own, and reaches the fleet only through imports that we sign:
 - ``FLEET`` holds JetStream (jobs, events, the control KVs, every tenant's object stores); the
   controller and the operator's tools. It exports services and streams publicly, but only
   accounts whose JWTs we sign can import, and each import names exactly what that account needs.
-- ``AGENTS`` holds every agent user (no JetStream). Imports: the dispatcher's work, report and
-  upload services (controller/dispatcher.py: an agent reaches a job, its events and its result
-  only through the lease the dispatcher gave it), heartbeats, renewal, and every tenant's inputs
-  (read). No stream of jobs, events, job state or results. The agent role is a *scoped* signing
-  key: its permission template confines a user to its own id's subjects and its inbox, and the
-  server refuses a user JWT that carries permissions of its own, so no minting bug can widen it.
+- ``AGENTS`` holds every agent user (no JetStream). Imports: the dispatcher's work, report,
+  input and upload services (controller/dispatcher.py: an agent reaches a job, its inputs, its
+  events and its result only through the lease the dispatcher gave it), heartbeats and
+  renewal. No JetStream API at all, so nothing of any tenant's data but the job it holds. The
+  agent role is a *scoped* signing key: its permission template confines a user to its own
+  id's subjects and its inbox, and the server refuses a user JWT that carries permissions of
+  its own, so no minting bug can widen it.
 - One account per tenant (no JetStream): imports its own submit subject, its own events, and its
   own two object stores, nothing else. Replies to a service import are rewritten by the server,
   so a reply subject named by a tenant or an agent lands in its own account, never in ``FLEET``.
@@ -36,6 +37,7 @@ from broker.subjects import (
     CONTROLLER_HEARTBEAT_SUBJECT,
     FLEET_API_PREFIX,
     agent_inbox_prefix,
+    input_subject,
     inputs_bucket,
     renew_subject,
     report_subject,
@@ -68,8 +70,7 @@ def _service(subject: str, *, stream_response: bool = False) -> dict[str, Any]:
 
 def fleet_exports() -> list[dict[str, Any]]:
     """Everything another account may import from FLEET (each import still names its part)."""
-    services = ["submit.>", "events.>", "agents.*.heartbeat", renew_subject("*"),
-                work_subject("*"), report_subject("*"), upload_subject("*"),
+    services = ["submit.>", "events.>", *_AGENT_SERVICES,
                 "$O.>", "$JS.ACK.>", "$JS.FC.>",
                 *(f"{_JS}{api}.>" for api in (
                     "STREAM.INFO", "STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE",
@@ -130,23 +131,14 @@ def tenant_imports(fleet: str, tenant: str) -> list[dict[str, Any]]:
 # The dispatcher's services and the fleet's liveness subjects, for any agent id: the template
 # narrows each to the user's own id.
 _AGENT_SERVICES = ("agents.*.heartbeat", renew_subject("*"), work_subject("*"),
-                   report_subject("*"), upload_subject("*"))
-# Reading an input object, in any bucket, as wildcards: the template must not name tenants (see
-# agent_template), so the AGENTS imports decide which buckets these reach (inputs only).
-_AGENT_ANY_BUCKET = (f"{_JS}STREAM.INFO.*", f"{_JS}STREAM.MSG.GET.*", f"{_JS}DIRECT.GET.*.>",
-                     f"{_JS}CONSUMER.CREATE.*.>", f"{_JS}CONSUMER.MSG.NEXT.*.*",
-                     f"{_JS}CONSUMER.DELETE.*.*")
+                   report_subject("*"), input_subject("*"), upload_subject("*"))
 
 
-def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
+def agents_imports(fleet: str) -> list[dict[str, Any]]:
     """The AGENTS account's imports, for every agent at once: the dispatcher's services,
-    heartbeats, renewal and every tenant's inputs (read). Each user's template then confines
-    it to its own id's subjects."""
-    services = list(_AGENT_SERVICES)
-    for t in sorted(tenants, key=lambda t: t.name):
-        services += _object_store_api(inputs_bucket(t.name), read=True, write=False,
-                                      purge=False)
-    imports = [_import(fleet, s) for s in services]
+    heartbeats and renewal, and the controller's commands and liveness. No tenant appears:
+    adding one changes nothing here. Each user's template then confines it to its own id."""
+    imports = [_import(fleet, s) for s in _AGENT_SERVICES]
     imports += [_import(fleet, s, "stream")
                 for s in ("agents.*.control", CONTROLLER_HEARTBEAT_SUBJECT)]
     return imports
@@ -154,18 +146,11 @@ def agents_imports(fleet: str, tenants: list[Tenant]) -> list[dict[str, Any]]:
 
 def agent_template() -> dict[str, Any]:
     """One agent user's permissions (``{{name()}}`` is its id): its own heartbeats, renewal,
-    work requests, reports and uploads, and its inbox; its commands and the controller's
-    heartbeat; reads of input objects, which reach only what the AGENTS imports name. No
-    stream it could write, nothing of any other agent.
-
-    It names no tenant on purpose: the server closes every connection of a scoped signer
-    whose template changes, so a template that listed tenants would cut off every agent, mid
-    job, each time a tenant is added."""
+    work requests, reports, input reads and uploads, and its inbox; its commands and the
+    controller's heartbeat. No JetStream API, nothing of any other agent."""
     me = "{{name()}}"
     return {
-        "pub": {"allow": [*(_local(s) for s in _AGENT_ANY_BUCKET), f"agents.{me}.heartbeat",
-                          renew_subject(me), work_subject(me), report_subject(me),
-                          upload_subject(me)]},
+        "pub": {"allow": [s.replace("*", me) for s in _AGENT_SERVICES]},
         "sub": {"allow": [f"{agent_inbox_prefix(me)}.>", f"agents.{me}.control",
                           CONTROLLER_HEARTBEAT_SUBJECT]},
         "subs": -1, "data": -1, "payload": -1,

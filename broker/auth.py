@@ -176,15 +176,14 @@ def fleet_account_jwt(keys: AuthKeys, revocations: dict[str, int] | None = None,
                     revocations=revocations, now=now, exports=fleet_exports())
 
 
-def agents_account_jwt(keys: AuthKeys, tenants: list[Tenant],
-                       revocations: dict[str, int] | None = None,
+def agents_account_jwt(keys: AuthKeys, revocations: dict[str, int] | None = None,
                        now: float | None = None) -> str:
     """AGENTS: every agent user, confined by the scoped agent signer's template."""
     scoped = {"kind": "user_scope", "key": public_key(keys.agent_signer), "role": "agent",
               "template": agent_template()}
     return _account(keys, keys.agents_account, AGENTS_ACCOUNT, jetstream=False,
                     signing_keys=[scoped], revocations=revocations, now=now,
-                    imports=agents_imports(public_key(keys.account), tenants))
+                    imports=agents_imports(public_key(keys.account)))
 
 
 def tenant_account_jwt(keys: AuthKeys, tenant: Tenant,
@@ -256,7 +255,7 @@ def server_config(keys: AuthKeys, resolver_dir: str, now: float | None = None) -
     the current accounts at once (broker/auth_store.py ``publish_accounts``)."""
     preload = {public_key(keys.system_account): system_account_jwt(keys, now),
                public_key(keys.account): fleet_account_jwt(keys, now=now),
-               public_key(keys.agents_account): agents_account_jwt(keys, [], now=now)}
+               public_key(keys.agents_account): agents_account_jwt(keys, now=now)}
     lines = [f"operator: {operator_jwt(keys, now)}",
              f"system_account: {public_key(keys.system_account)}",
              "resolver: {",

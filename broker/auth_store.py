@@ -208,9 +208,9 @@ async def tenants(js: JetStreamContext) -> list[Tenant]:
 
 async def create_tenant(js: JetStreamContext, system: Client, keys: AuthKeys,
                         name: str) -> Tenant:
-    """The tenant ``name`` (made once: an existing tenant keeps its account), its account
-    pushed to the server, and AGENTS re-pushed so agents can reach its buckets. The caller
-    creates its object stores (broker/topology.py ``ensure_tenant``)."""
+    """The tenant ``name`` (made once: an existing tenant keeps its account) and its account
+    pushed to the server (with every other account: one code path for all pushes). The
+    caller creates its object stores (broker/topology.py ``ensure_tenant``)."""
     validate_tenant(name)
     made = new_tenant(name)
     await _update(js, _TENANTS_KEY, lambda d: d if name in d else {**d, name: made.account})
@@ -284,7 +284,7 @@ async def publish_accounts(js: JetStreamContext, system: Client, keys: AuthKeys)
     await push_account_jwt(system, fleet_account_jwt(
         keys, by_account.get(public_key(keys.account))))
     await push_account_jwt(system, agents_account_jwt(
-        keys, known, by_account.get(public_key(keys.agents_account))))
+        keys, by_account.get(public_key(keys.agents_account))))
     for tenant in known:
         await push_account_jwt(system, tenant_account_jwt(
             keys, tenant, by_account.get(tenant.account)))

@@ -13,6 +13,12 @@ with ``not_holder``, and the agent must drop that job at once.
     fleet.work.<agent_id>     request: WorkRequest (or empty). Reply: WorkReply (grant None:
                               nothing queued within the wait; ask again)
     fleet.report.<agent_id>   request: Report. Reply: ReportReply
+    fleet.input.<agent_id>    request: InputRequest (an ``obj:`` input the held job names).
+                              Reply: headers only for ``info`` (Vidfleet-Size,
+                              Vidfleet-Sha256, Vidfleet-Chunks), else the next chunk after
+                              ``after_seq`` with its stream sequence in Vidfleet-Seq; a refusal
+                              is Vidfleet-Error: <code>: <message> (not_holder, not_an_input,
+                              missing, unavailable)
     fleet.upload.<agent_id>   request: one chunk of the result (at most 256 KiB), headers
                               Vidfleet-Job (<tenant>.<job_id>), Vidfleet-Name (the object's
                               name) and Vidfleet-Offset (bytes sent before this chunk; 0 starts
@@ -32,12 +38,18 @@ from msgspec import Struct
 from broker.events import Failed, Progress, Retrying, Started, Succeeded
 
 __all__ = [
+    "CHUNKS_HEADER",
+    "ERROR_HEADER",
     "JOB_HEADER",
     "MAX_CHUNK_BYTES",
     "NAME_HEADER",
     "OFFSET_HEADER",
+    "SEQ_HEADER",
+    "SHA256_HEADER",
+    "SIZE_HEADER",
     "Grant",
     "Hold",
+    "InputRequest",
     "Lease",
     "Release",
     "Report",
@@ -45,6 +57,7 @@ __all__ = [
     "WorkReply",
     "WorkRequest",
     "decode_grant_reply",
+    "decode_input_request",
     "decode_lease",
     "decode_report",
     "decode_report_reply",
@@ -53,6 +66,11 @@ __all__ = [
 ]
 
 JOB_HEADER = "Vidfleet-Job"
+ERROR_HEADER = "Vidfleet-Error"
+SEQ_HEADER = "Vidfleet-Seq"
+SIZE_HEADER = "Vidfleet-Size"
+SHA256_HEADER = "Vidfleet-Sha256"
+CHUNKS_HEADER = "Vidfleet-Chunks"
 NAME_HEADER = "Vidfleet-Name"
 OFFSET_HEADER = "Vidfleet-Offset"
 MAX_CHUNK_BYTES = 256 * 1024
@@ -117,6 +135,17 @@ class ReportReply(Struct, frozen=True, kw_only=True):
     message: str = ""
 
 
+class InputRequest(Struct, frozen=True, kw_only=True):
+    """One step of reading an input of the held job: its size and digest (``info``), or
+    the chunk after stream sequence ``after_seq`` (0 for the first)."""
+
+    tenant: str
+    job_id: str
+    name: str  # as in the job's ``obj:<name>``
+    info: bool = False
+    after_seq: int = 0
+
+
 class Lease(Struct, frozen=True, kw_only=True):
     """The dispatcher's record of one grant (KV ``leases``, key: the agent id). It outlives a
     controller restart, so a job in hand keeps running."""
@@ -129,6 +158,7 @@ class Lease(Struct, frozen=True, kw_only=True):
     stream_seq: int
     ack_subject: str  # the JetStream delivery's reply subject: +WPI, +ACK, -NAK, +TERM
     granted_at: float
+    inputs: tuple[str, ...] = ()  # the objects the job names: all its holder may read
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -137,6 +167,7 @@ _REPLY = msgspec.json.Decoder(ReportReply)
 _WORK = msgspec.json.Decoder(WorkReply)
 _WORK_REQUEST = msgspec.json.Decoder(WorkRequest)
 _LEASE = msgspec.json.Decoder(Lease)
+_INPUT = msgspec.json.Decoder(InputRequest)
 
 
 def encode(value: Struct) -> bytes:
@@ -158,6 +189,10 @@ def decode_grant_reply(data: bytes) -> WorkReply:
 
 def decode_work_request(data: bytes) -> WorkRequest:
     return _WORK_REQUEST.decode(data)
+
+
+def decode_input_request(data: bytes) -> InputRequest:
+    return _INPUT.decode(data)
 
 
 def decode_lease(data: bytes) -> Lease:

@@ -25,6 +25,7 @@ __all__ = [
     "Output",
     "decode_job",
     "encode_job",
+    "object_inputs",
     "object_ref",
     "operation_of",
     "parse_input_ref",
@@ -207,6 +208,13 @@ def encode_job(job: JobRequest) -> bytes:
 
 def object_ref(name: str) -> str:
     return f"obj:{name}"
+
+
+def object_inputs(job: JobRequest) -> tuple[str, ...]:
+    """The object names a job reads (its ``obj:`` inputs): all that its holder may read."""
+    refs = (getattr(job, field) for field in job.__struct_fields__)
+    return tuple(sorted({ref[4:] for ref in refs
+                         if isinstance(ref, str) and ref.startswith("obj:")}))
 
 
 def parse_input_ref(ref: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ def schemas() -> dict[str, dict]:
     hb = msgspec.json.schema(Heartbeat)
     hb["title"] = "vidfleet agent heartbeat"
     out["heartbeat.json"] = hb
-    for name, cls, title, where in (
+    kinds: tuple[tuple[str, object, str, str], ...] = (
             ("fleet.instance.json", FleetInstance, "vidfleet fleet record",
              "Value of key instances.<label> in the KV bucket fleet (written by the controller)."),
             ("fleet.summary.json", FleetSummary, "vidfleet fleet summary",
@@ -63,8 +63,9 @@ def schemas() -> dict[str, dict]:
              "Body of a request on fleet.report.<agent_id>: a hold, a release, or an event "
              "of the job the agent holds."),
             ("report.reply.json", ReportReply, "vidfleet report reply",
-             "The dispatcher's reply on fleet.report.<agent_id> and fleet.upload.<agent_id>.")):
-        doc = msgspec.json.schema(cls)
+             "The dispatcher's reply on fleet.report.<agent_id> and fleet.upload.<agent_id>."))
+    for name, shape, title, where in kinds:
+        doc = msgspec.json.schema(shape)
         doc["title"] = title
         doc["description"] = where
         out[name] = doc

@@ -17,6 +17,8 @@ docs/security.md). An agent publishes only on subjects that end in (events) or s
     fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
     fleet.work.<agent_id>                  an agent asks the dispatcher for its next job
     fleet.report.<agent_id>                an agent reports on the job it holds (request/reply)
+    fleet.input.<agent_id>                 an agent reads an input of the job it holds, chunk by
+                                           chunk, through the dispatcher (request/reply)
     fleet.upload.<agent_id>                an agent sends its result, chunk by chunk, to the
                                            dispatcher, which stores it (request/reply)
     controller.heartbeat                   the controller's liveness, for the agents' dead-man
@@ -55,6 +57,7 @@ __all__ = [
     "event_subject",
     "events_filter",
     "heartbeat_subject",
+    "input_subject",
     "inputs_bucket",
     "job_key",
     "job_subject",
@@ -208,6 +211,10 @@ def work_subject(agent_id: str) -> str:
 
 def report_subject(agent_id: str) -> str:
     return f"fleet.report.{agent_id}"
+
+
+def input_subject(agent_id: str) -> str:
+    return f"fleet.input.{agent_id}"
 
 
 def upload_subject(agent_id: str) -> str:

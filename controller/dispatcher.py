@@ -22,7 +22,7 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import nats.errors
@@ -31,13 +31,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.api import ObjectInfo
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.dispatch import (
+    CHUNKS_HEADER,
+    ERROR_HEADER,
     JOB_HEADER,
     NAME_HEADER,
     OFFSET_HEADER,
+    SEQ_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
     Grant,
     Hold,
     Lease,
@@ -46,6 +52,7 @@ from broker.dispatch import (
     ReportReply,
     WorkReply,
     WorkRequest,
+    decode_input_request,
     decode_lease,
     decode_report,
     decode_work_request,
@@ -61,8 +68,9 @@ from broker.events import (
     Succeeded,
     encode_event,
 )
+from broker.jobs import decode_job, object_inputs
 from broker.jobstate import JobStates, ensure_announced
-from broker.objects import ObjectWriter, StoreFull
+from broker.objects import ObjectMissing, ObjectWriter, StoreFull, digest_hex, object_info
 from broker.subjects import (
     AGENT_ID_RE,
     CONTROLLER_PUBLISHER,
@@ -72,6 +80,7 @@ from broker.subjects import (
     JOBSTATE_BUCKET,
     LEASES_BUCKET,
     event_subject,
+    inputs_bucket,
     parse_job_subject,
     results_bucket,
     validate_job_id,
@@ -92,6 +101,7 @@ class _Held:
     lease: Lease
     heard_at: float  # the last report from the holder (monotonic)
     upload: ObjectWriter | None = None
+    objects: dict[str, ObjectInfo] = field(default_factory=dict)  # inputs looked up
     started: bool = False  # one started event per lease
     progress_at: float = float("-inf")  # the last progress event published (monotonic)
 
@@ -113,6 +123,7 @@ class Dispatcher:
         self._waiting: dict[str, _Waiter] = {}  # agent id -> its open work request
         self._wake = asyncio.Event()
         self._subs: list[Subscription] = []
+        self._psub: JetStreamContext.PullSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._feeder: asyncio.Task[None] | None = None
@@ -143,10 +154,11 @@ class Dispatcher:
         self._max_deliver = info.config.max_deliver or 5
         await self._load_leases()
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
-        self._subs = [psub,
-                      await nc.subscribe("fleet.work.*", cb=self._on_work),
+        self._psub = psub
+        self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
                       await nc.subscribe("fleet.report.*", cb=self._spawn(self._on_report)),
-                      await nc.subscribe("fleet.upload.*", cb=self._spawn(self._on_upload))]
+                      await nc.subscribe("fleet.upload.*", cb=self._spawn(self._on_upload)),
+                      await nc.subscribe("fleet.input.*", cb=self._spawn(self._on_input))]
         self._feeder = asyncio.create_task(self._feed(psub))
         logger.info("dispatcher serving {n} lease(s) on record", n=len(self._held))
 
@@ -158,6 +170,9 @@ class Dispatcher:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+        if self._psub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._psub.unsubscribe()
         for task in list(self._tasks):
             task.cancel()
         # Leases stay on record: the next dispatcher picks them up.
@@ -276,7 +291,7 @@ class Dispatcher:
         lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
                       job_id=job_id, attempt=meta.num_delivered,
                       stream_seq=meta.sequence.stream, ack_subject=job.reply,
-                      granted_at=self._clock())
+                      granted_at=self._clock(), inputs=_inputs_of(operation, job.data))
         assert self._leases is not None
         await self._leases.put(waiter.agent_id, encode(lease))
         self._held[waiter.agent_id] = _Held(lease, heard_at=self._mono())
@@ -311,7 +326,7 @@ class Dispatcher:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def _spawn(self, handler: Callable[[Msg, str], Awaitable[ReportReply]]
+    def _spawn(self, handler: Callable[[Msg, str], Awaitable[ReportReply | None]]
                ) -> Callable[[Msg], Awaitable[None]]:
         """Each agent's messages in order, different agents' at once: one slow JetStream
         call must not stall every agent's lease."""
@@ -327,7 +342,8 @@ class Dispatcher:
                     except (nats.errors.Error, TimeoutError) as exc:
                         reply = ReportReply(ok=False, code="unavailable",
                                             message=f"{type(exc).__name__}: {exc}")
-                await self._reply(msg, reply)
+                if reply is not None:  # None: the handler answered itself
+                    await self._reply(msg, reply)
             task = asyncio.create_task(run())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -432,6 +448,52 @@ class Dispatcher:
         return msgspec.structs.replace(claimed, bucket=upload.bucket, name=upload.name,
                                        size_bytes=upload.size, sha256=upload.sha256_hex())
 
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _on_input(self, msg: Msg, agent_id: str) -> None:
+        """An input of the held job, chunk by chunk: the only objects an agent can read."""
+        try:
+            request = decode_input_request(msg.data)
+        except ValueError as exc:
+            return await self._refuse(msg, f"invalid: unreadable input request: {exc}")
+        held = self._holder(agent_id, request.tenant, request.job_id)
+        if held is None:
+            return await self._refuse(msg, "not_holder: this job is not leased to you")
+        if request.name not in held.lease.inputs:
+            logger.warning("{agent} asked for input {name!r}, which its job does not name; "
+                           "refused", agent=agent_id, name=request.name)
+            return await self._refuse(msg, f"not_an_input: the job you hold does not name "
+                                           f"obj:{request.name}")
+        held.heard_at = self._mono()
+        bucket = inputs_bucket(request.tenant)
+        try:
+            info = held.objects.get(request.name)
+            if info is None:
+                info = held.objects[request.name] = await object_info(self._js, bucket,
+                                                                      request.name)
+            if request.info:
+                return await self._send(msg, b"", {
+                    SIZE_HEADER: str(info.size or 0), SHA256_HEADER: digest_hex(info),
+                    CHUNKS_HEADER: str(info.chunks or 0)})
+            chunk = await self._js.get_msg(
+                f"OBJ_{bucket}", seq=request.after_seq + 1, next=True, direct=True,
+                subject=f"$O.{bucket}.C.{info.nuid}")
+        except ObjectMissing as exc:
+            return await self._refuse(msg, f"missing: {exc}")
+        except NotFoundError:
+            return await self._refuse(msg, "missing: no chunk after that sequence")
+        except (nats.errors.Error, TimeoutError) as exc:
+            return await self._refuse(msg, f"unavailable: {type(exc).__name__}: {exc}")
+        return await self._send(msg, chunk.data or b"", {SEQ_HEADER: str(chunk.seq)})
+
+    async def _refuse(self, msg: Msg, error: str) -> None:
+        await self._send(msg, b"", {ERROR_HEADER: error})
+
+    async def _send(self, msg: Msg, data: bytes, headers: dict[str, str]) -> None:
+        assert self._nc is not None
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(msg.reply, data, headers=headers)
+
     # -- uploads ---------------------------------------------------------------------------
 
     async def _on_upload(self, msg: Msg, agent_id: str) -> ReportReply:
@@ -514,6 +576,13 @@ class Dispatcher:
     async def _reply(self, msg: Msg, reply: WorkReply | ReportReply) -> None:
         with contextlib.suppress(nats.errors.Error):
             await msg.respond(encode(reply))
+
+
+def _inputs_of(operation: str, body: bytes) -> tuple[str, ...]:
+    try:
+        return object_inputs(decode_job(operation, body))
+    except (LookupError, ValueError):  # the gateway checked it; an agent will fail it
+        return ()
 
 
 def _agent_of(subject: str) -> str | None:

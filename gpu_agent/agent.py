@@ -6,7 +6,8 @@ until told to stop.
 dead-man switch (gpu_agent/deadman.py) stops asking and lets the job in hand finish within
 ``drain_timeout_s``; past that, or on a second signal (``force``), the job is released for
 another agent and the agent exits. Nothing connects into the agent; it needs only outbound
-access to NATS, and of JetStream it reads only the tenants' inputs.
+access to NATS, and it uses no JetStream: jobs, inputs, reports and results all go through
+the controller's dispatcher (broker/dispatch.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import nats.errors
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from broker.connect import connect
 from broker.creds import LiveCredentials
@@ -34,7 +34,6 @@ from broker.dispatch import Grant
 from broker.fleet import decode_command, decode_renew_reply
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.subjects import (
-    FLEET_API_PREFIX,
     agent_control_subject,
     agent_inbox_prefix,
     heartbeat_subject,
@@ -100,12 +99,9 @@ class Agent:
                            credentials=credentials, tls_ca_file=self.config.tls_ca_file,
                            closed_cb=on_closed)
         try:
-            # With credentials this agent is in the AGENTS account and reaches the fleet's
-            # JetStream through its imports (broker/accounts.py).
-            js = (nc.jetstream(prefix=FLEET_API_PREFIX) if credentials is not None
-                  else nc.jetstream())
+            # Everything about a job goes through the dispatcher: the agent uses no JetStream.
             link = DispatchLink(nc, self.agent_id)
-            worker = await self._make_worker(js, link, fonts_dir)
+            worker = await self._make_worker(link, fonts_dir)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
             switch = DeadManSwitch(deadman_s=self.config.deadman_s, clock=self._clock,
@@ -179,10 +175,9 @@ class Agent:
                 await self._publish_heartbeat(nc, draining=True)
         return on_command
 
-    async def _make_worker(self, js: JetStreamContext, link: DispatchLink,
-                           fonts_dir: str) -> Worker:
+    async def _make_worker(self, link: DispatchLink, fonts_dir: str) -> Worker:
         assert self.encoders is not None
-        fetcher = InputFetcher(js, max_bytes=self.config.max_input_bytes,
+        fetcher = InputFetcher(link, max_bytes=self.config.max_input_bytes,
                                url_timeout_s=self.config.url_timeout_s,
                                url_total_timeout_s=self.config.url_total_timeout_s,
                                transport=functools.partial(GuardedTransport, parse_networks(

@@ -14,11 +14,17 @@ import nats.errors
 from nats.aio.client import Client
 
 from broker.dispatch import (
+    CHUNKS_HEADER,
+    ERROR_HEADER,
     JOB_HEADER,
     MAX_CHUNK_BYTES,
     NAME_HEADER,
     OFFSET_HEADER,
+    SEQ_HEADER,
+    SHA256_HEADER,
+    SIZE_HEADER,
     Grant,
+    InputRequest,
     Report,
     ReportReply,
     WorkRequest,
@@ -26,10 +32,10 @@ from broker.dispatch import (
     decode_report_reply,
     encode,
 )
-from broker.objects import StoreFull
-from broker.subjects import report_subject, upload_subject, work_subject
+from broker.objects import ObjectCorrupt, ObjectMissing, StoreFull
+from broker.subjects import input_subject, report_subject, upload_subject, work_subject
 
-__all__ = ["DispatchLink", "LeaseLost", "UploadRefused"]
+__all__ = ["DispatchLink", "InputUnavailable", "LeaseLost", "UploadRefused"]
 
 
 class LeaseLost(Exception):
@@ -38,6 +44,10 @@ class LeaseLost(Exception):
 
 class UploadRefused(IOError):
     pass
+
+
+class InputUnavailable(IOError):
+    """The dispatcher could not read the input just now (its JetStream call failed)."""
 
 
 class DispatchLink:
@@ -87,6 +97,48 @@ class DispatchLink:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         raise error
+
+    async def fetch_input(self, dest: Path, *, tenant: str, job_id: str, name: str,
+                          max_size_bytes: int | None = None) -> int:
+        """Write input object ``name`` of the held job to ``dest`` and verify its size and
+        SHA-256; returns its size. Raises ObjectMissing, ValueError (over
+        ``max_size_bytes``, checked before any byte moves), ObjectCorrupt, LeaseLost,
+        InputUnavailable, and nats errors / TimeoutError when the dispatcher is not there."""
+        async def ask(**fields: object) -> tuple[bytes, dict[str, str]]:
+            msg = await self._nc.request(input_subject(self._agent_id), encode(InputRequest(
+                tenant=tenant, job_id=job_id, name=name, **fields)),  # type: ignore[arg-type]
+                timeout=self._timeout_s)
+            headers = msg.headers or {}
+            if error := headers.get(ERROR_HEADER):
+                code, _, message = error.partition(": ")
+                if code == "not_holder":
+                    raise LeaseLost(message)
+                if code == "unavailable":
+                    raise InputUnavailable(message)
+                raise ObjectMissing(message)
+            return msg.data, headers
+
+        _, info = await ask(info=True)
+        size, chunks = int(info[SIZE_HEADER]), int(info[CHUNKS_HEADER])
+        if max_size_bytes is not None and size > max_size_bytes:
+            raise ValueError(f"object {name!r} is {size} bytes, over the limit of "
+                             f"{max_size_bytes} bytes")
+        sha, seq, written = hashlib.sha256(), 0, 0
+        try:
+            with open(dest, "wb") as out:
+                for _ in range(chunks):
+                    data, headers = await ask(after_seq=seq)
+                    seq = int(headers[SEQ_HEADER])
+                    sha.update(data)
+                    out.write(data)
+                    written += len(data)
+            if (written, sha.hexdigest()) != (size, info[SHA256_HEADER]):
+                raise ObjectCorrupt(f"object {name!r}: got {written} bytes that do not match "
+                                    "its size and SHA-256")
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return size
 
     async def upload(self, path: Path, *, tenant: str, job_id: str, name: str
                      ) -> tuple[int, str]:

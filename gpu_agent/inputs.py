@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from nats.js import JetStreamContext
-from nats.js.errors import APIError
+import nats.errors
 
 from broker.jobs import parse_input_ref
-from broker.objects import ObjectCorrupt, ObjectMissing, download
+from broker.objects import ObjectCorrupt, ObjectMissing
+from broker.subjects import inputs_bucket
+from gpu_agent.dispatch_link import DispatchLink, InputUnavailable
 from gpu_agent.errors import JobFailure, invalid_input, retryable
 from gpu_agent.url_guard import scheme_problem, shown_url
 from gpu_agent.url_transport import GuardedTransport, HostUnresolvable, UrlRefused
@@ -33,32 +34,37 @@ MAX_REDIRECTS = 5
 
 
 class InputFetcher:
-    def __init__(self, js: JetStreamContext, *, max_bytes: int, url_timeout_s: float,
+    def __init__(self, objects: DispatchLink, *, max_bytes: int, url_timeout_s: float,
                  url_total_timeout_s: float = 1800.0,
                  transport: Callable[[], httpx.AsyncBaseTransport] = GuardedTransport) -> None:
         """``url_timeout_s`` bounds each connect and each read; ``url_total_timeout_s`` the
         whole download, so a server trickling a byte a minute cannot hold a paid machine
         forever. ``transport`` makes a fresh transport per download (closed with it); the
-        default fetches only from public internet addresses."""
-        self._js = js
+        default fetches only from public internet addresses. ``obj:`` inputs come through
+        the dispatcher (``objects``), which serves only the inputs of the job held."""
+        self._objects = objects
         self._max_bytes = max_bytes
         self._url_timeout_s = url_timeout_s
         self._url_total_timeout_s = url_total_timeout_s
         self._transport = transport
 
-    async def fetch(self, ref: str, dest: Path, *, label: str, bucket: str) -> Path:
-        """Fetch ``ref`` into ``dest``; ``obj:`` names come from ``bucket`` (the job's
-        tenant's inputs)."""
+    async def fetch(self, ref: str, dest: Path, *, label: str, tenant: str,
+                    job_id: str) -> Path:
+        """Fetch ``ref`` into ``dest``; ``obj:`` names are the tenant's inputs, read for the
+        job held."""
         kind, where = parse_input_ref(ref)
         if kind == "object":
-            await self._fetch_object(where, dest, label, bucket)
+            await self._fetch_object(where, dest, label, tenant, job_id)
         else:
             await self._fetch_url(where, dest, label)
         return dest
 
-    async def _fetch_object(self, name: str, dest: Path, label: str, bucket: str) -> None:
+    async def _fetch_object(self, name: str, dest: Path, label: str, tenant: str,
+                            job_id: str) -> None:
+        bucket = inputs_bucket(tenant)
         try:
-            await download(self._js, bucket, name, dest, max_size_bytes=self._max_bytes)
+            await self._objects.fetch_input(dest, tenant=tenant, job_id=job_id, name=name,
+                                            max_size_bytes=self._max_bytes)
         except ObjectMissing:
             raise invalid_input(
                 f"{label}: no object {name!r} in the {bucket!r} bucket "
@@ -70,9 +76,9 @@ class InputFetcher:
             raise retryable("input_corrupt", f"{label}: {exc}") from None
         except TimeoutError:
             raise retryable("input_timeout", f"{label}: object download stalled") from None
-        except APIError as exc:  # e.g. the bucket's cap on readers at once: try again later
-            raise retryable("input_unavailable", f"{label}: the {bucket!r} bucket refused a "
-                            f"reader ({exc.description})") from None
+        except (InputUnavailable, nats.errors.Error) as exc:
+            raise retryable("input_unavailable", f"{label}: the {bucket!r} bucket could not "
+                            f"be read ({str(exc) or type(exc).__name__})") from None
 
     async def _fetch_url(self, url: str, dest: Path, label: str) -> None:
         what = f"{label}: {shown_url(url)}"

@@ -18,7 +18,7 @@ import nats.errors
 from broker.events import OutputInfo, Timings
 from broker.jobs import AddAudioJob, JobRequest, Output
 from broker.objects import StoreFull
-from broker.subjects import inputs_bucket, results_bucket
+from broker.subjects import results_bucket
 from gpu_agent.config import AgentConfig
 from gpu_agent.dispatch_link import DispatchLink, UploadRefused
 from gpu_agent.errors import JobFailure, retryable
@@ -89,8 +89,8 @@ class Operations:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._fetcher.fetch(ref, ctx.work_dir / f"{label}.input",
-                                                            label=label,
-                                                            bucket=inputs_bucket(ctx.tenant)))
+                                                            label=label, tenant=ctx.tenant,
+                                                            job_id=ctx.job_id))
                          for label, ref in refs.items()]
         except* JobFailure as group:
             raise group.exceptions[0] from None

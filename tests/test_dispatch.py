@@ -31,12 +31,14 @@ from broker.events import (
 from broker.heartbeats import Heartbeat, encode_heartbeat
 from broker.jobs import CaptionJob
 from broker.jobstate import JobStates
+from broker.objects import ObjectMissing
 from broker.subjects import (
     EVENTS_STREAM,
     FLEET_API_PREFIX,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
+    inputs_bucket,
     results_bucket,
 )
 from client.api import Client
@@ -306,3 +308,29 @@ async def test_a_holder_cannot_flood_the_events_of_its_own_job(
         EVENTS_STREAM, subjects_filter="events.alice.j1.>")).state.subjects or {}
     assert counts["events.alice.j1.started.vf-a"] == 1
     assert counts["events.alice.j1.progress.vf-a"] <= 1 + elapsed / 0.1
+
+
+async def test_an_agent_reads_only_the_inputs_of_the_job_it_holds(
+        secure: Secure, alice: Client, agent_a: Session, media_dir: Path,
+        tmp_path: Path) -> None:
+    video = await alice.upload_input(media_dir / "talk.mp4", name="v.mp4")
+    srt = await alice.upload_input(media_dir / "talk.srt", name="s.srt")
+    await alice.upload_input(media_dir / "talk.srt", name="private.srt")  # named by no job
+    await alice.submit(CaptionJob(video=video, srt=srt), job_id="j1")
+    await _grant(agent_a)
+    link = _link(agent_a)
+    size = await link.fetch_input(tmp_path / "v", tenant="alice", job_id="j1", name="v.mp4")
+    assert (tmp_path / "v").read_bytes() == (media_dir / "talk.mp4").read_bytes()
+    assert size == (media_dir / "talk.mp4").stat().st_size
+    with pytest.raises(ObjectMissing, match=r"does not name obj:private\.srt"):
+        await link.fetch_input(tmp_path / "p", tenant="alice", job_id="j1",
+                               name="private.srt")
+    with pytest.raises(LeaseLost):  # a job it does not hold
+        await link.fetch_input(tmp_path / "p", tenant="alice", job_id="j2", name="v.mp4")
+    assert not (tmp_path / "p").exists()
+    # And no JetStream route around the dispatcher: the agent's account imports none.
+    js = agent_a.nc.jetstream(prefix=FLEET_API_PREFIX)
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await asyncio.wait_for(js.object_store(inputs_bucket("alice")), 3)
+    await agent_a.denied(f"{FLEET_API_PREFIX}.STREAM.INFO.OBJ_{inputs_bucket('alice')}",
+                         lambda: js.stream_info(f"OBJ_{inputs_bucket('alice')}"))

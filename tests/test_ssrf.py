@@ -18,7 +18,8 @@ from loguru import logger
 
 from broker.events import Failed
 from broker.jobs import CaptionJob
-from broker.subjects import DEFAULT_TENANT, inputs_bucket, job_subject
+from broker.subjects import DEFAULT_TENANT, job_subject
+from gpu_agent.dispatch_link import DispatchLink
 from gpu_agent.errors import JobFailure
 from gpu_agent.inputs import MAX_REDIRECTS, InputFetcher
 from gpu_agent.url_guard import IPAddress, parse_networks
@@ -29,7 +30,6 @@ from tests.loopback_http import serve
 
 SRT = b"1\n00:00:00,500 --> 00:00:01,500\nHello\n"
 
-_BUCKET = inputs_bucket(DEFAULT_TENANT)
 
 
 @pytest.fixture
@@ -43,10 +43,11 @@ def web2(media_dir: Path) -> Iterator[Server]:
     yield from serve("127.0.0.2", media_dir)
 
 
-def _fetcher(js, *, allow: str = "", resolve: Resolver = resolve_host, inner=None,
+def _fetcher(nc, *, allow: str = "", resolve: Resolver = resolve_host, inner=None,
              timeout_s: float = 5.0, total_s: float = 30.0) -> InputFetcher:
     kwargs = {"inner": inner} if inner else {}
-    return InputFetcher(js, max_bytes=1 << 30, url_timeout_s=timeout_s,
+    # URLs only: objects would come through the dispatcher (none runs here).
+    return InputFetcher(DispatchLink(nc, "vf-ssrf"), max_bytes=1 << 30, url_timeout_s=timeout_s,
                         url_total_timeout_s=total_s,
                         transport=functools.partial(GuardedTransport, parse_networks(allow),
                                                     resolve=resolve, **kwargs))
@@ -55,7 +56,7 @@ def _fetcher(js, *, allow: str = "", resolve: Resolver = resolve_host, inner=Non
 async def _fails(fetcher: InputFetcher, url: str, tmp_path: Path) -> JobFailure:
     with pytest.raises(JobFailure) as caught:
         await asyncio.wait_for(
-            fetcher.fetch(url, tmp_path / "in", label="video", bucket=_BUCKET), 30)
+            fetcher.fetch(url, tmp_path / "in", label="video", tenant="default", job_id="j1"), 30)
     return caught.value
 
 
@@ -69,9 +70,9 @@ async def _fails(fetcher: InputFetcher, url: str, tmp_path: Path) -> JobFailure:
     ("http://10.0.0.1/x.mp4", "10.0.0.1 is a private address"),
     ("http://100.64.0.1/x.mp4", "carrier-grade NAT"),
 ])
-async def test_only_the_public_internet_by_default(js, web: Server, tmp_path: Path, path: str,
+async def test_only_the_public_internet_by_default(nc, web: Server, tmp_path: Path, path: str,
                                                    said: str) -> None:
-    failure = await _fails(_fetcher(js), path.format(port=web.server_address[1]), tmp_path)
+    failure = await _fails(_fetcher(nc), path.format(port=web.server_address[1]), tmp_path)
     assert failure.code == "input_forbidden" and not failure.retryable
     assert said in failure.message, failure.message
     assert "unless VIDFLEET_URL_ALLOW_NETWORKS allows them" in failure.message
@@ -80,8 +81,8 @@ async def test_only_the_public_internet_by_default(js, web: Server, tmp_path: Pa
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1:{port}/talk.srt",
                                  "gopher://127.0.0.1:{port}/_x"])
-async def test_other_schemes_are_refused(js, web: Server, tmp_path: Path, url: str) -> None:
-    failure = await _fails(_fetcher(js, allow="0.0.0.0/0,::/0"),
+async def test_other_schemes_are_refused(nc, web: Server, tmp_path: Path, url: str) -> None:
+    failure = await _fails(_fetcher(nc, allow="0.0.0.0/0,::/0"),
                            url.format(port=web.server_address[1]), tmp_path)
     scheme = url.split(":", 1)[0]
     assert failure.code == "input_forbidden" and not failure.retryable
@@ -89,11 +90,11 @@ async def test_other_schemes_are_refused(js, web: Server, tmp_path: Path, url: s
     assert web.seen == []
 
 
-async def test_an_allowed_network_is_fetched(js, web: Server, media_dir: Path,
+async def test_an_allowed_network_is_fetched(nc, web: Server, media_dir: Path,
                                              tmp_path: Path) -> None:
     web.routes |= {"/a": ("redirect", "/b"), "/b": ("redirect", f"{web.base}/talk.srt")}
-    got = await _fetcher(js, allow="127.0.0.1/32").fetch(f"{web.base}/a", tmp_path / "in",
-                                                         label="srt", bucket=_BUCKET)
+    got = await _fetcher(nc, allow="127.0.0.1/32").fetch(f"{web.base}/a", tmp_path / "in",
+                                                         label="srt", tenant="default", job_id="j1")
     assert got.read_bytes() == (media_dir / "talk.srt").read_bytes()
     assert [p for p, _ in web.seen] == ["/a", "/b", "/talk.srt"]
 
@@ -104,11 +105,11 @@ async def test_an_allowed_network_is_fetched(js, web: Server, media_dir: Path,
     ("http://[::1]:{port}/talk.srt", "::1 is a loopback address"),
     ("file:///etc/passwd", "file: URLs are refused"),
 ])
-async def test_every_redirect_is_checked(js, web: Server, web2: Server, tmp_path: Path,
+async def test_every_redirect_is_checked(nc, web: Server, web2: Server, tmp_path: Path,
                                          target: str, said: str) -> None:
     to = target.format(web2=web2.base, port=web2.server_address[1])
     web.routes["/out"] = ("redirect", to)
-    failure = await _fails(_fetcher(js, allow="127.0.0.1/32"),
+    failure = await _fails(_fetcher(nc, allow="127.0.0.1/32"),
                            f"http://bob:hunter2@127.0.0.1:{web.server_address[1]}/out?sig=S3",
                            tmp_path)
     assert failure.code == "input_forbidden" and not failure.retryable
@@ -119,9 +120,9 @@ async def test_every_redirect_is_checked(js, web: Server, web2: Server, tmp_path
     assert web2.seen == []
 
 
-async def test_redirects_are_bounded(js, web: Server, tmp_path: Path) -> None:
+async def test_redirects_are_bounded(nc, web: Server, tmp_path: Path) -> None:
     web.routes["/loop"] = ("redirect", "/loop")
-    failure = await _fails(_fetcher(js, allow="127.0.0.1/32"), f"{web.base}/loop", tmp_path)
+    failure = await _fails(_fetcher(nc, allow="127.0.0.1/32"), f"{web.base}/loop", tmp_path)
     assert failure.code == "invalid_input" and not failure.retryable
     assert f"redirects more than {MAX_REDIRECTS} times" in failure.message
     assert len(web.seen) == MAX_REDIRECTS + 1
@@ -137,7 +138,7 @@ def _resolver(*answers: str) -> tuple[Resolver, list[str]]:
     return resolve, asked
 
 
-async def test_dns_rebinding_cannot_move_the_connection(js, web: Server,
+async def test_dns_rebinding_cannot_move_the_connection(nc, web: Server,
                                                         tmp_path: Path) -> None:
     """The first answer is checked and connected to; the second (private) answer, given when
     a redirect asks again, is refused. A system lookup of the made-up name would fail, so
@@ -146,7 +147,7 @@ async def test_dns_rebinding_cannot_move_the_connection(js, web: Server,
     host = "media.rebind.invalid"
     web.routes["/again"] = ("redirect", f"http://{host}:{port}/talk.srt")
     resolve, asked = _resolver("127.0.0.1", "10.0.0.7")
-    fetcher = _fetcher(js, allow="127.0.0.1/32", resolve=resolve)
+    fetcher = _fetcher(nc, allow="127.0.0.1/32", resolve=resolve)
     failure = await _fails(fetcher, f"http://{host}:{port}/again", tmp_path)
     assert web.seen == [("/again", f"{host}:{port}")]  # Host kept, connection to 127.0.0.1
     assert asked == [host, host]
@@ -154,7 +155,7 @@ async def test_dns_rebinding_cannot_move_the_connection(js, web: Server,
     assert f"{host} resolves to 10.0.0.7, a private address" in failure.message
 
 
-async def test_the_checked_public_address_is_the_one_connected_to(js, tmp_path: Path) -> None:
+async def test_the_checked_public_address_is_the_one_connected_to(nc, tmp_path: Path) -> None:
     sent: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -164,9 +165,9 @@ async def test_the_checked_public_address_is_the_one_connected_to(js, tmp_path: 
     def inner() -> httpx.AsyncBaseTransport:
         return httpx.MockTransport(answer)
     resolve, asked = _resolver("93.184.215.14", "127.0.0.1")
-    fetcher = _fetcher(js, resolve=resolve, inner=inner)
+    fetcher = _fetcher(nc, resolve=resolve, inner=inner)
     got = await fetcher.fetch("https://media.example.com/s.srt", tmp_path / "a", label="srt",
-                              bucket=_BUCKET)
+                              tenant="default", job_id="j1")
     assert got.read_bytes() == SRT
     [request] = sent
     assert request.url.host == "93.184.215.14" and request.url.scheme == "https"
@@ -177,17 +178,17 @@ async def test_the_checked_public_address_is_the_one_connected_to(js, tmp_path: 
     assert len(sent) == 1 and asked == ["media.example.com"] * 2
 
 
-async def test_credentials_and_queries_are_never_shown(js, web: Server, tmp_path: Path) -> None:
+async def test_credentials_and_queries_are_never_shown(nc, web: Server, tmp_path: Path) -> None:
     url = f"http://alice:hunter2@127.0.0.1:{web.server_address[1]}/gone.mp4?token=S3CRET"
-    for fetcher, code in ((_fetcher(js, allow="127.0.0.1/32"), "invalid_input"),
-                          (_fetcher(js), "input_forbidden")):
+    for fetcher, code in ((_fetcher(nc, allow="127.0.0.1/32"), "invalid_input"),
+                          (_fetcher(nc), "input_forbidden")):
         failure = await _fails(fetcher, url, tmp_path)
         assert failure.code == code
         assert f"video: http://127.0.0.1:{web.server_address[1]}/gone.mp4" in failure.message
         assert not re.search("alice|hunter2|S3CRET", failure.message), failure.message
 
 
-async def test_connection_failures_all_look_alike(js, web: Server, tmp_path: Path) -> None:
+async def test_connection_failures_all_look_alike(nc, web: Server, tmp_path: Path) -> None:
     """Refused, reset, silent and unreachable: one code, one message (but for the port)."""
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -200,11 +201,11 @@ async def test_connection_failures_all_look_alike(js, web: Server, tmp_path: Pat
             raise httpx.ConnectError("[Errno 101] Network is unreachable", request=request)
         return httpx.MockTransport(fail)
     port = web.server_address[1]
-    cases = [(_fetcher(js, allow="127.0.0.1/32"), f"http://127.0.0.1:{closed_port}/x.mp4"),
-             (_fetcher(js, allow="127.0.0.1/32"), f"http://127.0.0.1:{port}/reset.mp4"),
-             (_fetcher(js, allow="127.0.0.1/32", timeout_s=0.3),
+    cases = [(_fetcher(nc, allow="127.0.0.1/32"), f"http://127.0.0.1:{closed_port}/x.mp4"),
+             (_fetcher(nc, allow="127.0.0.1/32"), f"http://127.0.0.1:{port}/reset.mp4"),
+             (_fetcher(nc, allow="127.0.0.1/32", timeout_s=0.3),
               f"http://127.0.0.1:{port}/silent.mp4"),
-             (_fetcher(js, allow="127.0.0.1/32", inner=unreachable),
+             (_fetcher(nc, allow="127.0.0.1/32", inner=unreachable),
               f"http://127.0.0.1:{port}/unreachable.mp4")]
     seen = set()
     for fetcher, url in cases:
@@ -215,19 +216,19 @@ async def test_connection_failures_all_look_alike(js, web: Server, tmp_path: Pat
                      "answer (the connection was refused, reset, unreachable or timed out)")}
 
 
-async def test_a_stalled_download_fails_after_the_read_timeout(js, web: Server,
+async def test_a_stalled_download_fails_after_the_read_timeout(nc, web: Server,
                                                                tmp_path: Path) -> None:
     web.routes["/stall"] = ("stall", None)
-    fetcher = _fetcher(js, allow="127.0.0.1/32", timeout_s=0.3, total_s=60)
+    fetcher = _fetcher(nc, allow="127.0.0.1/32", timeout_s=0.3, total_s=60)
     failure = await _fails(fetcher, f"{web.base}/stall", tmp_path)
     assert failure.code == "input_timeout" and failure.retryable
     assert failure.message == f"video: {web.base}/stall sent nothing for 0.3s"
 
 
-async def test_a_trickling_download_is_bounded_in_total(js, web: Server,
+async def test_a_trickling_download_is_bounded_in_total(nc, web: Server,
                                                         tmp_path: Path) -> None:
     web.routes["/trickle"] = ("trickle", None)  # a byte every 50 ms: never idle for 5 s
-    fetcher = _fetcher(js, allow="127.0.0.1/32", timeout_s=5, total_s=0.6)
+    fetcher = _fetcher(nc, allow="127.0.0.1/32", timeout_s=5, total_s=0.6)
     failure = await _fails(fetcher, f"{web.base}/trickle", tmp_path)
     assert failure.code == "input_timeout" and failure.retryable
     assert failure.message == f"video: {web.base}/trickle: the download took over 0.6s"
