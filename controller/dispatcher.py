@@ -215,29 +215,41 @@ class Dispatcher:
         self._wake.set()
 
     async def _feed(self, psub: JetStreamContext.PullSubscription) -> None:
-        """Pull one job whenever an agent is waiting, and hand it to the longest waiter."""
+        """Pull one job whenever an agent is waiting, and hand it to the longest waiter.
+        Nothing here may end the loop: without it no job would ever start again."""
         while True:
-            await self._expire_waiters()
-            if not self._waiting:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            first = min(w.until for w in self._waiting.values())
             try:
-                msgs = await psub.fetch(1, timeout=max(0.2, min(2.0, first - self._mono())))
-            except TimeoutError:
-                continue
-            except nats.errors.Error as exc:
-                logger.warning("job fetch failed, retrying: {error}", error=str(exc))
+                await self._feed_once(psub)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("dispatching failed; going on in 1 s")
                 await asyncio.sleep(1.0)
-                continue
-            for job in msgs:
-                try:
-                    await self._dispatch(job)
-                except (nats.errors.Error, TimeoutError) as exc:
-                    # Not acked or granted: it comes back after ack_wait.
-                    logger.warning("dispatching {subject} failed: {error}",
-                                   subject=job.subject, error=str(exc) or type(exc).__name__)
+
+    async def _feed_once(self, psub: JetStreamContext.PullSubscription) -> None:
+        await self._expire_waiters()
+        if not self._waiting:
+            self._wake.clear()
+            # Wake now and then anyway: the stale-lease sweep runs here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._ack_wait_s)
+            return
+        first = min(w.until for w in self._waiting.values())
+        try:
+            msgs = await psub.fetch(1, timeout=max(0.2, min(2.0, first - self._mono())))
+        except TimeoutError:
+            return
+        except nats.errors.Error as exc:
+            logger.warning("job fetch failed, retrying: {error}", error=str(exc))
+            await asyncio.sleep(1.0)
+            return
+        for job in msgs:
+            try:
+                await self._dispatch(job)
+            except (nats.errors.Error, TimeoutError) as exc:
+                # Not acked or granted: it comes back after ack_wait.
+                logger.warning("dispatching {subject} failed: {error}",
+                               subject=job.subject, error=str(exc) or type(exc).__name__)
 
     async def _expire_waiters(self) -> None:
         now = self._mono()
@@ -342,6 +354,10 @@ class Dispatcher:
                     except (nats.errors.Error, TimeoutError) as exc:
                         reply = ReportReply(ok=False, code="unavailable",
                                             message=f"{type(exc).__name__}: {exc}")
+                    except Exception as exc:  # a bug: the agent retries, the log says why
+                        logger.exception("handling {subject} failed", subject=msg.subject)
+                        reply = ReportReply(ok=False, code="unavailable",
+                                            message=f"dispatcher error: {type(exc).__name__}")
                 if reply is not None:  # None: the handler answered itself
                     await self._reply(msg, reply)
             task = asyncio.create_task(run())
