@@ -15,14 +15,16 @@ with ``not_holder``, and the agent must drop that job at once.
     fleet.report.<agent_id>   request: Report. Reply: ReportReply
     fleet.input.<agent_id>    request: InputRequest (an ``obj:`` input the held job names).
                               Reply: headers only for ``info`` (Vidfleet-Size,
-                              Vidfleet-Sha256, Vidfleet-Chunks), else the next chunk after
-                              ``after_seq`` with its stream sequence in Vidfleet-Seq; a refusal
-                              is Vidfleet-Error: <code>: <message> (not_holder, not_an_input,
-                              missing, unavailable)
+                              Vidfleet-Sha256, Vidfleet-Chunks), else chunk ``index`` as the
+                              body; a refusal is Vidfleet-Error: <code>: <message>
+                              (not_holder, not_an_input, missing, out_of_order, unavailable).
+                              Chunks must be asked for in order, 0 first; several may be in
+                              flight at once (they are answered in order)
     fleet.upload.<agent_id>   request: one chunk of the result (at most 256 KiB), headers
                               Vidfleet-Job (<tenant>.<job_id>), Vidfleet-Name (the object's
                               name) and Vidfleet-Offset (bytes sent before this chunk; 0 starts
-                              the upload over). Reply: ReportReply
+                              the upload over). Reply: ReportReply. Several chunks may be in
+                              flight at once: they are taken in the order sent
 
 Getting this wrong re-opens what dispatch closed: an agent that could name another job in a
 report (or whose upload counted for another job) could forge that job's outcome.
@@ -44,7 +46,6 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "NAME_HEADER",
     "OFFSET_HEADER",
-    "SEQ_HEADER",
     "SHA256_HEADER",
     "SIZE_HEADER",
     "Grant",
@@ -67,7 +68,6 @@ __all__ = [
 
 JOB_HEADER = "Vidfleet-Job"
 ERROR_HEADER = "Vidfleet-Error"
-SEQ_HEADER = "Vidfleet-Seq"
 SIZE_HEADER = "Vidfleet-Size"
 SHA256_HEADER = "Vidfleet-Sha256"
 CHUNKS_HEADER = "Vidfleet-Chunks"
@@ -136,14 +136,14 @@ class ReportReply(Struct, frozen=True, kw_only=True):
 
 
 class InputRequest(Struct, frozen=True, kw_only=True):
-    """One step of reading an input of the held job: its size and digest (``info``), or
-    the chunk after stream sequence ``after_seq`` (0 for the first)."""
+    """One step of reading an input of the held job: its size, digest and chunk count
+    (``info``), or chunk number ``index`` (0 first, then each next one in turn)."""
 
     tenant: str
     job_id: str
     name: str  # as in the job's ``obj:<name>``
     info: bool = False
-    after_seq: int = 0
+    index: int = 0
 
 
 class Lease(Struct, frozen=True, kw_only=True):

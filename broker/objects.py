@@ -17,6 +17,7 @@ import io
 import json
 import os
 import secrets
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +42,7 @@ __all__ = [
     "StoreFull",
     "digest_hex",
     "download",
+    "iter_chunks",
     "object_info",
     "upload",
 ]
@@ -182,9 +184,22 @@ async def _copy_chunks(
     js: JetStreamContext, bucket: str, info: ObjectInfo, out: BinaryIO, chunk_timeout_s: float,
 ) -> bytes:
     h = hashlib.sha256()
+    async with contextlib.aclosing(iter_chunks(js, bucket, info, chunk_timeout_s)) as chunks:
+        async for data in chunks:
+            h.update(data)
+            out.write(data)
+    return h.digest()
+
+
+async def iter_chunks(js: JetStreamContext, bucket: str, info: ObjectInfo,
+                      chunk_timeout_s: float = 10.0) -> AsyncGenerator[bytes, None]:
+    """The object's chunks in order, read in batches by an ephemeral pull consumer (removed
+    when the iterator is closed, or by the server 30 s after its reader vanished). Raises
+    TimeoutError when no chunk arrives for ``chunk_timeout_s``. Unverified: callers check
+    size and digest."""
     chunks = info.chunks or 0
     if chunks == 0:
-        return h.digest()
+        return
     stream = f"OBJ_{bucket}"
     consumer = f"download-{secrets.token_hex(8)}"
     await js.add_consumer(stream, ConsumerConfig(
@@ -202,14 +217,13 @@ async def _copy_chunks(
         while received < chunks:
             msgs = await sub.fetch(min(_FETCH_BATCH, chunks - received), timeout=chunk_timeout_s)
             for msg in msgs:
-                h.update(msg.data)
-                out.write(msg.data)
+                yield msg.data
             received += len(msgs)
     finally:
-        await sub.unsubscribe()
-        with contextlib.suppress(NotFoundError):
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
             await js.delete_consumer(stream, consumer)
-    return h.digest()
 
 
 def _verify(info: ObjectInfo, size: int, digest: bytes) -> None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from broker.dispatch import (
@@ -41,7 +41,6 @@ from broker.dispatch import (
     JOB_HEADER,
     NAME_HEADER,
     OFFSET_HEADER,
-    SEQ_HEADER,
     SHA256_HEADER,
     SIZE_HEADER,
     Grant,
@@ -70,7 +69,14 @@ from broker.events import (
 )
 from broker.jobs import decode_job, object_inputs
 from broker.jobstate import JobStates, ensure_announced
-from broker.objects import ObjectMissing, ObjectWriter, StoreFull, digest_hex, object_info
+from broker.objects import (
+    ObjectMissing,
+    ObjectWriter,
+    StoreFull,
+    digest_hex,
+    iter_chunks,
+    object_info,
+)
 from broker.subjects import (
     AGENT_ID_RE,
     CONTROLLER_PUBLISHER,
@@ -97,11 +103,23 @@ _FILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass
+class _Reading:
+    """One input being read by the holder: its chunks, read ahead in batches."""
+
+    info: ObjectInfo
+    chunks: AsyncGenerator[bytes, None]
+    position: int = 0  # the index of the next chunk
+
+    async def close(self) -> None:
+        await self.chunks.aclose()
+
+
+@dataclass
 class _Held:
     lease: Lease
     heard_at: float  # the last report from the holder (monotonic)
     upload: ObjectWriter | None = None
-    objects: dict[str, ObjectInfo] = field(default_factory=dict)  # inputs looked up
+    reading: dict[str, _Reading] = field(default_factory=dict)  # inputs being read
     started: bool = False  # one started event per lease
     progress_at: float = float("-inf")  # the last progress event published (monotonic)
 
@@ -482,25 +500,37 @@ class Dispatcher:
                                            f"obj:{request.name}")
         held.heard_at = self._mono()
         bucket = inputs_bucket(request.tenant)
+        reading = held.reading.get(request.name)
         try:
-            info = held.objects.get(request.name)
-            if info is None:
-                info = held.objects[request.name] = await object_info(self._js, bucket,
-                                                                      request.name)
-            if request.info:
-                return await self._send(msg, b"", {
-                    SIZE_HEADER: str(info.size or 0), SHA256_HEADER: digest_hex(info),
-                    CHUNKS_HEADER: str(info.chunks or 0)})
-            chunk = await self._js.get_msg(
-                f"OBJ_{bucket}", seq=request.after_seq + 1, next=True, direct=True,
-                subject=f"$O.{bucket}.C.{info.nuid}")
+            if request.info or (request.index == 0 and
+                                (reading is None or reading.position != 0)):
+                if reading is not None:
+                    await reading.close()
+                info = await object_info(self._js, bucket, request.name)
+                reading = held.reading[request.name] = _Reading(
+                    info, iter_chunks(self._js, bucket, info))
+                if request.info:
+                    return await self._send(msg, b"", {
+                        SIZE_HEADER: str(info.size or 0), SHA256_HEADER: digest_hex(info),
+                        CHUNKS_HEADER: str(info.chunks or 0)})
+            if reading is None or request.index != reading.position:
+                return await self._refuse(msg, "out_of_order: ask for the chunks in order, "
+                                               "from index 0")
+            try:
+                data = await anext(reading.chunks)
+            except StopAsyncIteration:
+                return await self._refuse(msg, f"missing: the object has no chunk "
+                                               f"{request.index}")
+            reading.position += 1
+            if reading.position == (reading.info.chunks or 0):
+                await reading.close()
+                del held.reading[request.name]
         except ObjectMissing as exc:
             return await self._refuse(msg, f"missing: {exc}")
-        except NotFoundError:
-            return await self._refuse(msg, "missing: no chunk after that sequence")
         except (nats.errors.Error, TimeoutError) as exc:
+            held.reading.pop(request.name, None)
             return await self._refuse(msg, f"unavailable: {type(exc).__name__}: {exc}")
-        return await self._send(msg, chunk.data or b"", {SEQ_HEADER: str(chunk.seq)})
+        return await self._send(msg, data, {})
 
     async def _refuse(self, msg: Msg, error: str) -> None:
         await self._send(msg, b"", {ERROR_HEADER: error})
@@ -560,6 +590,8 @@ class Dispatcher:
         held = self._held.pop(agent_id, None)
         if held is not None and held.upload is not None:
             await held.upload.abort()
+        for reading in held.reading.values() if held is not None else ():
+            await reading.close()
         await self._forget(agent_id)
 
     async def _forget(self, key: str) -> None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from broker.dispatch import (
     CHUNKS_HEADER,
@@ -20,7 +24,6 @@ from broker.dispatch import (
     MAX_CHUNK_BYTES,
     NAME_HEADER,
     OFFSET_HEADER,
-    SEQ_HEADER,
     SHA256_HEADER,
     SIZE_HEADER,
     Grant,
@@ -36,6 +39,8 @@ from broker.objects import ObjectCorrupt, ObjectMissing, StoreFull
 from broker.subjects import input_subject, report_subject, upload_subject, work_subject
 
 __all__ = ["DispatchLink", "InputUnavailable", "LeaseLost", "UploadRefused"]
+
+_WINDOW = 16  # chunk requests in flight at once (4 MiB)
 
 
 class LeaseLost(Exception):
@@ -104,34 +109,29 @@ class DispatchLink:
         SHA-256; returns its size. Raises ObjectMissing, ValueError (over
         ``max_size_bytes``, checked before any byte moves), ObjectCorrupt, LeaseLost,
         InputUnavailable, and nats errors / TimeoutError when the dispatcher is not there."""
-        async def ask(**fields: object) -> tuple[bytes, dict[str, str]]:
-            msg = await self._nc.request(input_subject(self._agent_id), encode(InputRequest(
-                tenant=tenant, job_id=job_id, name=name, **fields)),  # type: ignore[arg-type]
-                timeout=self._timeout_s)
-            headers = msg.headers or {}
-            if error := headers.get(ERROR_HEADER):
-                code, _, message = error.partition(": ")
-                if code == "not_holder":
-                    raise LeaseLost(message)
-                if code == "unavailable":
-                    raise InputUnavailable(message)
-                raise ObjectMissing(message)
-            return msg.data, headers
+        def ask(**fields: object) -> tuple[bytes, dict[str, str] | None]:
+            request = InputRequest(tenant=tenant, job_id=job_id, name=name,
+                                   **fields)  # type: ignore[arg-type]
+            return encode(request), None
 
-        _, info = await ask(info=True)
+        [info_msg] = [m async for m in self._pipelined(input_subject(self._agent_id),
+                                                       iter([ask(info=True)]))]
+        info = _input_reply(info_msg.headers)
         size, chunks = int(info[SIZE_HEADER]), int(info[CHUNKS_HEADER])
         if max_size_bytes is not None and size > max_size_bytes:
             raise ValueError(f"object {name!r} is {size} bytes, over the limit of "
                              f"{max_size_bytes} bytes")
-        sha, seq, written = hashlib.sha256(), 0, 0
+        sha, written = hashlib.sha256(), 0
         try:
             with open(dest, "wb") as out:
-                for _ in range(chunks):
-                    data, headers = await ask(after_seq=seq)
-                    seq = int(headers[SEQ_HEADER])
-                    sha.update(data)
-                    out.write(data)
-                    written += len(data)
+                requests = (ask(index=i) for i in range(chunks))
+                async with contextlib.aclosing(self._pipelined(
+                        input_subject(self._agent_id), requests)) as replies:
+                    async for msg in replies:
+                        _input_reply(msg.headers)
+                        sha.update(msg.data)
+                        out.write(msg.data)
+                        written += len(msg.data)
             if (written, sha.hexdigest()) != (size, info[SHA256_HEADER]):
                 raise ObjectCorrupt(f"object {name!r}: got {written} bytes that do not match "
                                     "its size and SHA-256")
@@ -155,18 +155,29 @@ class DispatchLink:
     async def _send(self, path: Path, *, tenant: str, job_id: str, name: str
                     ) -> tuple[int, str]:
         sha = hashlib.sha256()
-        offset = 0
-        with open(path, "rb") as f:
+        sent = 0
+
+        def chunks(f: BinaryIO) -> Iterator[tuple[bytes, dict[str, str] | None]]:
+            nonlocal sent
             while True:
                 chunk = f.read(MAX_CHUNK_BYTES)
-                if not chunk and offset > 0:
-                    break
+                if not chunk and sent > 0:
+                    return
                 headers = {JOB_HEADER: f"{tenant}.{job_id}", NAME_HEADER: name,
-                           OFFSET_HEADER: str(offset)}
-                msg = await self._nc.request(upload_subject(self._agent_id), chunk,
-                                             timeout=self._timeout_s, headers=headers)
-                reply = decode_report_reply(msg.data)
-                if not reply.ok:
+                           OFFSET_HEADER: str(sent)}
+                sha.update(chunk)
+                sent += len(chunk)
+                yield chunk, headers
+                if not chunk:  # an empty file: its one (empty) chunk is sent
+                    return
+
+        with open(path, "rb") as f:
+            async with contextlib.aclosing(self._pipelined(
+                    upload_subject(self._agent_id), chunks(f))) as replies:
+                async for msg in replies:
+                    reply = decode_report_reply(msg.data)
+                    if reply.ok:
+                        continue
                     if reply.code == "not_holder":
                         raise LeaseLost(reply.message)
                     if reply.code == "results_quota_exceeded":
@@ -174,11 +185,38 @@ class DispatchLink:
                     if reply.code == "upload_mismatch":
                         raise _StartOver
                     raise UploadRefused(f"{reply.code}: {reply.message}")
-                sha.update(chunk)
-                offset += len(chunk)
-                if not chunk:  # an empty file: its one (empty) chunk is sent
-                    break
-        return offset, sha.hexdigest()
+        return sent, sha.hexdigest()
+
+    async def _pipelined(self, subject: str,
+                         requests: Iterator[tuple[bytes, dict[str, str] | None]]
+                         ) -> AsyncGenerator[Msg, None]:
+        """Requests with up to ``_WINDOW`` in flight, replies yielded in order: a link with
+        a long round trip (a rented machine far from the server) moves a window a round
+        trip, not a chunk. The dispatcher takes one agent's requests in the order sent."""
+        flying: deque[asyncio.Task[Msg]] = deque()
+        try:
+            for data, headers in requests:
+                flying.append(asyncio.create_task(self._nc.request(
+                    subject, data, timeout=self._timeout_s, headers=headers)))
+                if len(flying) >= _WINDOW:
+                    yield await flying.popleft()
+            while flying:
+                yield await flying.popleft()
+        finally:
+            for task in flying:
+                task.cancel()
+
+
+def _input_reply(headers: dict[str, str] | None) -> dict[str, str]:
+    headers = headers or {}
+    if error := headers.get(ERROR_HEADER):
+        code, _, message = error.partition(": ")
+        if code == "not_holder":
+            raise LeaseLost(message)
+        if code in ("unavailable", "out_of_order"):
+            raise InputUnavailable(message)
+        raise ObjectMissing(message)
+    return headers
 
 
 class _StartOver(Exception):
