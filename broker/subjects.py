@@ -2,16 +2,17 @@
 
 Every job belongs to a tenant, and the tenant is the second token of every subject about a job,
 so one account's imports can name exactly one tenant's jobs (see broker/accounts.py and
-docs/security.md). An agent publishes only on subjects that end in (events) or start with
-(heartbeats) its own id, and reads replies on its own inbox prefix.
+docs/security.md). An agent publishes only on subjects that carry its own id (heartbeats and
+the dispatcher's ``fleet.*.<agent_id>`` services), and reads replies on its own inbox prefix.
 
     submit.<tenant>.<operation>.<job_id>   a tenant asks the control plane to queue a job (JSON
                                            body; request/reply, answered by the gateway)
     jobs.<tenant>.<operation>.<job_id>     a queued job (stream JOBS; only the gateway writes)
     events.<tenant>.<job_id>.<kind>.<publisher>
-                                           a job's life (stream EVENTS); publisher is the agent
-                                           id, ``queue`` for the server-made queued event, or
-                                           ``controller``
+                                           a job's life (stream EVENTS, written by the
+                                           controller); publisher is the agent the event is
+                                           about, ``queue`` for the server-made queued event,
+                                           or ``controller``
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
     agents.<agent_id>.control              the controller's commands to one agent (drain)
     fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 JOBS_STREAM = "JOBS"
-JOBS_CONSUMER = "agents"
+JOBS_CONSUMER = "agents"  # read by the dispatcher alone (the name predates it)
 # Jobs whose deliveries ran out (every attempt's machine vanished or was stopped): the server's
 # MAX_DELIVERIES advisories, kept in a stream so none is lost while the controller is down.
 EXHAUSTED_STREAM = "JOBS_EXHAUSTED"

@@ -107,7 +107,7 @@ def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
 def jobs_consumer_config(cfg: TopologyConfig) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=JOBS_CONSUMER,
-        description="vidfleet agents pull jobs here, one at a time",
+        description="the controller's dispatcher pulls jobs here, one per waiting agent",
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=cfg.ack_wait_s,
         max_deliver=cfg.max_deliver,

@@ -119,6 +119,7 @@ class _Held:
     lease: Lease
     heard_at: float  # the last report from the holder (monotonic)
     upload: ObjectWriter | None = None
+    stored: OutputInfo | None = None  # the committed result (a retried report reuses it)
     reading: dict[str, _Reading] = field(default_factory=dict)  # inputs being read
     started: bool = False  # one started event per lease
     progress_at: float = float("-inf")  # the last progress event published (monotonic)
@@ -454,6 +455,8 @@ class Dispatcher:
         winner = await self._states.claim_terminal(event)
         if winner is None:
             await self._publish(event)
+        elif winner == event:  # this report, sent again after its answer was lost
+            await ensure_announced(self._js, event, lease.agent_id)
         else:
             logger.warning("{agent}'s outcome for {job_id} dropped: {other} ended it first",
                            agent=agent_id, job_id=event.job_id, other=winner.agent_id)
@@ -467,20 +470,25 @@ class Dispatcher:
     async def _checked_output(self, held: _Held, claimed: OutputInfo) -> OutputInfo | ReportReply:
         """The result as stored here: committed, and described by what this dispatcher
         measured. A claim that disagrees is refused (the agent re-sends)."""
-        upload = held.upload
-        if upload is None or upload.name != claimed.name:
-            return ReportReply(ok=False, code="upload_mismatch",
-                               message="no upload of that name for this job: send it again")
-        if (upload.size, upload.sha256_hex()) != (claimed.size_bytes, claimed.sha256):
-            await upload.abort()
+        upload, stored = held.upload, held.stored
+        if upload is not None and upload.name == claimed.name:
+            if (upload.size, upload.sha256_hex()) != (claimed.size_bytes, claimed.sha256):
+                await upload.abort()
+                held.upload = None
+                return ReportReply(ok=False, code="upload_mismatch",
+                                   message="the upload does not match the reported size and "
+                                           "SHA-256: send it again")
+            await upload.commit()
             held.upload = None
+            stored = held.stored = msgspec.structs.replace(
+                claimed, bucket=upload.bucket, name=upload.name, size_bytes=upload.size,
+                sha256=upload.sha256_hex())
+        if stored is None or (stored.name, stored.size_bytes, stored.sha256) != (
+                claimed.name, claimed.size_bytes, claimed.sha256):
             return ReportReply(ok=False, code="upload_mismatch",
-                               message="the upload does not match the reported size and "
-                                       "SHA-256: send it again")
-        await upload.commit()
-        held.upload = None
-        return msgspec.structs.replace(claimed, bucket=upload.bucket, name=upload.name,
-                                       size_bytes=upload.size, sha256=upload.sha256_hex())
+                               message="no upload of that name and content for this job: "
+                                       "send it again")
+        return stored
 
     # -- inputs ----------------------------------------------------------------------------
 

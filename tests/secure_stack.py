@@ -32,7 +32,8 @@ from client.api import Client
 from tests.conftest import TEST_TOPOLOGY
 from tests.control_plane import ControlPlane, control_plane
 
-__all__ = ["TENANTS", "Secure", "Session", "connect_as", "secure", "session", "tenant_client"]
+__all__ = ["TENANTS", "Secure", "Session", "connect_as", "ctl", "secure", "session",
+           "tenant_client"]
 
 TENANTS = ("alice", "bob")
 
@@ -96,6 +97,13 @@ async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
         async with control_plane(js, ctl.nc) as services:
             secure_server.control = services
             yield secure_server
+
+
+@pytest.fixture
+async def ctl(secure: Secure) -> AsyncIterator[Session]:
+    """A controller's session (FLEET): what the tests look at the fleet's state with."""
+    async with session(secure, "controller", "ctl") as s:
+        yield s
 
 
 async def connect_as(secure: Secure, minted: Minted, errors: list[str] | None = None,

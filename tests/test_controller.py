@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -33,12 +34,19 @@ from tests.media import make_video
 FAST = ControllerConfig(tick_s=0.3, idle_timeout_s=1.0, rent_cooldown_s=0.0,
                         heartbeat_timeout_s=10.0, boot_deadline_s=60.0, target_drain_s=30.0,
                         max_instances=2, agent_heartbeat_interval_s=0.5)
+WARM = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)  # one machine stays up
 AGENT_ENV = {"VIDFLEET_FETCH_TIMEOUT_S": "2", "VIDFLEET_PROGRESS_INTERVAL_S": "0.2"}
 
 
 async def caption_job(client: Client, media_dir: Path, video: Path | None = None) -> CaptionJob:
     return CaptionJob(video=await client.upload_input(video or media_dir / "talk.mp4"),
                       srt=await client.upload_input(media_dir / "talk.srt"))
+
+
+async def one_serving(client: Client) -> bool:
+    """The fleet holds one machine, and its agent heartbeats."""
+    _, machines = await client.fleet()
+    return len(machines) == 1 and machines[0].state == "serving"
 
 
 async def until(kv: KeyValue, check: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
@@ -122,14 +130,8 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
 async def test_restart_adopts_its_machines_instead_of_renting_again(
         nc: Nats, js, fleet_client: Client, local: LocalProvider, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
-    warm = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)
-
-    async def one_serving() -> bool:
-        _, machines = await fleet_client.fleet()
-        return len(machines) == 1 and machines[0].state == "serving"
-
-    async with running_controller(nc, local, warm):
-        await until(kv, one_serving, 60)
+    async with running_controller(nc, local, WARM):
+        await until(kv, functools.partial(one_serving, fleet_client), 60)
     first = (await fleet_client.fleet())[1][0]
     ticks: set[float] = set()
 
@@ -138,7 +140,7 @@ async def test_restart_adopts_its_machines_instead_of_renting_again(
         ticks.add(summary.at if summary else 0.0)
         return len(ticks) > 5
 
-    async with running_controller(nc, local, warm):
+    async with running_controller(nc, local, WARM):
         await until(kv, five_ticks, 30)  # several ticks of the new controller
         _, machines = await fleet_client.fleet()
     assert [m.label for m in machines] == [first.label]
@@ -150,14 +152,8 @@ async def test_a_machine_that_lies_about_its_job_is_destroyed(
     """Busy is what the dispatcher knows. A machine that keeps claiming a job it was never
     given (so that it is never scaled down, and bills on) is destroyed and its host avoided."""
     kv = await js.key_value(FLEET_BUCKET)
-    warm = structs.replace(FAST, min_warm=1, idle_timeout_s=600.0)
-
-    async def serving() -> bool:
-        _, machines = await fleet_client.fleet()
-        return len(machines) == 1 and machines[0].state == "serving"
-
-    async with running_controller(nc, local, warm):
-        await until(kv, serving, 60)
+    async with running_controller(nc, local, WARM):
+        await until(kv, functools.partial(one_serving, fleet_client), 60)
         liar = (await fleet_client.fleet())[1][0]
         for _ in range(3):  # what a host that took over the agent's credentials could send
             await nc.publish(f"agents.{liar.label}.heartbeat", encode_heartbeat(Heartbeat(

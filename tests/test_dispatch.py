@@ -51,12 +51,6 @@ _JOB = CaptionJob(video="obj:v.mp4", srt="obj:s.srt")
 
 
 @pytest.fixture
-async def ctl(secure: Secure):  # type: ignore[no-untyped-def]
-    async with session(secure, "controller", "ctl") as s:
-        yield s
-
-
-@pytest.fixture
 async def alice(secure: Secure) -> Client:  # type: ignore[misc]
     async with session(secure, "client", "alice", tenant="alice") as s:
         yield tenant_client(s, "alice")

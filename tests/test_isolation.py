@@ -56,12 +56,6 @@ async def _keys(js, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def ctl(secure: Secure):  # type: ignore[no-untyped-def]
-    async with session(secure, "controller", "ctl") as s:
-        yield s
-
-
-@pytest.fixture
 async def alice(secure: Secure):  # type: ignore[no-untyped-def]
     async with session(secure, "client", "alice", tenant="alice") as s:
         yield s
