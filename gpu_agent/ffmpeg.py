@@ -156,7 +156,8 @@ async def run_ffmpeg(
     )
     stderr_lines: list[str] = []
     stderr_task = asyncio.create_task(_drain_stderr(proc, stderr_lines, on_stderr))
-    feed_task = asyncio.create_task(_write_stdin(proc, feed)) if feed else None
+    feed_failed: list[BaseException] = []  # kept apart: cancelling the task must not lose it
+    feed_task = asyncio.create_task(_write_stdin(proc, feed, feed_failed)) if feed else None
     try:
         stalled, last = await _read_progress(proc, on_progress, stall_timeout_s)
         if stalled:
@@ -168,6 +169,8 @@ async def run_ffmpeg(
                 feed_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await feed_task
+            if feed_failed:  # the renderer's error, not the kill it caused, is the reason
+                raise feed_failed[0]
     except BaseException:
         await _kill_group(proc)
         stderr_task.cancel()
@@ -209,7 +212,8 @@ async def _read_progress(proc: asyncio.subprocess.Process,
             await on_progress(update)
 
 
-async def _write_stdin(proc: asyncio.subprocess.Process, feed: Feeder) -> None:
+async def _write_stdin(proc: asyncio.subprocess.Process, feed: Feeder,
+                       failed: list[BaseException]) -> None:
     assert proc.stdin
     try:
         await feed(proc.stdin)
@@ -217,8 +221,12 @@ async def _write_stdin(proc: asyncio.subprocess.Process, feed: Feeder) -> None:
         await proc.stdin.wait_closed()
     except (BrokenPipeError, ConnectionResetError):
         pass  # FFmpeg stopped reading: its exit code says why
-    except BaseException:
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
         # The frames cannot all be made: stop FFmpeg rather than let it finish a short
-        # video from what it got (or wait on stdin until the stall timeout).
+        # video from what it got (or wait on stdin until the stall timeout). The error is
+        # recorded first: FFmpeg's exit may get this task cancelled mid-kill.
+        failed.append(exc)
         await _kill_group(proc)
         raise
