@@ -94,10 +94,11 @@ class Agent:
             if not closing:
                 lost.set()
 
-        nc = await connect(self.config.nats_url, name=self.agent_id,
-                           inbox_prefix=agent_inbox_prefix(self.agent_id),
-                           credentials=credentials, tls_ca_file=self.config.tls_ca_file,
-                           closed_cb=on_closed)
+        nc = await self._connect_or_give_up(credentials, on_closed, stop, log)
+        if nc is None:  # stopped, or never reached NATS within the dead-man time
+            if not stop.is_set() and self.config.container_id:
+                await self._destroy_own_instance()
+            return
         try:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
             link = DispatchLink(nc, self.agent_id)
@@ -128,15 +129,46 @@ class Agent:
                 closing = True
                 await nc.drain()
             log.info("agent stopped after {n} job(s)", n=self.jobs_done)
-        if lost.is_set():
-            raise RuntimeError("the server closed the connection for good (credentials "
-                               "revoked or expired); any job in hand goes to another agent")
         # No controller, or credentials lost for good (revoked, or expired while the controller
         # was away): either way nothing will use this machine again, so it must not bill on.
         if (deadman.is_set() or lost.is_set()) and self.config.container_id:
-            await destroy_own_instance(base_url=self.config.vast_url,
-                                       instance_id=self.config.container_id,
-                                       key=self.config.container_api_key)
+            await self._destroy_own_instance()
+        if lost.is_set():
+            raise RuntimeError("the server closed the connection for good (credentials "
+                               "revoked or expired); any job in hand goes to another agent")
+
+    async def _connect_or_give_up(self, credentials: LiveCredentials | None,
+                                  on_closed: Callable[[], Awaitable[None]],
+                                  stop: asyncio.Event, log: Logger) -> Client | None:
+        """Connect, retrying for as long as it takes, unless ``stop`` comes first (a SIGTERM
+        must work while NATS is unreachable) or, with a dead-man time, NATS stays out of
+        reach that long: a machine that can never connect must not bill forever. None then."""
+        connecting = asyncio.create_task(connect(
+            self.config.nats_url, name=self.agent_id,
+            inbox_prefix=agent_inbox_prefix(self.agent_id), credentials=credentials,
+            tls_ca_file=self.config.tls_ca_file, closed_cb=on_closed))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({connecting, stopped}, timeout=self.config.deadman_s or None,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, OSError):
+            await connecting
+        if stop.is_set():
+            log.info("stopped before NATS could be reached")
+        else:
+            log.error("NATS unreachable for {s:g} s (the dead-man time): stopping",
+                      s=self.config.deadman_s)
+        return None
+
+    async def _destroy_own_instance(self) -> None:
+        await destroy_own_instance(base_url=self.config.vast_url,
+                                   instance_id=self.config.container_id,
+                                   key=self.config.container_api_key)
 
     async def _keep_credentials(self, nc: Client, credentials: LiveCredentials,
                                 log: Logger) -> None:

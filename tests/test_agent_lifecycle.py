@@ -1,17 +1,25 @@
 """Graceful stop: SIGTERM finishes the job in hand, stops pulling, exits 0; a forced stop
-hands the job back at once."""
+hands the job back at once; an agent that cannot reach NATS still stops, and still does not
+bill forever."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 
+from broker.config import Secret
 from broker.events import Progress, Succeeded
 from broker.jobs import CaptionJob
+from gpu_agent.agent import Agent
+from gpu_agent.config import AgentConfig
 from tests.conftest import agent_config, agent_process, running_agent
+from tests.fakes.vast import FakeContainer, FakeVast, booted_instance
 from tests.media import make_video
 
 
@@ -62,3 +70,41 @@ async def test_forced_stop_releases_the_job_to_another_agent(
     async with running_agent(agent_config(nats_server, tmp_path / "a2", agent_id="taker")):
         done = await client.result(receipt.job_id, timeout_s=90)
     assert isinstance(done, Succeeded) and done.agent_id == "taker" and done.attempt == 2
+
+
+async def test_sigterm_stops_an_agent_that_cannot_reach_nats(tmp_path: Path) -> None:
+    """The first connect retries forever; a SIGTERM meanwhile must still end the process."""
+    env = {**os.environ, "VIDFLEET_NATS_URL": f"nats://127.0.0.1:{_closed_port()}",
+           "VIDFLEET_WORK_DIR": str(tmp_path / "w")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gpu_agent", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr
+    try:
+        while b"Connect call failed" not in await asyncio.wait_for(proc.stderr.readline(), 30):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_an_agent_that_never_reaches_nats_destroys_its_own_instance(
+        tmp_path: Path) -> None:
+    """No NATS for the dead-man time (a wrong URL, a firewall): nothing will ever use this
+    machine, so it must not bill on."""
+    with FakeVast(start_container=FakeContainer) as fake:
+        instance_id, key = booted_instance(fake)
+        config = AgentConfig(nats_url=f"nats://127.0.0.1:{_closed_port()}",
+                             work_dir=str(tmp_path / "w"), deadman_s=1.0, vast_url=fake.url,
+                             container_id=str(instance_id), container_api_key=Secret(key))
+        await asyncio.wait_for(Agent(config).run(asyncio.Event()), 30)
+        [gone] = fake.instances(include_destroyed=True)
+        assert gone.destroyed
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

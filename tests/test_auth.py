@@ -22,6 +22,7 @@ from nats.aio.client import RawCredentials
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.auth import mint_user
+from broker.config import Secret
 from broker.creds import creds_text
 from broker.events import Succeeded
 from broker.jobs import CaptionJob
@@ -33,6 +34,9 @@ from broker.subjects import (
     inputs_bucket,
 )
 from controller.credentials import CredentialAuthority, agent_env
+from gpu_agent.agent import Agent
+from gpu_agent.config import AgentConfig
+from tests.fakes.vast import FakeContainer, FakeVast, booted_instance
 from tests.media import make_video
 from tests.secure_stack import Secure, session, tenant_client
 
@@ -292,3 +296,27 @@ async def test_a_revoked_agent_is_cut_off_and_its_job_goes_to_another(
                 await proc.wait()
     text = (tmp_path / "vf-first.log").read_text()
     assert "closed the connection for good" in text
+
+
+async def test_an_agent_whose_credentials_are_revoked_destroys_its_own_instance(
+        secure, topology, tmp_path: Path) -> None:
+    """Credentials gone for good: nothing will use this machine again, so it must not bill
+    on (it used to raise before it reached the self-destroy)."""
+    minted = mint_user(secure.keys, "agent", "vf-orphan", expires_in_s=600)
+    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600, known_agent=lambda _: None)
+    with FakeVast(start_container=FakeContainer) as fake:
+        instance_id, key = booted_instance(fake)
+        config = AgentConfig(nats_url=secure.url, nats_jwt=minted.jwt.reveal(),
+                             nats_seed=minted.seed, agent_id=minted.name,
+                             work_dir=str(tmp_path / "w"), vast_url=fake.url,
+                             container_id=str(instance_id), container_api_key=Secret(key))
+        agent = Agent(config)
+        run = asyncio.create_task(agent.run(asyncio.Event()))
+        await asyncio.wait_for(agent.ready.wait(), 30)
+        async with session(secure, "controller", "ctl") as ctl, \
+                session(secure, "system", "sys") as system:
+            await authority.revoke(ctl.nc.jetstream(), system.nc, minted.public_key)
+        with pytest.raises(RuntimeError, match="closed the connection for good"):
+            await asyncio.wait_for(run, 30)
+        [gone] = fake.instances(include_destroyed=True)
+        assert gone.destroyed

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+
 __all__ = ["ContainerHandle", "FakeContainer", "FakeInstance", "FakeVast", "Recorded"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -1048,3 +1050,16 @@ def _list_page(rows: list[dict[str, Any]], query: Mapping[str, str]
 
 def _token(values: list[Any]) -> str:
     return base64.b64encode(json.dumps({"values": values}).encode()).decode()
+
+
+def booted_instance(fake: FakeVast, label: str = "vf-self") -> tuple[int, str]:
+    """A running instance made as the platform would, without a provider: (its id, the
+    container's own API key, which can only stop or destroy it)."""
+    offer_id = fake.add_offer("RTX 4090")
+    created = httpx.put(f"{fake.url}/api/v0/asks/{offer_id}/",
+                        headers={"Authorization": f"Bearer {fake.api_key}"},
+                        json={"image": "vidfleet/agent:t", "label": label, "env": {},
+                              "disk": 16, "runtype": "args"}).json()
+    instance_id = int(created["new_contract"])
+    fake.boot(instance_id)
+    return instance_id, str(created["instance_api_key"])
