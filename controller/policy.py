@@ -12,6 +12,7 @@ spent, whatever still runs is destroyed: a machine claiming to be busy cannot bi
 from __future__ import annotations
 
 import math
+import re
 from typing import Literal
 
 from msgspec import Struct, field
@@ -26,6 +27,7 @@ __all__ = [
     "Rent",
     "Snapshot",
     "decide",
+    "has_nvenc",
     "rank_offers",
 ]
 
@@ -138,6 +140,15 @@ def _speeds(gpu_speed: dict[str, float]) -> dict[str, float]:
     return {name: v * scale for name, v in measured.items()}
 
 
+def has_nvenc(gpu_name: str) -> bool:
+    """False for the data-centre models without NVENC, matched as whole words of the name
+    ("A100 SXM4", "H100_NVL", "A100X"): a substring test would also drop the RTX A1000 and
+    A3000, which have NVENC."""
+    words = re.split(r"[^A-Z0-9]+", gpu_name.upper())
+    return not any(w in NO_NVENC_GPUS or (w.endswith("X") and w[:-1] in NO_NVENC_GPUS)
+                   for w in words)
+
+
 def rank_offers(offers: tuple[Offer, ...], policy: Policy,
                 avoid: frozenset[int] = frozenset(),
                 gpu_speed: dict[str, float] | None = None) -> list[Offer]:
@@ -145,7 +156,7 @@ def rank_offers(offers: tuple[Offer, ...], policy: Policy,
     speed when ``gpu_speed`` has one (see ``Snapshot.gpu_speed``), else by its prior."""
     measured = _speeds(gpu_speed or {})
     ok = [o for o in offers
-          if not any(bad in o.gpu_name.upper() for bad in NO_NVENC_GPUS)
+          if has_nvenc(o.gpu_name)
           and o.machine_id not in avoid
           and o.gpu_ram_mb >= policy.min_gpu_ram_mb
           and o.reliability >= policy.min_reliability

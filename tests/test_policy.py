@@ -13,6 +13,7 @@ from controller.policy import (
     Rent,
     Snapshot,
     decide,
+    has_nvenc,
     rank_offers,
 )
 
@@ -179,3 +180,13 @@ def test_a_spent_day_budget_destroys_even_machines_that_claim_to_be_busy() -> No
     assert actions == [Destroy(instance_id="done", reason="drained"),
                        Destroy(instance_id="busy", reason=why),
                        Destroy(instance_id="liar", reason=why)]
+
+
+@pytest.mark.parametrize(("gpu", "nvenc"), [
+    ("RTX A1000", True), ("RTX A3000", True), ("RTX A4000", True), ("RTX 4090", True),
+    ("A10", True), ("A40", True), ("L4", True), ("Tesla T4", True),
+    ("A100 SXM4", False), ("A100 PCIE", False), ("A100X", False), ("A30", False),
+    ("H100 NVL", False), ("H100_SXM", False), ("GH200 SXM", False), ("A800 PCIE", False),
+])
+def test_only_the_models_without_nvenc_are_refused(gpu: str, nvenc: bool) -> None:
+    assert has_nvenc(gpu) is nvenc
