@@ -26,18 +26,20 @@ bench: install
 schema: install
 	$(PY) -m broker.schema docs/schema
 
-install: $(STAMP) system-deps
+install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The OS packages come first: a fresh Debian or Ubuntu cannot make a venv without python3-venv.
+$(STAMP): pyproject.toml | system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 # FFmpeg (with ffprobe and libass) and fonts for captions come from the OS packages:
 # DejaVu for Latin, Cyrillic, Greek, Arabic, Hebrew; Noto for CJK, Devanagari and the rest.
-SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig
+SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig python3-venv
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
+	    || ! python3 -c 'import ensurepip, venv' 2>/dev/null \
 	    || ! command -v fc-list >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] \
 	    || [ ! -d /usr/share/fonts/opentype/noto ] || [ ! -d /usr/share/fonts/truetype/noto ]; then \
 	  echo "installing $(SYSTEM_PACKAGES) with apt-get"; \

@@ -25,3 +25,12 @@ def test_the_deployment_server_config_is_valid(tmp_path: Path) -> None:
     done = subprocess.run([find_nats_server(), "-c", str(tmp_path / "nats-server.conf"), "-t"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stderr
+
+
+def test_make_installs_the_os_packages_before_it_makes_the_venv(tmp_path: Path) -> None:
+    """A fresh Debian or Ubuntu has no python3-venv: the venv step would fail before apt ran."""
+    plan = subprocess.run(["make", "-n", "-B", "install", f"VENV={tmp_path / 'venv'}"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                          text=True, check=True).stdout
+    assert "python3-venv" in plan and "import ensurepip, venv" in plan
+    assert plan.index("apt-get install") < plan.index("python3 -m venv")
