@@ -11,13 +11,15 @@ it: the file may have come from a URL, and what it holds must not reach the subm
 
 from __future__ import annotations
 
+import heapq
 import html
 import itertools
 import re
 from dataclasses import dataclass
 
 __all__ = [
-    "Cue", "SrtError", "clip_cues", "format_srt", "parse_srt", "parse_subtitles", "parse_vtt",
+    "MAX_CUE_CHARS", "MAX_CUE_LINES", "MAX_SCREEN_CHARS", "Cue", "SrtError", "clip_cues",
+    "format_srt", "parse_srt", "parse_subtitles", "parse_vtt",
 ]
 
 _TIMING = re.compile(
@@ -27,12 +29,37 @@ _TIMING = re.compile(
 # libass obeys override tags anywhere inside braces ({x\alpha&HFF&} hides the text, \pos
 # moves it), and FFmpeg turns <font size/color/face> into such tags: both are removed, so the
 # typed style options are the only way to style. <b>, <i>, <u> stay.
-_OVERRIDE = re.compile(r"\{[^}]*\}")
+_OVERRIDE = re.compile(r"\{[^}]*\}")  # across lines too: libass joins a cue's lines first
 _FONT_TAG = re.compile(r"</?font\b[^>]*>", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Bounds on what one cue, and everything on screen at once, may hold: libass lays out every
+# glyph of every frame, and one 2 MB cue cost 70 s of agent time on a 3 s video.
+MAX_CUE_LINES = 12
+MAX_CUE_CHARS = 1_000
+MAX_SCREEN_CHARS = 4_000
 
 
-def clean_text(line: str) -> str:
-    return _FONT_TAG.sub("", _OVERRIDE.sub("", line)).rstrip()
+def _cue_text(lines: list[str], line_no: int) -> str:
+    """A cue's text as it will be written for FFmpeg: styling tags removed (a block split
+    over lines too, and any brace left over), control characters removed, blank lines
+    dropped (a blank line would end the cue early in FFmpeg's reader). What remains is
+    checked *after* cleaning, so ``{x}00:00:01,000 --> ...`` cannot turn into a cue of its
+    own. Raises SrtError naming the cue's first text line."""
+    joined = _OVERRIDE.sub("", _FONT_TAG.sub("", "\n".join(lines)))
+    kept = [cleaned for raw in joined.replace("{", "").replace("}", "").split("\n")
+            if (cleaned := _CONTROL.sub("", raw).rstrip()).strip()]
+    if any("-->" in line for line in kept):
+        raise SrtError(f"subtitles line {line_no}: a text line of this cue looks like a "
+                       "timing line ('-->')")
+    if not kept:
+        raise SrtError(f"subtitles line {line_no}: cue has no text (once styling tags and "
+                       "control characters are removed)")
+    text = "\n".join(kept)
+    if len(kept) > MAX_CUE_LINES or len(text) > MAX_CUE_CHARS:
+        raise SrtError(f"subtitles line {line_no}: a cue holds at most {MAX_CUE_LINES} lines "
+                       f"and {MAX_CUE_CHARS} characters (this one: {len(kept)} lines, "
+                       f"{len(text)} characters)")
+    return text
 
 
 class SrtError(ValueError):
@@ -79,17 +106,18 @@ def parse_srt(data: bytes, *, max_cues: int = 10_000) -> list[Cue]:
             raise SrtError(f"subtitles line {i + 1}: cue ends at or before it starts")
         i += 1
         body: list[str] = []
+        first = i + 1
         while i < n and lines[i].strip():
             if _TIMING.match(lines[i].strip()) or (
                     lines[i].strip().isdigit() and i + 1 < n
                     and _TIMING.match(lines[i + 1].strip())):
                 raise SrtError(f"subtitles line {i + 1}: the next cue starts without a blank "
                                "line before it")
-            body.append(clean_text(lines[i]))
+            body.append(lines[i])
             i += 1
         if not body:
             raise SrtError(f"subtitles line {i + 1}: cue has no text")
-        cues.append(Cue(start, end, "\n".join(body)))
+        cues.append(Cue(start, end, _cue_text(body, first)))
         if len(cues) > max_cues:
             raise SrtError(f"subtitles have more than {max_cues} cues")
     if not cues:
@@ -173,11 +201,8 @@ def parse_vtt(text: str, *, max_cues: int = 10_000) -> list[Cue]:
         if any("-->" in ln for ln in lines[timing_at + 1:]):
             raise SrtError(f"subtitles line {start_line + timing_at + 1}: the next cue starts "
                            "without a blank line before it")
-        body = [clean_text(html.unescape(_VTT_TAG.sub("", ln))).strip()
-                for ln in lines[timing_at + 1:]]
-        if not any(body):
-            raise SrtError(f"subtitles line {start_line + timing_at + 1}: cue has no text")
-        cues.append(Cue(start, end, "\n".join(b for b in body if b)))
+        body = [html.unescape(_VTT_TAG.sub("", ln)).strip() for ln in lines[timing_at + 1:]]
+        cues.append(Cue(start, end, _cue_text(body, start_line + timing_at + 1)))
         if len(cues) > max_cues:
             raise SrtError(f"subtitles have more than {max_cues} cues")
     if not cues:
@@ -200,4 +225,19 @@ def parse_subtitles(data: bytes) -> list[Cue]:
         if cue.start_s < before.start_s:
             raise SrtError(f"subtitles cue {n} starts before cue {n - 1}: cues must be in "
                            "time order")
+    _check_screenfuls(cues)
     return cues
+
+
+def _check_screenfuls(cues: list[Cue]) -> None:
+    """At no moment may the cues on screen together hold more than MAX_SCREEN_CHARS."""
+    showing: list[tuple[float, int]] = []  # a heap of (end, characters) of the cues on screen
+    total = 0
+    for n, cue in enumerate(cues, start=1):  # in start order
+        while showing and showing[0][0] <= cue.start_s:
+            total -= heapq.heappop(showing)[1]
+        heapq.heappush(showing, (cue.end_s, len(cue.text)))
+        total += len(cue.text)
+        if total > MAX_SCREEN_CHARS:
+            raise SrtError(f"subtitles cue {n}: the cues on screen with it hold {total} "
+                           f"characters, over {MAX_SCREEN_CHARS}")

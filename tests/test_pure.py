@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -225,3 +226,34 @@ def test_the_webm_codec_rule_applies_only_where_video_is_encoded() -> None:
         decode_job("img2vid", b'{"image": "obj:i", ' + webm + b"}")
     job = decode_job("add_audio", b'{"video": "obj:v", "audio": "obj:a", ' + webm + b"}")
     assert job.output.container == "webm"  # the copied stream's codec is checked once probed
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("1\n00:00:01,000 --> 00:00:02,000\n\x00\x00\x00\n", "cue has no text"),
+    ("1\n00:00:01,000 --> 00:00:02,000\n{\\an8}{\\pos(1,1)}\n", "cue has no text"),
+    ("1\n00:00:01,000 --> 00:00:02,000\n{\\pos(1,\n1)}\n", "cue has no text"),
+    ("WEBVTT\n\n00:01.000 --> 00:02.000\n{\\alpha&HFF&}\n", "cue has no text"),
+    ("1\n00:00:01,000 --> 00:00:02,900\nHi\n{x}2\n{x}00:00:03,000 --> 00:00:04,000\nevil\n",
+     "looks like a timing line"),
+    ("1\n00:00:01,000 --> 00:00:02,000\n" + "x" * 2_000 + "\n", "at most 12 lines and 1000"),
+    ("1\n00:00:01,000 --> 00:00:02,000\n" + "a\n" * 13, "at most 12 lines"),
+])
+def test_subtitles_that_show_nothing_or_smuggle_cues_are_refused(text: str, said: str) -> None:
+    """What is checked is what FFmpeg will read: the text after tags are removed."""
+    with pytest.raises(SrtError, match=re.escape(said)):
+        parse_subtitles(text.encode())
+
+
+def test_a_tag_split_over_lines_is_removed_whole() -> None:
+    cue = parse_subtitles(b"1\n00:00:01,000 --> 00:00:02,000\nA{\\pos(\n10,10)}B\nC\x07\n")[0]
+    assert cue.text == "AB\nC"
+    assert format_srt([cue]).count("\n\n") == 1  # no blank line inside it for FFmpeg to split on
+
+
+def test_too_much_text_on_screen_at_once_is_refused() -> None:
+    many = "".join(f"{n}\n00:00:01,000 --> 00:00:09,000\n{'w' * 900}\n\n" for n in range(1, 6))
+    with pytest.raises(SrtError, match="cue 5: the cues on screen with it hold 4500"):
+        parse_subtitles(many.encode())
+    one_after_another = "".join(
+        f"{n}\n00:00:0{n},000 --> 00:00:0{n},900\n{'w' * 900}\n\n" for n in range(1, 6))
+    assert len(parse_subtitles(one_after_another.encode())) == 5
