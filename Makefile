@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint up bench schema install system-deps clean
+.PHONY: demo test lint up bench schema image install system-deps clean
 
 demo: install
 	$(VENV)/bin/vidfleet demo
@@ -26,6 +26,10 @@ bench: install
 schema: install
 	$(PY) -m broker.schema docs/schema
 
+# The agent image, built with podman from an mmdebstrap base (deploy/build-image.sh).
+image: install
+	PY=$(PY) deploy/build-image.sh
+
 install: $(STAMP)
 
 # The OS packages come first: a fresh Debian or Ubuntu cannot make a venv without python3-venv.
@@ -36,9 +40,13 @@ $(STAMP): pyproject.toml | system-deps
 
 # FFmpeg (with ffprobe and libass) and fonts for captions come from the OS packages:
 # DejaVu for Latin, Cyrillic, Greek, Arabic, Hebrew; Noto for CJK, Devanagari and the rest.
-SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig python3-venv
+# podman, mmdebstrap and runc build and run the agent image (a test runs a job inside it).
+SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig \
+	python3-venv podman mmdebstrap runc
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
+	    || ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null \
+	    || ! command -v runc >/dev/null \
 	    || ! python3 -c 'import ensurepip, venv' 2>/dev/null \
 	    || ! command -v fc-list >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] \
 	    || [ ! -d /usr/share/fonts/opentype/noto ] || [ ! -d /usr/share/fonts/truetype/noto ]; then \

@@ -2,8 +2,11 @@
 # NVENC on any NVIDIA driver >= 470.57 -- nearly every rented GPU host -- and falls back to
 # libx264 by itself where there is none (the agent probes with a one-frame encode at start).
 #
-#   docker build -f deploy/agent.Dockerfile -t vidfleet-agent .
-#   docker run --gpus all -e VIDFLEET_NATS_URL=nats://your-server:4222 vidfleet-agent
+# `make image` builds it with podman (deploy/build-image.sh). The project is installed from
+# wheels in build/wheels, made on the host first (`pip wheel . -w build/wheels`), so the
+# build needs no PyPI access:
+#   pip wheel . -w build/wheels && docker build -f deploy/agent.Dockerfile -t vidfleet-agent .
+#   docker run --gpus all -e VIDFLEET_NATS_URL=tls://your-server:4222 vidfleet-agent
 FROM debian:bookworm-slim
 
 RUN apt-get update \
@@ -19,14 +22,14 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     VIDFLEET_LOG_JSON=true \
     VIDFLEET_WORK_DIR=/work
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY broker ./broker
-COPY gpu_agent ./gpu_agent
-COPY client ./client
-COPY controller ./controller
-RUN python3 -m venv /venv && /venv/bin/pip install --no-cache-dir . \
+COPY build/wheels /tmp/wheels
+RUN python3 -m venv /venv \
+ && /venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels vidfleet \
+ && rm -rf /tmp/wheels \
  && useradd --create-home --uid 10001 agent && mkdir -p /work && chown agent /work
+# Vast.ai starts a container with an `onstart` command line run by a shell: `python` must be
+# found on PATH, as the venv's.
+ENV PATH=/venv/bin:$PATH
 USER agent
 # The agent connects out to NATS; it listens on nothing.
 CMD ["/venv/bin/python", "-m", "gpu_agent"]

@@ -17,10 +17,11 @@ How instances move (``progress``):
   instances through ``boot_stages_s`` with nobody asking, for end-to-end runs.
 
 The container is started when an instance reaches ``running`` (as on Vast.ai, nothing of ours
-runs while the image loads): ``start_container(instance_id, env)``, by default a real
+runs while the image loads): ``start_container(instance_id, env, body)``, by default a real
 ``python -m gpu_agent`` with the platform's CONTAINER_ID / CONTAINER_API_KEY /
-VAST_CONTAINERLABEL. Destroying or stopping an instance SIGTERMs it, SIGKILL after
-``kill_grace_s``; ``close()`` ends whatever is left.
+VAST_CONTAINERLABEL, or with ``Podman`` the create body's image, env, runtype, ``onstart``
+and ``args``, as Vast.ai would start them. Destroying or stopping an instance SIGTERMs it,
+SIGKILL after ``kill_grace_s``; ``close()`` ends whatever is left.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-__all__ = ["ContainerHandle", "FakeContainer", "FakeInstance", "FakeVast", "Recorded"]
+__all__ = ["ContainerHandle", "FakeContainer", "FakeInstance", "FakeVast", "Podman",
+           "PodmanContainer", "Recorded"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Progress = Literal["manual", "observe", "realtime"]
@@ -61,14 +63,16 @@ class ContainerHandle(Protocol):  # subprocess.Popen is one
     def kill(self) -> None: ...
 
 
-StartContainer = Callable[[int, dict[str, str]], ContainerHandle]
+# (instance id, the container's environment, the create request's body)
+StartContainer = Callable[[int, dict[str, str], dict[str, Any]], ContainerHandle]
 
 
 class FakeContainer:
     """A container with no process, for tests that need no real agent: it "runs" until
     terminated or killed, and keeps the environment it was given."""
 
-    def __init__(self, instance_id: int, env: dict[str, str]) -> None:
+    def __init__(self, instance_id: int, env: dict[str, str],
+                 body: dict[str, Any] | None = None) -> None:
         self.instance_id, self.env = instance_id, env
         self._ended = threading.Event()
         self.signals: list[str] = []
@@ -88,6 +92,71 @@ class FakeContainer:
     def kill(self) -> None:
         self.signals.append("KILL")
         self._ended.set()
+
+class Podman:
+    """Starts what a create request names, as Vast.ai does, with podman: the body's image,
+    with its env. ``runtype`` args: ``onstart`` replaces the image's entrypoint and ``args``
+    are its arguments (no shell). Any other runtype: Vast.ai's own entrypoint runs
+    ``onstart`` as a shell script. A launch the image cannot honour (no such image, no such
+    command) exits, as it would there. ``command`` is the podman command line to use."""
+
+    def __init__(self, command: list[str], *, log_dir: Path | None = None,
+                 platform_env: Iterable[str] = ("CONTAINER_ID", "CONTAINER_API_KEY",
+                                                "VAST_CONTAINERLABEL", "GPU_COUNT",
+                                                "PUBLIC_IPADDR")) -> None:
+        self.command = command
+        self.log_dir = log_dir
+        self._platform_env = tuple(platform_env)
+
+    def __call__(self, instance_id: int, env: dict[str, str],
+                 body: dict[str, Any]) -> PodmanContainer:
+        name = f"vast-fake-C{instance_id}"
+        wanted = {**dict(body.get("env") or {}),
+                  **{k: env[k] for k in self._platform_env if k in env}}
+        argv = [*self.command, "run", "--rm", "--name", name, "--network", "host",
+                *itertools.chain.from_iterable(("--env", f"{k}={v}")
+                                               for k, v in wanted.items()
+                                               if not k.startswith("-"))]
+        onstart = str(body.get("onstart") or "")
+        if "args" in str(body.get("runtype") or "").split():
+            if onstart:
+                argv += ["--entrypoint", onstart]
+            argv += [str(body["image"]), *[str(a) for a in body.get("args") or []]]
+        else:
+            argv += ["--entrypoint", "/bin/sh", str(body["image"]), "-c", onstart or "true"]
+        out: Any = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"C.{instance_id}.log", "ab")  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        return PodmanContainer(proc, [*self.command, "kill", name])
+
+
+class PodmanContainer:
+    """``podman run`` in the foreground: SIGTERM reaches the container (podman forwards
+    signals); a kill kills the container, not just the client."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], kill_argv: list[str]) -> None:
+        self._proc, self._kill_argv = proc, kill_argv
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._proc.wait(timeout)
+
+    def terminate(self) -> None:
+        self._proc.terminate()
+
+    def kill(self) -> None:
+        subprocess.run(self._kill_argv, capture_output=True, check=False)
+        self._proc.kill()
+
 
 _GPU_PRESETS: dict[str, dict[str, Any]] = {
     "RTX 4090": dict(gpu_ram=24564, dph_base=0.35, min_bid=0.18, cuda_max_good=12.4,
@@ -386,13 +455,14 @@ class FakeVast:
                "PUBLIC_IPADDR": inst.offer["public_ipaddr"]}
         inst.container_env = env
         try:
-            inst.handle = self._start_container(inst.id, env)
+            inst.handle = self._start_container(inst.id, env, inst.body)
         except OSError as exc:
             inst.actual_status, inst.status_msg = "exited", f"container failed to start: {exc}"
             return
         threading.Thread(target=self._watch, args=(inst, inst.handle), daemon=True).start()
 
-    def _spawn_agent(self, instance_id: int, env: dict[str, str]) -> ContainerHandle:
+    def _spawn_agent(self, instance_id: int, env: dict[str, str],
+                     body: dict[str, Any] | None = None) -> ContainerHandle:
         out: Any = subprocess.DEVNULL
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
