@@ -66,7 +66,7 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # vast provider
     vast_api_key: Secret = Secret("")
     vast_url: str = "https://console.vast.ai"
-    vast_image: str = "ghcr.io/vidfleet/agent:latest"
+    vast_image: str = ""  # the agent image by digest (make image; see deploy/README.md)
     vast_disk_gb: float = 20.0
     vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
     log_level: str = "INFO"

@@ -29,6 +29,17 @@ def test_vast_without_a_key_exits_2_naming_the_variable() -> None:
     assert "VIDFLEET_VAST_API_KEY" in done.stderr
 
 
+def test_vast_without_an_image_exits_2_saying_how_to_make_one() -> None:
+    """The image has no usable default: nothing publishes one for you."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFLEET_")}
+    env |= {"VIDFLEET_VAST_API_KEY": "k", "VIDFLEET_ALLOW_PLAINTEXT_AGENT_URL": "1"}
+    done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
+                           "controller", "run", "--provider", "vast"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "VIDFLEET_VAST_IMAGE" in done.stderr and "make image" in done.stderr
+
+
 def test_simulate_runs_the_controllers_simulator() -> None:
     done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
                            "simulate", "--help"], capture_output=True, text=True, timeout=60)

@@ -220,7 +220,8 @@ async def test_a_url_mixing_tls_and_plaintext_servers_is_refused_before_dialling
 async def test_the_vast_provider_needs_a_tls_url_for_rented_machines(
         settings: dict[str, str], refused: bool) -> None:
     config = load_config(ControllerConfig, env={
-        "VIDFLEET_PROVIDER": "vast", "VIDFLEET_VAST_API_KEY": "k", **settings})
+        "VIDFLEET_PROVIDER": "vast", "VIDFLEET_VAST_API_KEY": "k",
+        "VIDFLEET_VAST_IMAGE": f"registry.example/vidfleet-agent@sha256:{'0' * 64}", **settings})
     if refused:
         with pytest.raises(ConfigError, match=r"VIDFLEET_AGENT_NATS_URL.*tls://"):
             provider_from_config(config)

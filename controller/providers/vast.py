@@ -264,6 +264,14 @@ def provider_from_config(config: ControllerConfig) -> VastProvider:
         raise ConfigError("bad configuration in VIDFLEET_VAST_API_KEY: required when "
                           "VIDFLEET_PROVIDER is vast")
     config.rented_agent_nats_url()  # refuses a plaintext URL for machines on the internet
+    if not config.vast_image:
+        raise ConfigError("bad configuration in VIDFLEET_VAST_IMAGE: required when "
+                          "VIDFLEET_PROVIDER is vast; build the agent image (make image), push "
+                          "it where the hosts can pull it, and name it by digest "
+                          "(<registry>/vidfleet-agent@sha256:...)")
+    if "@sha256:" not in config.vast_image:
+        logger.warning("VIDFLEET_VAST_IMAGE is not pinned by digest: a moved tag changes what "
+                       "every new machine boots")
     bid = config.vast_bid_per_hour
     try:
         vast = VastConfig(
