@@ -51,10 +51,21 @@ class Output(Struct, frozen=True, kw_only=True):
         description=("mp4 (faststart) holds h264, hevc or av1; webm holds av1 (Opus or Vorbis "
                      "audio) when the video is encoded, or a copied vp8/vp9/av1 stream.")
     )] = "mp4"
-    codec: Literal["h264", "hevc", "av1"] = "h264"
+    codec: Annotated[Literal["h264", "hevc", "av1"] | None, Meta(description=(
+        "The video codec. Default: h264 in mp4, av1 in webm."))] = None
     quality: Annotated[int, Meta(ge=0, le=51, description=(
         "Constant quality on x264's CRF scale: 0 best, 18 visually lossless, 23 default, 51 "
         "worst. Mapped to each encoder's own scale (see docs/protocol.md)."))] = 23
+
+    def __post_init__(self) -> None:
+        if self.codec is None:  # `container: webm` alone is a complete request
+            msgspec.structs.force_setattr(self, "codec",
+                                          "av1" if self.container == "webm" else "h264")
+
+    @property
+    def video_codec(self) -> Literal["h264", "hevc", "av1"]:
+        """The codec, resolved (never None once decoded or built)."""
+        return self.codec or ("av1" if self.container == "webm" else "h264")
 
 
 

@@ -103,6 +103,12 @@ def run(cfg: ClientConfig, **flags: object) -> None:
     """Run the controller in the foreground (settings: VIDFLEET_* variables, see README;
     the Vast.ai key only from VIDFLEET_VAST_API_KEY, never a flag)."""
     env = dict(os.environ, VIDFLEET_NATS_URL=cfg.nats_url)
+    # The global --creds and --tls-ca go to the controller too (it would otherwise connect
+    # with none, and wait forever on a server that wants them).
+    if cfg.creds_file:
+        env["VIDFLEET_CREDS_FILE"] = cfg.creds_file
+    if cfg.tls_ca_file:
+        env["VIDFLEET_TLS_CA_FILE"] = cfg.tls_ca_file
     env |= {f"VIDFLEET_{name.upper()}": str(value) for name, value in flags.items()
             if value is not None}
     os.execve(sys.executable, [sys.executable, "-m", "controller"], env)

@@ -52,8 +52,8 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @submit.command("caption")
 @click.option("--video", required=True, help="Local file or http(s) URL.")
 @click.option("--srt", required=True, help="SubRip subtitles: local file or http(s) URL.")
-@click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default="h264",
-              show_default=True)
+@click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default=None,
+              help="The video codec [default: h264 in mp4, av1 in webm].")
 @click.option("--quality", type=click.IntRange(0, 51), default=23, show_default=True,
               help="x264 CRF scale: lower is better.")
 @click.option("--font", default="DejaVu Sans", show_default=True)
@@ -65,7 +65,7 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @click.option("--position", type=click.Choice(["bottom", "middle", "top"]), default="bottom",
               show_default=True)
 @_common("captioned")
-def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str, quality: int,
+def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, quality: int,
                    **params: Any) -> None:
     """Burn subtitles (SRT or WebVTT) into a video."""
     common = _split_common(params)
@@ -93,11 +93,11 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str, quality:
 @click.option("--easing", type=click.Choice(["linear", "ease_in", "ease_out", "ease_in_out"]),
               default="linear", show_default=True)
 @click.option("--audio", default=None, help="An optional music bed (file or URL).")
-@click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default="h264",
-              show_default=True)
+@click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default=None,
+              help="The video codec [default: h264 in mp4, av1 in webm].")
 @click.option("--quality", type=click.IntRange(0, 51), default=23, show_default=True)
 @_common("kenburns")
-def submit_img2vid(cfg: ClientConfig, image: str, audio: str | None, codec: str,
+def submit_img2vid(cfg: ClientConfig, image: str, audio: str | None, codec: str | None,
                    quality: int, **params: Any) -> None:
     """Turn an image into a video with a smooth Ken Burns zoom."""
     common = _split_common(params)
@@ -145,7 +145,7 @@ def _build(cls: type[T], **fields: Any) -> T:
         raise click.BadParameter(str(exc)) from None
 
 
-def _output(container: str, codec: str, quality: int) -> Output:
+def _output(container: str, codec: str | None, quality: int) -> Output:
     return Output(container=container, codec=codec, quality=quality)  # type: ignore[arg-type]
 
 

@@ -98,10 +98,14 @@ _POLICY_FLAGS = {  # flag -> (Policy field, type)
     "--boot-deadline-s": ("boot_deadline_s", float),
     "--expected-boot-s": ("expected_boot_s", float),
     "--rent-cooldown-s": ("rent_cooldown_s", float),
-    "--max-price-per-hour": ("max_price_per_hour", float),
+    # The same name as the controller's setting (VIDFLEET_MAX_SPEND_PER_HOUR).
+    "--max-spend-per-hour": ("max_price_per_hour", float),
     "--max-spend-per-day": ("max_spend_per_day", float),
     "--max-offer-price-per-hour": ("max_offer_price_per_hour", float),
 }
+
+
+_OLD_NAMES = {"--max-spend-per-hour": ("--max-price-per-hour",)}  # still accepted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="fixed pool size (default: smallest matching ours' p95 wait)")
     defaults = Policy()
     for flag, (name, kind) in _POLICY_FLAGS.items():
-        parser.add_argument(flag, type=kind, default=getattr(defaults, name),
+        parser.add_argument(flag, *_OLD_NAMES.get(flag, ()), dest=name, type=kind,
+                            default=getattr(defaults, name),
                             help=f"Policy.{name} (default {getattr(defaults, name)})")
     return parser
 

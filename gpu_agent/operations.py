@@ -76,7 +76,7 @@ class Operations:
         Raises a final JobFailure when this agent has no working encoder for the codec."""
         if isinstance(job, AddAudioJob):
             return "copy"
-        codec = job.output.codec
+        codec = job.output.video_codec
         encoder = self.encoders.encoder_for(codec)
         if encoder is None:
             raise JobFailure("unsupported_output", f"this agent has no working {codec} encoder "

@@ -40,6 +40,19 @@ def test_vast_without_an_image_exits_2_saying_how_to_make_one() -> None:
     assert "VIDFLEET_VAST_IMAGE" in done.stderr and "make image" in done.stderr
 
 
+def test_controller_run_passes_the_global_creds_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``vidfleet --creds F controller run``: the controller connects with F (here F does not
+    exist, so it says so and exits, instead of waiting on the server without credentials)."""
+    missing = tmp_path / "ctl.creds"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDFLEET_")}
+    done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
+                           "--creds", str(missing), "--nats-url", "nats://127.0.0.1:9",
+                           "controller", "run"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert str(missing) in done.stderr
+
+
 def test_simulate_runs_the_controllers_simulator() -> None:
     done = subprocess.run([sys.executable, "-c", "from client.cli import main; main()",
                            "simulate", "--help"], capture_output=True, text=True, timeout=60)

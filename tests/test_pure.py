@@ -30,6 +30,14 @@ GOOD = ("1\r\n00:00:00,500 --> 00:00:01,500\r\nHello\r\nworld\r\n\r\n"
         "2\r\n00:00:02.000 --> 00:00:02,600\r\nBye\r\n")
 
 
+def test_the_event_schema_describes_only_bodies_that_exist() -> None:
+    """A queued event has an empty body: a schema requiring its fields would make a strict
+    client reject every queued event."""
+    kinds = {v["properties"]["kind"]["enum"][0]
+             for v in schemas()["event.json"]["$defs"].values() if "kind" in v["properties"]}
+    assert kinds == {"started", "progress", "retrying", "succeeded", "failed"}
+
+
 def test_srt_parses_crlf_bom_and_dot_millis() -> None:
     cues = parse_srt(("\ufeff" + GOOD).encode())
     assert cues == [Cue(0.5, 1.5, "Hello\nworld"), Cue(2.0, 2.6, "Bye")]
@@ -220,11 +228,16 @@ def test_webvtt_ids_entities_crlf_and_blank_lines_of_spaces() -> None:
 
 def test_the_webm_codec_rule_applies_only_where_video_is_encoded() -> None:
     webm = b'"output": {"container": "webm"}'
+    h264 = b'"output": {"container": "webm", "codec": "h264"}'
+    # `container: webm` alone is complete: the codec defaults to the one webm holds.
+    caption = decode_job("caption", b'{"video": "obj:v", "srt": "obj:s", ' + webm + b"}")
+    assert caption.output.codec == "av1"
+    assert decode_job("caption", b'{"video": "obj:v", "srt": "obj:s"}').output.codec == "h264"
     with pytest.raises(msgspec.ValidationError, match="webm output holds only av1"):
-        decode_job("caption", b'{"video": "obj:v", "srt": "obj:s", ' + webm + b"}")
+        decode_job("caption", b'{"video": "obj:v", "srt": "obj:s", ' + h264 + b"}")
     with pytest.raises(msgspec.ValidationError, match="webm output holds only av1"):
-        decode_job("img2vid", b'{"image": "obj:i", ' + webm + b"}")
-    job = decode_job("add_audio", b'{"video": "obj:v", "audio": "obj:a", ' + webm + b"}")
+        decode_job("img2vid", b'{"image": "obj:i", ' + h264 + b"}")
+    job = decode_job("add_audio", b'{"video": "obj:v", "audio": "obj:a", ' + h264 + b"}")
     assert job.output.container == "webm"  # the copied stream's codec is checked once probed
 
 

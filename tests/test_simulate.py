@@ -255,3 +255,13 @@ def test_same_seed_same_figures(tmp_path: Path) -> None:
                   + "".join(f"{n * 7},caption,{30 + n}\n" for n in range(30)))
     assert run_simulation(trace, policy=POLICY, seed=5) == run_simulation(trace, policy=POLICY,
                                                                           seed=5)
+
+
+def test_the_simulators_cap_has_the_controllers_name(tmp_path: Path) -> None:
+    """``--max-spend-per-hour`` in ``controller run`` and here alike (the old name still
+    works)."""
+    trace = write(tmp_path / "t.csv", "arrival_s,operation,media_s\n0,caption,40\n")
+    for flag in ("--max-spend-per-hour", "--max-price-per-hour"):
+        assert main(["--trace", str(trace), flag, "5"]) == 0
+    with pytest.raises(SystemExit):
+        main(["--trace", str(trace), "--max-spend-per-hour", "lots"])

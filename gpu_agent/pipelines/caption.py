@@ -60,7 +60,7 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
                          f"{shown}; they would show as boxes or not at all. Pick a style.font "
                          "that has them, or install one on the agents")
     t_encode = ops.clock()
-    out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.codec)
+    out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.video_codec)
     t_done = ops.clock()
     return JobResult(out_info, ops.timings(
         ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s, encode_s=t_encode - t_fetch,

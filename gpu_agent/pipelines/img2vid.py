@@ -62,7 +62,7 @@ async def run(ops: Operations, job: Img2VidJob, ctx: WorkContext) -> JobResult:
     # start, one frame short of the video's length.
     encoded = dataclasses.replace(encoded, media_time_s=framed.duration_s)
     t_encode = ops.clock()
-    out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.codec)
+    out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.video_codec)
     t_done = ops.clock()
     return JobResult(out_info, ops.timings(
         ctx, fetch_s=t_fetch - t0, validate_s=t_validate - t_fetch,
