@@ -6,9 +6,12 @@ a "video" that is really a playlist pointing at local files is refused.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
+from PIL import Image
 
 from gpu_agent.errors import invalid_input
 from gpu_agent.ffmpeg import run_capture
@@ -148,19 +151,51 @@ def require_video(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
         raise invalid_input(f"{label}: {problem}")
 
 
-def require_image(info: MediaInfo, *, label: str, max_side_px: int = 16384,
-                  max_pixels: int = 50_000_000) -> None:
-    """An image we are willing to decode: a decompression bomb fails here, not in memory."""
-    if not info.has_video or info.width <= 0 or info.height <= 0:
+def require_image(info: MediaInfo, *, label: str, path: Path | None = None,
+                  max_side_px: int = 16384, max_pixels: int = 50_000_000) -> None:
+    """An image we are willing to decode: a decompression bomb fails here, not in memory.
+    FFmpeg reports no size at all for a picture past its own limit (about 16k a side), so
+    when it has none the size is read from the file's header (``path``), undecoded: a huge
+    image is then called too large, not "not an image"."""
+    too_big = (f"over the limit of {max_side_px} px a side and "
+               f"{max_pixels // 1_000_000} MP")
+    width, height = info.width, info.height
+    if info.has_video and (width <= 0 or height <= 0) and path is not None:
+        size = _header_size(path)
+        if size is None:
+            raise invalid_input(f"{label}: declares a size {too_big}")
+        width, height = size
+    if not info.has_video or width <= 0 or height <= 0:
         raise invalid_input(f"{label}: is not an image (JPEG, PNG, WebP, BMP or TIFF)")
-    if max(info.width, info.height) > max_side_px or info.width * info.height > max_pixels:
-        raise invalid_input(f"{label}: is {info.width}x{info.height}, over the limit of "
-                            f"{max_side_px} px a side and {max_pixels // 1_000_000} MP")
+    if max(width, height) > max_side_px or width * height > max_pixels:
+        raise invalid_input(f"{label}: is {width}x{height}, {too_big}")
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header, decoding no pixel: (0, 0) when it is no
+    image Pillow knows, None when Pillow refuses to say (a size past its bomb limit) and the
+    file is not a PNG, whose IHDR says it plainly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:  # lazy: reads the header only
+                return image.size
+        except Image.DecompressionBombError:
+            pass
+        except (OSError, ValueError, SyntaxError):
+            return 0, 0
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
 
 
 def require_audio(info: MediaInfo, limits: MediaLimits, *, label: str) -> None:
     if not info.has_audio:
         raise invalid_input(f"{label}: has no audio stream")
+    if info.duration_s <= 0:
+        raise invalid_input(f"{label}: holds no audio (its length is 0 s)")
     if info.duration_s > limits.max_duration_s:
         raise invalid_input(f"{label}: is {info.duration_s:.0f}s long, over the limit of "
                             f"{limits.max_duration_s:.0f}s")

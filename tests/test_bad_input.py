@@ -3,12 +3,16 @@ affected."""
 
 from __future__ import annotations
 
+import io
+import struct
+import wave
+import zlib
 from pathlib import Path
 
 import pytest
 
 from broker.events import Failed, Succeeded
-from broker.jobs import CaptionJob
+from broker.jobs import AddAudioJob, CaptionJob, Img2VidJob
 
 BROKEN_TIMESTAMP_SRT = "1\n00:00:00,500 -> 00:00:01,500\nHello\n"
 NOT_UTF8_SRT = "1\n00:00:00,500 --> 00:00:01,500\nCaf\xe9\n".encode("latin-1")
@@ -86,3 +90,43 @@ async def test_malformed_job_documents(client, agent, js, media_dir: Path, subje
                                           srt=await client.upload_input(media_dir / "talk.srt")))
     assert isinstance(await client.result(good.job_id, timeout_s=60), Succeeded)
     assert agent.state != "stopped"  # the agent kept running through the bad job
+
+
+def _huge_png_header() -> bytes:
+    """A PNG whose header declares 30000x30000 (its pixels would be 2.7 GB decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0,
+                                                             0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def _empty_wav() -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(b"")
+    return out.getvalue()
+
+
+async def test_an_image_too_large_to_probe_is_called_too_large(client, agent,
+                                                                 tmp_path: Path) -> None:
+    image = await _upload_bytes(client, tmp_path, "huge.png", _huge_png_header())
+    receipt = await client.submit(Img2VidJob(image=image, duration_s=1, width=320, height=240))
+    failed = await client.result(receipt.job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and failed.error.code == "invalid_input"
+    assert "is 30000x30000, over the limit" in failed.error.message, failed.error.message
+
+
+async def test_an_empty_audio_file_is_called_empty(client, agent, media_dir: Path,
+                                                   tmp_path: Path) -> None:
+    audio = await _upload_bytes(client, tmp_path, "empty.wav", _empty_wav())
+    receipt = await client.submit(AddAudioJob(
+        video=await client.upload_input(media_dir / "talk.mp4"), audio=audio))
+    failed = await client.result(receipt.job_id, timeout_s=30)
+    assert isinstance(failed, Failed) and failed.error.code == "invalid_input"
+    assert "audio: holds no audio" in failed.error.message, failed.error.message
+    assert "offset_s" not in failed.error.message

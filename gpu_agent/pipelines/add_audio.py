@@ -61,6 +61,6 @@ def _check_offset(job: AddAudioJob, video: MediaInfo, audio: MediaInfo) -> None:
     if job.offset_s >= video_s:
         raise invalid_input(f"offset_s: the audio would start at {job.offset_s:g}s, after the "
                             f"video ends ({video_s:.2f}s)")
-    if job.when_shorter == "pad" and -job.offset_s >= audio.duration_s:
+    if job.when_shorter == "pad" and job.offset_s < 0 and -job.offset_s >= audio.duration_s:
         raise invalid_input(f"offset_s: skipping {-job.offset_s:g}s skips all of the audio "
                             f"({audio.duration_s:.2f}s long)")

@@ -76,7 +76,7 @@ async def _validate(ops: Operations, paths: dict[str, Path]) -> MediaInfo:
         probes.append(probe_media(ops.config.ffprobe, str(paths["audio"]), label="audio",
                                   formats=AUDIO_FORMATS))
     infos = await asyncio.gather(*probes)
-    require_image(infos[0], label="image")
+    require_image(infos[0], label="image", path=paths["image"])
     if len(infos) > 1:
         require_audio(infos[1], ops.limits, label="audio")
     return infos[0]
