@@ -48,6 +48,7 @@ async def test_replace_with_offset_pads_to_the_video_length(client, agent, media
     video_s = _durations(video)["video"]
     assert abs(durations["video"] - video_s) < 0.04  # the same stream
     assert abs(durations["audio"] - video_s) < 0.05  # padded to the video, not cut short
+    assert abs(done.output.duration_s - float(ffprobe(out)["format"]["duration"])) <= 0.05
     assert done.encoder == "copy" and video_md5(out) == video_md5(video)
     assert level_db(out, start_s=0.0, seconds=0.9) < SILENCE_DB  # real silence, no edit list
     assert level_db(out, start_s=1.1, seconds=0.8, band_hz=MUSIC_HZ) > AUDIBLE_DB

@@ -113,3 +113,20 @@ async def test_other_output_formats(client, agent, media_dir: Path, tmp_path: Pa
     inside = region_difference(gray_frame(media_dir / "talk.mp4", INSIDE_CUE_S, SIZE),
                                gray_frame(out, INSIDE_CUE_S, SIZE), SIZE, SUBTITLE_ROWS)
     assert inside > 5.0
+
+
+async def test_a_video_only_result_reports_its_whole_duration(client, agent, media_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """FFmpeg's last progress time is the last frame's start, one frame short of the end."""
+    silent = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", str(silent)], check=True)
+    receipt = await client.submit(CaptionJob(
+        video=await client.upload_input(silent),
+        srt=await client.upload_input(media_dir / "talk.srt")))
+    done = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(done, Succeeded), done
+    out = await client.download(done.output, tmp_path / "out.mp4")
+    actual = float(ffprobe(out)["format"]["duration"])
+    assert abs(done.output.duration_s - actual) <= 0.02, (done.output.duration_s, actual)

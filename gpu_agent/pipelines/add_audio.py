@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from loguru import logger
 
@@ -10,7 +11,7 @@ from broker.jobs import AddAudioJob
 from gpu_agent.errors import invalid_input
 from gpu_agent.media import AUDIO_FORMATS, MediaInfo, probe_media, require_audio, require_video
 from gpu_agent.operations import JobResult, Operations, WorkContext
-from gpu_agent.ops.add_audio import CONTAINER_VIDEO_CODECS, add_audio_argv
+from gpu_agent.ops.add_audio import CONTAINER_VIDEO_CODECS, add_audio_argv, target_duration_s
 
 __all__ = ["run"]
 
@@ -45,6 +46,8 @@ async def run(ops: Operations, job: AddAudioJob, ctx: WorkContext) -> JobResult:
 
     encoded = await ops.encode(argv, validate, ctx, speculative=False)
     t_encode = ops.clock()
+    # Exactly the video stream's length (FFmpeg's last progress time falls a packet short).
+    encoded = dataclasses.replace(encoded, media_time_s=target_duration_s(encoded.source))
     out_info = await ops.store_output(output, ctx, encoded, job.output,
                                       encoded.source.video_codec)
     t_done = ops.clock()

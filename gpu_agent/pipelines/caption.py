@@ -7,6 +7,7 @@ says so in a warning. Those warnings are collected while FFmpeg runs and fail th
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from loguru import logger
@@ -60,6 +61,10 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
                          f"{shown}; they would show as boxes or not at all. Pick a style.font "
                          "that has them, or install one on the agents")
     t_encode = ops.clock()
+    # The output lasts as long as the input (nothing is trimmed). FFmpeg's last progress time
+    # is the start of the last packet: one frame short for a video-only file.
+    encoded = dataclasses.replace(
+        encoded, media_time_s=max(encoded.media_time_s, encoded.source.duration_s))
     out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.video_codec)
     t_done = ops.clock()
     return JobResult(out_info, ops.timings(
