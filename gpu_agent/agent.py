@@ -212,6 +212,8 @@ class Agent:
         fetcher = InputFetcher(link, max_bytes=self.config.max_input_bytes,
                                url_timeout_s=self.config.url_timeout_s,
                                url_total_timeout_s=self.config.url_total_timeout_s,
+                               url_min_bytes_per_s=self.config.url_min_bytes_per_s,
+                               url_slow_window_s=self.config.url_slow_window_s,
                                transport=functools.partial(GuardedTransport, parse_networks(
                                    self.config.url_allow_networks)))
         ops = Operations(results=link, config=self.config, encoders=self.encoders,

@@ -36,6 +36,8 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     max_input_duration_s: float = 4 * 3600.0
     url_timeout_s: float = 60.0  # one read from a URL input
     url_total_timeout_s: float = 1800.0  # a whole URL download
+    url_min_bytes_per_s: float = 65536.0  # slower than this over a window: the download fails
+    url_slow_window_s: float = 30.0
     # URL inputs are fetched only from public internet addresses, plus these networks
     # (comma-separated CIDRs, e.g. "10.20.0.0/16,fd00::/8") for a private deployment's servers.
     url_allow_networks: str = ""

@@ -14,6 +14,8 @@ one: a connection refused, reset, unreachable or silent before any HTTP answer a
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,17 +37,25 @@ MAX_REDIRECTS = 5
 
 class InputFetcher:
     def __init__(self, objects: DispatchLink, *, max_bytes: int, url_timeout_s: float,
-                 url_total_timeout_s: float = 1800.0,
-                 transport: Callable[[], httpx.AsyncBaseTransport] = GuardedTransport) -> None:
+                 url_total_timeout_s: float = 1800.0, url_min_bytes_per_s: float = 65536.0,
+                 url_slow_window_s: float = 30.0,
+                 transport: Callable[[], httpx.AsyncBaseTransport] = GuardedTransport,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``url_timeout_s`` bounds each connect and each read; ``url_total_timeout_s`` the
         whole download, so a server trickling a byte a minute cannot hold a paid machine
-        forever. ``transport`` makes a fresh transport per download (closed with it); the
-        default fetches only from public internet addresses. ``obj:`` inputs come through
+        forever; and a download slower than ``url_min_bytes_per_s`` over any
+        ``url_slow_window_s`` fails long before that (a drip would hold the machine, and the
+        jobs queued behind it, for the whole total). ``transport`` makes a fresh transport
+        per download (closed with it); the default fetches only from public internet
+        addresses. ``obj:`` inputs come through
         the dispatcher (``objects``), which serves only the inputs of the job held."""
         self._objects = objects
         self._max_bytes = max_bytes
         self._url_timeout_s = url_timeout_s
         self._url_total_timeout_s = url_total_timeout_s
+        self._url_min_bytes_per_s = url_min_bytes_per_s
+        self._url_slow_window_s = url_slow_window_s
+        self._clock = clock
         self._transport = transport
 
     async def fetch(self, ref: str, dest: Path, *, label: str, tenant: str,
@@ -133,12 +143,26 @@ class InputFetcher:
         if declared > self._max_bytes:
             raise invalid_input(self._too_big(what, declared))
         written = 0
+        marks: deque[tuple[float, int]] = deque([(self._clock(), 0)])  # (when, bytes so far)
         with open(dest, "wb") as out:
-            async for block in resp.aiter_bytes(1 << 20):
+            async for block in resp.aiter_bytes():  # as it arrives: the pace check sees it
                 written += len(block)
                 if written > self._max_bytes:
                     raise invalid_input(self._too_big(what, written))
                 out.write(block)
+                self._check_pace(marks, written, what)
+
+    def _check_pace(self, marks: deque[tuple[float, int]], written: int, what: str) -> None:
+        """Fail a download whose last ``url_slow_window_s`` brought too few bytes."""
+        now, window = self._clock(), self._url_slow_window_s
+        while len(marks) > 1 and marks[1][0] <= now - window:
+            marks.popleft()  # keep the newest mark at least a window old
+        since, then = marks[0]
+        if now - since >= window and (written - then) / (now - since) < self._url_min_bytes_per_s:
+            raise retryable("input_too_slow", f"{what} sent {written - then} bytes in the last "
+                            f"{now - since:.0f}s, under the minimum of "
+                            f"{self._url_min_bytes_per_s:g} bytes/s")
+        marks.append((now, written))
 
     def _too_big(self, what: str, size: int) -> str:
         return f"{what} is over {size} bytes, more than the limit of {self._max_bytes} bytes"

@@ -44,11 +44,13 @@ def web2(media_dir: Path) -> Iterator[Server]:
 
 
 def _fetcher(nc, *, allow: str = "", resolve: Resolver = resolve_host, inner=None,
-             timeout_s: float = 5.0, total_s: float = 30.0) -> InputFetcher:
+             timeout_s: float = 5.0, total_s: float = 30.0, min_rate: float = 0.0,
+             window_s: float = 30.0) -> InputFetcher:
     kwargs = {"inner": inner} if inner else {}
     # URLs only: objects would come through the dispatcher (none runs here).
     return InputFetcher(DispatchLink(nc, "vf-ssrf"), max_bytes=1 << 30, url_timeout_s=timeout_s,
-                        url_total_timeout_s=total_s,
+                        url_total_timeout_s=total_s, url_min_bytes_per_s=min_rate,
+                        url_slow_window_s=window_s,
                         transport=functools.partial(GuardedTransport, parse_networks(allow),
                                                     resolve=resolve, **kwargs))
 
@@ -232,6 +234,17 @@ async def test_a_trickling_download_is_bounded_in_total(nc, web: Server,
     failure = await _fails(fetcher, f"{web.base}/trickle", tmp_path)
     assert failure.code == "input_timeout" and failure.retryable
     assert failure.message == f"video: {web.base}/trickle: the download took over 0.6s"
+
+
+async def test_a_dripping_download_fails_for_its_pace_long_before_the_total(
+        nc, web: Server, tmp_path: Path) -> None:
+    """A byte every 50 ms is never idle and would hold the machine for the whole total."""
+    web.routes["/trickle"] = ("trickle", None)
+    fetcher = _fetcher(nc, allow="127.0.0.1/32", timeout_s=5, total_s=60, min_rate=1000,
+                       window_s=0.5)
+    failure = await _fails(fetcher, f"{web.base}/trickle", tmp_path)
+    assert failure.code == "input_too_slow" and failure.retryable
+    assert "under the minimum of 1000 bytes/s" in failure.message, failure.message
 
 
 async def test_the_agent_refuses_loopback_and_other_schemes(client, agent, js, web: Server,
