@@ -162,6 +162,12 @@ class Dispatcher:
             return None
         return held.lease.job_id
 
+    def running_for_s(self) -> list[float]:
+        """How long each job in hand has been held (for the backlog estimate)."""
+        now, mono = self._clock(), self._mono()
+        return [max(0.0, now - held.lease.granted_at) for held in self._held.values()
+                if mono - held.heard_at <= self._ack_wait_s]
+
     # -- life ------------------------------------------------------------------------------
 
     async def start(self, nc: Client) -> None:

@@ -225,7 +225,8 @@ class Controller:
         assert self._meter is not None
         snap = Snapshot(now=now, queued_jobs=backlog.queued_jobs,
                         running_jobs=backlog.running_jobs,
-                        backlog_work_s=self._speeds.work_s(backlog), instances=instances,
+                        backlog_work_s=self._speeds.work_s(
+                            backlog, self._dispatcher.running_for_s()), instances=instances,
                         offers=offers, spent_today=self._meter.spent,
                         failed_machines=frozenset(m for m, t in machines.avoid.items()
                                                   if t > now),
@@ -251,7 +252,8 @@ class Controller:
             at=now, provider=self._provider.name,
             queued_jobs=backlog.queued_jobs if backlog else -1,
             running_jobs=backlog.running_jobs if backlog else -1,
-            backlog_work_s=self._speeds.work_s(backlog) if backlog else -1.0,
+            backlog_work_s=(self._speeds.work_s(backlog, self._dispatcher.running_for_s())
+                            if backlog else -1.0),
             spend_per_hour=rate, spent_today=spent, day=self._meter.day,
             max_spend_per_hour=self._policy.max_price_per_hour,
             max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms))

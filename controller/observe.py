@@ -9,7 +9,7 @@ length is unknown until an agent probes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 from loguru import logger
@@ -140,10 +140,16 @@ class SpeedBook:
             speed = event.output.duration_s / event.timings.encode_s
             self.gpu_speed[gpu] = _ewma(self.gpu_speed.get(gpu), speed)
 
-    def work_s(self, backlog: Backlog) -> float:
-        """Queued jobs at the mean job time; running ones at half of it (half done, on average)."""
+    def work_s(self, backlog: Backlog, running_for_s: Sequence[float] = ()) -> float:
+        """Queued jobs at the mean job time. A running job whose age is known
+        (``running_for_s``, from the dispatcher's leases) at what is left of the mean, or, past
+        half the mean, at as long again as it has run: a job far over the mean (a dripping
+        download, a huge input) keeps its machine, and the queue behind it needs another. Other
+        running jobs at half the mean (half done, on average)."""
         mean = (sum(self.job_s.values()) / len(self.job_s)) if self.job_s else _PRIOR_JOB_S
-        return mean * (backlog.queued_jobs + 0.5 * backlog.running_jobs)
+        aged = sum(max(mean - age, age) for age in running_for_s)
+        unknown = max(0, backlog.running_jobs - len(running_for_s))
+        return mean * (backlog.queued_jobs + 0.5 * unknown) + aged
 
 
 def _ewma(old: float | None, new: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from controller.observe import Backlog, SpeedBook
 from controller.policy import (
     Destroy,
     Drain,
@@ -190,3 +191,17 @@ def test_a_spent_day_budget_destroys_even_machines_that_claim_to_be_busy() -> No
 ])
 def test_only_the_models_without_nvenc_are_refused(gpu: str, nvenc: bool) -> None:
     assert has_nvenc(gpu) is nvenc
+
+
+def test_a_job_far_over_the_mean_counts_so_the_queue_behind_it_gets_a_machine() -> None:
+    """One machine stuck for 30 min on a job (a dripping download) with one job queued: the
+    estimate used to be 1.5 mean jobs (90 s), which that one busy machine 'covers'."""
+    speeds = SpeedBook(lambda _agent: None)  # no results yet: the 60 s prior
+    backlog = Backlog(queued_jobs=1, running_jobs=1)
+    assert speeds.work_s(backlog) == 90.0  # no ages known: half the mean each
+    assert speeds.work_s(backlog, [10.0]) == 60.0 + 50.0  # early on: what is left of the mean
+    stuck = speeds.work_s(backlog, [1800.0])
+    assert stuck == 60.0 + 1800.0
+    busy = (inst("a", "busy", job="slow"),)
+    assert rents(decide(snap(queued=1, running=1, work_s=stuck, instances=busy), POLICY))
+    assert not rents(decide(snap(queued=1, running=1, work_s=90.0, instances=busy), POLICY))
