@@ -232,6 +232,16 @@ class Dispatcher:
             return
         if (old := self._waiting.pop(agent_id, None)) is not None:
             await self._reply(old.msg, WorkReply())  # superseded by this one
+        if (held := self._held.get(agent_id)) is not None:
+            # One job per agent: asking for another hands this one back, now.
+            logger.warning("{agent} asked for work while holding {tenant}/{job_id}; that job "
+                           "goes back to the queue", agent=agent_id, tenant=held.lease.tenant,
+                           job_id=held.lease.job_id)
+            try:
+                await self._nc_publish(held.lease.ack_subject, b"-NAK")
+            except nats.errors.Error as exc:  # it comes back after ack_wait instead
+                logger.warning("hand-back failed: {error}", error=str(exc))
+            await self._drop(agent_id)
         if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
             await self._reply(msg, WorkReply())
             return
@@ -286,8 +296,8 @@ class Dispatcher:
         # the reaper ended it): its record goes.
         for agent_id, held in list(self._held.items()):
             if now - held.heard_at > _STALE_HOLDS * self._ack_wait_s:
-                logger.info("lease of {agent} on {job_id} forgotten: silent since",
-                            agent=agent_id, job_id=held.lease.job_id)
+                logger.info("lease of {agent} on {job_id} forgotten: silent for {s:.0f}s",
+                            agent=agent_id, job_id=held.lease.job_id, s=now - held.heard_at)
                 await self._drop(agent_id)
 
     async def _dispatch(self, job: Msg) -> None:
@@ -317,13 +327,6 @@ class Dispatcher:
         if waiter is None:  # everyone gave up while it was fetched: back to the queue
             await job.nak()
             return
-        if waiter.agent_id in self._held:
-            old = self._held[waiter.agent_id].lease
-            logger.warning("{agent} asked for work while holding {tenant}/{job_id}; that "
-                           "job goes back to the queue", agent=waiter.agent_id,
-                           tenant=old.tenant, job_id=old.job_id)
-            await self._nc_publish(old.ack_subject, b"-NAK")
-            await self._drop(waiter.agent_id)
         meta = job.metadata
         lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
                       job_id=job_id, attempt=meta.num_delivered,
