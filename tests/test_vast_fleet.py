@@ -239,3 +239,21 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
     labels = [b["label"] for b in fake.create_requests]
     assert len(labels) == len(set(labels))
     assert fake.alive_count() == 0
+
+
+async def test_a_launch_the_image_cannot_start_ends_as_an_exited_instance(
+        fake: FakeVast) -> None:
+    """The fake runs the create request's own command (runtype args: onstart, then args),
+    so a launch naming something the image does not have fails here as it would there."""
+    provider = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:t",
+                                       base_url=fake.url, min_interval_s={},
+                                       onstart="python3.99", allow_plaintext_agent_url=True))
+    try:
+        offer = next(o for o in await provider.search_offers() if o.gpu_name == "RTX 4090")
+        await provider.launch(offer, label="vf-nopython", env={
+            "VIDFLEET_NATS_URL": "nats://127.0.0.1:9"})
+        await asyncio.to_thread(
+            fake.wait_for, lambda f: any(i.actual_status == "exited" for i in f.instances()),
+            30)
+    finally:
+        await provider.aclose()

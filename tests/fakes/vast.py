@@ -33,9 +33,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -93,6 +95,17 @@ class FakeContainer:
         self.signals.append("KILL")
         self._ended.set()
 
+def launch_argv(body: Mapping[str, Any]) -> list[str]:
+    """What Vast.ai runs for a create request: with runtype ``args``, ``onstart`` as the
+    entrypoint (looked up on the image's PATH) and ``args`` as its arguments, no shell; with
+    an ssh/jupyter runtype, its own entrypoint running ``onstart`` as a shell script."""
+    onstart = str(body.get("onstart") or "")
+    if "args" in str(body.get("runtype") or "").split():
+        return [onstart, *[str(a) for a in body.get("args") or []]] if onstart else [
+            str(a) for a in body.get("args") or []]
+    return ["/bin/sh", "-c", onstart or "true"]
+
+
 class Podman:
     """Starts what a create request names, as Vast.ai does, with podman: the body's image,
     with its env. ``runtype`` args: ``onstart`` replaces the image's entrypoint and ``args``
@@ -117,13 +130,8 @@ class Podman:
                 *itertools.chain.from_iterable(("--env", f"{k}={v}")
                                                for k, v in wanted.items()
                                                if not k.startswith("-"))]
-        onstart = str(body.get("onstart") or "")
-        if "args" in str(body.get("runtype") or "").split():
-            if onstart:
-                argv += ["--entrypoint", onstart]
-            argv += [str(body["image"]), *[str(a) for a in body.get("args") or []]]
-        else:
-            argv += ["--entrypoint", "/bin/sh", str(body["image"]), "-c", onstart or "true"]
+        command = launch_argv(body)
+        argv += ["--entrypoint", command[0], str(body["image"]), *command[1:]]
         out: Any = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +310,7 @@ class FakeVast:
         self.gone_as_404 = gone_as_404
         self.accept_string_env = accept_string_env
         self._start_container = start_container or self._spawn_agent
+        self._bin_dir: str | None = None
         self._base_env = dict(base_env if base_env is not None else
                               {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR")
                                if k in os.environ})
@@ -354,6 +363,8 @@ class FakeVast:
             self._cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
+        if self._bin_dir is not None:
+            shutil.rmtree(self._bin_dir, ignore_errors=True)
         for thread in self._threads:
             thread.join(timeout=5)
         for handle in handles:
@@ -463,17 +474,31 @@ class FakeVast:
 
     def _spawn_agent(self, instance_id: int, env: dict[str, str],
                      body: dict[str, Any] | None = None) -> ContainerHandle:
+        """The create request's command, looked up on a PATH whose first entry stands for the
+        image's venv (its ``python`` is this test run's interpreter). Faithful to the image
+        only in that; the ``Podman`` launcher runs the image itself."""
+        argv = launch_argv(body) if body is not None else ["python", "-m", "gpu_agent"]
+        env = {**env, "PATH": f"{self._image_bin()}:{env.get('PATH', '')}"}
         out: Any = subprocess.DEVNULL
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self._log_dir / f"C.{instance_id}.log", "ab")  # noqa: SIM115
         try:
-            return subprocess.Popen([sys.executable, "-m", "gpu_agent"], cwd=self._cwd, env=env,
+            return subprocess.Popen(argv, cwd=self._cwd, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
+
+    def _image_bin(self) -> str:
+        """A directory standing for the image's /venv/bin: ``python`` is this interpreter."""
+        if self._bin_dir is None:
+            self._bin_dir = tempfile.mkdtemp(prefix="fake-image-bin-")
+            python = Path(self._bin_dir) / "python"  # a script: a symlink would lose the venv
+            python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+            python.chmod(0o755)
+        return self._bin_dir
 
     def _watch(self, inst: _Inst, handle: ContainerHandle) -> None:
         code = handle.wait()
