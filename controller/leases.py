@@ -1,0 +1,132 @@
+"""Which agent holds which job: the dispatcher's lease book, in memory and in KV ``leases``.
+
+One record per agent (an agent holds at most one job). The KV copy lets a restarted controller
+go on with the jobs in hand instead of letting their deliveries lapse. A lease counts as live
+while its holder was heard from within ``ack_wait``: past that JetStream has redelivered (or
+will redeliver) the job, so neither the heartbeat check nor the backlog may count on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+from loguru import logger
+from nats.js.api import ObjectInfo
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from broker.dispatch import Lease, decode_lease, encode
+from broker.events import OutputInfo
+from broker.objects import ObjectWriter
+
+__all__ = ["Held", "LeaseBook", "Reading"]
+
+
+@dataclass
+class Reading:
+    """One input being read by the holder: its chunks, read ahead in batches."""
+
+    info: ObjectInfo
+    chunks: AsyncGenerator[bytes, None]
+    position: int = 0  # the index of the next chunk
+
+    async def close(self) -> None:
+        await self.chunks.aclose()
+
+
+@dataclass
+class Held:
+    """A lease and what its holder has under way."""
+
+    lease: Lease
+    heard_at: float  # the last message from the holder (monotonic)
+    upload: ObjectWriter | None = None
+    stored: OutputInfo | None = None  # the committed result (a retried report reuses it)
+    reading: dict[str, Reading] = field(default_factory=dict)  # inputs being read
+    started: bool = False  # one started event per lease
+    progress_at: float = float("-inf")  # the last progress event published (monotonic)
+
+
+class LeaseBook:
+    def __init__(self, kv: KeyValue, *, ack_wait_s: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._kv = kv
+        self._mono = monotonic
+        self.ack_wait_s = ack_wait_s
+        self._held: dict[str, Held] = {}  # agent id -> its one job
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def load(self) -> None:
+        """The leases a previous dispatcher left, as if each holder had just been heard."""
+        try:
+            keys = await self._kv.keys()
+        except nats.errors.Error:  # nats-py: NoKeysError when empty
+            keys = []
+        for key in keys:
+            try:
+                entry = await self._kv.get(key)
+                lease = decode_lease(entry.value or b"")
+            except (KeyNotFoundError, ValueError) as exc:
+                logger.warning("lease {key} unreadable ({error}); dropped", key=key,
+                               error=str(exc))
+                await self._forget(key)
+                continue
+            self._held[lease.agent_id] = Held(lease, heard_at=self._mono())
+
+    async def grant(self, lease: Lease) -> None:
+        """Record a lease (on disk first: a crash after the grant must not lose it)."""
+        await self._kv.put(lease.agent_id, encode(lease))
+        self._held[lease.agent_id] = Held(lease, heard_at=self._mono())
+
+    def get(self, agent_id: str) -> Held | None:
+        return self._held.get(agent_id)
+
+    def holder(self, agent_id: str, tenant: str, job_id: str) -> Held | None:
+        """``agent_id``'s lease if it is on that job; None for anything else."""
+        held = self._held.get(agent_id)
+        if held is None or (held.lease.tenant, held.lease.job_id) != (tenant, job_id):
+            return None
+        return held
+
+    def holders_of(self, tenant: str, job_id: str) -> list[str]:
+        return [agent_id for agent_id, held in self._held.items()
+                if (held.lease.tenant, held.lease.job_id) == (tenant, job_id)]
+
+    def holds(self, agent_id: str) -> str | None:
+        """The job id ``agent_id`` holds right now, if any (a live lease)."""
+        held = self._held.get(agent_id)
+        return held.lease.job_id if held is not None and self._live(held) else None
+
+    def running_for_s(self, now: float) -> list[float]:
+        """How long each live lease has been held, at wall-clock ``now``."""
+        return [max(0.0, now - held.lease.granted_at) for held in self._held.values()
+                if self._live(held)]
+
+    def stale(self, silent_for_s: float) -> list[str]:
+        """Agents not heard from for ``silent_for_s``."""
+        now = self._mono()
+        return [agent_id for agent_id, held in self._held.items()
+                if now - held.heard_at > silent_for_s]
+
+    async def drop(self, agent_id: str) -> None:
+        """End a lease: its unfinished upload and reads go with it."""
+        held = self._held.pop(agent_id, None)
+        if held is not None:
+            if held.upload is not None:
+                await held.upload.abort()
+            for reading in held.reading.values():
+                await reading.close()
+        await self._forget(agent_id)
+
+    def _live(self, held: Held) -> bool:
+        return self._mono() - held.heard_at <= self.ack_wait_s
+
+    async def _forget(self, key: str) -> None:
+        with contextlib.suppress(KeyNotFoundError):
+            await self._kv.delete(key)
