@@ -31,13 +31,12 @@ from nats.aio.msg import Msg
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.dispatch import Grant
-from broker.fleet import decode_command, decode_renew_reply
+from broker.fleet import decode_command
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.subjects import (
     agent_control_subject,
     agent_inbox_prefix,
     heartbeat_subject,
-    renew_subject,
 )
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
@@ -46,6 +45,7 @@ from gpu_agent.fonts import find_fonts_dir, font_families
 from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
+from gpu_agent.renewal import keep_credentials
 from gpu_agent.url_guard import parse_networks
 from gpu_agent.url_transport import GuardedTransport
 from gpu_agent.worker import JobOutcome, Worker
@@ -117,7 +117,8 @@ class Agent:
                            tg.create_task(_set_when(lost, force)),
                            tg.create_task(switch.run(nc, deadman))]
                 if credentials is not None and credentials.expires_at is not None:
-                    helpers.append(tg.create_task(self._keep_credentials(nc, credentials, log)))
+                    helpers.append(tg.create_task(keep_credentials(
+                        nc, credentials, self.agent_id, log, clock=self._clock)))
                 await self._work_loop(link, worker, halt, force, log)
                 for task in helpers:
                     task.cancel()
@@ -169,28 +170,6 @@ class Agent:
         await destroy_own_instance(base_url=self.config.vast_url,
                                    instance_id=self.config.container_id,
                                    key=self.config.container_api_key)
-
-    async def _keep_credentials(self, nc: Client, credentials: LiveCredentials,
-                                log: Logger) -> None:
-        """Renew the JWT at half its remaining life and reconnect with it: the server
-        would close the connection at expiry, and nats-py would not come back. The job in
-        hand carries over (same client: its holds and reports go out after the
-        reconnect)."""
-        while (expires_at := credentials.expires_at) is not None:
-            await asyncio.sleep(max(0.5, (expires_at - self._clock()) / 2))
-            try:
-                reply = decode_renew_reply((await nc.request(
-                    renew_subject(self.agent_id), b"", timeout=10)).data)
-            except (nats.errors.Error, TimeoutError, msgspec.DecodeError) as exc:
-                log.warning("credential renewal failed, retrying: {error}",
-                            error=str(exc) or type(exc).__name__)
-                continue
-            if not reply.jwt:
-                log.error("credential renewal refused: {error}", error=reply.error)
-                continue
-            credentials.renew(reply.jwt)
-            await nc.force_reconnect()
-            log.info("credentials renewed until {until}", until=reply.expires_at)
 
     def _command_handler(self, nc: Client, halt: asyncio.Event,
                          log: Logger) -> Callable[[Msg], Awaitable[None]]:

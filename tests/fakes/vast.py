@@ -132,17 +132,23 @@ class Podman:
                                                if not k.startswith("-"))]
         command = launch_argv(body)
         argv += ["--entrypoint", command[0], str(body["image"]), *command[1:]]
-        out: Any = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"C.{instance_id}.log", "ab")  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        proc = _start_logged(argv, self.log_dir, instance_id)
         return PodmanContainer(proc, [*self.command, "kill", name])
+
+
+def _start_logged(argv: list[str], log_dir: Path | None, instance_id: int,
+                  **options: Any) -> subprocess.Popen[bytes]:
+    """A container's process in its own session, its output in ``<log_dir>/C.<id>.log``."""
+    out: Any = subprocess.DEVNULL
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log_dir / f"C.{instance_id}.log", "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, **options)
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
 
 
 class PodmanContainer:
@@ -479,17 +485,7 @@ class FakeVast:
         only in that; the ``Podman`` launcher runs the image itself."""
         argv = launch_argv(body) if body is not None else ["python", "-m", "gpu_agent"]
         env = {**env, "PATH": f"{self._image_bin()}:{env.get('PATH', '')}"}
-        out: Any = subprocess.DEVNULL
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self._log_dir / f"C.{instance_id}.log", "ab")  # noqa: SIM115
-        try:
-            return subprocess.Popen(argv, cwd=self._cwd, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        return _start_logged(argv, self._log_dir, instance_id, cwd=self._cwd, env=env)
 
     def _image_bin(self) -> str:
         """A directory standing for the image's /venv/bin: ``python`` is this interpreter."""
