@@ -185,12 +185,14 @@ def tenant_events_stream(tenant: str) -> str:
 
 
 def inputs_bucket(tenant: str) -> str:
-    """The tenant's own object store of inputs; only that tenant may write or read it."""
+    """The tenant's own object store of inputs: the tenant writes and reads it; the
+    dispatcher reads a held job's inputs for its agent."""
     return f"inputs-{validate_tenant(tenant)}"
 
 
 def results_bucket(tenant: str) -> str:
-    """The tenant's own object store of results; agents write, only that tenant reads."""
+    """The tenant's own object store of results: the dispatcher writes an agent's result
+    into it; only that tenant reads."""
     return f"results-{validate_tenant(tenant)}"
 
 

@@ -61,8 +61,9 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 3600.0  # a resubmitted job id inside this window is dropped
     events_max_age_s: float = 7 * _DAY_S
     max_events_per_job_kind: int = 50_000  # progress beyond this (~14 h at 1/s) drops the oldest
-    # Bytes kept at most; past it the oldest go. Agents may publish events and write job
-    # state for any job, so without a bound one could fill the server's disk for everyone.
+    # Bytes kept at most; past it the oldest go. What agents make the controller write is
+    # bounded per lease (controller/reports.py); this bounds the rest, so no flood can fill
+    # the server's disk for everyone.
     # (JetStream reserves each limit on the disk up front.)
     events_max_bytes: int = 2 * 2**30
     tenant_events_max_bytes: int = 256 * 2**20  # each tenant's copy, EVENTS-<tenant>
@@ -75,8 +76,9 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     tenant_inputs_max_bytes: int = 4 * 2**30  # as large as one input may be (the agents')
     tenant_results_max_bytes: int = 4 * 2**30
     # Consumers on a tenant's events stream (its clients' watches); past it the server refuses
-    # a new one, for that tenant only. Its buckets allow more: every input an agent downloads
-    # is a consumer there too, so their cap must exceed the tenant's jobs running at once.
+    # a new one, for that tenant only. Its buckets allow more: every input the dispatcher
+    # reads for an agent is a consumer there too, so their cap must exceed the tenant's jobs
+    # running at once.
     tenant_max_consumers: int = 64
     tenant_bucket_max_consumers: int = 1024
 
@@ -167,7 +169,7 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig,
     """Create the bucket, then forbid rollups and purges on its stream: nats-py creates KV
     streams with rollups allowed, and one ``Nats-Rollup: all`` publish would empty the
     bucket. (Irreversible by design: the server refuses to allow purges again.) Reads are
-    direct gets, by key: the agents' grant has no message get by sequence. With
+    direct gets, by key (no message get by sequence is exported to anyone). With
     ``max_bytes`` the oldest entries go when it is full, rather than every write failing."""
     try:
         await js.key_value(config.bucket)
