@@ -8,8 +8,8 @@ deployment: in production it sits with the controller only.
 
 Revocations and tenants are kept in KV bucket ``auth`` (keys ``revocations`` and ``tenants``),
 written only from the FLEET account (the controller, ``vidfleet creds``): no tenant or agent
-account imports it. Every account JWT pushed to the server is built from both, so the AGENTS
-account always imports every tenant's buckets and each account carries all of its revocations.
+account imports it. Every account JWT pushed to the server is built from both, so every tenant
+has its account and each account carries all of its revocations.
 Each revocation is dropped once the revoked user's JWTs have all expired.
 """
 

@@ -1,40 +1,40 @@
-"""Real nats-server per test (a fresh JetStream dir each time: it starts in ~0.1 s), real
-FFmpeg on tiny generated media, agents run in-process or as real subprocesses."""
+"""Real nats-server per test (operator mode, as ``vidfleet up`` runs it: tests/secure_stack.py;
+a fresh JetStream dir each time: it starts in ~0.1 s), real FFmpeg on tiny generated media,
+agents run in-process or as real subprocesses, each with its own agent credentials."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext
 
+from broker.auth_store import create_tenant
 from broker.connect import connect
 from broker.logs import setup_logging
-from broker.server import EmbeddedServer
-from broker.topology import TopologyConfig, ensure_topology
+from broker.subjects import DEFAULT_TENANT
+from broker.topology import ensure_topology
 from client.api import Client
+from controller.credentials import agent_env
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
 from gpu_agent.worker import JobOutcome
-from tests.control_plane import ControlPlane, control_plane
+from tests.control_plane import TEST_TOPOLOGY, ControlPlane, control_plane
 from tests.media import TWO_CUES_SRT, make_video
 
-pytest_plugins = ("tests.secure_stack",)  # the operator-mode server fixtures
+if TYPE_CHECKING:
+    from tests.secure_stack import Secure
 
-# Short leases so a killed agent's job comes back within seconds.
-TEST_TOPOLOGY = TopologyConfig(ack_wait_s=3.0, max_deliver=4,
-                               tenant_inputs_max_bytes=256 * 2**20,
-                               tenant_results_max_bytes=256 * 2**20,
-                               tenant_max_consumers=16, events_max_bytes=64 * 2**20,
-                               tenant_events_max_bytes=16 * 2**20,
-                               jobstate_max_bytes=16 * 2**20)
+pytest_plugins = ("tests.secure_stack",)  # the operator-mode server: ``nats_server`` and more
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,22 +43,27 @@ def _logging() -> None:
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Nats]:
-    conn = await connect(nats_server.url, name="test-admin")
+async def nc(nats_server: Secure) -> AsyncIterator[Nats]:
+    """A controller's connection (FLEET): what tests set up and inspect the fleet with."""
+    conn = await connect(nats_server.url, name="test-admin",
+                         credentials=nats_server.credentials("controller", "test-admin"))
     yield conn
     await conn.close()
 
 
 @pytest.fixture
-async def js(nc: Nats) -> JetStreamContext:
+async def js(nc: Nats, nats_server: Secure) -> JetStreamContext:
+    """The topology and tenant ``default`` (its account and object stores), as ``vidfleet up``
+    makes them."""
     js = nc.jetstream()
     await ensure_topology(js, TEST_TOPOLOGY)
+    system = await connect(nats_server.url, name="test-system",
+                           credentials=nats_server.credentials("system", "test-system"))
+    try:
+        nats_server.tenants[DEFAULT_TENANT] = await create_tenant(
+            js, system, nats_server.keys, DEFAULT_TENANT)
+    finally:
+        await system.close()
     return js
 
 
@@ -71,10 +76,21 @@ async def control(js: JetStreamContext, nc: Nats) -> AsyncIterator[ControlPlane]
 
 
 @pytest.fixture
-async def fleet_client(js, nats_server: EmbeddedServer) -> AsyncIterator[Client]:
-    """A client of a stack whose controller runs (it serves submits and dispatch: a second
+async def fleet_client(js, nats_server: Secure) -> AsyncIterator[Client]:
+    """A client of tenant ``default`` (its own creds file, as ``vidfleet creds client`` makes
+    it), of a stack whose controller runs (it serves submits and dispatch: a second
     dispatcher beside it would lease the same agents' work twice)."""
-    vf = await Client.connect(nats_server.url)
+    vf = await Client.connect(nats_server.url, creds_file=nats_server.creds_file(
+        "client", "tests", tenant=DEFAULT_TENANT))
+    yield vf
+    await vf.close()
+
+
+@pytest.fixture
+async def operator(js, nats_server: Secure) -> AsyncIterator[Client]:
+    """The operator's tools (``admin.creds``, FLEET), as ``vidfleet status`` connects: a
+    tenant's client may not read the fleet's state."""
+    vf = await Client.connect(nats_server.url, creds_file=nats_server.auth.admin_creds)
     yield vf
     await vf.close()
 
@@ -93,10 +109,15 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def agent_config(server: EmbeddedServer, work_dir: Path, **overrides: object) -> AgentConfig:
+def agent_config(server: Secure, work_dir: Path, **overrides: object) -> AgentConfig:
+    """An agent's settings, with credentials of its own (as the controller mints them for a
+    machine it starts: the agent role, named by its id)."""
+    agent_id = str(overrides.pop("agent_id", "") or f"agent-{secrets.token_hex(4)}")
+    minted = server.mint("agent", agent_id)
     values: dict[str, object] = dict(nats_url=server.url, work_dir=str(work_dir),
-                                     fetch_timeout_s=2.0, heartbeat_interval_s=1.0,
-                                     progress_interval_s=0.2)
+                                     agent_id=agent_id, nats_jwt=minted.jwt.reveal(),
+                                     nats_seed=minted.seed, fetch_timeout_s=2.0,
+                                     heartbeat_interval_s=1.0, progress_interval_s=0.2)
     values.update(overrides)
     return AgentConfig(**values)  # type: ignore[arg-type]
 
@@ -151,7 +172,7 @@ def outcomes() -> Outcomes:
 
 
 @pytest.fixture
-async def agent(js, control: ControlPlane, nats_server: EmbeddedServer, tmp_path: Path,
+async def agent(js, control: ControlPlane, nats_server: Secure, tmp_path: Path,
                 outcomes: Outcomes) -> AsyncIterator[Agent]:
     """An in-process agent (and the control plane, so that jobs can reach it)."""
     async with running_agent(agent_config(nats_server, tmp_path / "agent"), outcomes) as a:
@@ -159,11 +180,13 @@ async def agent(js, control: ControlPlane, nats_server: EmbeddedServer, tmp_path
 
 
 @contextlib.asynccontextmanager
-async def agent_process(nc: Nats, nats_url: str, agent_id: str,
+async def agent_process(nc: Nats, server: Secure, agent_id: str,
                         work_dir: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """A real ``python -m gpu_agent`` child, entered once its first heartbeat arrives;
-    killed on exit if the test left it running. Its log is ``<work_dir>.log``."""
-    env = {**os.environ, "VIDFLEET_NATS_URL": nats_url, "VIDFLEET_AGENT_ID": agent_id,
+    """A real ``python -m gpu_agent`` child with its credentials in its environment, as a
+    provider starts it; entered once its first heartbeat arrives; killed on exit if the test
+    left it running. Its log is ``<work_dir>.log``."""
+    env = {**os.environ, **agent_env(server.mint("agent", agent_id)),
+           "VIDFLEET_NATS_URL": server.url, "VIDFLEET_AGENT_ID": agent_id,
            "VIDFLEET_WORK_DIR": str(work_dir), "VIDFLEET_PROGRESS_INTERVAL_S": "0.2",
            "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5", "VIDFLEET_FETCH_TIMEOUT_S": "2"}
     beats = await nc.subscribe(f"agents.{agent_id}.heartbeat")

@@ -1,6 +1,12 @@
-"""A real operator-mode nats-server with the production account layout, for tests that use
-credentials: FLEET (topology, the gateway, the dispatcher), AGENTS, and tenants ``alice``
-and ``bob``.
+"""The one kind of nats-server the tests run: operator mode, set up as ``vidfleet up`` sets it
+up (keys made in an auth directory, the server's config written from them, the production
+account layout: FLEET for the topology, the gateway and the dispatcher; AGENTS; one account per
+tenant). Every test that talks to a server talks to this one, so each role's permissions are
+exercised by every path.
+
+``nats_server`` is the bare server; conftest's ``js`` adds the topology and tenant ``default``
+(the stack of the end-to-end tests); ``secure`` adds tenants ``alice`` and ``bob`` and the
+control plane instead (the isolation and attack tests).
 
 A call that crosses no import simply has nowhere to go: inside a tenant or the agents' account
 it meets no responder (or times out), and a publish lands in the caller's own account. A call
@@ -22,18 +28,17 @@ import pytest
 from nats.aio.client import Client as Nats
 from nats.aio.client import RawCredentials
 
-from broker.auth import AuthKeys, Minted, Tenant, generate_keys, mint_user, server_config
-from broker.auth_store import create_tenant
-from broker.creds import creds_text
+from broker.auth import AuthKeys, Minted, Role, Tenant, mint_user
+from broker.auth_store import AuthDir, create_tenant, write_private
+from broker.creds import LiveCredentials, creds_text
 from broker.server import EmbeddedServer
 from broker.subjects import FLEET_API_PREFIX, agent_inbox_prefix
 from broker.topology import ensure_tenant, ensure_topology
 from client.api import Client
-from tests.conftest import TEST_TOPOLOGY
-from tests.control_plane import ControlPlane, control_plane
+from tests.control_plane import TEST_TOPOLOGY, ControlPlane, control_plane
 
-__all__ = ["TENANTS", "Secure", "Session", "connect_as", "ctl", "secure", "session",
-           "tenant_client"]
+__all__ = ["TENANTS", "Secure", "Session", "connect_as", "ctl", "nats_server",
+           "secure", "session", "start_secure_server", "tenant_client"]
 
 TENANTS = ("alice", "bob")
 
@@ -41,6 +46,7 @@ TENANTS = ("alice", "bob")
 @dataclass
 class Secure:
     server: EmbeddedServer
+    auth: AuthDir
     keys: AuthKeys
     tenants: dict[str, Tenant] = field(default_factory=dict)
     control: ControlPlane | None = None  # set by the ``secure`` fixture
@@ -48,6 +54,35 @@ class Secure:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def mint(self, role: Role, name: str, *, tenant: str | None = None,
+             expires_in_s: float | None = 3600) -> Minted:
+        """A user of ``role`` named ``name`` (an agent's id is its name); a client of
+        ``tenant``, which must have been created."""
+        return mint_user(self.keys, role, name, expires_in_s=expires_in_s,
+                         tenant=self.tenants[tenant] if tenant else None)
+
+    def credentials(self, role: Role, name: str, *,
+                    tenant: str | None = None) -> LiveCredentials:
+        minted = self.mint(role, name, tenant=tenant)
+        return LiveCredentials(minted.jwt.reveal(), minted.seed)
+
+    def creds_file(self, role: Role, name: str, *, tenant: str | None = None) -> Path:
+        """A .creds file (mode 0600, in the auth directory) for ``--creds`` and
+        ``VIDFLEET_CREDS_FILE``."""
+        path = self.auth.path / f"{role}-{name}.creds"
+        write_private(path, creds_text(self.mint(role, name, tenant=tenant)).encode())
+        return path
+
+
+def start_secure_server(directory: Path, extra_args: tuple[str, ...] = ()) -> Secure:
+    """Keys in ``directory/auth`` (as ``vidfleet up`` keeps them), JetStream in
+    ``directory/nats``; ``extra_args`` for nats-server (TLS, say)."""
+    auth = AuthDir(directory / "auth")
+    keys = auth.ensure()
+    server = EmbeddedServer(directory / "nats",
+                            extra_args=["-c", str(auth.server_conf), *extra_args])
+    return Secure(server.start(), auth, keys)
 
 
 @dataclass
@@ -72,31 +107,27 @@ class Session:
 
 
 @pytest.fixture
-def secure_server(tmp_path: Path) -> Iterator[Secure]:
-    keys = generate_keys()
-    (tmp_path / "jwt").mkdir()
-    conf = tmp_path / "server.conf"
-    conf.write_text(server_config(keys, str(tmp_path / "jwt")))
-    server = EmbeddedServer(tmp_path / "nats", extra_args=["-c", str(conf)]).start()
-    yield Secure(server, keys)
-    server.stop()
+def nats_server(tmp_path: Path) -> Iterator[Secure]:
+    made = start_secure_server(tmp_path)
+    yield made
+    made.server.stop()
 
 
 @pytest.fixture
-async def secure(secure_server: Secure) -> AsyncIterator[Secure]:
+async def secure(nats_server: Secure) -> AsyncIterator[Secure]:
     """The fleet's topology, its gateway and dispatcher (as the controller runs them) and
     two tenants."""
-    async with session(secure_server, "controller", "ctl") as ctl, \
-            session(secure_server, "system", "sys") as system:
+    async with session(nats_server, "controller", "ctl") as ctl, \
+            session(nats_server, "system", "sys") as system:
         js = ctl.nc.jetstream()
         await ensure_topology(js, TEST_TOPOLOGY, tenants=())
         for name in TENANTS:
-            tenant = await create_tenant(js, system.nc, secure_server.keys, name)
+            nats_server.tenants[name] = await create_tenant(js, system.nc, nats_server.keys,
+                                                            name)
             await ensure_tenant(js, TEST_TOPOLOGY, name)
-            secure_server.tenants[name] = tenant
         async with control_plane(js, ctl.nc) as services:
-            secure_server.control = services
-            yield secure_server
+            nats_server.control = services
+            yield nats_server
 
 
 @pytest.fixture
@@ -124,8 +155,7 @@ async def connect_as(secure: Secure, minted: Minted, errors: list[str] | None = 
 @contextlib.asynccontextmanager
 async def session(secure: Secure, role: str, name: str, *, tenant: str | None = None,
                   expires_in_s: float | None = 600) -> AsyncIterator[Session]:
-    minted = mint_user(secure.keys, role, name, expires_in_s=expires_in_s,  # type: ignore[arg-type]
-                       tenant=secure.tenants[tenant] if tenant else None)
+    minted = secure.mint(role, name, tenant=tenant, expires_in_s=expires_in_s)  # type: ignore[arg-type]
     out = Session(nc=None, minted=minted)  # type: ignore[arg-type]
     out.nc = await connect_as(secure, minted, out.errors, out.changed)
     try:

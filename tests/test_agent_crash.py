@@ -18,7 +18,7 @@ from tests.media import make_video
 async def test_sigkill_mid_encode_redelivers_to_another_agent(
         nc, js, client, nats_server, media_dir: Path, tmp_path: Path) -> None:
     long_video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
-    async with agent_process(nc, nats_server.url, "victim", tmp_path / "victim") as victim:
+    async with agent_process(nc, nats_server, "victim", tmp_path / "victim") as victim:
         receipt = await client.submit(CaptionJob(
             video=await client.upload_input(long_video),
             srt=await client.upload_input(media_dir / "talk.srt")))

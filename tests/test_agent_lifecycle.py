@@ -28,7 +28,7 @@ from tests.media import make_video
 async def test_sigterm_finishes_the_running_job_then_exits_0(
         nc, js, client, nats_server, media_dir: Path, tmp_path: Path) -> None:
     video = make_video(tmp_path / "mid.mp4", seconds=30, size="640x360")
-    async with agent_process(nc, nats_server.url, "term", tmp_path / "term") as proc:
+    async with agent_process(nc, nats_server, "term", tmp_path / "term") as proc:
         receipt = await client.submit(CaptionJob(video=await client.upload_input(video),
                                                  srt=await client.upload_input(
                                                      media_dir / "talk.srt")))

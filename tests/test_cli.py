@@ -15,15 +15,21 @@ import pytest
 
 from broker.events import Progress, Succeeded
 from broker.jobs import CaptionJob
+from broker.subjects import DEFAULT_TENANT
 from client.api import Client
 from tests.media import ffprobe, make_tone, make_video
+from tests.secure_stack import Secure
 
 VIDFLEET = [sys.executable, "-c", "from client.cli import main; main()"]
 
 
-async def vidfleet(url: str, *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+async def vidfleet(server: Secure, *args: str, creds: Path | None = None,
+                   cwd: Path | None = None) -> tuple[int, str, str]:
+    """The CLI against ``server``, by default as a client of tenant ``default`` (the ``js``
+    fixture creates it)."""
+    creds = creds or server.creds_file("client", "cli", tenant=DEFAULT_TENANT)
     proc = await asyncio.create_subprocess_exec(
-        *VIDFLEET, "--nats-url", url, *args, cwd=cwd,
+        *VIDFLEET, "--nats-url", server.url, "--creds", str(creds), *args, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -31,20 +37,20 @@ async def vidfleet(url: str, *args: str, cwd: Path | None = None) -> tuple[int, 
 
 async def test_submit_no_wait_then_watch_then_result(agent, nats_server, media_dir: Path,
                                                      tmp_path: Path) -> None:
-    rc, out, err = await vidfleet(nats_server.url, "submit", "caption",
+    rc, out, err = await vidfleet(nats_server, "submit", "caption",
                                   "--video", str(media_dir / "talk.mp4"),
                                   "--srt", str(media_dir / "talk.srt"), "--no-wait")
     assert rc == 0, err
     job_id = out.strip()
     assert re.fullmatch(r"[A-Za-z0-9_-]+", job_id)
 
-    rc, out, err = await vidfleet(nats_server.url, "watch", job_id)
+    rc, out, err = await vidfleet(nats_server, "watch", job_id)
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("queued") and lines[1].startswith("started")
     assert "libx264" in lines[1] and lines[-1].startswith("succeeded")
 
-    rc, out, err = await vidfleet(nats_server.url, "result", job_id, "--out",
+    rc, out, err = await vidfleet(nats_server, "result", job_id, "--out",
                                   str(tmp_path / "r.mp4"))
     assert rc == 0, err
     assert "encoder libx264" in out
@@ -53,7 +59,7 @@ async def test_submit_no_wait_then_watch_then_result(agent, nats_server, media_d
 
 async def test_submit_waits_shows_progress_and_downloads(agent, nats_server, media_dir: Path,
                                                          tmp_path: Path) -> None:
-    rc, out, err = await vidfleet(nats_server.url, "submit", "caption",
+    rc, out, err = await vidfleet(nats_server, "submit", "caption",
                                   "--video", str(media_dir / "talk.mp4"),
                                   "--srt", str(media_dir / "talk.srt"), "--job-id", "cli-1",
                                   cwd=tmp_path)
@@ -65,7 +71,7 @@ async def test_submit_waits_shows_progress_and_downloads(agent, nats_server, med
 
 async def test_submit_add_audio(agent, nats_server, media_dir: Path, tmp_path: Path) -> None:
     music = make_tone(tmp_path / "music.wav", freq_hz=1000, seconds=2.0)
-    rc, out, err = await vidfleet(nats_server.url, "submit", "add-audio",
+    rc, out, err = await vidfleet(nats_server, "submit", "add-audio",
                                   "--video", str(media_dir / "talk.mp4"), "--audio", str(music),
                                   "--mode", "mix", "--offset-s", "0.5", cwd=tmp_path)
     assert rc == 0, err
@@ -78,7 +84,7 @@ async def test_submit_img2vid_and_a_bad_style_value(agent, nats_server, tmp_path
     image = tmp_path / "still.png"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=s=400x300",
                     "-frames:v", "1", str(image)], check=True)
-    rc, out, err = await vidfleet(nats_server.url, "submit", "img2vid", "--image", str(image),
+    rc, out, err = await vidfleet(nats_server, "submit", "img2vid", "--image", str(image),
                                   "--duration-s", "1", "--fps", "10", "--width", "160",
                                   "--height", "90", "--zoom-to", "1.5", cwd=tmp_path)
     assert rc == 0, err
@@ -86,7 +92,7 @@ async def test_submit_img2vid_and_a_bad_style_value(agent, nats_server, tmp_path
     assert str(result) in out
     stream = ffprobe(result)["streams"][0]
     assert (stream["width"], stream["height"], stream["nb_frames"]) == (160, 90, "10")
-    rc, _, err = await vidfleet(nats_server.url, "submit", "caption", "--video", str(image),
+    rc, _, err = await vidfleet(nats_server, "submit", "caption", "--video", str(image),
                                 "--srt", str(image), "--color", "red")
     assert rc == 2 and "$.color" in err
 
@@ -95,14 +101,14 @@ async def test_failed_job_exits_1_with_the_reason(agent, nats_server, media_dir:
                                                   tmp_path: Path) -> None:
     bad = tmp_path / "bad.srt"
     bad.write_text("1\n00:00:01 --> 00:00:02\nHi\n")
-    rc, _, err = await vidfleet(nats_server.url, "submit", "caption",
+    rc, _, err = await vidfleet(nats_server, "submit", "caption",
                                 "--video", str(media_dir / "talk.mp4"), "--srt", str(bad))
     assert rc == 1
     assert "failed" in err and "timing line" in err
 
 
 async def test_missing_local_file_is_a_usage_error(nats_server, js, tmp_path: Path) -> None:
-    rc, _, err = await vidfleet(nats_server.url, "submit", "caption",
+    rc, _, err = await vidfleet(nats_server, "submit", "caption",
                                 "--video", str(tmp_path / "nope.mp4"), "--srt", "x.srt")
     assert rc == 2 and "no such file" in err
 

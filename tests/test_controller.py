@@ -30,6 +30,7 @@ from controller.providers.local import LocalProvider
 from gpu_agent.deadman import DeadManSwitch
 from tests.conftest import agent_config, agent_process, running_agent
 from tests.media import make_video
+from tests.secure_stack import Secure, session
 
 FAST = ControllerConfig(tick_s=0.3, idle_timeout_s=1.0, rent_cooldown_s=0.0,
                         heartbeat_timeout_s=10.0, boot_deadline_s=60.0, target_drain_s=30.0,
@@ -64,19 +65,24 @@ async def until(kv: KeyValue, check: Callable[[], Awaitable[bool]], timeout_s: f
 
 
 @contextlib.asynccontextmanager
-async def running_controller(nc: Nats, provider: Provider, config: ControllerConfig = FAST,
+async def running_controller(server: Secure, nc: Nats, provider: Provider,
+                             config: ControllerConfig = FAST,
                              agent_env: dict[str, str] = AGENT_ENV,
                              ) -> AsyncIterator[Controller]:
-    config = structs.replace(config, nats_url=nats_url_of(nc))
-    controller = Controller(nc=nc, provider=provider, config=config, policy=policy_of(config),
-                            agent_env=agent_env)
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield controller
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    """A controller on ``nc`` (FLEET) with the deployment's keys, as ``vidfleet up`` runs it:
+    it mints each machine's agent credentials and revokes them when the machine goes."""
+    config = structs.replace(config, nats_url=server.url)
+    async with session(server, "system", "controller-sys") as system:
+        controller = Controller(nc=nc, provider=provider, config=config,
+                                policy=policy_of(config), agent_env=agent_env,
+                                auth=server.keys, system=system.nc)
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        try:
+            yield controller
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture
@@ -89,14 +95,15 @@ async def local(nats_server) -> AsyncIterator[LocalProvider]:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
-        nc: Nats, js, fleet_client: Client, local: LocalProvider, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        local: LocalProvider, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
-    async with running_controller(nc, local):
+    async with running_controller(nats_server, nc, local):
         summary = None
 
         async def idle_and_reported() -> bool:
             nonlocal summary
-            summary, machines = await fleet_client.fleet()
+            summary, machines = await operator.fleet()
             return summary is not None and not machines
 
         await until(kv, idle_and_reported, 10)
@@ -120,7 +127,7 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
         assert {r.agent_id[:3] for r in results} == {"vf-"}  # run by agents it started
 
         async def back_to_zero() -> bool:
-            _, machines = await fleet_client.fleet()
+            _, machines = await operator.fleet()
             running = [i for i in await local.list_instances("") if i.state == "running"]
             return not machines and not running
 
@@ -128,41 +135,43 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
 
 
 async def test_restart_adopts_its_machines_instead_of_renting_again(
-        nc: Nats, js, fleet_client: Client, local: LocalProvider, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, operator: Client, local: LocalProvider) -> None:
     kv = await js.key_value(FLEET_BUCKET)
-    async with running_controller(nc, local, WARM):
-        await until(kv, functools.partial(one_serving, fleet_client), 60)
-    first = (await fleet_client.fleet())[1][0]
+    async with running_controller(nats_server, nc, local, WARM):
+        await until(kv, functools.partial(one_serving, operator), 60)
+    first = (await operator.fleet())[1][0]
     ticks: set[float] = set()
 
     async def five_ticks() -> bool:
-        summary, _ = await fleet_client.fleet()
+        summary, _ = await operator.fleet()
         ticks.add(summary.at if summary else 0.0)
         return len(ticks) > 5
 
-    async with running_controller(nc, local, WARM):
+    async with running_controller(nats_server, nc, local, WARM):
         await until(kv, five_ticks, 30)  # several ticks of the new controller
-        _, machines = await fleet_client.fleet()
+        _, machines = await operator.fleet()
     assert [m.label for m in machines] == [first.label]
     assert len(await local.list_instances("vf-")) == 1
 
 
 async def test_a_machine_that_lies_about_its_job_is_destroyed(
-        nc: Nats, js, fleet_client: Client, local: LocalProvider) -> None:
+        nats_server: Secure, nc: Nats, js, operator: Client, local: LocalProvider) -> None:
     """Busy is what the dispatcher knows. A machine that keeps claiming a job it was never
     given (so that it is never scaled down, and bills on) is destroyed and its host avoided."""
     kv = await js.key_value(FLEET_BUCKET)
-    async with running_controller(nc, local, WARM):
-        await until(kv, functools.partial(one_serving, fleet_client), 60)
-        liar = (await fleet_client.fleet())[1][0]
-        for _ in range(3):  # what a host that took over the agent's credentials could send
-            await nc.publish(f"agents.{liar.label}.heartbeat", encode_heartbeat(Heartbeat(
-                agent_id=liar.label, state="busy", at=time.time(), encoder="libx264",
-                job_id="ghost")))
-        await nc.flush()
+    async with running_controller(nats_server, nc, local, WARM):
+        await until(kv, functools.partial(one_serving, operator), 60)
+        liar = (await operator.fleet())[1][0]
+        # What a host that took over the agent's credentials could send.
+        async with session(nats_server, "agent", liar.label) as host:
+            for _ in range(3):
+                await host.nc.publish(f"agents.{liar.label}.heartbeat", encode_heartbeat(
+                    Heartbeat(agent_id=liar.label, state="busy", at=time.time(),
+                              encoder="libx264", job_id="ghost")))
+            await host.nc.flush()
 
         async def destroyed() -> bool:
-            _, machines = await fleet_client.fleet()
+            _, machines = await operator.fleet()
             gone = [m for m in machines if m.label == liar.label]
             return not gone or gone[0].state == "destroying"
 
@@ -172,9 +181,10 @@ async def test_a_machine_that_lies_about_its_job_is_destroyed(
 
 
 async def test_drain_command_lets_the_job_finish_then_the_agent_exits(
-        nc: Nats, js, client: Client, tmp_path: Path, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, client: Client, tmp_path: Path,
+        media_dir: Path) -> None:
     video = make_video(tmp_path / "long.mp4", seconds=12, size="320x240")
-    async with agent_process(nc, nats_url_of(nc), "vf-drain", tmp_path / "w") as proc:
+    async with agent_process(nc, nats_server, "vf-drain", tmp_path / "w") as proc:
         receipt = await client.submit(await caption_job(client, media_dir, video=video))
         async for event in client.watch(receipt.job_id, timeout_s=30):
             if event.__class__.__name__ == "Started":
@@ -192,11 +202,6 @@ async def test_drain_command_lets_the_job_finish_then_the_agent_exits(
             if b'"stopped"' in msg.data:
                 break
         assert any(b'"draining"' in s for s in states)
-
-
-def nats_url_of(nc: Nats) -> str:
-    assert nc.connected_url is not None
-    return f"nats://{nc.connected_url.netloc}"
 
 
 async def test_dead_man_switch_stops_an_idle_agent_without_a_controller(
@@ -242,9 +247,10 @@ async def test_every_result_carries_its_cost(js, nats_server, client: Client, tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-async def test_local_agents_do_not_outlive_a_killed_controller(nc: Nats, js,
-                                                               tmp_path: Path) -> None:
-    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_url_of(nc),
+async def test_local_agents_do_not_outlive_a_killed_controller(
+        nats_server: Secure, nc: Nats, js, tmp_path: Path) -> None:
+    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_server.url,
+           "VIDFLEET_AUTH_DIR": str(nats_server.auth.path),
            "VIDFLEET_PROVIDER": "local", "VIDFLEET_MIN_WARM": "1", "VIDFLEET_TICK_S": "0.5",
            "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5",
            "VIDFLEET_LOCAL_LOG_DIR": str(tmp_path / "agents")}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,9 +21,12 @@ async def _count(js, job_id: str, kind: str) -> int:
 
 async def test_raw_json_job_from_plain_nats_client(js, control, agent, nats_server, media_dir: Path,
                                                     tmp_path: Path) -> None:
-    # Nothing of ours on this side: nats-py's own object store and a core publish.
-    nc = await nats.connect(nats_server.url)
-    inputs = await nc.jetstream().object_store("inputs-default")
+    # Nothing of ours on this side: a tenant's creds file, nats-py's own object store (through
+    # the JetStream API the tenant's account imports) and a core publish.
+    creds = nats_server.creds_file("client", "raw", tenant="default")
+    nc = await nats.connect(nats_server.url, user_credentials=str(creds))
+    fleet_js = nc.jetstream(prefix="$JS.FLEET.API")
+    inputs = await fleet_js.object_store("inputs-default")
     await inputs.put("raw/talk.mp4", (media_dir / "talk.mp4").read_bytes())
     await inputs.put("raw/talk.srt", (media_dir / "talk.srt").read_bytes())
     events = await nc.subscribe("events.default.rawjob1.>")
@@ -36,10 +41,36 @@ async def test_raw_json_job_from_plain_nats_client(js, control, agent, nats_serv
     assert seen[-1] == f"events.default.rawjob1.succeeded.{agent.agent_id}"
     result = json.loads(last.data)
     assert result["kind"] == "succeeded" and result["encoder"] == "libx264"
-    results = await nc.jetstream().object_store("results-default")
-    out = await results.get(result["output"]["name"])
-    assert len(out.data) == result["output"]["size_bytes"] > 1000
+    assert result["output"]["bucket"] == "results-default"
+    data = await _raw_download(nc, "results-default", result["output"]["name"])
+    assert len(data) == result["output"]["size_bytes"] > 1000
+    assert hashlib.sha256(data).hexdigest() == result["output"]["sha256"]
     await nc.close()
+
+
+async def _raw_download(nc: nats.NATS, bucket: str, name: str) -> bytes:
+    """docs/protocol.md's download, request by request (a stock object-store get makes an
+    unnamed ordered consumer, which a tenant's account does not import)."""
+    api, stream = "$JS.FLEET.API", f"OBJ_{bucket}"
+    meta = base64.urlsafe_b64encode(name.encode()).decode()
+    got = await nc.request(f"{api}.STREAM.MSG.GET.{stream}",
+                           json.dumps({"last_by_subj": f"$O.{bucket}.M.{meta}"}).encode())
+    info = json.loads(base64.b64decode(json.loads(got.data)["message"]["data"]))
+    chunks = f"$O.{bucket}.C.{info['nuid']}"
+    config = {"name": "d1", "filter_subject": chunks, "deliver_policy": "all",
+              "ack_policy": "none", "mem_storage": True, "num_replicas": 1,
+              "inactive_threshold": 30_000_000_000}
+    created = await nc.request(f"{api}.CONSUMER.CREATE.{stream}.d1.{chunks}",
+                               json.dumps({"stream_name": stream, "config": config}).encode())
+    assert "error" not in json.loads(created.data), created.data
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(f"{api}.CONSUMER.MSG.NEXT.{stream}.d1",
+                     json.dumps({"batch": info["chunks"], "expires": 5_000_000_000}).encode(),
+                     reply=inbox)
+    data = b"".join([(await sub.next_msg(timeout=5)).data for _ in range(info["chunks"])])
+    await nc.request(f"{api}.CONSUMER.DELETE.{stream}.d1", b"")
+    return data
 
 
 async def test_late_watch_replays_every_event_in_order(client, agent, media_dir: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import Secret
+from controller.credentials import agent_env
 from controller.providers.base import NoCapacity, Provider
 from controller.providers.local import LocalProvider
 from controller.providers.vast import VastConfig, VastProvider
@@ -42,7 +43,8 @@ async def test_launch_list_terminate(provider: Provider, nc, js, nats_server,
     beats = await nc.subscribe("agents.vf-test-1.heartbeat")
     info = await provider.launch(offers[0], label="vf-test-1", env={
         "VIDFLEET_NATS_URL": nats_server.url, "VIDFLEET_WORK_DIR": str(tmp_path / "w"),
-        "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5"})
+        "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5",
+        **agent_env(nats_server.mint("agent", "vf-test-1"))})
     await beats.next_msg(timeout=30)  # the machine's agent booted and connected out
     listed = await provider.list_instances("vf-test-")
     assert [(i.provider_id, i.state) for i in listed] == [(info.provider_id, "running")]

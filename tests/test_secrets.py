@@ -17,10 +17,9 @@ from loguru import logger
 from msgspec import structs
 
 from broker.auth import public_key
-from broker.auth_store import AuthDir, create_tenant
+from broker.auth_store import create_tenant
 from broker.config import Secret
 from broker.events import Succeeded
-from broker.server import EmbeddedServer
 from broker.subjects import AUTH_BUCKET, FLEET_BUCKET
 from broker.topology import ensure_tenant, ensure_topology
 from controller.config import policy_of
@@ -28,7 +27,7 @@ from controller.loop import Controller
 from controller.providers.vast import VastConfig, VastProvider
 from tests.conftest import TEST_TOPOLOGY
 from tests.fakes.vast import FakeVast
-from tests.secure_stack import Secure, session, tenant_client
+from tests.secure_stack import session, start_secure_server, tenant_client
 from tests.test_controller import AGENT_ENV, caption_job, until
 from tests.test_vast_fleet import RENTED
 
@@ -52,10 +51,8 @@ def captured_logs() -> Iterator[list[str]]:
 @pytest.mark.timeout(180)
 async def test_no_secret_leaks_and_machines_get_only_their_own_credentials(
         tmp_path: Path, media_dir: Path) -> None:
-    auth = AuthDir(tmp_path / "auth")
-    keys = auth.ensure()
-    server = EmbeddedServer(tmp_path / "nats", extra_args=["-c", str(auth.server_conf)]).start()
-    secure = Secure(server, keys)
+    secure = start_secure_server(tmp_path)
+    auth, keys, server = secure.auth, secure.keys, secure.server
     vast_key = "vast-" + "k" * 40
     try:
         with FakeVast(api_key=vast_key, progress="realtime", boot_stages_s=(0.1, 0.2, 0.2),

@@ -43,9 +43,11 @@ async def test_status_command_reads_the_fleet_bucket(js, nats_server) -> None:
     store = await FleetStore.open(js)
     await store.put(BUSY)
     await store.put_summary(SUMMARY)
-    rc, out, err = await vidfleet(nats_server.url, "status")
+    rc, out, err = await vidfleet(nats_server, "status",
+                                  creds=nats_server.auth.admin_creds)
     assert rc == 0, err
     assert "vf-aa" in out and "RTX 4090" in out and "840 work-seconds" in out
-    rc, out, _ = await vidfleet(nats_server.url, "status", "--json")
+    rc, out, _ = await vidfleet(nats_server, "status", "--json",
+                                creds=nats_server.auth.admin_creds)
     doc = json.loads(out)
     assert doc["summary"]["queued_jobs"] == 12 and doc["machines"][0]["label"] == "vf-aa"

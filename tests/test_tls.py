@@ -29,9 +29,9 @@ from client.api import Client
 from controller.config import ControllerConfig
 from controller.providers.base import ProviderError
 from controller.providers.vast import VastConfig, VastProvider, provider_from_config
-from gpu_agent.config import AgentConfig
-from tests.conftest import TEST_TOPOLOGY, running_agent
+from tests.conftest import TEST_TOPOLOGY, agent_config, running_agent
 from tests.fakes.vast import FakeVast
+from tests.secure_stack import Secure, start_secure_server
 
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
@@ -60,7 +60,11 @@ class TlsServer(NamedTuple):
     url: str  # tls://
     ca: Path  # signed its certificate
     other_ca: Path  # did not
-    server: EmbeddedServer
+    secure: Secure  # operator mode, as every test server
+
+    @property
+    def server(self) -> EmbeddedServer:
+        return self.secure.server
 
 
 @pytest.fixture
@@ -68,24 +72,24 @@ def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
     ca_key, ca_cert = make_ca(tmp_path, "ours")
     _, other_ca = make_ca(tmp_path, "other")
     key, cert = make_server_cert(tmp_path, ca_key, ca_cert)
-    server = EmbeddedServer(tmp_path / "nats", extra_args=[
-        "--tls", "--tlscert", str(cert), "--tlskey", str(key)]).start()
-    yield TlsServer(server.url.replace("nats://", "tls://"), ca_cert, other_ca, server)
-    server.stop()
+    made = start_secure_server(tmp_path, ("--tls", "--tlscert", str(cert), "--tlskey", str(key)))
+    yield TlsServer(made.url.replace("nats://", "tls://"), ca_cert, other_ca, made)
+    made.server.stop()
 
 
 async def test_clients_and_agents_verify_the_server_certificate(
         tls_server: TlsServer, tmp_path: Path) -> None:
-    url, ca, other_ca, _ = tls_server
-    nc = await connect(url, name="t", tls_ca_file=str(ca), max_reconnect_attempts=1)
-    await ensure_topology(nc.jetstream(), TEST_TOPOLOGY)
+    url, ca, other_ca, secure = tls_server
+    nc = await connect(url, name="t", tls_ca_file=str(ca), max_reconnect_attempts=1,
+                       credentials=secure.credentials("controller", "t"))
+    await ensure_topology(nc.jetstream(), TEST_TOPOLOGY, tenants=())
     await nc.close()
-    client = await Client.connect(url, tls_ca_file=str(ca))
+    client = await Client.connect(url, tls_ca_file=str(ca),
+                                  creds_file=secure.auth.admin_creds)
     await client.close()
-    config = AgentConfig(nats_url=url, tls_ca_file=str(ca), work_dir=str(tmp_path / "agent"),
-                         fetch_timeout_s=2.0, heartbeat_interval_s=1.0)
+    config = agent_config(secure, tmp_path / "agent", nats_url=url, tls_ca_file=str(ca))
     async with running_agent(config) as agent:
-        assert agent.ready.is_set()  # connected over TLS and bound to the jobs consumer
+        assert agent.ready.is_set()  # connected over TLS, asking the dispatcher for work
     for ca_file in (str(other_ca), ""):  # a CA that did not sign it; the system's CAs
         with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):
             await connect(url, name="t", tls_ca_file=ca_file, max_reconnect_attempts=0,
@@ -179,7 +183,8 @@ async def test_tls_url_sends_nothing_to_a_plaintext_server_after_a_reconnect(
         down.set()
 
     nc = await connect(tls_server.url, name="victim", tls_ca_file=str(tls_server.ca),
-                       disconnected_cb=on_disconnect)
+                       disconnected_cb=on_disconnect,
+                       credentials=tls_server.secure.credentials("controller", "victim"))
     tls_server.server.stop()
     await asyncio.wait_for(down.wait(), 10)
     await nc.publish("jobs.default.caption.j1", b"buffered while disconnected")

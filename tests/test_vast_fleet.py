@@ -23,13 +23,14 @@ from broker.config import Secret
 from broker.events import Succeeded
 from broker.subjects import FLEET_BUCKET
 from client.api import Client
+from controller.credentials import agent_env as machine_env
 from controller.providers.vast import VastConfig, VastProvider
 from tests.fakes.vast import FakeVast
+from tests.secure_stack import Secure
 from tests.test_controller import (
     AGENT_ENV,
     FAST,
     caption_job,
-    nats_url_of,
     running_controller,
     until,
 )
@@ -78,14 +79,15 @@ class Peak:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
-        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     peak = Peak(fake)
     async with vast(fake) as provider, running_controller(
-            nc, provider, RENTED, agent_env=agent_env(fake)):
+            nats_server, nc, provider, RENTED, agent_env=agent_env(fake)):
 
         async def idle_reported() -> bool:
-            summary, machines = await fleet_client.fleet()
+            summary, machines = await operator.fleet()
             return summary is not None and not machines
 
         await until(kv, idle_reported, 15)
@@ -102,7 +104,7 @@ async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
 
         async def all_gone() -> bool:
             peak.sample()
-            _, machines = await fleet_client.fleet()
+            _, machines = await operator.fleet()
             return not machines and not fake.instances() and fake.alive_count() == 0
 
         await until(kv, all_gone, 60)
@@ -119,7 +121,8 @@ async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_faults_are_recovered_and_the_caps_hold(
-        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     capped = structs.replace(RENTED, max_instances=4, max_spend_per_hour=0.75,
                              boot_deadline_s=5.0)  # an RTX 3060 and one RTX 4090
@@ -129,7 +132,7 @@ async def test_faults_are_recovered_and_the_caps_hold(
     fake.fail_next_boot("stuck")  # the first machine never leaves loading
     peak = Peak(fake)
     async with vast(fake) as provider, running_controller(
-            nc, provider, capped, agent_env=agent_env(fake)):
+            nats_server, nc, provider, capped, agent_env=agent_env(fake)):
         receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(6)]
 
@@ -141,7 +144,7 @@ async def test_faults_are_recovered_and_the_caps_hold(
 
         async def all_gone() -> bool:
             peak.sample()
-            return not (await fleet_client.fleet())[1] and not fake.instances()
+            return not (await operator.fleet())[1] and not fake.instances()
 
         await until(kv, all_gone, 60)
     assert all([isinstance(await fleet_client.result(r.job_id, timeout_s=5), Succeeded)
@@ -155,15 +158,16 @@ async def test_faults_are_recovered_and_the_caps_hold(
 
 @pytest.mark.timeout(90)
 async def test_a_refused_image_pauses_renting_with_an_alarm(
-        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path) -> None:
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
     fake.fail_next_boot("pull_denied")
     async with vast(fake) as provider, running_controller(
-            nc, provider, RENTED, agent_env=agent_env(fake)):
+            nats_server, nc, provider, RENTED, agent_env=agent_env(fake)):
         await fleet_client.submit(await caption_job(fleet_client, media_dir))
 
         async def alarmed_and_cleaned() -> bool:
-            summary, machines = await fleet_client.fleet()
+            summary, machines = await operator.fleet()
             return (summary is not None and any("pull access denied" in a
                                                 for a in summary.alarms)
                     and not machines and not fake.instances())
@@ -174,14 +178,15 @@ async def test_a_refused_image_pauses_renting_with_an_alarm(
 
 @pytest.mark.timeout(60)
 async def test_dead_man_switch_destroys_its_own_instance(
-        nc: Nats, js, nats_server, fake: FakeVast, tmp_path: Path) -> None:
+        nc: Nats, js, nats_server: Secure, fake: FakeVast, tmp_path: Path) -> None:
     async with vast(fake) as provider:
         offer = next(o for o in await provider.search_offers() if o.gpu_name == "RTX 4090")
         beats = await nc.subscribe("agents.vf-lonely.heartbeat")
         await provider.launch(offer, label="vf-lonely", env={
             "VIDFLEET_NATS_URL": nats_server.url, "VIDFLEET_DEADMAN_S": "1",
             "VIDFLEET_VAST_URL": fake.url, "VIDFLEET_HEARTBEAT_INTERVAL_S": "0.5",
-            "VIDFLEET_WORK_DIR": str(tmp_path / "w")})
+            "VIDFLEET_WORK_DIR": str(tmp_path / "w"),
+            **machine_env(nats_server.mint("agent", "vf-lonely"))})
         await beats.next_msg(timeout=30)  # booted; no controller anywhere
         await asyncio.to_thread(fake.wait_for, lambda f: not f.instances(), 30)
     gone = fake.instances(include_destroyed=True)
@@ -193,10 +198,11 @@ async def test_dead_man_switch_destroys_its_own_instance(
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_duplicates(
-        nc: Nats, js, fleet_client: Client, fake: FakeVast, media_dir: Path,
-        tmp_path: Path) -> None:
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path, tmp_path: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
-    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_url_of(nc),
+    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_server.url,
+           "VIDFLEET_AUTH_DIR": str(nats_server.auth.path),
            "VIDFLEET_PROVIDER": "vast", "VIDFLEET_VAST_URL": fake.url,
            "VIDFLEET_VAST_API_KEY": fake.api_key, "VIDFLEET_VAST_IMAGE": "vidfleet/agent:t",
            "VIDFLEET_TICK_S": "0.5", "VIDFLEET_MAX_INSTANCES": "2",
@@ -224,7 +230,7 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
         async def all_done_and_gone() -> bool:
             peak.sample()
             done = all([await fleet_client._terminal_now(r.job_id) for r in receipts])
-            return done and not (await fleet_client.fleet())[1] and not fake.instances()
+            return done and not (await operator.fleet())[1] and not fake.instances()
 
         await until(kv, all_done_and_gone, 150)
     finally:
