@@ -123,6 +123,7 @@ class Dispatcher:
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
                       *await self._holders.subscribe()]
+        await nc.flush()  # serving once this returns: an agent's next call finds us
         self._feeder = asyncio.create_task(self._feed(psub))
         logger.info("dispatcher serving {n} lease(s) on record", n=len(self._leases))
 

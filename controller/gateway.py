@@ -102,7 +102,10 @@ class Gateway:
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
+        """Serving once this returns: the server has the subscription (a submit sent right
+        after would otherwise meet "no responders")."""
         self._sub = await nc.subscribe("submit.*.*.*", queue=_QUEUE_GROUP, cb=self._on_submit)
+        await nc.flush()
 
     async def stop(self) -> None:
         if self._sub is not None:
