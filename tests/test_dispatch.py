@@ -330,3 +330,24 @@ async def test_an_agent_reads_only_the_inputs_of_the_job_it_holds(
         await asyncio.wait_for(js.object_store(inputs_bucket("alice")), 3)
     await agent_a.denied(f"{FLEET_API_PREFIX}.STREAM.INFO.OBJ_{inputs_bucket('alice')}",
                          lambda: js.stream_info(f"OBJ_{inputs_bucket('alice')}"))
+
+
+async def test_an_outcome_claimed_but_never_announced_reaches_the_client(
+        alice: Client, agent_a: Session, ctl: Session) -> None:
+    """Whoever ended the job died between claiming its outcome and publishing it: the next
+    holder's ``started`` finds the job ended, and the dispatcher (FLEET, not the agent, which
+    may publish no event) announces the outcome, so the client still gets it."""
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    states = JobStates(await ctl.nc.jetstream().key_value(JOBSTATE_BUCKET))
+    orphan = Failed(job_id="j1", tenant="alice", at=1.0, agent_id="vf-gone", attempt=1,
+                    error=JobError(code="invalid_input", message="video: not a video"))
+    assert await states.claim_terminal(orphan) is None  # claimed; its publisher then died
+    assert await _events(ctl, "j1") == ["events.alice.j1.queued.queue"]  # no outcome yet
+    reply = await _link(agent_a).report(Started(
+        job_id="j1", tenant="alice", at=2.0, operation="caption", agent_id="vf-a",
+        attempt=grant.attempt, encoder="libx264"))
+    assert (reply.ok, reply.code) == (False, "already_ended")
+    assert await alice.result("j1", timeout_s=10) == orphan
+    info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    assert info.num_ack_pending == 0  # acked: it will not run again
