@@ -351,3 +351,16 @@ async def test_an_outcome_claimed_but_never_announced_reaches_the_client(
     assert await alice.result("j1", timeout_s=10) == orphan
     info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
     assert info.num_ack_pending == 0  # acked: it will not run again
+
+
+async def test_a_job_the_gateway_would_refuse_is_dropped_and_the_queue_goes_on(
+        alice: Client, agent_a: Session, ctl: Session) -> None:
+    """Only FLEET writes JOBS (through the gateway, which checks ids where they enter); a job
+    written past it with an id outside the rules is dropped, loudly, and the next one runs."""
+    js = ctl.nc.jetstream()
+    for job_id in ("caf\u00e9", "x$y", "x" * 65):
+        await js.publish(f"jobs.alice.caption.{job_id}", msgspec.json.encode(_JOB))
+    await alice.submit(_JOB, job_id="good")
+    assert (await _grant(agent_a)).job_id == "good"
+    info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+    assert (info.num_pending, info.num_ack_pending) == (0, 1)  # the three were dropped
