@@ -96,6 +96,9 @@ class WorkRequest(Struct, frozen=True, kw_only=True):
     agent no longer wants work (it is stopping); an open request of its is answered empty."""
 
     wait_s: float = 10.0
+    # The machine's price (what the controller launched it at): a job cancelled while it runs
+    # is charged its time until then at this price.
+    price_per_hour: float = 0.0
 
 
 class WorkReply(Struct, frozen=True, kw_only=True):
@@ -159,6 +162,7 @@ class Lease(Struct, frozen=True, kw_only=True):
     ack_subject: str  # the JetStream delivery's reply subject: +WPI, +ACK, -NAK, +TERM
     granted_at: float
     inputs: tuple[str, ...] = ()  # the objects the job names: all its holder may read
+    price_per_hour: float = 0.0  # the holder's machine, as its work request said
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -6,8 +6,8 @@ body), so a job published by any NATS client gets a queued event without our cod
 ``event_from_msg`` turns those headers into a ``Queued`` Struct.
 
 Order of a job's events: queued, then per attempt started, progress... and, when the attempt
-hit trouble that is not the job's fault, retrying; finally exactly one of succeeded or failed
-for the job. Fields may only be added with defaults; readers ignore unknown fields.
+hit trouble that is not the job's fault, retrying; finally exactly one of succeeded, failed or
+cancelled for the job. Fields may only be added with defaults; readers ignore unknown fields.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from broker.subjects import parse_event_subject, parse_job_subject
 __all__ = [
     "KINDS",
     "TERMINAL_KINDS",
+    "Cancelled",
     "Event",
     "Failed",
     "JobError",
@@ -37,8 +38,9 @@ __all__ = [
     "event_from_msg",
 ]
 
-TERMINAL_KINDS = frozenset({"succeeded", "failed"})
-KINDS = frozenset({"queued", "started", "progress", "retrying", "succeeded", "failed"})
+TERMINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
+KINDS = frozenset({"queued", "started", "progress", "retrying", "succeeded", "failed",
+                   "cancelled"})
 
 
 class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -125,7 +127,21 @@ class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
     encoder: str = ""
 
 
-Event = Queued | Started | Progress | Retrying | Succeeded | Failed
+class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
+    """The tenant cancelled the job (published by the controller, which claimed it): a queued
+    job never starts; a running one is stopped and its partial output deleted."""
+
+    reason: str = ""  # what the tenant gave, if anything
+    operation: str = ""
+    # The attempt that was running when the cancel came (none: "" and 0), and what its machine
+    # time until then cost: charged to the job.
+    agent_id: str = ""
+    attempt: int = 0
+    price_per_hour: float = 0.0
+    cost_usd: float = 0.0
+
+
+Event = Queued | Started | Progress | Retrying | Succeeded | Failed | Cancelled
 
 _DECODER = msgspec.json.Decoder(Event)
 _ENCODER = msgspec.json.Encoder()

@@ -93,8 +93,14 @@ class RenewReply(Struct, frozen=True, kw_only=True):
 
 
 class AgentCommand(Struct, frozen=True, kw_only=True):
-    command: Literal["drain"]
+    """``drain``: finish the job in hand, take no more, stop. ``cancel``: the job ``tenant`` /
+    ``job_id`` was cancelled: if it is the one in hand, stop it now (kill FFmpeg, delete its
+    files) and report nothing; the agent then asks for its next job."""
+
+    command: Literal["drain", "cancel"]
     reason: str = ""
+    tenant: str = ""
+    job_id: str = ""
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -3,9 +3,10 @@ event, with the terminal state claimed by compare-and-set.
 
 Exactly one terminal event per job is the contract with clients. Two attempts can both finish
 (a frozen machine whose lease lapsed wakes up after another machine ran the job), and they may
-finish minutes apart, far outside any publish dedupe window. So before anyone publishes
-``succeeded`` or ``failed`` it must win ``claim_terminal``; the loser stays silent. A terminal
-entry is never overwritten, so a late ``started`` cannot make a finished job look runnable.
+finish minutes apart, far outside any publish dedupe window; and a cancel can race a finish. So
+before anyone publishes ``succeeded``, ``failed`` or ``cancelled`` it must win ``claim_terminal``;
+the loser stays silent. A terminal entry is never overwritten, so a late ``started`` cannot make
+a finished job look runnable.
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.events import Event, Failed, Started, Succeeded, decode_event, encode_event
+from broker.events import (
+    Cancelled,
+    Event,
+    Failed,
+    Started,
+    Succeeded,
+    decode_event,
+    encode_event,
+)
 from broker.subjects import EVENTS_STREAM, event_subject, job_key
 
-__all__ = ["JobStates", "Terminal", "ensure_announced"]
+__all__ = ["TERMINAL", "JobStates", "Terminal", "ensure_announced", "kind_of"]
 
-Terminal = Succeeded | Failed
+Terminal = Succeeded | Failed | Cancelled
+TERMINAL = (Succeeded, Failed, Cancelled)
 _CAS_ATTEMPTS = 20
 
 
@@ -34,7 +44,7 @@ class JobStates:
 
     async def terminal(self, tenant: str, job_id: str) -> Terminal | None:
         current, _ = await self._read(job_key(tenant, job_id))
-        return current if isinstance(current, (Succeeded, Failed)) else None
+        return current if isinstance(current, TERMINAL) else None
 
     async def record_started(self, event: Started) -> Terminal | None:
         """Record an attempt's start; returns the terminal state instead if the job has one."""
@@ -64,7 +74,7 @@ class JobStates:
         key = job_key(event.tenant, event.job_id)
         for _ in range(_CAS_ATTEMPTS):
             current, revision = await self._read(key)
-            if isinstance(current, (Succeeded, Failed)):
+            if isinstance(current, TERMINAL):
                 return current
             try:
                 if revision is None:
@@ -81,7 +91,7 @@ async def ensure_announced(js: JetStreamContext, outcome: Terminal, publisher: s
     """Publish a claimed outcome that may never have reached EVENTS (whoever claimed it died
     between the claim and the publish), as ``publisher`` (the body still names the attempt
     that ended the job). Skipped when it is there already."""
-    kind = "succeeded" if isinstance(outcome, Succeeded) else "failed"
+    kind = kind_of(outcome)
     try:
         await js.get_last_msg(EVENTS_STREAM,
                               event_subject(outcome.tenant, outcome.job_id, kind, "*"),
@@ -90,3 +100,8 @@ async def ensure_announced(js: JetStreamContext, outcome: Terminal, publisher: s
         await js.publish(event_subject(outcome.tenant, outcome.job_id, kind, publisher),
                          encode_event(outcome))
 
+
+
+def kind_of(event: Event) -> str:
+    """The event's kind: its tag, and the kind token of its subject."""
+    return str(type(event).__struct_config__.tag)

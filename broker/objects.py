@@ -40,6 +40,7 @@ __all__ = [
     "ObjectMissing",
     "ObjectWriter",
     "StoreFull",
+    "delete_object",
     "digest_hex",
     "download",
     "iter_chunks",
@@ -143,6 +144,13 @@ async def _store_full(js: JetStreamContext, bucket: str) -> StoreFull:
     limit = (await js.stream_info(f"OBJ_{bucket}")).config.max_bytes
     return StoreFull(f"bucket {bucket!r} is full (its limit is {limit} bytes): delete "
                      "objects or wait for them to expire")
+
+
+async def delete_object(js: JetStreamContext, bucket: str, name: str) -> None:
+    """Delete an object (its chunks purged, its metadata marked deleted); gone is success."""
+    store = await js.object_store(bucket)
+    with contextlib.suppress(ObjectNotFoundError, NotFoundError):
+        await store.delete(name)
 
 
 async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInfo:

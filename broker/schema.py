@@ -13,11 +13,11 @@ from pathlib import Path
 import msgspec
 
 from broker.dispatch import Report, ReportReply, WorkReply, WorkRequest
-from broker.events import Failed, Progress, Retrying, Started, Succeeded
+from broker.events import Cancelled, Failed, Progress, Retrying, Started, Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
-from broker.submit import SubmitReply
+from broker.submit import CancelReply, CancelRequest, SubmitReply
 
 __all__ = ["schemas", "write_schemas"]
 
@@ -34,7 +34,8 @@ def schemas() -> dict[str, dict]:
         out[f"job.{operation}.json"] = doc
     # The bodies that exist: a queued event has none (its facts are headers), so its Struct
     # is not part of what a body may be.
-    events = msgspec.json.schema(Started | Progress | Retrying | Succeeded | Failed)
+    events = msgspec.json.schema(
+        Started | Progress | Retrying | Succeeded | Failed | Cancelled)
     events["title"] = "vidfleet job event"
     events["description"] = ("Body of a message on events.<tenant>.<job_id>.<kind>.<publisher>; "
                              "the "
@@ -55,6 +56,10 @@ def schemas() -> dict[str, dict]:
              "Body of a message on agents.<agent_id>.control (core NATS)."),
             ("submit.reply.json", SubmitReply, "vidfleet submit reply",
              "The gateway's reply to a request on submit.<tenant>.<operation>.<job_id>."),
+            ("cancel.request.json", CancelRequest, "vidfleet cancel request",
+             "Body of a request on cancel.<tenant>.<job_id> (may be empty)."),
+            ("cancel.reply.json", CancelReply, "vidfleet cancel reply",
+             "The dispatcher's reply to a request on cancel.<tenant>.<job_id>."),
             ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
              "The controller's reply to a request on fleet.renew.<agent_id> (empty body)."),
             ("work.request.json", WorkRequest, "vidfleet work request",

@@ -7,6 +7,8 @@ the dispatcher's ``fleet.*.<agent_id>`` services), and reads replies on its own 
 
     submit.<tenant>.<operation>.<job_id>   a tenant asks the control plane to queue a job (JSON
                                            body; request/reply, answered by the gateway)
+    cancel.<tenant>.<job_id>               a tenant asks the control plane to cancel a job
+                                           (request/reply, answered by the dispatcher)
     jobs.<tenant>.<operation>.<job_id>     a queued job (stream JOBS; only the gateway writes)
     events.<tenant>.<job_id>.<kind>.<publisher>
                                            a job's life (stream EVENTS, written by the
@@ -14,7 +16,8 @@ the dispatcher's ``fleet.*.<agent_id>`` services), and reads replies on its own 
                                            about, ``queue`` for the server-made queued event,
                                            or ``controller``
     agents.<agent_id>.heartbeat            an agent's liveness (core NATS, not stored)
-    agents.<agent_id>.control              the controller's commands to one agent (drain)
+    agents.<agent_id>.control              the controller's commands to one agent (drain,
+                                           cancel the job in hand)
     fleet.renew.<agent_id>                 an agent asks the controller for a fresh JWT
     fleet.work.<agent_id>                  an agent asks the dispatcher for its next job
     fleet.report.<agent_id>                an agent reports on the job it holds (request/reply)
@@ -54,6 +57,7 @@ __all__ = [
     "TENANT_RE",
     "agent_control_subject",
     "agent_inbox_prefix",
+    "cancel_subject",
     "client_inbox_prefix",
     "event_subject",
     "events_filter",
@@ -62,6 +66,7 @@ __all__ = [
     "inputs_bucket",
     "job_key",
     "job_subject",
+    "parse_cancel_subject",
     "parse_event_subject",
     "parse_job_subject",
     "parse_submit_subject",
@@ -135,6 +140,18 @@ def job_subject(tenant: str, operation: str, job_id: str) -> str:
 def submit_subject(tenant: str, operation: str, job_id: str) -> str:
     return (f"submit.{validate_tenant(tenant)}.{validate_operation(operation)}."
             f"{validate_job_id(job_id)}")
+
+
+def cancel_subject(tenant: str, job_id: str) -> str:
+    return f"cancel.{validate_tenant(tenant)}.{validate_job_id(job_id)}"
+
+
+def parse_cancel_subject(subject: str) -> tuple[str, str]:
+    """``cancel.<tenant>.<job_id>`` -> (tenant, job_id), unchecked."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "cancel":
+        raise ValueError(f"not a cancel subject: {subject!r}")
+    return parts[1], parts[2]
 
 
 def _four(subject: str, head: str) -> tuple[str, str, str]:

@@ -5,7 +5,7 @@
         receipt = await vf.submit(CaptionJob(video=video, srt=await vf.upload_input("t.srt")))
         async for event in vf.watch(receipt.job_id):
             ...
-        done = await vf.result(receipt.job_id)        # Succeeded or Failed
+        done = await vf.result(receipt.job_id)        # Succeeded, Failed or Cancelled
         await vf.download(done.output, "talk.captioned.mp4")
 
 Every client acts for one tenant: the one its credentials belong to (a tenant's creds file from
@@ -36,13 +36,22 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.connect import connect
 from broker.creds import LiveCredentials
-from broker.events import TERMINAL_KINDS, Event, Failed, OutputInfo, Succeeded, event_from_msg
+from broker.events import (
+    TERMINAL_KINDS,
+    Cancelled,
+    Event,
+    Failed,
+    OutputInfo,
+    Succeeded,
+    event_from_msg,
+)
 from broker.fleet import FleetInstance, FleetSummary
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
 from broker.objects import ObjectCorrupt, digest_hex, download, upload
 from broker.subjects import (
     DEFAULT_TENANT,
     FLEET_API_PREFIX,
+    cancel_subject,
     event_subject,
     events_filter,
     inputs_bucket,
@@ -53,10 +62,17 @@ from broker.subjects import (
     validate_job_id,
     validate_tenant,
 )
-from broker.submit import decode_submit_reply
+from broker.submit import (
+    CancelReply,
+    CancelRequest,
+    decode_cancel_reply,
+    decode_submit_reply,
+)
+from broker.submit import encode as encode_request
 from client.fleet_view import read_fleet
 
-__all__ = ["Client", "JobNotFound", "SubmitError", "SubmitReceipt", "new_job_id"]
+__all__ = ["CancelError", "Client", "JobNotFound", "SubmitError", "SubmitReceipt",
+           "new_job_id"]
 
 _GATEWAY_WAIT_S = 30.0  # how long a submit waits for a gateway (a controller restarting)
 
@@ -66,6 +82,10 @@ class SubmitError(RuntimeError):
 
 
 class JobNotFound(LookupError):
+    pass
+
+
+class CancelError(RuntimeError):
     pass
 
 
@@ -163,6 +183,39 @@ class Client:
         return SubmitReceipt(job_id, operation, duplicate=reply.duplicate,
                              stream_seq=reply.stream_seq)
 
+    async def cancel(self, job_id: str, *, reason: str = "") -> CancelReply:
+        """Cancel a job of this tenant: a queued job never starts; a running one is stopped
+        within seconds and its partial output deleted. Exactly one outcome is ever recorded,
+        so a cancel that races the job's own end either wins (``ok``; the job's outcome is a
+        ``Cancelled`` event) or tells which outcome came first (``code`` ``already_ended``,
+        ``state`` succeeded, failed or cancelled).
+
+        Raises JobNotFound for an id this tenant never submitted, CancelError when no
+        controller answers or it could not act (try again).
+        """
+        subject = cancel_subject(self.tenant, job_id)
+        body = encode_request(CancelRequest(reason=reason))
+        deadline = time.monotonic() + _GATEWAY_WAIT_S
+        while True:
+            try:
+                answer = await self._nc.request(subject, body, timeout=10)
+                break
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise CancelError("no controller answers cancels: is the vidfleet "
+                                      "controller running?") from None
+                await asyncio.sleep(0.5)
+        try:
+            reply = decode_cancel_reply(answer.data)
+        except msgspec.DecodeError:
+            raise CancelError(f"the controller's answer is unreadable: {answer.data[:80]!r}") \
+                from None
+        if reply.code == "not_found":
+            raise JobNotFound(reply.message)
+        if not reply.ok and reply.code != "already_ended":
+            raise CancelError(f"job {job_id} not cancelled ({reply.code}): {reply.message}")
+        return reply
+
     async def watch(self, job_id: str, *, timeout_s: float | None = None) -> AsyncIterator[Event]:
         """Every event of the job from its start, then live ones, ending after the terminal one.
 
@@ -216,7 +269,8 @@ class Client:
                                       "events expired)") from None
                 await asyncio.sleep(0.1)
 
-    async def result(self, job_id: str, *, timeout_s: float | None = None) -> Succeeded | Failed:
+    async def result(self, job_id: str, *,
+                     timeout_s: float | None = None) -> Succeeded | Failed | Cancelled:
         """The job's terminal event, waiting for it if the job is still running.
 
         Does not replay the job's history: it listens for live terminal events first, then
@@ -250,15 +304,15 @@ class Client:
             with contextlib.suppress(nats.errors.Error):
                 await live.unsubscribe()
 
-    async def _terminal_now(self, job_id: str) -> Succeeded | Failed | None:
-        for kind in ("succeeded", "failed"):
+    async def _terminal_now(self, job_id: str) -> Succeeded | Failed | Cancelled | None:
+        for kind in ("succeeded", "failed", "cancelled"):
             try:
                 msg = await self._js.get_last_msg(
                     self._events, event_subject(self.tenant, job_id, kind, "*"), direct=True)
             except nats.js.errors.NotFoundError:
                 continue
             event = _event(msg.subject or "", msg.headers, msg.data or b"")
-            if isinstance(event, (Succeeded, Failed)):
+            if isinstance(event, (Succeeded, Failed, Cancelled)):
                 return event
         return None
 

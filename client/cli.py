@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from broker.events import Failed, encode_event
+from broker.events import Succeeded, encode_event
 from broker.jobs import CaptionJob
 from broker.logs import setup_logging
 from broker.topology import TopologyConfig
 from client.api import Client
 from client.commands import ClientConfig, client_config, open_client, run_command
 from client.creds_cli import creds
-from client.display import describe
+from client.display import describe, exit_code
 from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
@@ -96,12 +96,34 @@ def watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None
 
 
 async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float | None) -> int:
-    failed = False
+    last = None
     async with await open_client(cfg) as vf:
         async for event in vf.watch(job_id, timeout_s=timeout_s):
             click.echo(encode_event(event).decode() if as_json else describe(event))
-            failed = isinstance(event, Failed)
-    return 1 if failed else 0
+            last = event
+    return exit_code(last)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--reason", default="", help="Kept in the job's cancelled event.")
+@click.pass_obj
+def cancel(cfg: ClientConfig, job_id: str, reason: str) -> None:
+    """Cancel a job: a queued one never starts, a running one stops within seconds (its
+    partial output deleted; its machine time so far is charged). Exit 0 once it is cancelled
+    (now or before), 1 when it had already succeeded or failed."""
+    sys.exit(run_command(_cancel(cfg, job_id, reason)))
+
+
+async def _cancel(cfg: ClientConfig, job_id: str, reason: str) -> int:
+    async with await open_client(cfg) as vf:
+        reply = await vf.cancel(job_id, reason=reason)
+    if reply.ok:
+        where = " (it was running: its agent stops it now)" if reply.was_running else ""
+        click.echo(f"job {job_id} cancelled{where}")
+        return 0
+    click.echo(f"job {job_id} had already {reply.state}; nothing to cancel", err=True)
+    return 0 if reply.state == "cancelled" else 1
 
 
 @cli.command()
@@ -121,9 +143,9 @@ async def _result(cfg: ClientConfig, job_id: str, out: Path, wait: bool) -> int:
         except TimeoutError:
             click.echo(f"job {job_id} has not finished (or does not exist)", err=True)
             return 3
-        if isinstance(done, Failed):
+        if not isinstance(done, Succeeded):
             click.echo(describe(done), err=True)
-            return 1
+            return exit_code(done)
         path = await vf.download(done.output, out)
         click.echo(f"output: {path.resolve()}  (encoder {done.encoder})")
         return 0

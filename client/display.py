@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from broker.events import Event, Failed, Progress, Queued, Started, Succeeded
+from broker.events import Cancelled, Event, Failed, Progress, Queued, Retrying, Started, Succeeded
 
-__all__ = ["ProgressDisplay", "describe"]
+__all__ = ["ProgressDisplay", "describe", "exit_code"]
 
 
 def describe(event: Event) -> str:
@@ -26,7 +26,23 @@ def describe(event: Event) -> str:
                 f"{event.timings.total_s:.2f}s")
     if isinstance(event, Failed):
         return f"failed     [{event.error.code}] {event.error.message}"
+    if isinstance(event, Retrying):
+        return (f"retrying   attempt {event.attempt} hit [{event.error.code}] "
+                f"{event.error.message}; again in {event.retry_in_s:.0f}s")
+    if isinstance(event, Cancelled):
+        why = f": {event.reason}" if event.reason else ""
+        ran = (f" (attempt {event.attempt} on {event.agent_id} stopped, ${event.cost_usd:.4f})"
+               if event.agent_id else " before it started")
+        return f"cancelled{why}{ran}"
     return f"{type(event).__name__.lower()}"
+
+
+def exit_code(last: Event | None) -> int:
+    """The CLI's exit code for a job that ended with ``last``: 0 succeeded, 1 failed (or no
+    outcome), 4 cancelled."""
+    if isinstance(last, Succeeded):
+        return 0
+    return 4 if isinstance(last, Cancelled) else 1
 
 
 class ProgressDisplay:

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from broker.events import Failed, Succeeded
+from broker.events import Succeeded
 from broker.jobs import AddAudioJob, CaptionJob, CaptionStyle, Img2VidJob, JobRequest, Output
 from client.api import Client
 from client.commands import ClientConfig, open_client, run_command
-from client.display import ProgressDisplay
+from client.display import ProgressDisplay, exit_code
 
 __all__ = ["follow_and_fetch", "submit"]
 
@@ -186,9 +186,8 @@ async def follow_and_fetch(vf: Client, job_id: str, out: Path, timeout_s: float 
     async for event in vf.watch(job_id, timeout_s=timeout_s):
         display.show(event)
         last = event
-    if isinstance(last, Failed):
-        return 1
-    assert isinstance(last, Succeeded)
+    if not isinstance(last, Succeeded):
+        return exit_code(last)
     path = await vf.download(last.output, out)
     click.echo(f"output: {path.resolve()}  (encoder {last.encoder})")
     return 0

@@ -47,10 +47,14 @@ from broker.subjects import (
     JOBSTATE_BUCKET,
     LEASES_BUCKET,
     event_subject,
+    parse_cancel_subject,
     parse_job_subject,
     validate_job_id,
     validate_tenant,
 )
+from broker.submit import CancelReply, decode_cancel_request
+from broker.submit import encode as encode_submit
+from controller.cancels import Cancels
 from controller.holders import HolderDesk, agent_of, respond
 from controller.leases import LeaseBook
 from controller.reports import Reports
@@ -67,6 +71,7 @@ class _Waiter:
     msg: Msg
     agent_id: str
     until: float  # monotonic: answer (empty) by then
+    price_per_hour: float = 0.0
 
 
 class Dispatcher:
@@ -84,6 +89,7 @@ class Dispatcher:
         self._states: JobStates | None = None
         self._leases: LeaseBook | None = None
         self._holders: HolderDesk | None = None
+        self._cancels: Cancels | None = None
         self._ack_wait_s = 30.0
         self._max_deliver = 5
 
@@ -119,9 +125,12 @@ class Dispatcher:
                                    reports=Reports(js=self._js, nc=nc, states=self._states,
                                                    book=self._leases, transfers=transfers),
                                    monotonic=self._mono)
+        self._cancels = Cancels(js=self._js, nc=nc, states=self._states, book=self._leases,
+                                holder_lock=self._holders.lock, clock=self._clock)
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
+                      await nc.subscribe("cancel.*.*", cb=self._on_cancel),
                       *await self._holders.subscribe()]
         await nc.flush()  # serving once this returns: an agent's next call finds us
         self._feeder = asyncio.create_task(self._feed(psub))
@@ -141,6 +150,36 @@ class Dispatcher:
         if self._holders is not None:
             self._holders.cancel()
         # Leases stay on record: the next dispatcher picks them up.
+
+    # -- cancels (controller/cancels.py) ---------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        reply = await self.cancel_request(msg.subject, msg.data)
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(encode_submit(reply))
+
+    async def cancel_request(self, subject: str, body: bytes) -> CancelReply:
+        """Answer one ``cancel.<tenant>.<job_id>``: the subject's tenant is the server's word."""
+        try:
+            tenant, job_id = parse_cancel_subject(subject)
+            validate_tenant(tenant)
+            validate_job_id(job_id)
+        except ValueError as exc:
+            return CancelReply(ok=False, code="invalid_job_id", message=str(exc))
+        try:
+            request = decode_cancel_request(body)
+        except ValueError as exc:
+            return CancelReply(ok=False, job_id=job_id, code="invalid",
+                               message=f"unreadable cancel request: {exc}")
+        assert self._cancels is not None, "start() first"
+        try:
+            return await self._cancels.cancel(tenant, job_id, request.reason)
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.warning("cancel of {tenant}/{job_id} failed: {error}", tenant=tenant,
+                           job_id=job_id, error=str(exc) or type(exc).__name__)
+            return CancelReply(ok=False, job_id=job_id, code="unavailable",
+                               message="the job queue did not answer; cancel again")
 
     # -- work requests ---------------------------------------------------------------------
 
@@ -171,7 +210,8 @@ class Dispatcher:
             await respond(msg, WorkReply())
             return
         self._waiting[agent_id] = _Waiter(
-            msg, agent_id, until=self._mono() + min(request.wait_s, _MAX_WAIT_S))
+            msg, agent_id, until=self._mono() + min(request.wait_s, _MAX_WAIT_S),
+            price_per_hour=max(0.0, request.price_per_hour))
         self._wake.set()
 
     async def _feed(self, psub: JetStreamContext.PullSubscription) -> None:
@@ -256,7 +296,8 @@ class Dispatcher:
         lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
                       job_id=job_id, attempt=meta.num_delivered,
                       stream_seq=meta.sequence.stream, ack_subject=job.reply,
-                      granted_at=self._clock(), inputs=_inputs_of(operation, job.data))
+                      granted_at=self._clock(), inputs=_inputs_of(operation, job.data),
+                      price_per_hour=waiter.price_per_hour)
         await self._leases.grant(lease)
         grant = Grant(tenant=tenant, operation=operation, job_id=job_id,
                       attempt=meta.num_delivered, max_deliver=self._max_deliver,

@@ -56,6 +56,11 @@ class HolderDesk:
         for task in list(self._tasks):
             task.cancel()
 
+    def lock(self, agent_id: str) -> asyncio.Lock:
+        """Held while one of ``agent_id``'s messages is handled: whoever else changes its
+        lease (a cancel) takes it too."""
+        return self._locks.setdefault(agent_id, asyncio.Lock())
+
     def _ordered(self, handler: Callable[[Msg, str], Awaitable[ReportReply | None]]
                ) -> Callable[[Msg], Awaitable[None]]:
         """Each agent's messages in order, different agents' at once: one slow JetStream
@@ -66,7 +71,7 @@ class HolderDesk:
                 return
 
             async def run() -> None:
-                async with self._locks.setdefault(agent_id, asyncio.Lock()):
+                async with self.lock(agent_id):
                     try:
                         reply = await handler(msg, agent_id)
                     except (nats.errors.Error, TimeoutError) as exc:

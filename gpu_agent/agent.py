@@ -71,6 +71,8 @@ class Agent:
         self._clock = clock
         self.state: AgentState = "idle"
         self.current_job: str | None = None
+        self._in_hand: tuple[str, str] | None = None  # (tenant, job id) of the job in hand
+        self._cancelled: asyncio.Event | None = None  # set when that job is cancelled
         self.jobs_done = 0
         self.encoders: EncoderProbe | None = None
         self.ready = asyncio.Event()  # set once it asks the dispatcher for work
@@ -101,7 +103,8 @@ class Agent:
             return
         try:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
-            link = DispatchLink(nc, self.agent_id)
+            link = DispatchLink(nc, self.agent_id,
+                                price_per_hour=self.config.price_per_hour)
             worker = await self._make_worker(link, fonts_dir)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
@@ -179,12 +182,23 @@ class Agent:
             except msgspec.DecodeError:
                 log.warning("undecodable command ignored")
                 return
+            if command.command == "cancel":
+                self._on_cancel(command.tenant, command.job_id, log)
+                return
             log.info("controller says {command} ({reason}): finishing up",
                      command=command.command, reason=command.reason)
             halt.set()
             with contextlib.suppress(nats.errors.Error):  # tell it at once, not next beat
                 await self._publish_heartbeat(nc, draining=True)
         return on_command
+
+    def _on_cancel(self, tenant: str, job_id: str, log: Logger) -> None:
+        """The job in hand was cancelled: stop it now. A cancel of any other job (one this
+        agent no longer holds) changes nothing."""
+        if self._cancelled is not None and self._in_hand == (tenant, job_id):
+            log.info("job {tenant}/{job_id} cancelled: stopping it", tenant=tenant,
+                     job_id=job_id)
+            self._cancelled.set()
 
     async def _make_worker(self, link: DispatchLink, fonts_dir: str) -> Worker:
         assert self.encoders is not None
@@ -225,7 +239,8 @@ class Agent:
     async def _work(self, worker: Worker, grant: Grant, force: asyncio.Event,
                     log: Logger) -> None:
         self.state, self.current_job = "busy", grant.job_id
-        task = asyncio.create_task(worker.handle(grant))
+        self._in_hand, self._cancelled = (grant.tenant, grant.job_id), asyncio.Event()
+        task = asyncio.create_task(worker.handle(grant, self._cancelled))
         forced = asyncio.create_task(force.wait())
         try:
             await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,6 +261,7 @@ class Agent:
         finally:
             forced.cancel()
             self.state, self.current_job = "idle", None
+            self._in_hand, self._cancelled = None, None
 
     async def _heartbeats(self, nc: Client, stop: asyncio.Event) -> None:
         while True:

@@ -13,7 +13,8 @@ part (broker/dispatch.py). Order is still the contract with clients:
   deliveries, and the controller's reaper ends a job whose deliveries ran out. A failure on the
   last delivery always ends the job here, because the server would never deliver it again;
 - a ``Hold`` every ``hold_every_s`` keeps the lease. Told ``not_holder`` (the lease lapsed and
-  the job went elsewhere), the agent drops the job at once and reports nothing.
+  the job went elsewhere, or the job was cancelled), the agent drops the job at once and
+  reports nothing; told directly that it was cancelled, it does so without waiting for a hold.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class Unreported(Exception):
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     job_id: str
-    status: str  # succeeded | failed | retrying | skipped | released | lost | unreported
+    # succeeded | failed | retrying | skipped | released | lost | unreported | cancelled
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +90,26 @@ class Worker:
         self._ops = operations
         self._clock = clock
 
-    async def handle(self, grant: Grant) -> JobOutcome:
+    async def handle(self, grant: Grant,
+                     cancelled: asyncio.Event | None = None) -> JobOutcome:
+        """Run the job to its outcome. ``cancelled`` set (the tenant cancelled it; the
+        dispatcher has recorded that and dropped the lease): FFmpeg is killed, the job's files
+        deleted, and nothing more is reported."""
         log = logger.bind(tenant=grant.tenant, job_id=grant.job_id, attempt=grant.attempt,
                           operation=grant.operation)
         attempt = _Attempt(grant, log)
         run = asyncio.create_task(self._run(attempt))
         hold = asyncio.create_task(self._hold(grant, log))
+        stop = asyncio.create_task((cancelled or asyncio.Event()).wait())
         try:
-            await asyncio.wait({run, hold}, return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():  # the hold loop ended: the lease is gone
+            await asyncio.wait({run, hold, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():  # cancelled, or the hold loop ended: the lease is gone
                 run.cancel()
-                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost, Unreported):
                     await run
+                if stop.done():
+                    log.info("job cancelled; stopped and its files deleted")
+                    return JobOutcome(grant.job_id, "cancelled")
                 log.warning("lease lost (the job runs elsewhere now); dropped")
                 return JobOutcome(grant.job_id, "lost")
             try:
@@ -116,6 +126,7 @@ class Worker:
             raise
         finally:
             hold.cancel()
+            stop.cancel()
 
     async def _hold(self, grant: Grant, log: Logger) -> None:
         """Renew the lease every ``hold_every_s``; returns when the dispatcher says it is

@@ -57,6 +57,26 @@ async def test_submit_no_wait_then_watch_then_result(agent, nats_server, media_d
     assert float(ffprobe(tmp_path / "r.mp4")["format"]["duration"]) == pytest.approx(3.0, abs=0.1)
 
 
+async def test_cancel_a_queued_job_then_watch_and_result_say_so(
+        client, nats_server, media_dir: Path, tmp_path: Path) -> None:  # no agent: it waits
+    rc, out, err = await vidfleet(nats_server, "submit", "caption",
+                                  "--video", str(media_dir / "talk.mp4"),
+                                  "--srt", str(media_dir / "talk.srt"), "--no-wait")
+    assert rc == 0, err
+    job_id = out.strip()
+    rc, out, err = await vidfleet(nats_server, "cancel", job_id, "--reason", "wrong file")
+    assert (rc, out.strip()) == (0, f"job {job_id} cancelled"), err
+    rc, _, err = await vidfleet(nats_server, "cancel", job_id)  # again: already so, still 0
+    assert rc == 0 and "already cancelled" in err
+    rc, out, err = await vidfleet(nats_server, "watch", job_id)
+    assert rc == 4, err  # 4: cancelled
+    assert out.splitlines()[-1] == "cancelled: wrong file before it started"
+    rc, _, err = await vidfleet(nats_server, "result", job_id, "--out", str(tmp_path / "r.mp4"))
+    assert rc == 4 and "cancelled" in err and not (tmp_path / "r.mp4").exists()
+    rc, _, err = await vidfleet(nats_server, "cancel", "no-such-job")
+    assert rc == 1 and "no job 'no-such-job'" in err
+
+
 async def test_submit_waits_shows_progress_and_downloads(agent, nats_server, media_dir: Path,
                                                          tmp_path: Path) -> None:
     rc, out, err = await vidfleet(nats_server, "submit", "caption",

@@ -35,7 +35,7 @@ def test_the_event_schema_describes_only_bodies_that_exist() -> None:
     client reject every queued event."""
     kinds = {v["properties"]["kind"]["enum"][0]
              for v in schemas()["event.json"]["$defs"].values() if "kind" in v["properties"]}
-    assert kinds == {"started", "progress", "retrying", "succeeded", "failed"}
+    assert kinds == {"started", "progress", "retrying", "succeeded", "failed", "cancelled"}
 
 
 def test_srt_parses_crlf_bom_and_dot_millis() -> None:
@@ -151,7 +151,7 @@ def test_ffmpeg_failures_are_classified(stderr: str, code: str, retryable: bool)
 
 
 def test_unknown_event_kinds_are_skipped_not_fatal() -> None:
-    assert event_from_msg("events.acme.j1.cancelled.agent", None, b'{"kind":"cancelled"}') is None
+    assert event_from_msg("events.acme.j1.paused.agent", None, b'{"kind":"paused"}') is None
 
 
 @pytest.mark.parametrize(("container", "codec", "args"), [
