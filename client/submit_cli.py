@@ -61,9 +61,15 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
               help="Text height, % of the video's height.")
 @click.option("--color", default="#FFFFFF", show_default=True)
 @click.option("--outline-color", default="#000000", show_default=True)
-@click.option("--background", is_flag=True, help="A box behind the text instead of an outline.")
+@click.option("--outline-pct", type=float, default=0.5, show_default=True,
+              help="Outline thickness, % of the video's height.")
+@click.option("--background", is_flag=True, default=False,
+              help="A box behind the text instead of an outline.")
+@click.option("--bold", is_flag=True, default=False)
 @click.option("--position", type=click.Choice(["bottom", "middle", "top"]), default="bottom",
               show_default=True)
+@click.option("--margin-pct", type=float, default=5.0, show_default=True,
+              help="Distance from the top or bottom edge, % of the height.")
 @_common("captioned")
 def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, quality: int,
                    **params: Any) -> None:
@@ -84,6 +90,8 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, q
 @click.option("--width", type=int, default=1920, show_default=True)
 @click.option("--height", type=int, default=1080, show_default=True)
 @click.option("--fit", type=click.Choice(["crop", "pad"]), default="crop", show_default=True)
+@click.option("--pad-color", default="#000000", show_default=True,
+              help="The bars' colour with --fit pad.")
 @click.option("--zoom-from", type=float, default=1.0, show_default=True)
 @click.option("--zoom-to", type=float, default=1.25, show_default=True)
 @click.option("--focus-x", type=float, default=0.5, show_default=True)
@@ -93,6 +101,9 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, q
 @click.option("--easing", type=click.Choice(["linear", "ease_in", "ease_out", "ease_in_out"]),
               default="linear", show_default=True)
 @click.option("--audio", default=None, help="An optional music bed (file or URL).")
+@click.option("--audio-volume", type=float, default=1.0, show_default=True)
+@click.option("--audio-fade-out-s", type=float, default=1.0, show_default=True,
+              help="Fade the music out over the video's last seconds.")
 @click.option("--codec", type=click.Choice(["h264", "hevc", "av1"]), default=None,
               help="The video codec [default: h264 in mp4, av1 in webm].")
 @click.option("--quality", type=click.IntRange(0, 51), default=23, show_default=True)

@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.events import Progress, Succeeded
-from broker.jobs import CaptionJob
+from broker.jobs import AddAudioJob, CaptionJob, Img2VidJob
 from broker.subjects import DEFAULT_TENANT
 from client.api import Client
+from client.submit_cli import submit
 from tests.media import ffprobe, make_tone, make_video
 from tests.secure_stack import Secure
 
@@ -125,6 +127,30 @@ async def test_failed_job_exits_1_with_the_reason(agent, nats_server, media_dir:
                                 "--video", str(media_dir / "talk.mp4"), "--srt", str(bad))
     assert rc == 1
     assert "failed" in err and "timing line" in err
+
+
+def _leaf_fields(cls: type) -> dict[str, object]:
+    """Every settable field of a job Struct, nested ones (style, output) flattened."""
+    out: dict[str, object] = {}
+    for field in msgspec.structs.fields(cls):
+        if isinstance(field.default, msgspec.Struct):
+            out |= _leaf_fields(type(field.default))
+        else:
+            out[field.name] = field.default
+    return out
+
+
+@pytest.mark.parametrize(("command", "cls"), [
+    ("caption", CaptionJob), ("img2vid", Img2VidJob), ("add-audio", AddAudioJob)])
+def test_every_job_field_has_a_flag_with_the_jobs_own_default(command: str, cls: type) -> None:
+    params = {p.name: p for p in submit.commands[command].params}  # type: ignore[attr-defined]
+    fixed = {"add-audio": {"codec", "quality"}}.get(command, set())  # the video is copied
+    for name, default in _leaf_fields(cls).items():
+        if name in fixed:
+            continue
+        assert name in params, f"{command}: no flag for {name}"
+        if default is not msgspec.NODEFAULT:
+            assert params[name].default == default, (command, name)
 
 
 async def test_missing_local_file_is_a_usage_error(nats_server, js, tmp_path: Path) -> None:
