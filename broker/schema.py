@@ -17,6 +17,7 @@ from broker.events import Cancelled, Failed, Progress, Retrying, Started, Succee
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
+from broker.queries import JobsQuery, JobsReply, JobStatusReply
 from broker.submit import CancelReply, CancelRequest, SubmitReply
 
 __all__ = ["schemas", "write_schemas"]
@@ -60,6 +61,13 @@ def schemas() -> dict[str, dict]:
              "Body of a request on cancel.<tenant>.<job_id> (may be empty)."),
             ("cancel.reply.json", CancelReply, "vidfleet cancel reply",
              "The dispatcher's reply to a request on cancel.<tenant>.<job_id>."),
+            ("job.status.reply.json", JobStatusReply, "vidfleet job status reply",
+             "The controller's reply to a request on query.<tenant>.job.<job_id> (empty "
+             "body)."),
+            ("jobs.query.json", JobsQuery, "vidfleet job listing query",
+             "Body of a request on query.<tenant>.jobs (may be empty)."),
+            ("jobs.reply.json", JobsReply, "vidfleet job listing reply",
+             "The controller's reply to a request on query.<tenant>.jobs."),
             ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
              "The controller's reply to a request on fleet.renew.<agent_id> (empty body)."),
             ("work.request.json", WorkRequest, "vidfleet work request",

@@ -9,6 +9,8 @@ the dispatcher's ``fleet.*.<agent_id>`` services), and reads replies on its own 
                                            body; request/reply, answered by the gateway)
     cancel.<tenant>.<job_id>               a tenant asks the control plane to cancel a job
                                            (request/reply, answered by the dispatcher)
+    query.<tenant>.job.<job_id>            a tenant asks where its job is; query.<tenant>.jobs:
+                                           its recent jobs (request/reply, the dispatcher)
     jobs.<tenant>.<operation>.<job_id>     a queued job (stream JOBS; only the gateway writes)
     events.<tenant>.<job_id>.<kind>.<publisher>
                                            a job's life (stream EVENTS, written by the

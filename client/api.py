@@ -48,6 +48,14 @@ from broker.events import (
 from broker.fleet import FleetInstance, FleetSummary
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
 from broker.objects import ObjectCorrupt, digest_hex, download, upload
+from broker.queries import (
+    JobsQuery,
+    JobState,
+    JobStatus,
+    decode_job_status_reply,
+    decode_jobs_reply,
+)
+from broker.queries import encode as encode_query
 from broker.subjects import (
     DEFAULT_TENANT,
     FLEET_API_PREFIX,
@@ -71,10 +79,10 @@ from broker.submit import (
 from broker.submit import encode as encode_request
 from client.fleet_view import read_fleet
 
-__all__ = ["CancelError", "Client", "JobNotFound", "SubmitError", "SubmitReceipt",
-           "new_job_id"]
+__all__ = ["CancelError", "Client", "JobNotFound", "QueryError", "SubmitError",
+           "SubmitReceipt", "new_job_id"]
 
-_GATEWAY_WAIT_S = 30.0  # how long a submit waits for a gateway (a controller restarting)
+_GATEWAY_WAIT_S = 30.0  # how long a request waits for a controller (one restarting)
 
 
 class SubmitError(RuntimeError):
@@ -87,6 +95,13 @@ class JobNotFound(LookupError):
 
 class CancelError(RuntimeError):
     pass
+
+
+class QueryError(RuntimeError):
+    pass
+
+
+_NO_CONTROLLER = "the vidfleet controller does not answer: is it running?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,21 +177,13 @@ class Client:
             decode_job(operation, body)
         except msgspec.ValidationError as exc:
             raise SubmitError(f"invalid {operation} job: {exc}") from None
-        subject = submit_subject(self.tenant, operation, job_id)
-        deadline = time.monotonic() + _GATEWAY_WAIT_S
-        while True:
-            try:
-                answer = await self._nc.request(subject, body, timeout=10)
-                break
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise SubmitError("no gateway answers submits: is the vidfleet controller "
-                                      "running?") from None
-                await asyncio.sleep(0.5)
+        answer = await self._ask(submit_subject(self.tenant, operation, job_id), body,
+                                 SubmitError, "no gateway answers submits: is the vidfleet "
+                                 "controller running?", timeout_s=10)
         try:
-            reply = decode_submit_reply(answer.data)
+            reply = decode_submit_reply(answer)
         except msgspec.DecodeError:
-            raise SubmitError(f"the gateway's answer is unreadable: {answer.data[:80]!r}") \
+            raise SubmitError(f"the gateway's answer is unreadable: {answer[:80]!r}") \
                 from None
         if not reply.ok:
             raise SubmitError(f"job {job_id} refused ({reply.code}): {reply.message}")
@@ -193,28 +200,58 @@ class Client:
         Raises JobNotFound for an id this tenant never submitted, CancelError when no
         controller answers or it could not act (try again).
         """
-        subject = cancel_subject(self.tenant, job_id)
-        body = encode_request(CancelRequest(reason=reason))
-        deadline = time.monotonic() + _GATEWAY_WAIT_S
-        while True:
-            try:
-                answer = await self._nc.request(subject, body, timeout=10)
-                break
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise CancelError("no controller answers cancels: is the vidfleet "
-                                      "controller running?") from None
-                await asyncio.sleep(0.5)
+        answer = await self._ask(cancel_subject(self.tenant, job_id),
+                                 encode_request(CancelRequest(reason=reason)),
+                                 CancelError, _NO_CONTROLLER)
         try:
-            reply = decode_cancel_reply(answer.data)
+            reply = decode_cancel_reply(answer)
         except msgspec.DecodeError:
-            raise CancelError(f"the controller's answer is unreadable: {answer.data[:80]!r}") \
+            raise CancelError(f"the controller's answer is unreadable: {answer[:80]!r}") \
                 from None
         if reply.code == "not_found":
             raise JobNotFound(reply.message)
         if not reply.ok and reply.code != "already_ended":
             raise CancelError(f"job {job_id} not cancelled ({reply.code}): {reply.message}")
         return reply
+
+    async def status(self, job_id: str) -> JobStatus:
+        """Where the job is now: queued (with its place in the queue), running (agent,
+        attempt, progress, cost so far), waiting to run again, or its outcome. Raises
+        JobNotFound for an id this tenant never submitted (or whose history expired)."""
+        reply = decode_job_status_reply(await self._ask(
+            f"query.{self.tenant}.job.{validate_job_id(job_id)}", b"", QueryError,
+            _NO_CONTROLLER))
+        if reply.code == "not_found":
+            raise JobNotFound(reply.message)
+        if not reply.ok or reply.status is None:
+            raise QueryError(f"no status for job {job_id} ({reply.code}): {reply.message}")
+        return reply.status
+
+    async def jobs(self, *, state: JobState | None = None, since_s: float = 86400.0,
+                   limit: int = 50) -> tuple[list[JobStatus], bool]:
+        """This tenant's jobs queued in the last ``since_s`` seconds (a day at most), newest
+        first, only those in ``state`` if given; and whether more matched than were
+        returned."""
+        reply = decode_jobs_reply(await self._ask(
+            f"query.{self.tenant}.jobs",
+            encode_query(JobsQuery(state=state, since_s=since_s, limit=limit)),
+            QueryError, _NO_CONTROLLER))
+        if not reply.ok:
+            raise QueryError(f"no job list ({reply.code}): {reply.message}")
+        return reply.jobs, reply.truncated
+
+    async def _ask(self, subject: str, body: bytes, error: type[Exception], unanswered: str,
+                   *, timeout_s: float = 30.0) -> bytes:
+        """A request to the controller, asked again while none answers (it is restarting)
+        for 30 s; then ``error(unanswered)`` is raised."""
+        deadline = time.monotonic() + _GATEWAY_WAIT_S
+        while True:
+            try:
+                return (await self._nc.request(subject, body, timeout=timeout_s)).data
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise error(unanswered) from None
+                await asyncio.sleep(0.5)
 
     async def watch(self, job_id: str, *, timeout_s: float | None = None) -> AsyncIterator[Event]:
         """Every event of the job from its start, then live ones, ending after the terminal one.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,11 +14,13 @@ import click
 from broker.events import Succeeded, encode_event
 from broker.jobs import CaptionJob
 from broker.logs import setup_logging
+from broker.queries import JOB_STATES
+from broker.queries import encode as encode_status
 from broker.topology import TopologyConfig
 from client.api import Client
 from client.commands import ClientConfig, client_config, open_client, run_command
 from client.creds_cli import creds
-from client.display import describe, exit_code
+from client.display import describe, describe_status, exit_code, jobs_table
 from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
@@ -102,6 +105,52 @@ async def _watch(cfg: ClientConfig, job_id: str, as_json: bool, timeout_s: float
             click.echo(encode_event(event).decode() if as_json else describe(event))
             last = event
     return exit_code(last)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, default=False, help="The status as JSON.")
+@click.pass_obj
+def job(cfg: ClientConfig, job_id: str, as_json: bool) -> None:
+    """Where a job is now: queued (its place), running (agent, attempt, progress, cost so
+    far), waiting to run again, or how it ended."""
+    sys.exit(run_command(_job(cfg, job_id, as_json)))
+
+
+async def _job(cfg: ClientConfig, job_id: str, as_json: bool) -> int:
+    async with await open_client(cfg) as vf:
+        status = await vf.status(job_id)
+    click.echo(encode_status(status).decode() if as_json else describe_status(status, time.time()))
+    return 0
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(JOB_STATES), default=None,
+              help="Only the jobs in this state.")
+@click.option("--since-h", type=click.FloatRange(0.0, 24.0, min_open=True), default=24.0,
+              show_default=True, help="Jobs queued in the last this many hours.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=False, help="One JSON line per job.")
+@click.pass_obj
+def jobs(cfg: ClientConfig, state: str | None, since_h: float, limit: int,
+         as_json: bool) -> None:
+    """This tenant's recent jobs, newest first."""
+    sys.exit(run_command(_jobs(cfg, state, since_h, limit, as_json)))
+
+
+async def _jobs(cfg: ClientConfig, state: str | None, since_h: float, limit: int,
+                as_json: bool) -> int:
+    async with await open_client(cfg) as vf:
+        found, truncated = await vf.jobs(state=state,  # type: ignore[arg-type]
+                                         since_s=since_h * 3600.0, limit=limit)
+    if as_json:
+        for status in found:
+            click.echo(encode_status(status).decode())
+    else:
+        click.echo(jobs_table(found, time.time()))
+    if truncated:
+        click.echo("(more jobs than shown: see --limit, --since-h, --state)", err=True)
+    return 0
 
 
 @cli.command()

@@ -6,8 +6,9 @@ import sys
 from typing import TextIO
 
 from broker.events import Cancelled, Event, Failed, Progress, Queued, Retrying, Started, Succeeded
+from broker.queries import JobStatus
 
-__all__ = ["ProgressDisplay", "describe", "exit_code"]
+__all__ = ["ProgressDisplay", "describe", "describe_status", "exit_code", "jobs_table"]
 
 
 def describe(event: Event) -> str:
@@ -35,6 +36,60 @@ def describe(event: Event) -> str:
                if event.agent_id else " before it started")
         return f"cancelled{why}{ran}"
     return f"{type(event).__name__.lower()}"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def describe_status(status: JobStatus, now: float) -> str:
+    """``vidfleet job``: one line saying where the job is, then its details."""
+    head = {
+        "queued": "queued" + (f", {status.position} job(s) ahead"
+                              if status.position is not None else ""),
+        "running": f"running attempt {status.attempt} on {status.agent_id}"
+                   + (f" with {status.encoder}" if status.encoder else "")
+                   + (f", {status.percent:.1f}%" if status.percent is not None else ""),
+        "waiting": f"waiting to run again (attempt {status.attempt} on {status.agent_id} "
+                   "ended without an outcome)",
+        "succeeded": f"succeeded: {status.output.name if status.output else ''}",
+        "failed": f"failed: [{status.error.code}] {status.error.message}" if status.error
+                  else "failed",
+        "cancelled": "cancelled" + (f": {status.reason}" if status.reason else ""),
+    }[status.state]
+    lines = [f"{status.job_id}  {status.operation}  {head}"]
+    if status.queued_at is not None:
+        lines.append(f"  queued     {_ago(now - status.queued_at)} ago")
+    if status.started_at is not None:
+        lines.append(f"  started    {_ago(now - status.started_at)} ago")
+    if status.ended_at is not None:
+        lines.append(f"  ended      {_ago(now - status.ended_at)} ago")
+    if status.state in ("queued", "waiting") and status.queued_at is not None:
+        lines.append(f"  waiting    {_ago(now - status.queued_at)} so far")
+    lines.append(f"  cost       ${status.cost_usd:.4f}"
+                 + (" so far" if status.state == "running" else ""))
+    return "\n".join(lines)
+
+
+def jobs_table(found: list[JobStatus], now: float) -> str:
+    """``vidfleet jobs``: one row per job, newest first."""
+    if not found:
+        return "no jobs"
+    rows = [("JOB", "OPERATION", "STATE", "QUEUED", "ATTEMPT", "AGENT", "PROGRESS", "COST")]
+    for s in found:
+        rows.append((s.job_id, s.operation, s.state,
+                     f"{_ago(now - s.queued_at)} ago" if s.queued_at is not None else "-",
+                     str(s.attempt or "-"), s.agent_id or "-",
+                     f"{s.percent:.0f}%" if s.percent is not None else "-",
+                     f"${s.cost_usd:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
 
 
 def exit_code(last: Event | None) -> int:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from broker.events import Cancelled, Event, Failed, OutputInfo, Succeeded
 from broker.jobs import JobRequest
+from broker.queries import JobState, JobStatus
 from broker.submit import CancelReply
 from client.api import Client, SubmitReceipt
 
@@ -75,6 +76,13 @@ class SyncClient:
 
     def cancel(self, job_id: str, *, reason: str = "") -> CancelReply:
         return self._run(self._client.cancel(job_id, reason=reason))
+
+    def status(self, job_id: str) -> JobStatus:
+        return self._run(self._client.status(job_id))
+
+    def jobs(self, *, state: JobState | None = None, since_s: float = 86400.0,
+             limit: int = 50) -> tuple[list[JobStatus], bool]:
+        return self._run(self._client.jobs(state=state, since_s=since_s, limit=limit))
 
     def result(self, job_id: str, *,
                timeout_s: float | None = None) -> Succeeded | Failed | Cancelled:

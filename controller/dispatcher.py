@@ -39,6 +39,7 @@ from broker.dispatch import (
 )
 from broker.jobs import decode_job, object_inputs
 from broker.jobstate import JobStates, ensure_announced
+from broker.queries import encode as encode_query
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
     EVENTS_STREAM,
@@ -56,6 +57,7 @@ from broker.submit import CancelReply, decode_cancel_request
 from broker.submit import encode as encode_submit
 from controller.cancels import Cancels
 from controller.holders import HolderDesk, agent_of, respond
+from controller.job_status import JobQueries
 from controller.leases import LeaseBook
 from controller.reports import Reports
 from controller.transfers import Transfers
@@ -90,6 +92,8 @@ class Dispatcher:
         self._leases: LeaseBook | None = None
         self._holders: HolderDesk | None = None
         self._cancels: Cancels | None = None
+        self._queries: JobQueries | None = None
+        self._query_tasks: set[asyncio.Task[None]] = set()
         self._ack_wait_s = 30.0
         self._max_deliver = 5
 
@@ -127,10 +131,13 @@ class Dispatcher:
                                    monotonic=self._mono)
         self._cancels = Cancels(js=self._js, nc=nc, states=self._states, book=self._leases,
                                 holder_lock=self._holders.lock, clock=self._clock)
+        self._queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
+                                   clock=self._clock)
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
                       await nc.subscribe("cancel.*.*", cb=self._on_cancel),
+                      await nc.subscribe("query.*.>", cb=self._on_query),
                       *await self._holders.subscribe()]
         await nc.flush()  # serving once this returns: an agent's next call finds us
         self._feeder = asyncio.create_task(self._feed(psub))
@@ -180,6 +187,22 @@ class Dispatcher:
                            job_id=job_id, error=str(exc) or type(exc).__name__)
             return CancelReply(ok=False, job_id=job_id, code="unavailable",
                                message="the job queue did not answer; cancel again")
+
+    # -- a tenant's questions (controller/job_status.py) ---------------------------------
+
+    async def _on_query(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        queries = self._queries
+        assert queries is not None, "start() first"
+
+        async def answer() -> None:  # a listing takes a moment: others are not held up
+            reply = await queries.answer(msg.subject, msg.data)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(encode_query(reply))
+        task = asyncio.create_task(answer())
+        self._query_tasks.add(task)
+        task.add_done_callback(self._query_tasks.discard)
 
     # -- work requests ---------------------------------------------------------------------
 
