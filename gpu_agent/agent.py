@@ -38,6 +38,8 @@ from broker.subjects import (
     agent_inbox_prefix,
     heartbeat_subject,
 )
+from broker.url_guard import parse_networks
+from broker.url_transport import GuardedTransport
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
 from gpu_agent.dispatch_link import DispatchLink
@@ -46,8 +48,6 @@ from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.renewal import keep_credentials
-from gpu_agent.url_guard import parse_networks
-from gpu_agent.url_transport import GuardedTransport
 from gpu_agent.worker import JobOutcome, Worker
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from msgspec import Struct
 
 from broker.config import Secret
 from broker.creds import LiveCredentials
-from gpu_agent.url_guard import parse_networks
+from broker.url_guard import parse_networks
 
 __all__ = ["AgentConfig", "agent_credentials"]
 

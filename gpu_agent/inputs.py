@@ -2,7 +2,7 @@
 
 ``obj:<name>`` comes from the inputs bucket (verified by digest); an http(s) URL is streamed with
 httpx through a transport that refuses, hop by hop, every address outside the public internet
-and the networks the deployment allows (gpu_agent/url_transport.py); a refused URL fails the job
+and the networks the deployment allows (broker/url_transport.py); a refused URL fails the job
 (``input_forbidden``, final). Missing objects, 4xx answers and oversize files are the job's
 fault (final); timeouts, connection errors and 5xx are the network's (retryable).
 
@@ -25,10 +25,10 @@ import nats.errors
 from broker.jobs import parse_input_ref
 from broker.objects import ObjectCorrupt, ObjectMissing
 from broker.subjects import inputs_bucket
+from broker.url_guard import scheme_problem, shown_url
+from broker.url_transport import GuardedTransport, HostUnresolvable, UrlRefused
 from gpu_agent.dispatch_link import DispatchLink, InputUnavailable
 from gpu_agent.errors import JobFailure, invalid_input, retryable
-from gpu_agent.url_guard import scheme_problem, shown_url
-from gpu_agent.url_transport import GuardedTransport, HostUnresolvable, UrlRefused
 
 __all__ = ["MAX_REDIRECTS", "InputFetcher"]
 

@@ -37,13 +37,13 @@ from loguru import logger
 from broker.dispatch import Grant, Hold, Release, Report, ReportReply
 from broker.events import Failed, JobError, Retrying, Started, Succeeded
 from broker.jobs import JobRequest, decode_job
+from broker.url_guard import scheme_problem
 from gpu_agent.config import AgentConfig
 from gpu_agent.dispatch_link import DispatchLink, LeaseLost
 from gpu_agent.errors import JobFailure, backoff_s
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.pipelines import run_job
 from gpu_agent.progress import ProgressReporter
-from gpu_agent.url_guard import scheme_problem
 
 if TYPE_CHECKING:
     from loguru import Logger

@@ -19,11 +19,11 @@ from loguru import logger
 from broker.events import Failed
 from broker.jobs import CaptionJob
 from broker.subjects import DEFAULT_TENANT, job_subject
+from broker.url_guard import IPAddress, parse_networks
+from broker.url_transport import GuardedTransport, Resolver, resolve_host
 from gpu_agent.dispatch_link import DispatchLink
 from gpu_agent.errors import JobFailure
 from gpu_agent.inputs import MAX_REDIRECTS, InputFetcher
-from gpu_agent.url_guard import IPAddress, parse_networks
-from gpu_agent.url_transport import GuardedTransport, Resolver, resolve_host
 from tests.conftest import agent_config, running_agent
 from tests.loopback_http import LoopbackServer as Server
 from tests.loopback_http import serve

@@ -7,9 +7,9 @@ from ipaddress import ip_address
 import pytest
 
 from broker.config import ConfigError, load_config
+from broker.url_guard import address_problem, parse_networks, scheme_problem, shown_url
 from gpu_agent.config import AgentConfig
 from gpu_agent.srt import SrtError, parse_subtitles
-from gpu_agent.url_guard import address_problem, parse_networks, scheme_problem, shown_url
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
-"""Which addresses a URL input may be fetched from: a pure policy, no I/O.
+"""Which addresses a URL a tenant names may be reached at: a pure policy, no I/O. Agents
+fetch URL inputs under it, and the controller posts webhooks under it.
 
 A job's URL is chosen by whoever submits it, and the agent fetches it from inside the machine's
-network. Without this policy a job could read a loopback admin port, the cloud metadata service
+network (the controller posts to a webhook from inside its own). Without this policy a job could read a loopback admin port, the cloud metadata service
 (169.254.169.254: instance credentials) or anything on the private network, and get it back
 burned into its output or echoed in an error. So only public internet addresses are fetched,
-plus the private ranges a deployment lists (``VIDFLEET_URL_ALLOW_NETWORKS``). Allowing too much
+plus the private ranges a deployment lists (``VIDFLEET_URL_ALLOW_NETWORKS`` for agents,
+``VIDFLEET_WEBHOOK_ALLOW_NETWORKS`` for the controller). Allowing too much
 here hands every job submitter the agent's network position.
 
 IPv6 forms that carry an IPv4 address (``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4
@@ -39,9 +41,9 @@ _ULA = IPv6Network("fc00::/7")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,15}):")
 
 
-def parse_networks(spec: str) -> tuple[Network, ...]:
+def parse_networks(spec: str, setting: str = ALLOW_NETWORKS_VAR) -> tuple[Network, ...]:
     """``"10.0.0.0/8, fd00::/8"`` -> networks. A bare address is a /32 (/128). Raises
-    ValueError naming the bad entry."""
+    ValueError naming the bad entry (and ``setting``, where it came from)."""
     networks: list[Network] = []
     for entry in (e.strip() for e in spec.split(",")):
         if not entry:
@@ -49,7 +51,7 @@ def parse_networks(spec: str) -> tuple[Network, ...]:
         try:
             networks.append(ip_network(entry, strict=False))
         except ValueError:
-            raise ValueError(f"{ALLOW_NETWORKS_VAR}: {entry!r} is not a CIDR network like "
+            raise ValueError(f"{setting}: {entry!r} is not a CIDR network like "
                              "10.0.0.0/8 or fd00::/8") from None
     return tuple(networks)
 

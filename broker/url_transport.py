@@ -1,8 +1,9 @@
-"""The httpx transport URL inputs are fetched through: every hop's address checked, then pinned.
+"""The httpx transport URL inputs are fetched (and webhooks posted) through: every hop's
+address checked, then pinned.
 
 For each request (the first and every redirect, which httpx sends through the transport one by
 one) the host is resolved once, every address it resolves to is checked against the policy in
-gpu_agent/url_guard.py, and the connection is made to the checked address itself: the URL's
+broker/url_guard.py, and the connection is made to the checked address itself: the URL's
 host is replaced by that IP, while the Host header and TLS (SNI and certificate verification)
 keep the host name. A second DNS answer (rebinding) is never asked for, so it cannot move the
 connection elsewhere. Each host name gets its own connection pool, so a TLS connection verified
@@ -19,7 +20,7 @@ from ipaddress import ip_address
 
 import httpx
 
-from gpu_agent.url_guard import (
+from broker.url_guard import (
     ALLOW_NETWORKS_VAR,
     IPAddress,
     Network,
@@ -66,10 +67,12 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
 class GuardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, allowed: Sequence[Network] = (), *, resolve: Resolver = resolve_host,
                  inner: Callable[[], httpx.AsyncBaseTransport] = httpx.AsyncHTTPTransport,
-                 ) -> None:
-        """``allowed``: non-public networks that may be fetched from anyway. ``inner`` makes
-        the transport that sends a request once its URL names the checked IP."""
+                 setting: str = ALLOW_NETWORKS_VAR) -> None:
+        """``allowed``: non-public networks that may be fetched from anyway (``setting``
+        names where they are configured, for the refusal's message). ``inner`` makes the
+        transport that sends a request once its URL names the checked IP."""
         self._allowed = tuple(allowed)
+        self._setting = setting
         self._resolve = resolve
         self._inner = inner
         self._per_host: dict[str, httpx.AsyncBaseTransport] = {}
@@ -119,7 +122,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 said = f"{ip} is" if _is_ip(host) else f"{host} resolves to {ip},"
                 raise UrlRefused(shown_url(str(request.url)), (
                     f"{said} {kind}; addresses outside the public internet are refused "
-                    f"unless {ALLOW_NETWORKS_VAR} allows them"))
+                    f"unless {self._setting} allows them"))
         return addresses
 
     async def aclose(self) -> None:
