@@ -2,12 +2,12 @@
 fetch URL inputs under it, and the controller posts webhooks under it.
 
 A job's URL is chosen by whoever submits it, and the agent fetches it from inside the machine's
-network (the controller posts to a webhook from inside its own). Without this policy a job could read a loopback admin port, the cloud metadata service
-(169.254.169.254: instance credentials) or anything on the private network, and get it back
-burned into its output or echoed in an error. So only public internet addresses are fetched,
-plus the private ranges a deployment lists (``VIDFLEET_URL_ALLOW_NETWORKS`` for agents,
-``VIDFLEET_WEBHOOK_ALLOW_NETWORKS`` for the controller). Allowing too much
-here hands every job submitter the agent's network position.
+network (the controller posts to a webhook from inside its own). Without this policy a job
+could read a loopback admin port, the cloud metadata service (169.254.169.254: instance
+credentials) or anything on the private network, and get it back burned into its output or
+echoed in an error. So only public internet addresses are reached, plus the private ranges a
+deployment lists (``VIDFLEET_URL_ALLOW_NETWORKS`` for agents, ``VIDFLEET_WEBHOOK_ALLOW_NETWORKS``
+for the controller). Allowing too much here hands every job submitter that network position.
 
 IPv6 forms that carry an IPv4 address (``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4
 ``2002::/16``) are judged by the IPv4 address they reach.
