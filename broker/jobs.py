@@ -69,6 +69,15 @@ class Output(Struct, frozen=True, kw_only=True):
 
 
 
+class _Job(Struct, frozen=True, kw_only=True):
+    """What every operation takes."""
+
+    webhook: Annotated[str, Meta(pattern=r"^https?://[^\s]+$", max_length=2048, description=(
+        "Where the control plane POSTs the job's outcome (succeeded, failed or cancelled), "
+        "signed per Standard Webhooks with the tenant's secret; default: the tenant's "
+        "webhook, if the operator set one. Public internet addresses only."))] | None = None
+
+
 def _check_encoded_output(output: Output) -> None:
     """For operations that encode video: the container must hold the codec. (add_audio copies
     the video, so there it is the source's codec that matters, checked once probed.)"""
@@ -101,7 +110,7 @@ class CaptionStyle(Struct, frozen=True, kw_only=True):
         "Distance from the top or bottom edge, as a percentage of the height."))] = 5.0
 
 
-class CaptionJob(Struct, frozen=True, kw_only=True):
+class CaptionJob(_Job, frozen=True, kw_only=True):
     """Burn subtitles into a video. Audio is copied when the container can hold it."""
 
     video: InputRef
@@ -117,7 +126,7 @@ class CaptionJob(Struct, frozen=True, kw_only=True):
 Volume = Annotated[float, Meta(ge=0.0, le=4.0, description="Gain: 1.0 leaves it as it is.")]
 
 
-class AddAudioJob(Struct, frozen=True, kw_only=True):
+class AddAudioJob(_Job, frozen=True, kw_only=True):
     """Put an audio track on a video. The video stream is copied, never re-encoded, and the
     output lasts exactly as long as the video: the audio is trimmed, padded with silence or
     looped to fit."""
@@ -147,7 +156,7 @@ Zoom = Annotated[float, Meta(ge=1.0, le=4.0, description=(
     "1.0 shows the whole (fitted) image; 2.0 shows half its width and height."))]
 
 
-class Img2VidJob(Struct, frozen=True, kw_only=True):
+class Img2VidJob(_Job, frozen=True, kw_only=True):
     """Turn one image into a video with a Ken Burns zoom (and optional pan), sub-pixel smooth:
     every frame is rendered from the image decoded once, at float precision, so the motion
     never snaps to whole pixels."""

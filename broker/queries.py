@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Struct
 
 from broker.events import JobError, OutputInfo
+from broker.webhooks import WebhookAttempt
 
 __all__ = ["JOB_STATES", "JobState", "JobStatus", "JobStatusReply", "JobsQuery", "JobsReply",
            "decode_job_status_reply", "decode_jobs_query", "decode_jobs_reply", "encode"]
@@ -50,6 +51,7 @@ class JobStatus(Struct, frozen=True, kw_only=True):
     output: OutputInfo | None = None
     error: JobError | None = None
     reason: str = ""  # a cancel's reason
+    webhooks: list[WebhookAttempt] = []  # every delivery attempt of its outcome, oldest first
 
 
 class JobStatusReply(Struct, frozen=True, kw_only=True):

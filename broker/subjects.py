@@ -57,6 +57,8 @@ __all__ = [
     "LEASES_BUCKET",
     "QUEUE_PUBLISHER",
     "TENANT_RE",
+    "WEBHOOK_JOBS_BUCKET",
+    "WEBHOOK_SETTINGS_BUCKET",
     "agent_control_subject",
     "agent_inbox_prefix",
     "cancel_subject",
@@ -98,6 +100,8 @@ FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it
 LEASES_BUCKET = "leases"  # which agent holds which job (broker/dispatch.py); the dispatcher's
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"  # key <tenant>.<job_id>
+WEBHOOK_SETTINGS_BUCKET = "webhook_settings"  # key tenant.<tenant> (broker/webhooks.py)
+WEBHOOK_JOBS_BUCKET = "webhook_jobs"  # a job's webhook URL and its delivery attempts
 QUEUE_PUBLISHER = "queue"
 # Tenants and agents reach the fleet's JetStream API through imports under this prefix (an
 # account's own ``$JS.API`` would answer first, with "JetStream not enabled for account").

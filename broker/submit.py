@@ -22,7 +22,7 @@ class SubmitReply(Struct, frozen=True, kw_only=True):
     """``ok`` with ``duplicate`` (the id was already queued or ran; nothing new runs) and the
     stream sequence; or not ``ok`` with a stable ``code`` (``invalid_job_id``,
     ``unknown_operation``, ``invalid_job``, ``quota_exceeded``, ``queue_full``,
-    ``unavailable``) and a message
+    ``webhook_unconfigured``, ``unavailable``) and a message
     for a person. Fields may only be added with defaults."""
 
     ok: bool

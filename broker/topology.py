@@ -38,6 +38,8 @@ from broker.subjects import (
     JOBSTATE_BUCKET,
     LEASES_BUCKET,
     QUEUE_PUBLISHER,
+    WEBHOOK_JOBS_BUCKET,
+    WEBHOOK_SETTINGS_BUCKET,
     inputs_bucket,
     results_bucket,
     tenant_events_stream,
@@ -211,6 +213,13 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
     await _ensure_kv(js, KeyValueConfig(
         bucket=LEASES_BUCKET, description="which agent holds which job (the dispatcher's)",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=WEBHOOK_SETTINGS_BUCKET, description="each tenant's webhook URL and secret",
+        history=1, storage=StorageType.FILE, replicas=cfg.replicas))
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=WEBHOOK_JOBS_BUCKET, description="jobs' webhook URLs and delivery attempts",
+        history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
+        max_bytes=cfg.jobstate_max_bytes)
     for tenant in tenants:
         await ensure_tenant(js, cfg, tenant)
 

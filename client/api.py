@@ -77,7 +77,9 @@ from broker.submit import (
     decode_submit_reply,
 )
 from broker.submit import encode as encode_request
+from broker.webhooks import TenantHooks
 from client.fleet_view import read_fleet
+from client.webhook_settings import read_settings, write_settings
 
 __all__ = ["CancelError", "Client", "JobNotFound", "QueryError", "SubmitError",
            "SubmitReceipt", "new_job_id"]
@@ -369,6 +371,17 @@ class Client:
             raise ObjectCorrupt(f"result {output.name!r} is not the file the job's outcome "
                                 "names (SHA-256 differs)")
         return dest
+
+    async def webhook_settings(self, tenant: str) -> TenantHooks:
+        """A tenant's webhook URL and secret (the fleet's own users only)."""
+        return await read_settings(self._js, tenant)
+
+    async def set_webhook_settings(self, tenant: str, *, url: str | None = None,
+                                   rotate: bool = False) -> tuple[TenantHooks, bool]:
+        """Set a tenant's default webhook URL (None: keep; "": none), making its signing
+        secret if it has none, or anew with ``rotate`` (the old one stops at once). Returns
+        the settings and whether the secret is new (the fleet's own users only)."""
+        return await write_settings(self._js, tenant, url=url, rotate=rotate)
 
     async def fleet(self) -> tuple[FleetSummary | None, list[FleetInstance]]:
         """The controller's last summary and its machines (the fleet's own users only)."""

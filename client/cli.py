@@ -25,6 +25,7 @@ from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
 from client.submit_cli import follow_and_fetch, submit
+from client.webhooks_cli import webhooks
 
 __all__ = ["main"]
 
@@ -249,6 +250,7 @@ cli.add_command(status)
 cli.add_command(controller)
 cli.add_command(simulate)
 cli.add_command(creds)
+cli.add_command(webhooks)
 
 
 def main() -> None:

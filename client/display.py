@@ -73,6 +73,11 @@ def describe_status(status: JobStatus, now: float) -> str:
         lines.append(f"  waiting    {_ago(now - status.queued_at)} so far")
     lines.append(f"  cost       ${status.cost_usd:.4f}"
                  + (" so far" if status.state == "running" else ""))
+    for hook in status.webhooks:
+        said = f"HTTP {hook.status}" if hook.status is not None else hook.error
+        outcome = "delivered" if hook.ok else ("given up" if hook.final else "failed")
+        lines.append(f"  webhook    {_ago(now - hook.at)} ago {hook.kind} to {hook.url}: "
+                     f"{outcome} ({said})")
     return "\n".join(lines)
 
 

@@ -41,6 +41,8 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                          help="--no-wait prints the job id and returns."),
             click.option("--timeout-s", type=float, default=None,
                          help="Give up waiting after this long."),
+            click.option("--webhook", default=None,
+                         help="POST the job's outcome here (signed; see `vidfleet webhooks`)."),
             click.pass_obj,
         ]
         for option in reversed(options):
@@ -76,10 +78,11 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, q
     """Burn subtitles (SRT or WebVTT) into a video."""
     common = _split_common(params)
     output = _output(common["container"], codec, quality)
+    webhook = params.pop("webhook")
     style = _build(CaptionStyle, **params)
     sys.exit(run_command(_submit(
-        cfg, lambda refs: CaptionJob(video=refs["video"], srt=refs["srt"], style=style,
-                                     output=output),
+        cfg, lambda refs: _build(CaptionJob, video=refs["video"], srt=refs["srt"],
+                                 style=style, output=output, webhook=webhook),
         {"video": video, "srt": srt}, _out(common, video, "captioned"), common)))
 
 

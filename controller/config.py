@@ -13,6 +13,7 @@ from msgspec import Struct
 
 from broker.config import ConfigError, Secret
 from broker.tls import is_tls_only
+from broker.url_guard import parse_networks
 from controller.policy import Policy
 
 __all__ = ["ControllerConfig", "policy_of"]
@@ -32,6 +33,10 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # A tenant's queued jobs (not yet finished) beyond this are refused at submit, for that
     # tenant only: one tenant cannot fill the queue everyone shares.
     max_queued_jobs_per_tenant: int = 10_000
+    # Webhooks (controller/webhooks.py) reach public internet addresses only, plus these
+    # networks (comma-separated CIDRs) for a private deployment's receivers.
+    webhook_allow_networks: str = ""
+    webhook_retry_base_s: float = 5.0  # the first retry's delay; doubles, at most an hour
     # The agents' settings, put into each machine's environment at launch.
     agent_nats_url: str = ""  # empty: nats_url (a rented machine needs a public address)
     # UNSAFE: lets rented machines be given a plaintext (nats://) URL, so their credentials,
@@ -71,6 +76,9 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
     log_level: str = "INFO"
     log_json: bool = False
+
+    def __post_init__(self) -> None:
+        parse_networks(self.webhook_allow_networks, "VIDFLEET_WEBHOOK_ALLOW_NETWORKS")
 
     def rented_agent_nats_url(self) -> str:
         """The URL rented machines are given; ``ConfigError`` naming the setting unless every

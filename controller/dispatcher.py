@@ -133,6 +133,7 @@ class Dispatcher:
                                 holder_lock=self._holders.lock, clock=self._clock)
         self._queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
                                    clock=self._clock)
+        await self._queries.open()
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),

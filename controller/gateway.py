@@ -20,11 +20,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from broker.jobs import decode_job
 from broker.subjects import (
     JOBS_STREAM,
+    WEBHOOK_JOBS_BUCKET,
+    WEBHOOK_SETTINGS_BUCKET,
     job_subject,
     parse_submit_subject,
     validate_job_id,
@@ -32,6 +34,7 @@ from broker.subjects import (
     validate_tenant,
 )
 from broker.submit import SubmitReply, encode_submit_reply
+from broker.webhooks import decode_tenant_hooks, job_url_key, tenant_key
 
 __all__ = ["Gateway", "QueueCounts", "check_submit"]
 
@@ -129,6 +132,28 @@ class Gateway:
             return False
         return True
 
+    async def _note_webhook(self, tenant: str, operation: str, job_id: str,
+                            body: bytes) -> SubmitReply | None:
+        """A job that names a webhook: its URL kept for the delivery of its outcome (before
+        the job is queued, so even an instant outcome finds it). Refused when the tenant has
+        no secret to sign with."""
+        webhook = decode_job(operation, body).webhook
+        if webhook is None:
+            return None
+        settings = await self._js.key_value(WEBHOOK_SETTINGS_BUCKET)
+        try:
+            hooks = decode_tenant_hooks((await settings.get(tenant_key(tenant))).value or b"")
+        except (KeyNotFoundError, ValueError):
+            hooks = None
+        if hooks is None or not hooks.secret:
+            return SubmitReply(ok=False, job_id=job_id, operation=operation,
+                               code="webhook_unconfigured", message=(
+                                   f"tenant {tenant} has no webhook secret to sign with: the "
+                                   "operator sets one with `vidfleet webhooks set`"))
+        urls = await self._js.key_value(WEBHOOK_JOBS_BUCKET)
+        await urls.put(job_url_key(tenant, job_id), webhook.encode())
+        return None
+
     async def submit(self, subject: str, body: bytes) -> SubmitReply:
         checked = check_submit(subject, body)
         if isinstance(checked, SubmitReply):
@@ -150,6 +175,8 @@ class Gateway:
                                    f"its limit is {self._max_queued}: submit again when "
                                    "some have finished"))
         try:
+            if (refused := await self._note_webhook(tenant, operation, job_id, body)):
+                return refused
             ack = await self._js.publish(job_subject(tenant, operation, job_id), body,
                                          headers={"Nats-Msg-Id": f"{tenant}.{job_id}"})
         except APIError as exc:

@@ -23,7 +23,8 @@ from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from broker.dispatch import Lease
 from broker.events import (
@@ -49,12 +50,14 @@ from broker.subjects import (
     EVENTS_STREAM,
     JOBS_CONSUMER,
     JOBS_STREAM,
+    WEBHOOK_JOBS_BUCKET,
     event_subject,
     parse_event_subject,
     parse_job_subject,
     validate_job_id,
     validate_tenant,
 )
+from broker.webhooks import WebhookAttempt, attempts_key, decode_attempts
 from controller.leases import LeaseBook
 
 __all__ = ["Facts", "JobQueries", "job_status"]
@@ -78,6 +81,7 @@ class Facts:
     progress: Progress | None = None  # its last progress event
     delivered_seq: int = 0  # the last stream sequence the JOBS consumer handed out
     gaps: frozenset[int] = frozenset()  # sequences deleted from JOBS (acked, cancelled)
+    webhooks: tuple[WebhookAttempt, ...] = ()  # attempts to deliver its outcome
 
 
 def job_status(f: Facts) -> JobStatus | None:
@@ -121,7 +125,8 @@ def job_status(f: Facts) -> JobStatus | None:
 def _made(f: Facts, state: JobState, operation: str, **fields: Any) -> JobStatus:
     return JobStatus(job_id=f.job_id, state=state,
                      operation=operation or (f.queued.operation if f.queued else ""),
-                     queued_at=f.queued.at if f.queued else None, **fields)
+                     queued_at=f.queued.at if f.queued else None,
+                     webhooks=list(f.webhooks), **fields)
 
 
 class JobQueries:
@@ -129,9 +134,18 @@ class JobQueries:
                  clock: Callable[[], float] = time.time) -> None:
         self._js = js
         self._nc = nc
+        self._hooks_kv: KeyValue | None = None
         self._states = states
         self._book = book
         self._clock = clock
+
+    @property
+    def _hooks(self) -> KeyValue:
+        assert self._hooks_kv is not None, "open() first"
+        return self._hooks_kv
+
+    async def open(self) -> None:
+        self._hooks_kv = await self._js.key_value(WEBHOOK_JOBS_BUCKET)
 
     async def answer(self, subject: str, body: bytes) -> JobStatusReply | JobsReply:
         """One ``query.<tenant>.job.<job_id>`` (a JobStatusReply) or ``query.<tenant>.jobs``
@@ -196,7 +210,15 @@ class JobQueries:
                      queued=queued or _only(Queued, await self._last(tenant, job_id,
                                                                      "queued")),
                      progress=_only(Progress, await self._last(tenant, job_id, "progress")),
-                     delivered_seq=queue[0], gaps=queue[1])
+                     delivered_seq=queue[0], gaps=queue[1],
+                     webhooks=await self._webhooks(tenant, job_id))
+
+    async def _webhooks(self, tenant: str, job_id: str) -> tuple[WebhookAttempt, ...]:
+        try:
+            entry = await self._hooks.get(attempts_key(tenant, job_id))
+            return tuple(decode_attempts(entry.value or b"[]"))
+        except (KeyNotFoundError, NotFoundError, ValueError):
+            return ()
 
     async def _queue(self) -> tuple[int, frozenset[int]]:
         """The last sequence handed out, and the sequences missing from JOBS (nats-py's

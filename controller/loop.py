@@ -28,6 +28,7 @@ from broker.auth import AuthKeys
 from broker.auth_store import AuthRecordUnreadable, publish_accounts
 from broker.fleet import ControllerBeat, FleetInstance, FleetSummary, encode
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
+from broker.url_guard import parse_networks
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority
 from controller.dispatcher import Dispatcher
@@ -39,6 +40,7 @@ from controller.policy import Destroy, Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import SpendMeter
+from controller.webhooks import WebhookSender
 
 __all__ = ["Controller"]
 
@@ -110,6 +112,10 @@ class Controller:
                           max_queued_per_tenant=self._config.max_queued_jobs_per_tenant)
         await gateway.start(self._nc)  # before anything slow: submits wait on it
         await self._dispatcher.start(self._nc)
+        webhooks = WebhookSender(
+            self._js, allowed=parse_networks(self._config.webhook_allow_networks),
+            retry_base_s=self._config.webhook_retry_base_s, clock=self._clock)
+        await webhooks.start()
         await self._beats.start(self._nc)
         await self._speeds.start(self._nc)
         if self._authority is not None:
@@ -146,6 +152,7 @@ class Controller:
                 await wind_down()
             await gateway.stop()
             await self._dispatcher.stop()
+            await webhooks.stop()
             if self._authority is not None:
                 await self._authority.stop()
             await self._beats.stop()

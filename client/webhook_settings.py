@@ -1,0 +1,38 @@
+"""A tenant's webhook settings (broker/webhooks.py), as the operator's tools read and write them
+in KV ``webhook_settings`` (FLEET users only; no tenant reaches it)."""
+
+from __future__ import annotations
+
+import re
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+
+from broker.subjects import WEBHOOK_SETTINGS_BUCKET, validate_tenant
+from broker.webhooks import TenantHooks, decode_tenant_hooks, encode, new_secret, tenant_key
+
+__all__ = ["read_settings", "write_settings"]
+
+
+async def read_settings(js: JetStreamContext, tenant: str) -> TenantHooks:
+    kv = await js.key_value(WEBHOOK_SETTINGS_BUCKET)
+    try:
+        return decode_tenant_hooks((await kv.get(tenant_key(validate_tenant(tenant)))).value
+                                   or b"{}")
+    except KeyNotFoundError:
+        return TenantHooks()
+
+
+async def write_settings(js: JetStreamContext, tenant: str, *, url: str | None,
+                         rotate: bool) -> tuple[TenantHooks, bool]:
+    """Set the tenant's default URL (None: keep it; "": none) and make a secret when there is
+    none (or ``rotate``). Returns the settings and whether the secret is new."""
+    if url and not re.fullmatch(r"https?://[^\s]+", url):
+        raise ValueError(f"webhook URL {url!r} is not an http(s) URL")
+    current = await read_settings(js, tenant)
+    fresh = rotate or not current.secret
+    settings = TenantHooks(url=current.url if url is None else url,
+                           secret=new_secret() if fresh else current.secret)
+    kv = await js.key_value(WEBHOOK_SETTINGS_BUCKET)
+    await kv.put(tenant_key(tenant), encode(settings))
+    return settings, fresh
