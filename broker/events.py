@@ -99,7 +99,9 @@ class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
     encoder: str
     output: OutputInfo
     timings: Timings
-    # What this attempt cost: timings.total_s on a machine at price_per_hour (0 on local agents).
+    # What the whole job cost: the machine time of every attempt (from the lease to its end:
+    # the outcome, a retry, a hand-back, or the last word of a holder that vanished), each at
+    # its machine's price; price_per_hour is this attempt's machine's (0 on local agents).
     price_per_hour: float = 0.0
     cost_usd: float = 0.0
 
@@ -125,6 +127,9 @@ class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
     error: JobError
     operation: str = ""
     encoder: str = ""
+    # What the whole job cost: every attempt's machine time (see Succeeded).
+    price_per_hour: float = 0.0
+    cost_usd: float = 0.0
 
 
 class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
@@ -133,8 +138,9 @@ class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
 
     reason: str = ""  # what the tenant gave, if anything
     operation: str = ""
-    # The attempt that was running when the cancel came (none: "" and 0), and what its machine
-    # time until then cost: charged to the job.
+    # The attempt that was running when the cancel came (none: "" and 0) and its machine's
+    # price; what the whole job cost (every attempt's machine time, the running one's until
+    # the cancel: see Succeeded).
     agent_id: str = ""
     attempt: int = 0
     price_per_hour: float = 0.0

@@ -53,6 +53,7 @@ __all__ = [
     "JOBSTATE_BUCKET",
     "JOBS_CONSUMER",
     "JOBS_STREAM",
+    "JOB_COSTS_BUCKET",
     "JOB_ID_RE",
     "LEASES_BUCKET",
     "QUEUE_PUBLISHER",
@@ -100,6 +101,7 @@ FLEET_BUCKET = "fleet"  # the controller's record of its machines; written by it
 LEASES_BUCKET = "leases"  # which agent holds which job (broker/dispatch.py); the dispatcher's
 EVENTS_STREAM = "EVENTS"
 JOBSTATE_BUCKET = "jobstate"  # key <tenant>.<job_id>
+JOB_COSTS_BUCKET = "jobcost"  # key <tenant>.<job_id>: its ended attempts' machine time, in $
 WEBHOOK_SETTINGS_BUCKET = "webhook_settings"  # key tenant.<tenant> (broker/webhooks.py)
 WEBHOOK_JOBS_BUCKET = "webhook_jobs"  # a job's webhook URL and its delivery attempts
 QUEUE_PUBLISHER = "queue"

@@ -33,6 +33,7 @@ from broker.subjects import (
     EXHAUSTED_STREAM,
     EXHAUSTED_SUBJECT,
     FLEET_BUCKET,
+    JOB_COSTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
@@ -203,6 +204,10 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
     await _ensure_kv(js, KeyValueConfig(
         bucket=JOBSTATE_BUCKET, description="latest lifecycle event per job id", history=1,
         ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
+        max_bytes=cfg.jobstate_max_bytes)
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=JOB_COSTS_BUCKET, description="each job's ended attempts' machine time, in $",
+        history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
     await _ensure_kv(js, KeyValueConfig(
         bucket=AUTH_BUCKET, description="revoked user keys, until their JWTs expire",

@@ -44,6 +44,7 @@ from broker.subjects import (
     parse_job_subject,
 )
 from broker.submit import CancelReply
+from controller.job_costs import JobCosts, lease_cost
 from controller.leases import Held, LeaseBook
 
 __all__ = ["Cancels"]
@@ -57,8 +58,10 @@ HolderLock = Callable[[str], asyncio.Lock]
 
 class Cancels:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates, book: LeaseBook,
-                 holder_lock: HolderLock, clock: Callable[[], float] = time.time) -> None:
+                 costs: JobCosts, holder_lock: HolderLock,
+                 clock: Callable[[], float] = time.time) -> None:
         self._js = js
+        self._costs = costs
         self._nc = nc
         self._states = states
         self._book = book
@@ -80,8 +83,9 @@ class Cancels:
             return CancelReply(ok=False, job_id=job_id, code="not_found",
                                message=f"no job {job_id!r} of tenant {tenant!r}")
         operation = queued[1] if queued else ""
+        earlier = await self._costs.get(tenant, job_id)  # attempts before (a retry's wait)
         event = Cancelled(job_id=job_id, tenant=tenant, at=self._clock(), reason=reason,
-                          operation=operation)
+                          operation=operation, cost_usd=round(earlier.cost_usd, 6))
         if (winner := await self._states.claim_terminal(event)) is not None:
             return _already(job_id, kind_of(winner))
         await self._announce(event)
@@ -98,11 +102,12 @@ class Cancels:
     async def _cancel_running(self, held: Held, reason: str) -> CancelReply:
         lease = held.lease
         now = self._clock()
+        earlier = await self._costs.get(lease.tenant, lease.job_id)
         event = Cancelled(
             job_id=lease.job_id, tenant=lease.tenant, at=now, reason=reason,
             operation=lease.operation, agent_id=lease.agent_id, attempt=lease.attempt,
             price_per_hour=lease.price_per_hour,
-            cost_usd=round(max(0.0, now - lease.granted_at) * lease.price_per_hour / 3600.0, 6))
+            cost_usd=round(earlier.cost_usd + lease_cost(lease, now), 6))
         if (winner := await self._states.claim_terminal(event)) is not None:
             return _already(lease.job_id, kind_of(winner))
         await self._announce(event)

@@ -29,11 +29,13 @@ from broker.subjects import (
     CONTROLLER_PUBLISHER,
     EXHAUSTED_CONSUMER,
     EXHAUSTED_STREAM,
+    JOB_COSTS_BUCKET,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
     event_subject,
     parse_job_subject,
 )
+from controller.job_costs import JobCosts
 
 __all__ = ["Reaper"]
 
@@ -52,9 +54,11 @@ class Reaper:
         self._js = js
         self._clock = clock
         self._fetch_timeout_s = fetch_timeout_s
+        self._costs: JobCosts | None = None  # opened by run()
 
     async def run(self, stop: asyncio.Event) -> None:
         states = JobStates(await self._js.key_value(JOBSTATE_BUCKET))
+        self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
         sub = await self._js.pull_subscribe_bind(consumer=EXHAUSTED_CONSUMER,
                                                  stream=EXHAUSTED_STREAM)
         try:
@@ -99,9 +103,11 @@ class Reaper:
             await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
             await advisory.ack()
             return
+        spent = await self._costs.get(tenant, job_id) if self._costs else None
         failed = Failed(
             job_id=job_id, tenant=tenant, at=self._clock(), agent_id=CONTROLLER_PUBLISHER,
             attempt=info.deliveries, operation=operation,
+            cost_usd=round(spent.cost_usd, 6) if spent else 0.0,
             error=JobError(code="deliveries_exhausted", message=(
                 f"the job was delivered {info.deliveries} times and no attempt finished: each "
                 "machine running it was lost or stopped (a job that crashes its agent ends "

@@ -43,6 +43,7 @@ from broker.queries import encode as encode_query
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
     EVENTS_STREAM,
+    JOB_COSTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
@@ -57,6 +58,7 @@ from broker.submit import CancelReply, decode_cancel_request
 from broker.submit import encode as encode_submit
 from controller.cancels import Cancels
 from controller.holders import HolderDesk, agent_of, respond
+from controller.job_costs import JobCosts
 from controller.job_status import JobQueries
 from controller.leases import LeaseBook
 from controller.reports import Reports
@@ -92,6 +94,7 @@ class Dispatcher:
         self._leases: LeaseBook | None = None
         self._holders: HolderDesk | None = None
         self._cancels: Cancels | None = None
+        self._costs: JobCosts | None = None
         self._queries: JobQueries | None = None
         self._query_tasks: set[asyncio.Task[None]] = set()
         self._ack_wait_s = 30.0
@@ -121,16 +124,20 @@ class Dispatcher:
         info = await self._js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
         self._ack_wait_s = info.config.ack_wait or 30.0
         self._max_deliver = info.config.max_deliver or 5
+        self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
         self._leases = LeaseBook(await self._js.key_value(LEASES_BUCKET),
-                                 ack_wait_s=self._ack_wait_s, monotonic=self._mono)
+                                 ack_wait_s=self._ack_wait_s, costs=self._costs,
+                                 clock=self._clock, monotonic=self._mono)
         await self._leases.load()
         transfers = Transfers(self._js)
         self._holders = HolderDesk(nc=nc, book=self._leases, transfers=transfers,
                                    reports=Reports(js=self._js, nc=nc, states=self._states,
-                                                   book=self._leases, transfers=transfers),
+                                                   book=self._leases, transfers=transfers,
+                                                   costs=self._costs, clock=self._clock),
                                    monotonic=self._mono)
         self._cancels = Cancels(js=self._js, nc=nc, states=self._states, book=self._leases,
-                                holder_lock=self._holders.lock, clock=self._clock)
+                                costs=self._costs, holder_lock=self._holders.lock,
+                                clock=self._clock)
         self._queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
                                    clock=self._clock)
         await self._queries.open()

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from broker.dispatch import Lease, decode_lease, encode
 from broker.events import OutputInfo
 from broker.objects import ObjectWriter
+from controller.job_costs import JobCosts
 
 __all__ = ["Held", "LeaseBook", "Reading"]
 
@@ -53,8 +54,12 @@ class Held:
 
 class LeaseBook:
     def __init__(self, kv: KeyValue, *, ack_wait_s: float,
+                 costs: JobCosts | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``costs``: where each ended lease's machine time is added (None: nowhere)."""
         self._kv = kv
+        self._costs = costs
+        self._clock = clock
         self._mono = monotonic
         self.ack_wait_s = ack_wait_s
         self._held: dict[str, Held] = {}  # agent id -> its one job
@@ -114,10 +119,19 @@ class LeaseBook:
         return [agent_id for agent_id, held in self._held.items()
                 if now - held.heard_at > silent_for_s]
 
+    def heard_wall(self, held: Held) -> float:
+        """When its holder was last heard from, on the wall clock: where a lease whose
+        holder vanished ends (the machine's time after that is no job's)."""
+        return self._clock() - max(0.0, self._mono() - held.heard_at)
+
     async def drop(self, agent_id: str) -> None:
-        """End a lease: its unfinished upload and reads go with it."""
+        """End a lease: its machine time is added to its job's cost; its unfinished upload
+        and reads go with it."""
         held = self._held.pop(agent_id, None)
         if held is not None:
+            if self._costs is not None:
+                with contextlib.suppress(nats.errors.Error, RuntimeError):  # cost, not job
+                    await self._costs.add(held.lease, self.heard_wall(held))
             if held.upload is not None:
                 await held.upload.abort()
             for reading in held.reading.values():

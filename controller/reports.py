@@ -9,6 +9,9 @@ one ``started``, progress at most ten a second, one outcome.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import msgspec
 from loguru import logger
 from nats.aio.client import Client
@@ -24,8 +27,9 @@ from broker.events import (
     Succeeded,
     encode_event,
 )
-from broker.jobstate import JobStates, ensure_announced
+from broker.jobstate import JobStates, ensure_announced, kind_of
 from broker.subjects import CONTROLLER_PUBLISHER, event_subject
+from controller.job_costs import JobCosts, lease_cost
 from controller.leases import Held, LeaseBook
 from controller.transfers import Transfers
 
@@ -37,12 +41,15 @@ _MIN_PROGRESS_S = 0.1  # a holder's progress events beyond one per this are drop
 
 class Reports:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates,
-                 book: LeaseBook, transfers: Transfers) -> None:
+                 book: LeaseBook, transfers: Transfers, costs: JobCosts,
+                 clock: Callable[[], float] = time.time) -> None:
         self._js = js
         self._nc = nc
         self._states = states
         self._book = book
         self._transfers = transfers
+        self._costs = costs
+        self._clock = clock
 
     async def handle(self, held: Held, report: Report) -> ReportReply:
         """Act on one report from ``held``'s holder (its ``heard_at`` already updated)."""
@@ -79,7 +86,16 @@ class Reports:
                 return checked
             event = msgspec.structs.replace(event, output=checked)
         assert isinstance(event, (Succeeded, Failed))
-        return await self._finish(held, event)
+        return await self._finish(held, await self._costed(held, event))
+
+    async def _costed(self, held: Held, event: Succeeded | Failed) -> Succeeded | Failed:
+        """The outcome with what the whole job cost: every earlier attempt's machine time and
+        this one's until now, at the prices their work requests gave."""
+        lease = held.lease
+        earlier = await self._costs.get(lease.tenant, lease.job_id)
+        total = earlier.cost_usd + lease_cost(lease, self._clock())
+        return msgspec.structs.replace(event, price_per_hour=lease.price_per_hour,
+                                       cost_usd=round(total, 6))
 
     async def _started(self, held: Held, event: Started) -> ReportReply:
         lease = held.lease
@@ -100,7 +116,7 @@ class Reports:
         winner = await self._states.claim_terminal(event)
         if winner is None:
             await self._publish(event)
-        elif winner == event:  # this report, sent again after its answer was lost
+        elif _same_attempt(winner, event):  # this report, sent again after its answer was lost
             await ensure_announced(self._js, event, lease.agent_id)
         else:
             logger.warning("{agent}'s outcome for {job_id} dropped: {other} ended it first",
@@ -128,6 +144,12 @@ class Reports:
         agent_id = getattr(event, "agent_id", CONTROLLER_PUBLISHER)
         await self._js.publish(event_subject(event.tenant, event.job_id, kind, agent_id),
                                encode_event(event))
+
+
+def _same_attempt(a: Event, b: Event) -> bool:
+    """The same attempt's outcome (a report sent again carries a later cost)."""
+    return (kind_of(a), getattr(a, "agent_id", ""), getattr(a, "attempt", 0)) == (
+        kind_of(b), getattr(b, "agent_id", ""), getattr(b, "attempt", 0))
 
 
 def as_holder(report: Report, lease: Lease) -> Event:

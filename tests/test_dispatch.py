@@ -23,6 +23,7 @@ from broker.events import (
     JobError,
     OutputInfo,
     Progress,
+    Retrying,
     Started,
     Succeeded,
     Timings,
@@ -364,3 +365,39 @@ async def test_a_job_the_gateway_would_refuse_is_dropped_and_the_queue_goes_on(
     assert (await _grant(agent_a)).job_id == "good"
     info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
     assert (info.num_pending, info.num_ack_pending) == (0, 1)  # the three were dropped
+
+
+async def test_an_outcome_carries_the_machine_time_of_every_attempt(
+        secure: Secure, alice: Client, agent_a: Session, agent_b: Session,
+        ctl: Session) -> None:
+    """Attempt 1 runs 10 s on a $3.60/h machine and hands the job back for a retry; attempt 2
+    runs 10 s on a $7.20/h one and fails: the job cost $0.01 + $0.02, not the last $0.02."""
+    now = [1000.0]
+    assert secure.control is not None
+    await secure.control.dispatcher.stop()
+    dispatcher = Dispatcher(ctl.nc.jetstream(), clock=lambda: now[0])
+    await dispatcher.start(ctl.nc)
+    try:
+        await alice.submit(_JOB, job_id="j1")
+        a = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, price_per_hour=3.6)
+        first = await a.next_job(10)
+        assert first is not None and first.attempt == 1
+        now[0] = 1010.0
+        assert (await a.report(Retrying(
+            job_id="j1", tenant="alice", at=now[0], agent_id="vf-a", attempt=1,
+            error=JobError(code="input_unavailable", message="HTTP 503"), retry_in_s=0,
+            failures=1))).ok
+        now[0] = 1020.0
+        b = DispatchLink(agent_b.nc, "vf-b", timeout_s=5, price_per_hour=7.2)
+        second = await b.next_job(10)
+        assert second is not None and second.attempt == 2
+        now[0] = 1030.0
+        assert (await b.report(Failed(
+            job_id="j1", tenant="alice", at=now[0], agent_id="vf-b", attempt=2,
+            error=JobError(code="invalid_input", message="not a video")))).ok
+        failed = await alice.result("j1", timeout_s=10)
+    finally:
+        await dispatcher.stop()
+    assert isinstance(failed, Failed)
+    assert failed.price_per_hour == 7.2
+    assert failed.cost_usd == pytest.approx(0.01 + 0.02, abs=1e-5)
