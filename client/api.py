@@ -22,7 +22,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ import nats.errors
 import nats.js.errors
 from loguru import logger
 from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from broker.connect import connect
@@ -191,6 +193,46 @@ class Client:
             raise SubmitError(f"job {job_id} refused ({reply.code}): {reply.message}")
         return SubmitReceipt(job_id, operation, duplicate=reply.duplicate,
                              stream_seq=reply.stream_seq)
+
+    async def submit_many(self, jobs: Iterable[tuple[str | None, JobRequest]], *,
+                          concurrency: int = 64) -> list[SubmitReceipt | SubmitError]:
+        """Submit many jobs with ``concurrency`` requests in flight: a receipt, or the error,
+        for each (job id, job) in order (None: a new id). One refusal does not stop the
+        rest."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(job_id: str | None, job: JobRequest) -> SubmitReceipt | SubmitError:
+            async with gate:
+                try:
+                    return await self.submit(job, job_id=job_id)
+                except SubmitError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(job_id, job) for job_id, job in jobs)))
+
+    async def submitted(self, job_id: str) -> bool:
+        """Whether this tenant ever submitted the job (it has events; they are kept 7 days).
+        One direct get, no waiting: a job submitted a moment ago may not show yet."""
+        try:
+            await self._js.get_last_msg(
+                self._events, event_subject(self.tenant, validate_job_id(job_id), "*", "*"),
+                direct=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def follow_all(self, on_event: Callable[[Event], Awaitable[None]]) -> Subscription:
+        """Live events of every job of this tenant (no history), each passed to
+        ``on_event``; unsubscribe the returned subscription to stop."""
+        async def decoded(msg: Msg) -> None:
+            event = _event(msg.subject, msg.headers, msg.data)
+            if event is not None:
+                await on_event(event)
+        return await self._nc.subscribe(event_subject(self.tenant, "*", "*", "*"), cb=decoded)
+
+    async def outcome(self, job_id: str) -> Succeeded | Failed | Cancelled | None:
+        """The job's outcome if it has one now (no waiting)."""
+        return await self._terminal_now(job_id)
 
     async def cancel(self, job_id: str, *, reason: str = "") -> CancelReply:
         """Cancel a job of this tenant: a queued job never starts; a running one is stopped

@@ -18,6 +18,7 @@ from broker.queries import JOB_STATES
 from broker.queries import encode as encode_status
 from broker.topology import TopologyConfig
 from client.api import Client
+from client.batch_cli import batch
 from client.commands import ClientConfig, client_config, open_client, run_command
 from client.creds_cli import creds
 from client.display import describe, describe_status, exit_code, jobs_table
@@ -251,6 +252,7 @@ cli.add_command(controller)
 cli.add_command(simulate)
 cli.add_command(creds)
 cli.add_command(webhooks)
+cli.add_command(batch)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from broker.events import Cancelled, Event, Failed, OutputInfo, Succeeded
 from broker.jobs import JobRequest
 from broker.queries import JobState, JobStatus
 from broker.submit import CancelReply
-from client.api import Client, SubmitReceipt
+from client.api import Client, SubmitError, SubmitReceipt
 
 __all__ = ["SyncClient"]
 
@@ -73,6 +73,10 @@ class SyncClient:
 
     def submit(self, job: JobRequest, *, job_id: str | None = None) -> SubmitReceipt:
         return self._run(self._client.submit(job, job_id=job_id))
+
+    def submit_many(self, jobs: Iterable[tuple[str | None, JobRequest]], *,
+                    concurrency: int = 64) -> list[SubmitReceipt | SubmitError]:
+        return self._run(self._client.submit_many(jobs, concurrency=concurrency))
 
     def cancel(self, job_id: str, *, reason: str = "") -> CancelReply:
         return self._run(self._client.cancel(job_id, reason=reason))
