@@ -12,7 +12,12 @@ What that buys, each an attack that now fails (tests/test_dispatch.py):
 - a report or an upload about any other job is refused (``not_holder``);
 - a job is acked only with its outcome recorded; a holder that goes quiet loses the job within
   ``ack_wait`` and it runs elsewhere;
-- a result's digest and size are computed here from the bytes stored, not taken from the agent.
+- a result's digest and size are computed here from the bytes stored, not taken from the agent;
+- a job's cost is its leases' machine time at the price the controller rented each machine at
+  (controller/job_costs.py), not a figure an agent reports.
+
+Because it holds the leases, it also answers a tenant's cancels (controller/cancels.py) and
+questions about its jobs (controller/job_status.py).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from broker.dispatch import (
 )
 from broker.jobs import decode_job, object_inputs
 from broker.jobstate import JobStates, ensure_announced
+from broker.queries import JobStatusReply
 from broker.queries import encode as encode_query
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
@@ -80,8 +86,13 @@ class _Waiter:
 
 class Dispatcher:
     def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 price_of: Callable[[str], float | None] | None = None) -> None:
+        """``price_of(agent_id)``: the price the controller rented that agent's machine at
+        (None: not one of its machines, which costs nothing). Without it (no controller: tests
+        and benchmarks), the price an agent's work request states is used."""
         self._js = js
+        self._price_of = price_of
         self._clock = clock
         self._mono = monotonic
         self._waiting: dict[str, _Waiter] = {}  # agent id -> its open work request
@@ -164,6 +175,8 @@ class Dispatcher:
                 await self._psub.unsubscribe()
         if self._holders is not None:
             self._holders.cancel()
+        for task in list(self._query_tasks):
+            task.cancel()
         # Leases stay on record: the next dispatcher picks them up.
 
     # -- cancels (controller/cancels.py) ---------------------------------------------------
@@ -190,7 +203,7 @@ class Dispatcher:
         assert self._cancels is not None, "start() first"
         try:
             return await self._cancels.cancel(tenant, job_id, request.reason)
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
             logger.warning("cancel of {tenant}/{job_id} failed: {error}", tenant=tenant,
                            job_id=job_id, error=str(exc) or type(exc).__name__)
             return CancelReply(ok=False, job_id=job_id, code="unavailable",
@@ -205,7 +218,12 @@ class Dispatcher:
         assert queries is not None, "start() first"
 
         async def answer() -> None:  # a listing takes a moment: others are not held up
-            reply = await queries.answer(msg.subject, msg.data)
+            try:
+                reply = await queries.answer(msg.subject, msg.data)
+            except Exception:  # a bug: the asker hears it, and the log says why
+                logger.exception("query {subject} failed", subject=msg.subject)
+                reply = JobStatusReply(ok=False, code="unavailable",
+                                       message="the controller could not answer; ask again")
             with contextlib.suppress(nats.errors.Error):
                 await msg.respond(encode_query(reply))
         task = asyncio.create_task(answer())
@@ -242,8 +260,15 @@ class Dispatcher:
             return
         self._waiting[agent_id] = _Waiter(
             msg, agent_id, until=self._mono() + min(request.wait_s, _MAX_WAIT_S),
-            price_per_hour=max(0.0, request.price_per_hour))
+            price_per_hour=self._price(agent_id, request.price_per_hour))
         self._wake.set()
+
+    def _price(self, agent_id: str, stated: float) -> float:
+        """An agent's credentials may be stolen: its own word on its price would let it
+        inflate the cost of every job it holds. The controller's record is the truth."""
+        if self._price_of is None:
+            return max(0.0, stated)
+        return self._price_of(agent_id) or 0.0
 
     async def _feed(self, psub: JetStreamContext.PullSubscription) -> None:
         """Pull one job whenever an agent is waiting, and hand it to the longest waiter.

@@ -67,7 +67,7 @@ class Controller:
         self._clock = clock
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
-        self._dispatcher = Dispatcher(self._js, clock=clock)
+        self._dispatcher = Dispatcher(self._js, clock=clock, price_of=self._price_of)
         self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
         self._offers = OfferBook(provider, ttl_s=_OFFERS_TTL_S)
@@ -86,6 +86,10 @@ class Controller:
     def _may_renew(self, agent_id: str) -> str | None:
         rec = self._records.get(agent_id)
         return rec.agent_key if rec is not None and rec.state != "destroying" else None
+
+    def _price_of(self, agent_id: str) -> float | None:
+        rec = self._records.get(agent_id)
+        return rec.price_per_hour if rec else None
 
     def _gpu_of(self, agent_id: str) -> str | None:
         rec = self._records.get(agent_id)

@@ -371,15 +371,17 @@ async def test_an_outcome_carries_the_machine_time_of_every_attempt(
         secure: Secure, alice: Client, agent_a: Session, agent_b: Session,
         ctl: Session) -> None:
     """Attempt 1 runs 10 s on a $3.60/h machine and hands the job back for a retry; attempt 2
-    runs 10 s on a $7.20/h one and fails: the job cost $0.01 + $0.02, not the last $0.02."""
+    runs 10 s on a $7.20/h one and fails: the job cost $0.01 + $0.02, not the last $0.02. The
+    prices are the controller's records; what the agents claim ($999/h) counts for nothing."""
     now = [1000.0]
     assert secure.control is not None
     await secure.control.dispatcher.stop()
-    dispatcher = Dispatcher(ctl.nc.jetstream(), clock=lambda: now[0])
+    rented = {"vf-a": 3.6, "vf-b": 7.2}
+    dispatcher = Dispatcher(ctl.nc.jetstream(), clock=lambda: now[0], price_of=rented.get)
     await dispatcher.start(ctl.nc)
     try:
         await alice.submit(_JOB, job_id="j1")
-        a = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, price_per_hour=3.6)
+        a = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, price_per_hour=999.0)
         first = await a.next_job(10)
         assert first is not None and first.attempt == 1
         now[0] = 1010.0
@@ -388,7 +390,7 @@ async def test_an_outcome_carries_the_machine_time_of_every_attempt(
             error=JobError(code="input_unavailable", message="HTTP 503"), retry_in_s=0,
             failures=1))).ok
         now[0] = 1020.0
-        b = DispatchLink(agent_b.nc, "vf-b", timeout_s=5, price_per_hour=7.2)
+        b = DispatchLink(agent_b.nc, "vf-b", timeout_s=5, price_per_hour=999.0)
         second = await b.next_job(10)
         assert second is not None and second.attempt == 2
         now[0] = 1030.0
