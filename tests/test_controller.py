@@ -118,7 +118,7 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
             nonlocal peak
             peak = max(peak, len([i for i in await local.list_instances("vf-")
                                   if i.state == "running"]))
-            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
 
         await until(kv, all_done, 90)
         results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]

@@ -98,7 +98,7 @@ async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
 
         async def all_done() -> bool:
             peak.sample()
-            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
 
         await until(kv, all_done, 150)
 
@@ -138,7 +138,7 @@ async def test_faults_are_recovered_and_the_caps_hold(
 
         async def all_done() -> bool:
             peak.sample()
-            return all([await fleet_client._terminal_now(r.job_id) for r in receipts])
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
 
         await until(kv, all_done, 120)
 
@@ -229,7 +229,7 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
 
         async def all_done_and_gone() -> bool:
             peak.sample()
-            done = all([await fleet_client._terminal_now(r.job_id) for r in receipts])
+            done = all([await fleet_client.outcome(r.job_id) for r in receipts])
             return done and not (await operator.fleet())[1] and not fake.instances()
 
         await until(kv, all_done_and_gone, 150)
