@@ -72,12 +72,21 @@ class Cancels:
         reason = reason[:_MAX_REASON]
         if (ended := await self._states.terminal(tenant, job_id)) is not None:
             return _already(job_id, kind_of(ended))
-        holders = self._book.holders_of(tenant, job_id)
-        if holders:
-            async with self._lock(holders[0]):
-                held = self._book.holder(holders[0], tenant, job_id)
-                if held is not None:
-                    return await self._cancel_running(held, reason)
+        held = [h for a in self._book.holders_of(tenant, job_id)
+                if (h := self._book.holder(a, tenant, job_id)) is not None]
+        if held:
+            # The newest lease is the attempt that runs (an older one's holder went quiet).
+            newest = max(held, key=lambda h: h.lease.attempt)
+            async with self._lock(newest.lease.agent_id):
+                still = self._book.holder(newest.lease.agent_id, tenant, job_id) is newest
+                reply = await self._cancel_running(newest, reason) if still else None
+            if reply is not None:
+                if reply.ok:
+                    for stale in held:
+                        if stale is not newest and self._book.holder(
+                                stale.lease.agent_id, tenant, job_id) is stale:
+                            await self._stop_holder(stale, reason)
+                return reply
         queued = await self._queued(tenant, job_id)
         if queued is None and not await self._has_events(tenant, job_id):
             return CancelReply(ok=False, job_id=job_id, code="not_found",
@@ -90,9 +99,8 @@ class Cancels:
             return _already(job_id, kind_of(winner))
         await self._announce(event)
         for agent_id in self._book.holders_of(tenant, job_id):  # granted in the meantime
-            held = self._book.holder(agent_id, tenant, job_id)
-            if held is not None:
-                await self._stop_holder(held, reason)
+            if (granted := self._book.holder(agent_id, tenant, job_id)) is not None:
+                await self._stop_holder(granted, reason)
         if queued is not None:
             with contextlib.suppress(NotFoundError):  # fetched meanwhile: its start is refused
                 await self._js.delete_msg(JOBS_STREAM, queued[0])
