@@ -81,6 +81,7 @@ class BatchRun:
         self._downloads: set[asyncio.Task[None]] = set()
         self._download_gate = asyncio.Semaphore(_DOWNLOADS_AT_ONCE)
         self._last_shown = ""
+        self._recheck_at = 0
 
     async def run(self, *, wait: bool = True, timeout_s: float | None = None) -> int:
         self._out.mkdir(parents=True, exist_ok=True)
@@ -108,14 +109,17 @@ class BatchRun:
             async with gate:
                 return await self._vf.submitted(job_id)
 
+        async def ended(job_id: str) -> None:  # submitted by an earlier run: finished?
+            async with gate:
+                outcome = await self._vf.outcome(job_id)
+            if outcome is not None:
+                await self._on_event(outcome, resumed=True)
+
         unique = {line.job_id: line for line in self.lines if line.ok}
         seen = await asyncio.gather(*(known(job_id) for job_id in unique))
         new = [line for line, was in zip(unique.values(), seen, strict=True) if not was]
-        for line, was in zip(unique.values(), seen, strict=True):
-            if was:  # submitted by an earlier run: maybe finished already
-                outcome = await self._vf.outcome(line.job_id)
-                if outcome is not None:
-                    await self._on_event(outcome, resumed=True)
+        await asyncio.gather(*(ended(job_id) for job_id, was in zip(unique, seen, strict=True)
+                               if was))
         refs = await self._upload(new)
         jobs = []
         for line in new:
@@ -188,7 +192,13 @@ class BatchRun:
                 await self._recheck()
 
     async def _recheck(self) -> None:
-        for job_id in [j for j in self._jobs if j not in self.outcomes][:_CHECKS_AT_ONCE]:
+        """A slice of the unfinished jobs, the next slice next time (round robin)."""
+        open_jobs = sorted(j for j in self._jobs if j not in self.outcomes)
+        if not open_jobs:
+            return
+        start = self._recheck_at % len(open_jobs)
+        self._recheck_at = start + _CHECKS_AT_ONCE
+        for job_id in open_jobs[start:start + _CHECKS_AT_ONCE]:
             outcome = await self._vf.outcome(job_id)
             if outcome is not None:
                 await self._on_event(outcome)
@@ -218,7 +228,7 @@ class BatchRun:
         finished = counts["succeeded"] + counts["failed"] + counts["cancelled"]
         cost = sum(o.cost_usd for o in self.outcomes.values())
         elapsed = max(1e-9, self._clock() - started)
-        left = len(self._jobs) - finished - len(self.errors)
+        left = counts["running"] + counts["queued"]
         eta = (f"ETA {_duration(left * elapsed / self._finished_here)}"
                if self._finished_here and left else "ETA -")
         invalid = sum(1 for line in self.lines if not line.ok) + len(self.errors)
