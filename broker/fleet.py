@@ -76,6 +76,19 @@ class FleetSummary(Struct, frozen=True, kw_only=True):
     max_spend_per_hour: float
     max_spend_per_day: float
     alarms: list[str] = []  # what needs a person: provider errors, config errors, caps hit
+    # Who paid for the machine time. billed_today: the provider's own bill since UTC midnight
+    # when it tells (billed_by_provider; Vast.ai: the account credit spent), else spent_today.
+    # attributed_today: the jobs' share (their leases' machine time, in their cost_usd);
+    # unattributed: the rest, which no job paid for (boot, idle, drain), today and per hour
+    # now. attributed_today + unattributed_today == billed_today.
+    billed_today: float = 0.0
+    billed_by_provider: bool = False
+    attributed_today: float = 0.0
+    unattributed_today: float = 0.0
+    unattributed_per_hour: float = 0.0
+    # For a restarted controller to resume the day: leases ended today, the credit at its start.
+    attributed_ended_today: float = 0.0
+    credit_at_day_start: float | None = None
 
 
 class ControllerBeat(Struct, frozen=True, kw_only=True):

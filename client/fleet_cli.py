@@ -57,6 +57,11 @@ def format_status(summary: FleetSummary | None, machines: list[FleetInstance],
         f"/h); ${summary.spent_today:.2f} today {summary.day} UTC "
         f"(cap ${summary.max_spend_per_day:.2f})",
     ]
+    source = "the provider's bill" if summary.billed_by_provider else "estimated"
+    lines.append(f"paid by:    jobs ${summary.attributed_today:.4f} today; no job "
+                 f"${summary.unattributed_today:.4f} today (boot, idle, drain), "
+                 f"${summary.unattributed_per_hour:.3f}/h now; of "
+                 f"${summary.billed_today:.4f} billed today ({source})")
     lines += [f"ALARM:      {alarm}" for alarm in summary.alarms]
     if not machines:
         lines.append("machines:   none")

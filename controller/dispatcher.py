@@ -62,6 +62,7 @@ from broker.subjects import (
 )
 from broker.submit import CancelReply, decode_cancel_request
 from broker.submit import encode as encode_submit
+from controller.attribution import Attribution
 from controller.cancels import Cancels
 from controller.holders import HolderDesk, agent_of, respond
 from controller.job_costs import JobCosts
@@ -93,6 +94,8 @@ class Dispatcher:
         and benchmarks), the price an agent's work request states is used."""
         self._js = js
         self._price_of = price_of
+        # Leases' share of today's bill; the controller resumes it from its last summary.
+        self.attribution = Attribution(now=clock())
         self._clock = clock
         self._mono = monotonic
         self._waiting: dict[str, _Waiter] = {}  # agent id -> its open work request
@@ -123,6 +126,18 @@ class Dispatcher:
         is checked against."""
         return self._leases.holds(agent_id) if self._leases is not None else None
 
+    def attributed(self) -> tuple[float, float]:
+        """Machine time jobs paid for: dollars since UTC midnight, and dollars per hour now
+        (the prices of the machines holding a job)."""
+        now = self._clock()
+        live = self._leases.live_leases() if self._leases is not None else []
+        return (self.attribution.today(live, now), sum(lease.price_per_hour for lease in live))
+
+    async def _lease_ended(self, lease: Lease, ended_at: float) -> None:
+        self.attribution.lease_ended(lease, ended_at)
+        assert self._costs is not None
+        await self._costs.add(lease, ended_at)
+
     def running_for_s(self) -> list[float]:
         """How long each job in hand has been held (for the backlog estimate)."""
         return self._leases.running_for_s(self._clock()) if self._leases is not None else []
@@ -137,7 +152,7 @@ class Dispatcher:
         self._max_deliver = info.config.max_deliver or 5
         self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
         self._leases = LeaseBook(await self._js.key_value(LEASES_BUCKET),
-                                 ack_wait_s=self._ack_wait_s, costs=self._costs,
+                                 ack_wait_s=self._ack_wait_s, on_end=self._lease_ended,
                                  clock=self._clock, monotonic=self._mono)
         await self._leases.load()
         transfers = Transfers(self._js)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -22,7 +22,6 @@ from nats.js.kv import KeyValue
 from broker.dispatch import Lease, decode_lease, encode
 from broker.events import OutputInfo
 from broker.objects import ObjectWriter
-from controller.job_costs import JobCosts
 
 __all__ = ["Held", "LeaseBook", "Reading"]
 
@@ -54,11 +53,13 @@ class Held:
 
 class LeaseBook:
     def __init__(self, kv: KeyValue, *, ack_wait_s: float,
-                 costs: JobCosts | None = None, clock: Callable[[], float] = time.time,
+                 on_end: Callable[[Lease, float], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        """``costs``: where each ended lease's machine time is added (None: nowhere)."""
+        """``on_end(lease, ended_at)`` is told of each lease that ends, and when (its holder's
+        last word, on the wall clock): what its machine time is charged from."""
         self._kv = kv
-        self._costs = costs
+        self._on_end = on_end
         self._clock = clock
         self._mono = monotonic
         self.ack_wait_s = ack_wait_s
@@ -108,6 +109,9 @@ class LeaseBook:
         held = self._held.get(agent_id)
         return held.lease.job_id if held is not None and self._live(held) else None
 
+    def live_leases(self) -> list[Lease]:
+        return [held.lease for held in self._held.values() if self._live(held)]
+
     def running_for_s(self, now: float) -> list[float]:
         """How long each live lease has been held, at wall-clock ``now``."""
         return [max(0.0, now - held.lease.granted_at) for held in self._held.values()
@@ -129,9 +133,9 @@ class LeaseBook:
         and reads go with it."""
         held = self._held.pop(agent_id, None)
         if held is not None:
-            if self._costs is not None:
+            if self._on_end is not None:
                 with contextlib.suppress(nats.errors.Error, RuntimeError):  # cost, not job
-                    await self._costs.add(held.lease, self.heard_wall(held))
+                    await self._on_end(held.lease, self.heard_wall(held))
             if held.upload is not None:
                 await held.upload.abort()
             for reading in held.reading.values():

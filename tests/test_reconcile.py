@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from msgspec import structs
 
+from broker.dispatch import Lease
 from broker.fleet import FleetInstance, FleetState
 from broker.heartbeats import Heartbeat, encode_heartbeat
+from controller.attribution import Attribution
 from controller.observe import HeartbeatBook
 from controller.providers.base import InstanceInfo, InstanceState
 from controller.reconcile import UNCONFIRMED_DRAIN, Seen, reconcile, snapshot_instances
@@ -132,6 +135,24 @@ def test_spend_meter_accrues_resumes_and_rolls_over_at_utc_midnight() -> None:
     assert resumed.accrue(2.0, midnight + 1800) == 1.0  # only the half hour since midnight
     assert resumed.day == "2027-01-16"
     assert SpendMeter(now=midnight, day="2027-01-15", spent=9.0).spent == 0.0
+
+
+def test_the_jobs_share_of_the_day_splits_leases_at_utc_midnight() -> None:
+    midnight = 1_800_057_600.0  # 2027-01-16 00:00 UTC
+
+    def lease(agent: str, granted_at: float) -> Lease:
+        return Lease(agent_id=agent, tenant="t", operation="caption", job_id=agent,
+                     attempt=1, stream_seq=1, ack_subject="x", granted_at=granted_at,
+                     price_per_hour=3.6)  # $0.001 a second
+
+    shares = Attribution(now=midnight - 100)
+    shares.lease_ended(lease("a", midnight - 100), midnight - 40)  # 60 s yesterday
+    shares.lease_ended(lease("b", midnight - 60), midnight + 30)  # only 30 s are today's
+    assert shares.day == "2027-01-16" and shares.ended_today == pytest.approx(0.030)
+    running = lease("c", midnight + 10)
+    assert shares.today([running], midnight + 50) == pytest.approx(0.030 + 0.040)
+    resumed = Attribution(now=midnight + 60, day="2027-01-16", ended=shares.ended_today)
+    assert resumed.today([], midnight + 60) == pytest.approx(0.030)
 
 
 def test_a_rented_machine_the_list_does_not_show_yet_is_kept_within_the_grace() -> None:

@@ -108,10 +108,25 @@ async def test_ten_jobs_rent_machines_finish_and_every_machine_is_destroyed(
             return not machines and not fake.instances() and fake.alive_count() == 0
 
         await until(kv, all_gone, 60)
+        bill = 100.0 - fake.credit  # the fake's own accounting (it started with $100)
+
+        async def billed_in_full() -> bool:  # a summary read after the last machine went
+            summary, _ = await operator.fleet()
+            return summary is not None and summary.billed_by_provider and \
+                summary.billed_today == pytest.approx(bill, abs=1e-6)
+
+        await until(kv, billed_in_full, 30)
+        summary, _ = await operator.fleet()
     results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
     assert all(isinstance(r, Succeeded) for r in results)
     assert {r.agent_id for r in results} <= {body["label"] for body in fake.create_requests}
     assert all(r.price_per_hour > 0 and r.cost_usd > 0 for r in results)  # type: ignore[union-attr]
+    # Every dollar the provider billed is either in a job's cost or the fleet's own.
+    assert summary is not None
+    jobs_paid = sum(r.cost_usd for r in results)  # type: ignore[union-attr]
+    assert summary.attributed_today == pytest.approx(jobs_paid, abs=1e-5)
+    assert summary.attributed_today + summary.unattributed_today == pytest.approx(bill, abs=1e-5)
+    assert summary.unattributed_today >= 0  # no job was charged more than was billed
     assert 1 <= peak.machines <= RENTED.max_instances
     for body in fake.create_requests:  # the machine's env: its settings, no account secret
         assert fake.api_key not in str(body)

@@ -65,3 +65,8 @@ class Provider(Protocol):
     async def terminate(self, provider_id: str) -> None:
         """Destroy it; a machine that is already gone is success."""
         ...
+
+    async def account_credit(self) -> float | None:
+        """The account's remaining credit in dollars, if the provider bills one (its decrease
+        is the bill); None when it does not."""
+        ...

@@ -113,6 +113,9 @@ class LocalProvider:
         finally:
             forwarder.cancel()
 
+    async def account_credit(self) -> float | None:
+        return None  # this machine's own processes: nobody bills them
+
     async def terminate(self, provider_id: str) -> None:
         entry = self._procs.pop(provider_id, None)
         if entry is None:
