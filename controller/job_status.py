@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -171,7 +172,12 @@ class JobQueries:
 
     async def status(self, tenant: str, job_id: str,
                      queued: Queued | None = None) -> JobStatusReply:
-        status = job_status(await self._facts(tenant, job_id, await self._queue(), queued))
+        facts = await self._facts(tenant, job_id, (0, frozenset()), queued)
+        if facts.queued_seq is not None and facts.lease is None and not isinstance(
+                facts.state, (Succeeded, Failed, Cancelled)):  # its place is asked for
+            delivered, gaps = await self._queue()
+            facts = dataclasses.replace(facts, delivered_seq=delivered, gaps=gaps)
+        status = job_status(facts)
         if status is None:
             return JobStatusReply(ok=False, code="not_found",
                                   message=f"no job {job_id!r} of tenant {tenant!r}")
@@ -201,8 +207,9 @@ class JobQueries:
 
     async def _facts(self, tenant: str, job_id: str, queue: tuple[int, frozenset[int]],
                      queued: Queued | None) -> Facts:
-        holders = self._book.holders_of(tenant, job_id)
-        held = self._book.get(holders[0]) if holders else None
+        held = max((h for a in self._book.holders_of(tenant, job_id)
+                    if (h := self._book.holder(a, tenant, job_id)) is not None),
+                   key=lambda h: h.lease.attempt, default=None)  # the newest attempt
         return Facts(job_id=job_id, now=self._clock(),
                      state=await self._states.get(tenant, job_id),
                      lease=held.lease if held else None,
