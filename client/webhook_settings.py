@@ -8,6 +8,7 @@ import re
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
+from broker.auth_store import tenants
 from broker.subjects import WEBHOOK_SETTINGS_BUCKET, validate_tenant
 from broker.webhooks import TenantHooks, decode_tenant_hooks, encode, new_secret, tenant_key
 
@@ -29,6 +30,9 @@ async def write_settings(js: JetStreamContext, tenant: str, *, url: str | None,
     none (or ``rotate``). Returns the settings and whether the secret is new."""
     if url and not re.fullmatch(r"https?://[^\s]+", url):
         raise ValueError(f"webhook URL {url!r} is not an http(s) URL")
+    if tenant not in {t.name for t in await tenants(js)}:  # a typo would sign for no one
+        raise ValueError(f"no tenant {tenant!r} (`vidfleet creds client NAME --tenant "
+                         f"{tenant}` makes it)")
     current = await read_settings(js, tenant)
     fresh = rotate or not current.secret
     settings = TenantHooks(url=current.url if url is None else url,

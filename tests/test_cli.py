@@ -223,3 +223,20 @@ async def test_sigterm_on_demo_stops_its_private_stack(tmp_path: Path) -> None:
     assert await check.wait() == 1, "the demo's nats-server outlived it"
     work = tmp_path / "out" / "stack" / "work"  # in the controller's and its agents' env
     assert not processes_with_env(f"VIDFLEET_LOCAL_WORK_DIR={work}")
+
+
+async def test_webhooks_commands_print_the_secret_only_when_made_or_asked(
+        js, nats_server) -> None:  # type: ignore[no-untyped-def]
+    admin = nats_server.auth.admin_creds
+    rc, out, err = await vidfleet(nats_server, "webhooks", "set", "default", "--url",
+                                  "https://hooks.example/v", creds=admin)
+    assert rc == 0, err
+    secret = re.search(r"signing secret \(new\): (whsec_\S+)", out)
+    assert secret and "default webhook https://hooks.example/v" in out
+    rc, out, _ = await vidfleet(nats_server, "webhooks", "show", "default", creds=admin)
+    assert rc == 0 and "signing secret: set" in out and secret.group(1) not in out
+    rc, out, _ = await vidfleet(nats_server, "webhooks", "show", "default", "--secret",
+                                creds=admin)
+    assert secret.group(1) in out
+    rc, _, err = await vidfleet(nats_server, "webhooks", "show", "default")  # a tenant's creds
+    assert rc == 1 and "operator's credentials" in err

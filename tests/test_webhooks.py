@@ -155,3 +155,15 @@ async def test_a_job_cannot_name_a_webhook_before_its_tenant_has_a_secret(
     with pytest.raises(SubmitError, match="webhook_unconfigured"):
         await client.submit(CaptionJob(video="obj:a", srt="obj:b",
                                        webhook="https://hooks.example/x"))
+
+
+async def test_settings_name_an_existing_tenant_and_an_http_url(operator: Client) -> None:
+    with pytest.raises(ValueError, match="no tenant 'defualt'"):
+        await operator.set_webhook_settings("defualt", url="https://hooks.example/x")
+    with pytest.raises(ValueError, match="not an http"):
+        await operator.set_webhook_settings("default", url="ftp://hooks.example/x")
+    first, fresh = await operator.set_webhook_settings("default")
+    again, fresh_again = await operator.set_webhook_settings("default", url="")
+    rotated, _ = await operator.set_webhook_settings("default", rotate=True)
+    assert fresh and not fresh_again and again.secret == first.secret
+    assert rotated.secret != first.secret
