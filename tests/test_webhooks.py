@@ -17,7 +17,7 @@ import standardwebhooks
 from nats.js import JetStreamContext
 
 from broker.jobs import CaptionJob
-from broker.subjects import EVENTS_STREAM
+from broker.subjects import EVENTS_STREAM, WEBHOOK_JOBS_BUCKET
 from broker.url_guard import parse_networks
 from client.api import Client, SubmitError
 from controller.webhooks import WEBHOOKS_CONSUMER, WebhookSender, backoff_s
@@ -132,9 +132,12 @@ async def test_each_outcome_is_delivered_once_signed_after_retries(
 
 
 async def test_a_webhook_to_a_private_address_is_refused_without_connecting(
-        client: Client, operator: Client, sender: WebhookSender, receiver: Receiver) -> None:
+        client: Client, operator: Client, sender: WebhookSender, receiver: Receiver,
+        js: JetStreamContext) -> None:
     await operator.set_webhook_settings("default")
     port = receiver.base.rsplit(":", 1)[1]
+    hooks = await js.key_value(WEBHOOK_JOBS_BUCKET)
+    recorded = await hooks.watch("attempts.default.*")  # each attempt the sender records
     for job_id, url in (("meta", "http://169.254.169.254/latest/meta-data/"),
                         ("lo2", f"http://127.0.0.2:{port}/x")):
         await client.submit(CaptionJob(video="obj:a", srt="obj:b", webhook=url), job_id=job_id)
@@ -142,12 +145,13 @@ async def test_a_webhook_to_a_private_address_is_refused_without_connecting(
 
     async def refused(job_id: str) -> str:
         while not (attempts := (await client.status(job_id)).webhooks):
-            await asyncio.sleep(0.05)
+            await recorded.updates(timeout=10)
         return attempts[0].error
 
     assert "link-local" in await asyncio.wait_for(refused("meta"), 10)
     assert "VIDFLEET_WEBHOOK_ALLOW_NETWORKS" in await asyncio.wait_for(refused("lo2"), 10)
     assert receiver.got == []
+    await recorded.stop()
 
 
 async def test_a_job_cannot_name_a_webhook_before_its_tenant_has_a_secret(
