@@ -25,6 +25,7 @@ __all__ = [
     "Output",
     "decode_job",
     "encode_job",
+    "inputs_named",
     "object_inputs",
     "object_ref",
     "operation_of",
@@ -235,6 +236,15 @@ def object_inputs(job: JobRequest) -> tuple[str, ...]:
     refs = (getattr(job, field) for field in job.__struct_fields__)
     return tuple(sorted({ref[4:] for ref in refs
                          if isinstance(ref, str) and ref.startswith("obj:")}))
+
+
+def inputs_named(operation: str, body: bytes) -> tuple[str, ...]:
+    """The object names a stored job's body reads (none when it does not decode: the gateway
+    checked it, and an agent will fail it)."""
+    try:
+        return object_inputs(decode_job(operation, body))
+    except (LookupError, ValueError):
+        return ()
 
 
 def parse_input_ref(ref: str) -> tuple[str, str]:

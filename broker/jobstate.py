@@ -11,6 +11,7 @@ a finished job look runnable.
 
 from __future__ import annotations
 
+import nats.errors
 from loguru import logger
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -27,7 +28,8 @@ from broker.events import (
 )
 from broker.subjects import EVENTS_STREAM, event_subject, job_key
 
-__all__ = ["TERMINAL", "JobStates", "Terminal", "ensure_announced", "kind_of"]
+__all__ = ["TERMINAL", "JobStates", "Terminal", "ensure_announced", "kind_of",
+           "retryable_failures"]
 
 Terminal = Succeeded | Failed | Cancelled
 TERMINAL = (Succeeded, Failed, Cancelled)
@@ -105,3 +107,14 @@ async def ensure_announced(js: JetStreamContext, outcome: Terminal, publisher: s
 def kind_of(event: Event) -> str:
     """The event's kind: its tag, and the kind token of its subject."""
     return str(type(event).__struct_config__.tag)
+
+
+async def retryable_failures(js: JetStreamContext, tenant: str, job_id: str) -> int:
+    """The job's retryable failures so far, counted from its stored ``retrying`` events (0 when
+    EVENTS does not answer: a budget counted short is spent on one more retry, not lost)."""
+    try:
+        info = await js.stream_info(
+            EVENTS_STREAM, subjects_filter=event_subject(tenant, job_id, "retrying", "*"))
+    except nats.errors.Error:
+        return 0
+    return sum((info.state.subjects or {}).values())

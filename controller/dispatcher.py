@@ -16,8 +16,8 @@ What that buys, each an attack that now fails (tests/test_dispatch.py):
 - a job's cost is its leases' machine time at the price the controller rented each machine at
   (controller/job_costs.py), not a figure an agent reports.
 
-Because it holds the leases, it also answers a tenant's cancels (controller/cancels.py) and
-questions about its jobs (controller/job_status.py).
+Because it holds the leases, it also answers a tenant's cancels and questions about its jobs
+(controller/tenant_desk.py). The agents waiting for work are in controller/waiters.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import nats.errors
 from loguru import logger
@@ -42,26 +41,19 @@ from broker.dispatch import (
     WorkRequest,
     decode_work_request,
 )
-from broker.jobs import decode_job, object_inputs
-from broker.jobstate import JobStates, ensure_announced
-from broker.queries import JobStatusReply
-from broker.queries import encode as encode_query
+from broker.jobs import inputs_named
+from broker.jobstate import JobStates, ensure_announced, retryable_failures
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
-    EVENTS_STREAM,
     JOB_COSTS_BUCKET,
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
     LEASES_BUCKET,
-    event_subject,
-    parse_cancel_subject,
     parse_job_subject,
     validate_job_id,
     validate_tenant,
 )
-from broker.submit import CancelReply, decode_cancel_request
-from broker.submit import encode as encode_submit
 from controller.attribution import Attribution
 from controller.cancels import Cancels
 from controller.holders import HolderDesk, agent_of, respond
@@ -69,20 +61,13 @@ from controller.job_costs import JobCosts
 from controller.job_status import JobQueries
 from controller.leases import LeaseBook
 from controller.reports import Reports
+from controller.tenant_desk import TenantDesk
 from controller.transfers import Transfers
+from controller.waiters import Waiters
 
 __all__ = ["Dispatcher"]
 
-_MAX_WAIT_S = 30.0  # the longest a work request is held open
 _STALE_HOLDS = 10  # ack_waits of silence after which a lease record is dropped
-
-
-@dataclass
-class _Waiter:
-    msg: Msg
-    agent_id: str
-    until: float  # monotonic: answer (empty) by then
-    price_per_hour: float = 0.0
 
 
 class Dispatcher:
@@ -98,8 +83,7 @@ class Dispatcher:
         self.attribution = Attribution(now=clock())
         self._clock = clock
         self._mono = monotonic
-        self._waiting: dict[str, _Waiter] = {}  # agent id -> its open work request
-        self._wake = asyncio.Event()
+        self._waiters = Waiters(monotonic)
         self._subs: list[Subscription] = []
         self._psub: JetStreamContext.PullSubscription | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -107,17 +91,10 @@ class Dispatcher:
         self._states: JobStates | None = None
         self._leases: LeaseBook | None = None
         self._holders: HolderDesk | None = None
-        self._cancels: Cancels | None = None
+        self._tenants: TenantDesk | None = None
         self._costs: JobCosts | None = None
-        self._queries: JobQueries | None = None
-        self._query_tasks: set[asyncio.Task[None]] = set()
         self._ack_wait_s = 30.0
         self._max_deliver = 5
-
-    @property
-    def _book(self) -> LeaseBook:
-        assert self._leases is not None, "start() first"
-        return self._leases
 
     # -- what the rest of the controller asks ---------------------------------------------
 
@@ -161,18 +138,16 @@ class Dispatcher:
                                                    book=self._leases, transfers=transfers,
                                                    costs=self._costs, clock=self._clock),
                                    monotonic=self._mono)
-        self._cancels = Cancels(js=self._js, nc=nc, states=self._states, book=self._leases,
-                                costs=self._costs, holder_lock=self._holders.lock,
-                                clock=self._clock)
-        self._queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
-                                   clock=self._clock)
-        await self._queries.open()
+        queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
+                             clock=self._clock)
+        await queries.open()
+        self._tenants = TenantDesk(nc=nc, queries=queries, cancels=Cancels(
+            js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,
+            holder_lock=self._holders.lock, clock=self._clock))
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
-                      await nc.subscribe("cancel.*.*", cb=self._on_cancel),
-                      await nc.subscribe("query.*.>", cb=self._on_query),
-                      *await self._holders.subscribe()]
+                      *await self._holders.subscribe(), *await self._tenants.subscribe()]
         await nc.flush()  # serving once this returns: an agent's next call finds us
         self._feeder = asyncio.create_task(self._feed(psub))
         logger.info("dispatcher serving {n} lease(s) on record", n=len(self._leases))
@@ -190,60 +165,9 @@ class Dispatcher:
                 await self._psub.unsubscribe()
         if self._holders is not None:
             self._holders.cancel()
-        for task in list(self._query_tasks):
-            task.cancel()
+        if self._tenants is not None:
+            self._tenants.cancel()
         # Leases stay on record: the next dispatcher picks them up.
-
-    # -- cancels (controller/cancels.py) ---------------------------------------------------
-
-    async def _on_cancel(self, msg: Msg) -> None:
-        reply = await self.cancel_request(msg.subject, msg.data)
-        if msg.reply:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.respond(encode_submit(reply))
-
-    async def cancel_request(self, subject: str, body: bytes) -> CancelReply:
-        """Answer one ``cancel.<tenant>.<job_id>``: the subject's tenant is the server's word."""
-        try:
-            tenant, job_id = parse_cancel_subject(subject)
-            validate_tenant(tenant)
-            validate_job_id(job_id)
-        except ValueError as exc:
-            return CancelReply(ok=False, code="invalid_job_id", message=str(exc))
-        try:
-            request = decode_cancel_request(body)
-        except ValueError as exc:
-            return CancelReply(ok=False, job_id=job_id, code="invalid",
-                               message=f"unreadable cancel request: {exc}")
-        assert self._cancels is not None, "start() first"
-        try:
-            return await self._cancels.cancel(tenant, job_id, request.reason)
-        except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
-            logger.warning("cancel of {tenant}/{job_id} failed: {error}", tenant=tenant,
-                           job_id=job_id, error=str(exc) or type(exc).__name__)
-            return CancelReply(ok=False, job_id=job_id, code="unavailable",
-                               message="the job queue did not answer; cancel again")
-
-    # -- a tenant's questions (controller/job_status.py) ---------------------------------
-
-    async def _on_query(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        queries = self._queries
-        assert queries is not None, "start() first"
-
-        async def answer() -> None:  # a listing takes a moment: others are not held up
-            try:
-                reply = await queries.answer(msg.subject, msg.data)
-            except Exception:  # a bug: the asker hears it, and the log says why
-                logger.exception("query {subject} failed", subject=msg.subject)
-                reply = JobStatusReply(ok=False, code="unavailable",
-                                       message="the controller could not answer; ask again")
-            with contextlib.suppress(nats.errors.Error):
-                await msg.respond(encode_query(reply))
-        task = asyncio.create_task(answer())
-        self._query_tasks.add(task)
-        task.add_done_callback(self._query_tasks.discard)
 
     # -- work requests ---------------------------------------------------------------------
 
@@ -256,8 +180,7 @@ class Dispatcher:
         except ValueError as exc:
             await respond(msg, WorkReply(error=f"unreadable work request: {exc}"))
             return
-        if (old := self._waiting.pop(agent_id, None)) is not None:
-            await respond(old.msg, WorkReply())  # superseded by this one
+        await self._waiters.withdraw(agent_id)  # superseded by this one
         assert self._leases is not None
         if (held := self._leases.get(agent_id)) is not None:
             # One job per agent: asking for another hands this one back, now.
@@ -273,10 +196,8 @@ class Dispatcher:
         if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
             await respond(msg, WorkReply())
             return
-        self._waiting[agent_id] = _Waiter(
-            msg, agent_id, until=self._mono() + min(request.wait_s, _MAX_WAIT_S),
-            price_per_hour=self._price(agent_id, request.price_per_hour))
-        self._wake.set()
+        self._waiters.add(msg, agent_id, request.wait_s,
+                          self._price(agent_id, request.price_per_hour))
 
     def _price(self, agent_id: str, stated: float) -> float:
         """An agent's credentials may be stolen: its own word on its price would let it
@@ -298,16 +219,15 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def _feed_once(self, psub: JetStreamContext.PullSubscription) -> None:
-        await self._expire_waiters()
-        if not self._waiting:
-            self._wake.clear()
+        await self._waiters.expire()
+        await self._forget_stale()
+        if not self._waiters:
             # Wake now and then anyway: the stale-lease sweep runs here.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._ack_wait_s)
+            await self._waiters.someone(self._ack_wait_s)
             return
-        first = min(w.until for w in self._waiting.values())
         try:
-            msgs = await psub.fetch(1, timeout=max(0.2, min(2.0, first - self._mono())))
+            msgs = await psub.fetch(
+                1, timeout=max(0.2, min(2.0, self._waiters.first_deadline_s())))
         except TimeoutError:
             return
         except nats.errors.Error as exc:
@@ -322,12 +242,7 @@ class Dispatcher:
                 logger.warning("dispatching {subject} failed: {error}",
                                subject=job.subject, error=str(exc) or type(exc).__name__)
 
-    async def _expire_waiters(self) -> None:
-        now = self._mono()
-        for agent_id, waiter in list(self._waiting.items()):
-            if waiter.until <= now:
-                del self._waiting[agent_id]
-                await respond(waiter.msg, WorkReply())
+    async def _forget_stale(self) -> None:
         # A holder silent this long lost its delivery long ago (the job ran elsewhere, or
         # the reaper ended it): its record goes.
         assert self._leases is not None
@@ -359,7 +274,7 @@ class Dispatcher:
                            "quiet; its lease is void", tenant=tenant, job_id=job_id,
                            agent=agent_id)
             await self._leases.drop(agent_id)
-        waiter = self._next_waiter()
+        waiter = self._waiters.next()
         if waiter is None:  # everyone gave up while it was fetched: back to the queue
             await job.nak()
             return
@@ -367,12 +282,12 @@ class Dispatcher:
         lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
                       job_id=job_id, attempt=meta.num_delivered,
                       stream_seq=meta.sequence.stream, ack_subject=job.reply,
-                      granted_at=self._clock(), inputs=_inputs_of(operation, job.data),
+                      granted_at=self._clock(), inputs=inputs_named(operation, job.data),
                       price_per_hour=waiter.price_per_hour)
         await self._leases.grant(lease)
         grant = Grant(tenant=tenant, operation=operation, job_id=job_id,
                       attempt=meta.num_delivered, max_deliver=self._max_deliver,
-                      failures=await self._failures(tenant, job_id),
+                      failures=await retryable_failures(self._js, tenant, job_id),
                       queued_at=meta.timestamp.timestamp(),
                       hold_every_s=self._ack_wait_s / 3,
                       body=job.data.decode("utf-8", errors="replace"))
@@ -380,28 +295,3 @@ class Dispatcher:
         logger.bind(tenant=tenant, job_id=job_id, agent_id=waiter.agent_id).info(
             "job {job_id} (attempt {n}) leased to {agent}", job_id=job_id,
             n=meta.num_delivered, agent=waiter.agent_id)
-
-    def _next_waiter(self) -> _Waiter | None:
-        now = self._mono()
-        live = [w for w in self._waiting.values() if w.until > now]
-        if not live:
-            return None
-        first = min(live, key=lambda w: w.until)
-        del self._waiting[first.agent_id]
-        return first
-
-    async def _failures(self, tenant: str, job_id: str) -> int:
-        """Retryable failures so far, counted from the job's stored ``retrying`` events."""
-        try:
-            info = await self._js.stream_info(
-                EVENTS_STREAM, subjects_filter=event_subject(tenant, job_id, "retrying", "*"))
-        except nats.errors.Error:
-            return 0
-        return sum((info.state.subjects or {}).values())
-
-
-def _inputs_of(operation: str, body: bytes) -> tuple[str, ...]:
-    try:
-        return object_inputs(decode_job(operation, body))
-    except (LookupError, ValueError):  # the gateway checked it; an agent will fail it
-        return ()
