@@ -40,7 +40,7 @@ from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, rea
 from controller.policy import Destroy, Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
-from controller.spend import SpendMeter, utc_day
+from controller.spend import ProviderBill, SpendMeter
 from controller.webhooks import WebhookSender
 
 __all__ = ["Controller"]
@@ -79,11 +79,7 @@ class Controller:
         self._store: FleetStore | None = None
         self._machines: Machines | None = None
         self._meter: SpendMeter | None = None
-        # The provider's bill, where it tells one (controller/providers/vast.py).
-        self._credit: float | None = None
-        self._credit_moving = True  # read again: machines were billing at the last read
-        self._credit_day: str | None = None
-        self._credit_at_day_start: float | None = None
+        self._bill: ProviderBill | None = None
 
     @property
     def _records(self) -> dict[str, FleetInstance]:
@@ -121,8 +117,9 @@ class Controller:
         self._dispatcher.attribution = Attribution(
             now=self._clock(), day=last.day if last else None,
             ended=last.attributed_ended_today if last else 0.0)
-        if last is not None and last.day == utc_day(self._clock()):
-            self._credit_at_day_start = last.credit_at_day_start
+        self._bill = ProviderBill(self._provider.account_credit,
+                                  day=last.day if last else None,
+                                  credit_at_day_start=last.credit_at_day_start if last else None)
         gateway = Gateway(self._js,
                           max_queued_per_tenant=self._config.max_queued_jobs_per_tenant)
         await gateway.start(self._nc)  # before anything slow: submits wait on it
@@ -264,32 +261,13 @@ class Controller:
             self._alarms.append(f"offer search failed: {exc}")
             return ()
 
-    async def _billed_today(self, now: float, spent: float) -> tuple[float, bool]:
-        """The provider's bill today, when it tells: the account credit spent since the first
-        reading of the UTC day (read while machines are on record, and once after the last one
-        goes); else the spend meter's figure."""
-        if self._records or self._credit_moving:
-            try:
-                self._credit = await self._provider.account_credit()
-            except ProviderError as exc:
-                logger.warning("account credit not read: {error}", error=str(exc))
-            self._credit_moving = bool(self._records)
-        if self._credit is None:  # a provider that bills nothing we can read (local)
-            return spent, False
-        day = utc_day(now)
-        if self._credit_day != day:
-            resumed = self._credit_day is None and self._credit_at_day_start is not None
-            if not resumed:  # a new day (or no record of today's start): it starts here
-                self._credit_at_day_start = self._credit
-            self._credit_day = day
-        assert self._credit_at_day_start is not None
-        return max(0.0, self._credit_at_day_start - self._credit), True
-
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
         assert self._store is not None and self._meter is not None
         rate = sum(r.price_per_hour for r in self._records.values())
         spent = self._meter.accrue(rate, now)
-        billed, by_provider = await self._billed_today(now, spent)
+        assert self._bill is not None
+        told = await self._bill.today(now, billing=bool(self._records))
+        billed, by_provider = (spent, False) if told is None else (told, True)
         attributed, attributed_rate = self._dispatcher.attributed()
         for alarm in self._alarms:
             logger.warning("alarm: {alarm}", alarm=alarm)
@@ -307,7 +285,7 @@ class Controller:
             unattributed_today=round(billed - attributed, 6),
             unattributed_per_hour=round(rate - attributed_rate, 6),
             attributed_ended_today=self._dispatcher.attribution.ended_today,
-            credit_at_day_start=self._credit_at_day_start))
+            credit_at_day_start=self._bill.credit_at_day_start))
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

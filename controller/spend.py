@@ -10,8 +10,13 @@ Orphans (not on record) are not charged here; they are destroyed within a tick o
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
-__all__ = ["SpendMeter", "utc_day"]
+from loguru import logger
+
+from controller.providers.base import ProviderError
+
+__all__ = ["ProviderBill", "SpendMeter", "utc_day"]
 
 
 def utc_day(now: float) -> str:
@@ -37,3 +42,38 @@ class SpendMeter:
         self.spent += rate_per_hour * (now - self._last) / 3600.0
         self._last = now
         return self.spent
+
+
+class ProviderBill:
+    """The provider's own bill today, where it tells one: the account credit spent since the
+    first reading of the UTC day (Vast.ai's ``credit``). Read while machines bill, and once
+    more after the last one goes; a restart the same day resumes from the stored start."""
+
+    def __init__(self, read_credit: Callable[[], Awaitable[float | None]], *,
+                 day: str | None = None, credit_at_day_start: float | None = None) -> None:
+        self._read = read_credit
+        self._credit: float | None = None
+        self._moving = True  # read again: machines were billing at the last read
+        self._day: str | None = None
+        self._resumed_day = day
+        self.credit_at_day_start = credit_at_day_start if day is not None else None
+
+    async def today(self, now: float, billing: bool) -> float | None:
+        """Dollars billed today, or None when the provider bills nothing we can read (the
+        local one). ``billing``: machines are on record now."""
+        if billing or self._moving:
+            try:
+                self._credit = await self._read()
+            except ProviderError as exc:
+                logger.warning("account credit not read: {error}", error=str(exc))
+            self._moving = billing
+        if self._credit is None:
+            return None
+        day = utc_day(now)
+        if self._day != day:
+            if not (self._day is None and self._resumed_day == day
+                    and self.credit_at_day_start is not None):
+                self.credit_at_day_start = self._credit  # a new day starts here
+            self._day = day
+        assert self.credit_at_day_start is not None
+        return max(0.0, self.credit_at_day_start - self._credit)
