@@ -223,7 +223,7 @@ class Agent:
         pause_s = 0.5
         while not stop.is_set():
             try:
-                grant = await _next_or_stop(link, self.config.fetch_timeout_s, stop)
+                grant = await link.next_job_or_stop(self.config.fetch_timeout_s, stop)
             except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
                 # No dispatcher yet (a controller restart), a reconnect, or a refusal.
                 log.warning("no job from the dispatcher ({error}); asking again in "
@@ -276,24 +276,6 @@ class Agent:
                        job_id=self.current_job, jobs_done=self.jobs_done,
                        interval_s=self.config.heartbeat_interval_s)
         await nc.publish(heartbeat_subject(self.agent_id), encode_heartbeat(hb))
-
-
-async def _next_or_stop(link: DispatchLink, wait_s: float, stop: asyncio.Event) -> Grant | None:
-    """One long-poll for a job, abandoned at once when ``stop`` is set (and withdrawn, so the
-    dispatcher leases nothing to an agent that is leaving)."""
-    ask = asyncio.create_task(link.next_job(wait_s))
-    stopped = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({ask, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if not ask.done():
-        ask.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
-            await ask
-        await link.stop_waiting()
-        return None
-    return ask.result()
 
 
 async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -77,6 +77,23 @@ class DispatchLink:
             raise RuntimeError(f"the dispatcher refused: {reply.error}")
         return reply.grant
 
+    async def next_job_or_stop(self, wait_s: float, stop: asyncio.Event) -> Grant | None:
+        """``next_job``, abandoned at once when ``stop`` is set (and withdrawn, so the
+        dispatcher leases nothing to an agent that is leaving)."""
+        ask = asyncio.create_task(self.next_job(wait_s))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({ask, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not ask.done():
+            ask.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
+                await ask
+            await self.stop_waiting()
+            return None
+        return ask.result()
+
     async def stop_waiting(self) -> None:
         """Withdraw an open work request (the agent is stopping), so no job is leased to
         an agent that will never run it."""
