@@ -27,6 +27,7 @@ import click
 from broker.events import Cancelled, Event, Failed, Started, Succeeded
 from client.api import Client, SubmitError
 from client.commands import ClientConfig, open_client, run_command
+from client.display import duration
 from client.manifest import ManifestLine, job_from, local_inputs, read_manifest
 
 __all__ = ["BatchRun", "batch"]
@@ -229,7 +230,7 @@ class BatchRun:
         cost = sum(o.cost_usd for o in self.outcomes.values())
         elapsed = max(1e-9, self._clock() - started)
         left = counts["running"] + counts["queued"]
-        eta = (f"ETA {_duration(left * elapsed / self._finished_here)}"
+        eta = (f"ETA {duration(left * elapsed / self._finished_here)}"
                if self._finished_here and left else "ETA -")
         invalid = sum(1 for line in self.lines if not line.ok) + len(self.errors)
         return (f"done {finished}/{len(self._jobs)} (succeeded {counts['succeeded']}, failed "
@@ -273,12 +274,3 @@ def _sha256(path: Path) -> str:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "input"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds / 3600:.1f}h"

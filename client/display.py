@@ -8,7 +8,8 @@ from typing import TextIO
 from broker.events import Cancelled, Event, Failed, Progress, Queued, Retrying, Started, Succeeded
 from broker.queries import JobStatus
 
-__all__ = ["ProgressDisplay", "describe", "describe_status", "exit_code", "jobs_table"]
+__all__ = ["ProgressDisplay", "describe", "describe_status", "duration", "exit_code",
+           "jobs_table"]
 
 
 def describe(event: Event) -> str:
@@ -38,13 +39,13 @@ def describe(event: Event) -> str:
     return f"{type(event).__name__.lower()}"
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+def duration(seconds: float) -> str:
+    """A span for people: ``42s``, ``3m07s``, ``1h05m``."""
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def describe_status(status: JobStatus, now: float) -> str:
@@ -64,19 +65,19 @@ def describe_status(status: JobStatus, now: float) -> str:
     }[status.state]
     lines = [f"{status.job_id}  {status.operation}  {head}"]
     if status.queued_at is not None:
-        lines.append(f"  queued     {_ago(now - status.queued_at)} ago")
+        lines.append(f"  queued     {duration(now - status.queued_at)} ago")
     if status.started_at is not None:
-        lines.append(f"  started    {_ago(now - status.started_at)} ago")
+        lines.append(f"  started    {duration(now - status.started_at)} ago")
     if status.ended_at is not None:
-        lines.append(f"  ended      {_ago(now - status.ended_at)} ago")
+        lines.append(f"  ended      {duration(now - status.ended_at)} ago")
     if status.state in ("queued", "waiting") and status.queued_at is not None:
-        lines.append(f"  waiting    {_ago(now - status.queued_at)} so far")
+        lines.append(f"  waiting    {duration(now - status.queued_at)} so far")
     lines.append(f"  cost       ${status.cost_usd:.4f}"
                  + (" so far" if status.state == "running" else ""))
     for hook in status.webhooks:
         said = f"HTTP {hook.status}" if hook.status is not None else hook.error
         outcome = "delivered" if hook.ok else ("given up" if hook.final else "failed")
-        lines.append(f"  webhook    {_ago(now - hook.at)} ago {hook.kind} to {hook.url}: "
+        lines.append(f"  webhook    {duration(now - hook.at)} ago {hook.kind} to {hook.url}: "
                      f"{outcome} ({said})")
     return "\n".join(lines)
 
@@ -88,7 +89,7 @@ def jobs_table(found: list[JobStatus], now: float) -> str:
     rows = [("JOB", "OPERATION", "STATE", "QUEUED", "ATTEMPT", "AGENT", "PROGRESS", "COST")]
     for s in found:
         rows.append((s.job_id, s.operation, s.state,
-                     f"{_ago(now - s.queued_at)} ago" if s.queued_at is not None else "-",
+                     f"{duration(now - s.queued_at)} ago" if s.queued_at is not None else "-",
                      str(s.attempt or "-"), s.agent_id or "-",
                      f"{s.percent:.0f}%" if s.percent is not None else "-",
                      f"${s.cost_usd:.4f}"))

@@ -16,6 +16,7 @@ import msgspec
 
 from broker.fleet import FleetInstance, FleetSummary
 from client.commands import ClientConfig, open_client, run_command
+from client.display import duration
 
 __all__ = ["controller", "format_status", "simulate", "status"]
 
@@ -79,13 +80,7 @@ def _row(m: FleetInstance, now: float) -> tuple[str, ...]:
     up_s = max(0.0, now - m.launched_at)
     state = m.state if m.state != "serving" else (m.agent_state or "serving")
     return (m.label, m.provider_id or "-", m.gpu_name or "-", f"{m.price_per_hour:.3f}",
-            state, m.job_id or "-", _duration(up_s), f"${m.price_per_hour * up_s / 3600:.3f}")
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{s:02d}s"
+            state, m.job_id or "-", duration(up_s), f"${m.price_per_hour * up_s / 3600:.3f}")
 
 
 @click.group()
