@@ -33,8 +33,8 @@ class JobStatus(Struct, frozen=True, kw_only=True):
     attempt holds it (``agent_id``, ``attempt``, ``percent`` from its last progress event).
     ``waiting``: an attempt ended without an outcome (a retry delay, or its machine was lost)
     and it is queued again. Then its outcome: ``succeeded`` (``output``), ``failed``
-    (``error``) or ``cancelled``. ``cost_usd``: the machine time charged so far (a running
-    attempt's time until now; the outcome's figure once it ended)."""
+    (``error``) or ``cancelled``. ``cost_usd``: the machine time charged so far, all
+    attempts (a running one's until now; the outcome's figure once it ended)."""
 
     job_id: str
     state: JobState

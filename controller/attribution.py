@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from broker.dispatch import Lease
+from controller.job_costs import lease_cost
 from controller.spend import utc_day
 
 __all__ = ["Attribution"]
@@ -20,11 +21,6 @@ __all__ = ["Attribution"]
 
 def _midnight(day: str) -> float:
     return dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
-
-
-def _within(lease: Lease, start: float, end: float) -> float:
-    """The lease's machine time from ``start`` (or its grant, if later) to ``end``, in $."""
-    return max(0.0, end - max(start, lease.granted_at)) * lease.price_per_hour / 3600.0
 
 
 class Attribution:
@@ -39,7 +35,7 @@ class Attribution:
 
     def lease_ended(self, lease: Lease, ended_at: float) -> None:
         self._roll(ended_at)
-        self._ended += _within(lease, _midnight(self.day), ended_at)
+        self._ended += lease_cost(lease, ended_at, since=_midnight(self.day))
 
     @property
     def ended_today(self) -> float:
@@ -50,4 +46,4 @@ class Attribution:
         time until ``now``."""
         self._roll(now)
         start = _midnight(self.day)
-        return self._ended + sum(_within(lease, start, now) for lease in live)
+        return self._ended + sum(lease_cost(lease, now, since=start) for lease in live)

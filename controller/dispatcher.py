@@ -139,7 +139,7 @@ class Dispatcher:
                                                    costs=self._costs, clock=self._clock),
                                    monotonic=self._mono)
         queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
-                             clock=self._clock)
+                             costs=self._costs, clock=self._clock)
         await queries.open()
         self._tenants = TenantDesk(nc=nc, queries=queries, cancels=Cancels(
             js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,

@@ -32,9 +32,10 @@ _DECODER = msgspec.json.Decoder(JobCost)
 _ENCODER = msgspec.json.Encoder()
 
 
-def lease_cost(lease: Lease, ended_at: float) -> float:
-    """The machine time of one lease, at its holder's price."""
-    return max(0.0, ended_at - lease.granted_at) * lease.price_per_hour / 3600.0
+def lease_cost(lease: Lease, ended_at: float, since: float = 0.0) -> float:
+    """The machine time of one lease until ``ended_at`` (from ``since``, if after its grant),
+    at its holder's price, in dollars."""
+    return max(0.0, ended_at - max(since, lease.granted_at)) * lease.price_per_hour / 3600.0
 
 
 class JobCosts:

@@ -59,6 +59,7 @@ from broker.subjects import (
     validate_tenant,
 )
 from broker.webhooks import WebhookAttempt, attempts_key, decode_attempts
+from controller.job_costs import JobCosts, lease_cost
 from controller.leases import LeaseBook
 
 __all__ = ["Facts", "JobQueries", "job_status"]
@@ -83,6 +84,7 @@ class Facts:
     delivered_seq: int = 0  # the last stream sequence the JOBS consumer handed out
     gaps: frozenset[int] = frozenset()  # sequences deleted from JOBS (acked, cancelled)
     webhooks: tuple[WebhookAttempt, ...] = ()  # attempts to deliver its outcome
+    earlier_cost: float = 0.0  # the machine time of its attempts that ended, in $
 
 
 def job_status(f: Facts) -> JobStatus | None:
@@ -108,8 +110,7 @@ def job_status(f: Facts) -> JobStatus | None:
                      started_at=this.at if this else lease.granted_at,
                      agent_id=lease.agent_id, encoder=this.encoder if this else "",
                      percent=progress.percent if progress else None,
-                     cost_usd=round(max(0.0, f.now - lease.granted_at)
-                                    * lease.price_per_hour / 3600.0, 6))
+                     cost_usd=round(f.earlier_cost + lease_cost(lease, f.now), 6))
     if f.queued_seq is None and f.queued is None:
         return None
     position = None
@@ -119,8 +120,9 @@ def job_status(f: Facts) -> JobStatus | None:
     if started is not None:  # an attempt ran and ended without an outcome
         return _made(f, "waiting", started.operation, started_at=started.at,
                      attempt=started.attempt, agent_id=started.agent_id,
-                     encoder=started.encoder, position=position)
-    return _made(f, "queued", "", position=position)
+                     encoder=started.encoder, position=position,
+                     cost_usd=round(f.earlier_cost, 6))
+    return _made(f, "queued", "", position=position, cost_usd=round(f.earlier_cost, 6))
 
 
 def _made(f: Facts, state: JobState, operation: str, **fields: Any) -> JobStatus:
@@ -132,8 +134,9 @@ def _made(f: Facts, state: JobState, operation: str, **fields: Any) -> JobStatus
 
 class JobQueries:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates, book: LeaseBook,
-                 clock: Callable[[], float] = time.time) -> None:
+                 costs: JobCosts, clock: Callable[[], float] = time.time) -> None:
         self._js = js
+        self._costs = costs
         self._nc = nc
         self._hooks_kv: KeyValue | None = None
         self._states = states
@@ -218,7 +221,8 @@ class JobQueries:
                                                                      "queued")),
                      progress=_only(Progress, await self._last(tenant, job_id, "progress")),
                      delivered_seq=queue[0], gaps=queue[1],
-                     webhooks=await self._webhooks(tenant, job_id))
+                     webhooks=await self._webhooks(tenant, job_id),
+                     earlier_cost=(await self._costs.get(tenant, job_id)).cost_usd)
 
     async def _webhooks(self, tenant: str, job_id: str) -> tuple[WebhookAttempt, ...]:
         try:

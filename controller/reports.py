@@ -140,7 +140,7 @@ class Reports:
     async def _publish(self, event: Event) -> None:
         """Under the holder's id, without ``Nats-Msg-Id`` (one outcome per job is kept by
         the job state's compare-and-set, not by the stream's dedupe)."""
-        kind = str(type(event).__struct_config__.tag)
+        kind = kind_of(event)
         agent_id = getattr(event, "agent_id", CONTROLLER_PUBLISHER)
         await self._js.publish(event_subject(event.tenant, event.job_id, kind, agent_id),
                                encode_event(event))
