@@ -41,9 +41,9 @@ from broker.subjects import (
     JOBS_STREAM,
     agent_control_subject,
     event_subject,
-    parse_job_subject,
 )
 from broker.submit import CancelReply
+from controller.gateway import stored_job
 from controller.job_costs import JobCosts, lease_cost
 from controller.leases import Held, LeaseBook
 
@@ -87,7 +87,7 @@ class Cancels:
                                 stale.lease.agent_id, tenant, job_id) is stale:
                             await self._stop_holder(stale, reason)
                 return reply
-        queued = await self._queued(tenant, job_id)
+        queued = await stored_job(self._js, tenant, job_id)
         if queued is None and not await self._has_events(tenant, job_id):
             return CancelReply(ok=False, job_id=job_id, code="not_found",
                                message=f"no job {job_id!r} of tenant {tenant!r}")
@@ -146,16 +146,6 @@ class Cancels:
         await self._js.publish(
             event_subject(event.tenant, event.job_id, kind_of(event), CONTROLLER_PUBLISHER),
             encode_event(event))
-
-    async def _queued(self, tenant: str, job_id: str) -> tuple[int, str] | None:
-        """(stream sequence, operation) of the job's message in JOBS, if it is there."""
-        info = await self._js.stream_info(JOBS_STREAM,
-                                          subjects_filter=f"jobs.{tenant}.*.{job_id}")
-        for subject in info.state.subjects or {}:
-            with contextlib.suppress(NotFoundError):
-                msg = await self._js.get_last_msg(JOBS_STREAM, subject)
-                return int(msg.seq or 0), parse_job_subject(subject)[1]
-        return None
 
     async def _has_events(self, tenant: str, job_id: str) -> bool:
         try:

@@ -28,6 +28,7 @@ from broker.subjects import (
     WEBHOOK_JOBS_BUCKET,
     WEBHOOK_SETTINGS_BUCKET,
     job_subject,
+    parse_job_subject,
     parse_submit_subject,
     validate_job_id,
     validate_operation,
@@ -36,7 +37,7 @@ from broker.subjects import (
 from broker.submit import SubmitReply, encode_submit_reply
 from broker.webhooks import decode_tenant_hooks, job_url_key, tenant_key
 
-__all__ = ["Gateway", "QueueCounts", "check_submit"]
+__all__ = ["Gateway", "QueueCounts", "check_submit", "stored_job"]
 
 _LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
 _QUEUE_GROUP = "gateway"
@@ -64,6 +65,18 @@ def check_submit(subject: str, body: bytes) -> tuple[str, str, str] | SubmitRepl
                            message=f"invalid {operation} job: {detail}"
                            if code == "invalid_job" else str(detail))
     return tenant, operation, job_id
+
+
+async def stored_job(js: JetStreamContext, tenant: str,
+                     job_id: str) -> tuple[int, str] | None:
+    """(stream sequence, operation) of the job's message in JOBS, while it is there (queued,
+    running, or waiting out a retry delay)."""
+    info = await js.stream_info(JOBS_STREAM, subjects_filter=f"jobs.{tenant}.*.{job_id}")
+    for subject in info.state.subjects or {}:
+        with contextlib.suppress(NotFoundError):
+            msg = await js.get_last_msg(JOBS_STREAM, subject)
+            return int(msg.seq or 0), parse_job_subject(subject)[1]
+    return None
 
 
 class QueueCounts:

@@ -54,11 +54,11 @@ from broker.subjects import (
     WEBHOOK_JOBS_BUCKET,
     event_subject,
     parse_event_subject,
-    parse_job_subject,
     validate_job_id,
     validate_tenant,
 )
 from broker.webhooks import WebhookAttempt, attempts_key, decode_attempts
+from controller.gateway import stored_job
 from controller.job_costs import JobCosts, lease_cost
 from controller.leases import LeaseBook
 
@@ -213,10 +213,11 @@ class JobQueries:
         held = max((h for a in self._book.holders_of(tenant, job_id)
                     if (h := self._book.holder(a, tenant, job_id)) is not None),
                    key=lambda h: h.lease.attempt, default=None)  # the newest attempt
+        stored = await stored_job(self._js, tenant, job_id)
         return Facts(job_id=job_id, now=self._clock(),
                      state=await self._states.get(tenant, job_id),
                      lease=held.lease if held else None,
-                     queued_seq=await self._queued_seq(tenant, job_id),
+                     queued_seq=stored[0] if stored else None,
                      queued=queued or _only(Queued, await self._last(tenant, job_id,
                                                                      "queued")),
                      progress=_only(Progress, await self._last(tenant, job_id, "progress")),
@@ -239,15 +240,6 @@ class JobQueries:
                                         b'{"deleted_details": true}', timeout=5.0)
         deleted = json.loads(answer.data).get("state", {}).get("deleted") or []
         return (info.delivered.stream_seq if info.delivered else 0), frozenset(deleted)
-
-    async def _queued_seq(self, tenant: str, job_id: str) -> int | None:
-        info = await self._js.stream_info(JOBS_STREAM,
-                                          subjects_filter=f"jobs.{tenant}.*.{job_id}")
-        for subject in info.state.subjects or {}:
-            parse_job_subject(subject)
-            with contextlib.suppress(NotFoundError):
-                return int((await self._js.get_last_msg(JOBS_STREAM, subject)).seq or 0)
-        return None
 
     async def _last(self, tenant: str, job_id: str, kind: str) -> Event | None:
         try:
