@@ -30,10 +30,12 @@ import secrets
 
 import msgspec
 from msgspec import Struct
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 __all__ = ["SECRET_PREFIX", "TenantHooks", "WebhookAttempt", "attempts_key", "decode_attempts",
            "decode_tenant_hooks", "encode", "job_url_key", "new_secret", "sign",
-           "tenant_key"]
+           "tenant_hooks", "tenant_key"]
 
 SECRET_PREFIX = "whsec_"
 MAX_ATTEMPTS_KEPT = 50
@@ -89,6 +91,14 @@ def encode(value: object) -> bytes:
 
 def decode_tenant_hooks(data: bytes) -> TenantHooks:
     return _HOOKS.decode(data)
+
+
+async def tenant_hooks(settings: KeyValue, tenant: str) -> TenantHooks:
+    """A tenant's settings from KV ``webhook_settings`` (none set, or unreadable: empty)."""
+    try:
+        return decode_tenant_hooks((await settings.get(tenant_key(tenant))).value or b"{}")
+    except (KeyNotFoundError, ValueError):
+        return TenantHooks()
 
 
 def decode_attempts(data: bytes) -> list[WebhookAttempt]:

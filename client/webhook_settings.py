@@ -6,22 +6,17 @@ from __future__ import annotations
 import re
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 
 from broker.auth_store import tenants
 from broker.subjects import WEBHOOK_SETTINGS_BUCKET, validate_tenant
-from broker.webhooks import TenantHooks, decode_tenant_hooks, encode, new_secret, tenant_key
+from broker.webhooks import TenantHooks, encode, new_secret, tenant_hooks, tenant_key
 
 __all__ = ["read_settings", "write_settings"]
 
 
 async def read_settings(js: JetStreamContext, tenant: str) -> TenantHooks:
-    kv = await js.key_value(WEBHOOK_SETTINGS_BUCKET)
-    try:
-        return decode_tenant_hooks((await kv.get(tenant_key(validate_tenant(tenant)))).value
-                                   or b"{}")
-    except KeyNotFoundError:
-        return TenantHooks()
+    return await tenant_hooks(await js.key_value(WEBHOOK_SETTINGS_BUCKET),
+                              validate_tenant(tenant))
 
 
 async def write_settings(js: JetStreamContext, tenant: str, *, url: str | None,

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from broker.jobs import decode_job
 from broker.subjects import (
@@ -35,7 +35,7 @@ from broker.subjects import (
     validate_tenant,
 )
 from broker.submit import SubmitReply, encode_submit_reply
-from broker.webhooks import decode_tenant_hooks, job_url_key, tenant_key
+from broker.webhooks import job_url_key, tenant_hooks
 
 __all__ = ["Gateway", "QueueCounts", "check_submit", "stored_job"]
 
@@ -153,12 +153,8 @@ class Gateway:
         webhook = decode_job(operation, body).webhook
         if webhook is None:
             return None
-        settings = await self._js.key_value(WEBHOOK_SETTINGS_BUCKET)
-        try:
-            hooks = decode_tenant_hooks((await settings.get(tenant_key(tenant))).value or b"")
-        except (KeyNotFoundError, ValueError):
-            hooks = None
-        if hooks is None or not hooks.secret:
+        hooks = await tenant_hooks(await self._js.key_value(WEBHOOK_SETTINGS_BUCKET), tenant)
+        if not hooks.secret:
             return SubmitReply(ok=False, job_id=job_id, operation=operation,
                                code="webhook_unconfigured", message=(
                                    f"tenant {tenant} has no webhook secret to sign with: the "

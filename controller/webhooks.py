@@ -41,11 +41,10 @@ from broker.webhooks import (
     WebhookAttempt,
     attempts_key,
     decode_attempts,
-    decode_tenant_hooks,
     encode,
     job_url_key,
     sign,
-    tenant_key,
+    tenant_hooks,
 )
 
 __all__ = ["WEBHOOKS_CONSUMER", "WebhookSender", "backoff_s"]
@@ -136,8 +135,7 @@ class WebhookSender:
         if event is None or not url:
             await msg.ack()
             return
-        hooks = await _get(self._settings, tenant_key(tenant))
-        secret = decode_tenant_hooks(hooks).secret if hooks else ""
+        secret = (await tenant_hooks(self._settings, tenant)).secret
         if not secret:
             logger.warning("no webhook for {tenant}/{job_id}: the tenant has no secret",
                            tenant=tenant, job_id=job_id)
@@ -174,8 +172,7 @@ class WebhookSender:
         own = await _get(self._jobs, job_url_key(tenant, job_id))
         if own:
             return own.decode()
-        hooks = await _get(self._settings, tenant_key(tenant))
-        return decode_tenant_hooks(hooks).url if hooks else ""
+        return (await tenant_hooks(self._settings, tenant)).url
 
     async def _attempts(self, tenant: str, job_id: str) -> list[WebhookAttempt]:
         data = await _get(self._jobs, attempts_key(tenant, job_id))
