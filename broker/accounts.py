@@ -16,10 +16,10 @@ own, and reaches the fleet only through imports that we sign:
   agent role is a *scoped* signing key: its permission template confines a user to its own
   id's subjects and its inbox, and the server refuses a user JWT that carries permissions of
   its own, so no minting bug can widen it.
-- One account per tenant (no JetStream): imports its own submit, cancel and query subjects,
-  its own events, and its own two object stores, nothing else. Replies to a service import are
-  rewritten by the server, so a reply subject named by a tenant or an agent lands in its own
-  account, never in ``FLEET``.
+- One account per tenant (no JetStream): imports its own submit, cancel, query and
+  dead-letter subjects, its own events, and its own two object stores, nothing else. Replies
+  to a service import are rewritten by the server, so a reply subject named by a tenant or an
+  agent lands in its own account, never in ``FLEET``.
 
 Service imports of the JetStream API are renamed under ``FLEET_API_PREFIX``: an account's own
 ``$JS.API`` would otherwise answer first ("JetStream not enabled for account").
@@ -71,7 +71,8 @@ def _service(subject: str, *, stream_response: bool = False) -> dict[str, Any]:
 
 def fleet_exports() -> list[dict[str, Any]]:
     """Everything another account may import from FLEET (each import still names its part)."""
-    services = ["submit.>", "cancel.>", "query.>", "events.>", *_AGENT_SERVICES,
+    services = ["submit.>", "cancel.>", "query.>", "deadletters.>", "events.>",
+                *_AGENT_SERVICES,
                 "$O.>", "$JS.ACK.>", "$JS.FC.>",
                 *(f"{_JS}{api}.>" for api in (
                     "STREAM.INFO", "STREAM.MSG.GET", "DIRECT.GET", "STREAM.PURGE",
@@ -114,10 +115,12 @@ def _object_store_api(bucket: str, *, read: bool, write: bool, purge: bool) -> l
 
 
 def tenant_imports(fleet: str, tenant: str) -> list[dict[str, Any]]:
-    """A tenant's whole reach: its submit, cancel and query subjects, its events (live, and its own
-    events stream: no consumer of another tenant's is reachable), its two object stores."""
+    """A tenant's whole reach: its submit, cancel, query and dead-letter subjects, its events
+    (live, and its own events stream: no consumer of another tenant's is reachable), its two
+    object stores."""
     stream = tenant_events_stream(tenant)
     services = [f"submit.{tenant}.>", f"cancel.{tenant}.>", f"query.{tenant}.>",
+                f"deadletters.{tenant}.>",
                 f"{_JS}STREAM.INFO.{stream}", f"{_JS}DIRECT.GET.{stream}.>",
                 f"{_JS}STREAM.MSG.GET.{stream}",
                 f"{_JS}CONSUMER.CREATE.{stream}.>", f"{_JS}CONSUMER.MSG.NEXT.{stream}.*",

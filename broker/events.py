@@ -7,7 +7,9 @@ body), so a job published by any NATS client gets a queued event without our cod
 
 Order of a job's events: queued, then per attempt started, progress... and, when the attempt
 hit trouble that is not the job's fault, retrying; finally exactly one of succeeded, failed or
-cancelled for the job. Fields may only be added with defaults; readers ignore unknown fields.
+cancelled for the job. A failed job run again from its dead letter gets ``requeued``, then the
+same sequence again: the outcome that counts is the last one after the last ``requeued``.
+Fields may only be added with defaults; readers ignore unknown fields.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "OutputInfo",
     "Progress",
     "Queued",
+    "Requeued",
     "Retrying",
     "Started",
     "Succeeded",
@@ -40,7 +43,7 @@ __all__ = [
 
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
 KINDS = frozenset({"queued", "started", "progress", "retrying", "succeeded", "failed",
-                   "cancelled"})
+                   "cancelled", "requeued"})
 
 
 class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -109,6 +112,9 @@ class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
 class JobError(Struct, frozen=True, kw_only=True):
     code: str  # stable machine-readable reason, e.g. "invalid_input", "unknown_operation"
     message: str  # what went wrong and what to do about it, for a person
+    # The last lines FFmpeg wrote, when it was FFmpeg that failed: scrubbed of URLs' secrets
+    # and control characters, at most 4 KiB (broker/dead_letters.py scrub_log_tail).
+    stderr_tail: str = ""
 
 
 class Retrying(_Event, frozen=True, kw_only=True, tag="retrying"):
@@ -147,7 +153,16 @@ class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
     cost_usd: float = 0.0
 
 
-Event = Queued | Started | Progress | Retrying | Succeeded | Failed | Cancelled
+class Requeued(_Event, frozen=True, kw_only=True, tag="requeued"):
+    """The tenant ran a failed job again (a dead letter's retry, published by the
+    controller). The outcome before it is history: a queued event follows, and attempts
+    numbered from ``attempts_before + 1``, and in time one new outcome."""
+
+    operation: str = ""
+    attempts_before: int = 0
+
+
+Event = Queued | Started | Progress | Retrying | Succeeded | Failed | Cancelled | Requeued
 
 _DECODER = msgspec.json.Decoder(Event)
 _ENCODER = msgspec.json.Encoder()

@@ -21,6 +21,7 @@ from broker.events import (
     Cancelled,
     Event,
     Failed,
+    Requeued,
     Started,
     Succeeded,
     decode_event,
@@ -57,6 +58,29 @@ class JobStates:
         that was there first, and the caller must not publish its own."""
         return await self._write_unless_terminal(event)
 
+    async def requeue(self, event: Requeued) -> bool:
+        """Make a failed job runnable again: its ``Failed`` (the one ending attempt
+        ``event.attempts_before``, or an expired entry) is replaced by ``event``, by
+        compare-and-set. True when the job is requeued now (or was already, by this same
+        requeue); False when its state is anything else, and nothing is written."""
+        key = job_key(event.tenant, event.job_id)
+        for _ in range(_CAS_ATTEMPTS):
+            current, revision = await self._read(key)
+            if isinstance(current, Requeued):
+                return current.attempts_before == event.attempts_before
+            if current is not None and not (
+                    isinstance(current, Failed) and current.attempt <= event.attempts_before):
+                return False
+            try:
+                if revision is None:
+                    await self._kv.create(key, encode_event(event))
+                else:
+                    await self._kv.update(key, encode_event(event), last=revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue
+        raise RuntimeError(f"job state of {key} kept changing; gave up requeueing it")
+
     async def _read(self, key: str) -> tuple[Event | None, int | None]:
         try:
             entry = await self._kv.get(key)
@@ -92,15 +116,23 @@ class JobStates:
 async def ensure_announced(js: JetStreamContext, outcome: Terminal, publisher: str) -> None:
     """Publish a claimed outcome that may never have reached EVENTS (whoever claimed it died
     between the claim and the publish), as ``publisher`` (the body still names the attempt
-    that ended the job). Skipped when it is there already."""
+    that ended the job). Skipped when it is there already: the last event of its kind is this
+    very one (a job run again from its dead letter has an older outcome of the same kind)."""
     kind = kind_of(outcome)
     try:
-        await js.get_last_msg(EVENTS_STREAM,
-                              event_subject(outcome.tenant, outcome.job_id, kind, "*"),
-                              direct=True)
+        last = await js.get_last_msg(
+            EVENTS_STREAM, event_subject(outcome.tenant, outcome.job_id, kind, "*"),
+            direct=True)
+        stored = decode_event(last.data or b"")
+        if (getattr(stored, "attempt", 0), stored.at) == (getattr(outcome, "attempt", 0),
+                                                          outcome.at):
+            return
     except NotFoundError:
-        await js.publish(event_subject(outcome.tenant, outcome.job_id, kind, publisher),
-                         encode_event(outcome))
+        pass
+    except ValueError:  # unreadable: publish ours, readers skip the bad one
+        pass
+    await js.publish(event_subject(outcome.tenant, outcome.job_id, kind, publisher),
+                     encode_event(outcome))
 
 
 

@@ -51,6 +51,7 @@ class JobStatus(Struct, frozen=True, kw_only=True):
     output: OutputInfo | None = None
     error: JobError | None = None
     reason: str = ""  # a cancel's reason
+    dead_letter: bool = False  # failed, and kept: deadletters.<tenant>.retry.<job_id> reruns it
     webhooks: list[WebhookAttempt] = []  # every delivery attempt of its outcome, oldest first
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import msgspec
 
+from broker.dead_letters import DeadLetterReply, DeadLettersQuery, DeadLettersReply
 from broker.dispatch import Report, ReportReply, WorkReply, WorkRequest
-from broker.events import Cancelled, Failed, Progress, Retrying, Started, Succeeded
+from broker.events import Cancelled, Failed, Progress, Requeued, Retrying, Started, Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, FleetInstance, FleetSummary, RenewReply
 from broker.heartbeats import Heartbeat
 from broker.jobs import OPERATIONS
@@ -36,7 +37,7 @@ def schemas() -> dict[str, dict]:
     # The bodies that exist: a queued event has none (its facts are headers), so its Struct
     # is not part of what a body may be.
     events = msgspec.json.schema(
-        Started | Progress | Retrying | Succeeded | Failed | Cancelled)
+        Started | Progress | Retrying | Succeeded | Failed | Cancelled | Requeued)
     events["title"] = "vidfleet job event"
     events["description"] = ("Body of a message on events.<tenant>.<job_id>.<kind>.<publisher>; "
                              "the "
@@ -68,6 +69,13 @@ def schemas() -> dict[str, dict]:
              "Body of a request on query.<tenant>.jobs (may be empty)."),
             ("jobs.reply.json", JobsReply, "vidfleet job listing reply",
              "The controller's reply to a request on query.<tenant>.jobs."),
+            ("deadletters.query.json", DeadLettersQuery, "vidfleet dead letter listing query",
+             "Body of a request on deadletters.<tenant>.list (may be empty)."),
+            ("deadletters.reply.json", DeadLettersReply, "vidfleet dead letter listing reply",
+             "The controller's reply to a request on deadletters.<tenant>.list."),
+            ("deadletter.reply.json", DeadLetterReply, "vidfleet dead letter reply",
+             "The controller's reply to a request on deadletters.<tenant>.get.<job_id>, "
+             ".retry.<job_id> or .drop.<job_id> (empty body)."),
             ("renew.reply.json", RenewReply, "vidfleet credential renewal reply",
              "The controller's reply to a request on fleet.renew.<agent_id> (empty body)."),
             ("work.request.json", WorkRequest, "vidfleet work request",

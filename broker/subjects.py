@@ -11,6 +11,8 @@ the dispatcher's ``fleet.*.<agent_id>`` services), and reads replies on its own 
                                            (request/reply, answered by the dispatcher)
     query.<tenant>.job.<job_id>            a tenant asks where its job is; query.<tenant>.jobs:
                                            its recent jobs (request/reply, the dispatcher)
+    deadletters.<tenant>.list              a tenant's jobs that failed for good; .get.<job_id>,
+                                           .retry.<job_id>, .drop.<job_id> (request/reply)
     jobs.<tenant>.<operation>.<job_id>     a queued job (stream JOBS; only the gateway writes)
     events.<tenant>.<job_id>.<kind>.<publisher>
                                            a job's life (stream EVENTS, written by the
@@ -43,6 +45,8 @@ __all__ = [
     "AUTH_BUCKET",
     "CONTROLLER_HEARTBEAT_SUBJECT",
     "CONTROLLER_PUBLISHER",
+    "DEAD_LETTERS_BUCKET",
+    "DEAD_LETTER_INPUTS_BUCKET",
     "DEFAULT_TENANT",
     "EVENTS_STREAM",
     "EXHAUSTED_CONSUMER",
@@ -64,6 +68,7 @@ __all__ = [
     "agent_inbox_prefix",
     "cancel_subject",
     "client_inbox_prefix",
+    "dead_letter_subject",
     "event_subject",
     "events_filter",
     "heartbeat_subject",
@@ -72,6 +77,7 @@ __all__ = [
     "job_key",
     "job_subject",
     "parse_cancel_subject",
+    "parse_dead_letter_subject",
     "parse_event_subject",
     "parse_job_subject",
     "parse_submit_subject",
@@ -104,6 +110,8 @@ JOBSTATE_BUCKET = "jobstate"  # key <tenant>.<job_id>
 JOB_COSTS_BUCKET = "jobcost"  # key <tenant>.<job_id>: its ended attempts' machine time, in $
 WEBHOOK_SETTINGS_BUCKET = "webhook_settings"  # key tenant.<tenant> (broker/webhooks.py)
 WEBHOOK_JOBS_BUCKET = "webhook_jobs"  # a job's webhook URL and its delivery attempts
+DEAD_LETTERS_BUCKET = "deadletters"  # key <tenant>.<job_id>: a job that failed for good
+DEAD_LETTER_INPUTS_BUCKET = "deadletter-inputs"  # their obj: inputs, <tenant>/<job_id>/<name>
 QUEUE_PUBLISHER = "queue"
 # Tenants and agents reach the fleet's JetStream API through imports under this prefix (an
 # account's own ``$JS.API`` would answer first, with "JetStream not enabled for account").
@@ -160,6 +168,21 @@ def parse_cancel_subject(subject: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[0] != "cancel":
         raise ValueError(f"not a cancel subject: {subject!r}")
     return parts[1], parts[2]
+
+
+def dead_letter_subject(tenant: str, action: str, job_id: str = "") -> str:
+    """``deadletters.<tenant>.list``, or ``.get``/``.retry``/``.drop`` with ``.<job_id>``."""
+    head = f"deadletters.{validate_tenant(tenant)}.{action}"
+    return f"{head}.{validate_job_id(job_id)}" if job_id else head
+
+
+def parse_dead_letter_subject(subject: str) -> tuple[str, str, str]:
+    """``deadletters.<tenant>.<action>[.<job_id>]`` -> (tenant, action, job_id or ""),
+    unchecked."""
+    parts = subject.split(".")
+    if len(parts) not in (3, 4) or parts[0] != "deadletters":
+        raise ValueError(f"not a dead letter subject: {subject!r}")
+    return parts[1], parts[2], parts[3] if len(parts) == 4 else ""
 
 
 def _four(subject: str, head: str) -> tuple[str, str, str]:

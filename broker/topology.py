@@ -27,6 +27,8 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from broker.subjects import (
     AUTH_BUCKET,
+    DEAD_LETTER_INPUTS_BUCKET,
+    DEAD_LETTERS_BUCKET,
     DEFAULT_TENANT,
     EVENTS_STREAM,
     EXHAUSTED_CONSUMER,
@@ -84,6 +86,11 @@ class TopologyConfig(Struct, frozen=True, kw_only=True):
     # running at once.
     tenant_max_consumers: int = 64
     tenant_bucket_max_consumers: int = 1024
+    # Jobs that failed for good are kept this long, with a copy of their obj: inputs (at most
+    # dead_letter_inputs_max_bytes for everyone; the controller caps each tenant's share).
+    dead_letter_max_age_s: float = 7 * _DAY_S
+    dead_letters_max_bytes: int = 256 * 2**20
+    dead_letter_inputs_max_bytes: int = 4 * 2**30
 
 
 def jobs_stream_config(cfg: TopologyConfig) -> StreamConfig:
@@ -182,6 +189,8 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig,
     current = (await js.stream_info(stream)).config
     wanted: dict[str, object] = {"allow_rollup_hdrs": False, "deny_purge": True,
                                  "allow_direct": True, "max_bytes": max_bytes}
+    if config.ttl:  # an expiry changed in the settings reaches the bucket
+        wanted["max_age"] = config.ttl
     if max_bytes > 0:
         wanted["discard"] = DiscardPolicy.OLD
     if any(getattr(current, k) != v for k, v in wanted.items()):
@@ -225,8 +234,29 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
         bucket=WEBHOOK_JOBS_BUCKET, description="jobs' webhook URLs and delivery attempts",
         history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=DEAD_LETTERS_BUCKET, description="jobs that failed for good, kept for a retry",
+        history=1, ttl=cfg.dead_letter_max_age_s, storage=StorageType.FILE,
+        replicas=cfg.replicas), max_bytes=cfg.dead_letters_max_bytes)
+    await _ensure_object_store(js, DEAD_LETTER_INPUTS_BUCKET, ObjectStoreConfig(
+        description="the obj: inputs of dead letters, <tenant>/<job_id>/<name>",
+        ttl=cfg.dead_letter_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas,
+        max_bytes=cfg.dead_letter_inputs_max_bytes))
     for tenant in tenants:
         await ensure_tenant(js, cfg, tenant)
+
+
+async def _ensure_object_store(js: JetStreamContext, bucket: str,
+                               config: ObjectStoreConfig) -> None:
+    """Create the bucket, or bring its expiry and size to ``config``."""
+    try:
+        await js.object_store(bucket)
+    except NotFoundError:
+        await js.create_object_store(bucket, config)
+        return
+    current = (await js.stream_info(f"OBJ_{bucket}")).config
+    if (current.max_age, current.max_bytes) != (config.ttl, config.max_bytes):
+        await js.update_stream(current.evolve(max_age=config.ttl, max_bytes=config.max_bytes))
 
 
 def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:

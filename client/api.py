@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as Nats
 
 from broker.connect import connect
 from broker.creds import LiveCredentials
@@ -63,6 +64,7 @@ from broker.submit import (
 )
 from broker.submit import encode as encode_request
 from broker.webhooks import TenantHooks
+from client.dead_letters import DeadLetterError, DeadLetters
 from client.fleet_view import read_fleet
 from client.job_events import JobEvents, JobNotFound
 from client.webhook_settings import read_settings, write_settings
@@ -102,7 +104,16 @@ def new_job_id() -> str:
 
 class Client(JobEvents):
     """A tenant's client: following its jobs (client/job_events.py), and submitting,
-    cancelling, asking about them, and moving their files."""
+    cancelling, asking about them, and moving their files. ``dead_letters``: its jobs that
+    failed for good (client/dead_letters.py)."""
+
+    def __init__(self, nc: Nats, *, tenant: str = DEFAULT_TENANT,
+                 api_prefix: str | None = None) -> None:
+        super().__init__(nc, tenant=tenant, api_prefix=api_prefix)
+
+        async def ask(subject: str, body: bytes) -> bytes:
+            return await self._ask(subject, body, DeadLetterError, _NO_CONTROLLER)
+        self.dead_letters = DeadLetters(ask, self.tenant)
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "vidfleet-client",

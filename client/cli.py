@@ -22,6 +22,7 @@ from client.batch_cli import batch
 from client.commands import ClientConfig, client_config, open_client, run_command
 from client.creds_cli import creds
 from client.display import describe, describe_status, exit_code, jobs_table
+from client.dlq_cli import dlq
 from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
 from client.stack import Stack, StackOptions
@@ -57,13 +58,18 @@ def cli(ctx: click.Context, nats_url: str | None, creds_file: str | None,
               help="Local agents the controller may start when jobs wait.")
 @click.option("--ack-wait-s", type=float, default=30.0, show_default=True,
               help="How long a vanished agent holds its job before redelivery.")
+@click.option("--dead-letter-days", type=click.FloatRange(0.01, 365), default=7.0,
+              show_default=True, help="How long jobs that failed for good are kept, with "
+              "their inputs, for `vidfleet dlq`.")
 @click.pass_obj
 def up(cfg: ClientConfig, data_dir: Path | None, port: int, max_agents: int,
-       ack_wait_s: float) -> None:
+       ack_wait_s: float, dead_letter_days: float) -> None:
     """Run nats-server and the controller (local agents on demand) until Ctrl-C."""
     options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
                            max_agents=max_agents,
-                           topology=TopologyConfig(ack_wait_s=ack_wait_s))
+                           topology=TopologyConfig(ack_wait_s=ack_wait_s,
+                                                   dead_letter_max_age_s=dead_letter_days
+                                                   * 86400))
     sys.exit(run_command(_up(options)))
 
 
@@ -253,6 +259,7 @@ cli.add_command(simulate)
 cli.add_command(creds)
 cli.add_command(webhooks)
 cli.add_command(batch)
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ import nats.errors
 from msgspec import Struct
 
 from broker.config import ConfigError, load_config
-from client.api import CancelError, Client, JobNotFound, SubmitError
+from client.api import CancelError, Client, JobNotFound, QueryError, SubmitError
+from client.dead_letters import DeadLetterError
 
 __all__ = ["ClientConfig", "client_config", "open_client", "run_command"]
 
@@ -58,8 +59,8 @@ def run_command(coro: Coroutine[Any, Any, int]) -> int:
                    "running? see --nats-url; --creds, or VIDFLEET_DATA_DIR for the data dir "
                    "`vidfleet up` used, which holds auth/admin.creds)", err=True)
         return 1
-    except (SubmitError, CancelError, JobNotFound, TimeoutError, OSError,
-            nats.errors.Error) as exc:
+    except (SubmitError, CancelError, QueryError, DeadLetterError, JobNotFound, TimeoutError,
+            OSError, nats.errors.Error) as exc:
         click.echo(f"error: {exc or type(exc).__name__}", err=True)
         return 1
     except ValueError as exc:  # an invalid job id

@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from broker.events import Cancelled, Event, Failed, Progress, Queued, Retrying, Started, Succeeded
+from broker.events import (
+    Cancelled,
+    Event,
+    Failed,
+    Progress,
+    Queued,
+    Requeued,
+    Retrying,
+    Started,
+    Succeeded,
+)
 from broker.queries import JobStatus
 
 __all__ = ["ProgressDisplay", "describe", "describe_status", "duration", "exit_code",
@@ -36,6 +46,9 @@ def describe(event: Event) -> str:
         ran = (f" (attempt {event.attempt} on {event.agent_id} stopped, ${event.cost_usd:.4f})"
                if event.agent_id else " before it started")
         return f"cancelled{why}{ran}"
+    if isinstance(event, Requeued):
+        return (f"requeued   from its dead letter: attempt {event.attempts_before + 1} "
+                "comes next")
     return f"{type(event).__name__.lower()}"
 
 
@@ -59,8 +72,10 @@ def describe_status(status: JobStatus, now: float) -> str:
         "waiting": f"waiting to run again (attempt {status.attempt} on {status.agent_id} "
                    "ended without an outcome)",
         "succeeded": f"succeeded: {status.output.name if status.output else ''}",
-        "failed": f"failed: [{status.error.code}] {status.error.message}" if status.error
-                  else "failed",
+        "failed": (f"failed: [{status.error.code}] {status.error.message}" if status.error
+                   else "failed") + ("\n  kept as a dead letter: `vidfleet dlq show` to look, "
+                                     "`vidfleet dlq retry` to run it again"
+                                     if status.dead_letter else ""),
         "cancelled": "cancelled" + (f": {status.reason}" if status.reason else ""),
     }[status.state]
     lines = [f"{status.job_id}  {status.operation}  {head}"]

@@ -18,7 +18,7 @@ from loguru import logger
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from broker.events import TERMINAL_KINDS, Cancelled, Event, Failed, Succeeded, event_from_msg
 from broker.subjects import (
@@ -79,6 +79,8 @@ class JobEvents:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         await self._require_job(job_id)
+        # An outcome before the job's last requeue (a dead letter run again) is history.
+        requeued_at = await self._last_seq(job_id, "requeued")
         # A named pull consumer on the tenant's own events stream, filtered to the job.
         consumer = f"watch-{secrets.token_hex(8)}"
         await self._js.add_consumer(self._events, ConsumerConfig(
@@ -99,7 +101,8 @@ class JobEvents:
                     event = _event(msg.subject, msg.headers, msg.data)
                     if event is not None:
                         yield event
-                    if parse_event_subject(msg.subject)[2] in TERMINAL_KINDS:
+                    if (parse_event_subject(msg.subject)[2] in TERMINAL_KINDS
+                            and msg.metadata.sequence.stream > requeued_at):
                         return
         finally:
             with contextlib.suppress(nats.errors.Error):  # closed or draining already
@@ -154,17 +157,29 @@ class JobEvents:
                 await live.unsubscribe()
 
     async def outcome(self, job_id: str) -> Succeeded | Failed | Cancelled | None:
-        """The job's outcome if it has one now (no waiting)."""
+        """The job's outcome if it has one now (no waiting): the one after its last
+        ``requeued`` event, if it was run again from its dead letter."""
+        requeued_at = await self._last_seq(job_id, "requeued")
         for kind in ("succeeded", "failed", "cancelled"):
-            try:
-                msg = await self._js.get_last_msg(
-                    self._events, event_subject(self.tenant, job_id, kind, "*"), direct=True)
-            except nats.js.errors.NotFoundError:
+            msg = await self._last(job_id, kind)
+            if msg is None or (msg.seq or 0) < requeued_at:
                 continue
             event = _event(msg.subject or "", msg.headers, msg.data or b"")
             if isinstance(event, (Succeeded, Failed, Cancelled)):
                 return event
         return None
+
+    async def _last(self, job_id: str, kind: str) -> RawStreamMsg | None:
+        try:
+            return await self._js.get_last_msg(
+                self._events, event_subject(self.tenant, job_id, kind, "*"), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def _last_seq(self, job_id: str, kind: str) -> int:
+        """The stream sequence of the job's last event of ``kind`` (0: none)."""
+        msg = await self._last(job_id, kind)
+        return msg.seq or 0 if msg is not None else 0
 
 
 def _event(subject: str, headers: dict[str, str] | None, data: bytes) -> Event | None:

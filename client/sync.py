@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from broker.dead_letters import DeadLetter
 from broker.events import Cancelled, Event, Failed, OutputInfo, Succeeded
 from broker.jobs import JobRequest
 from broker.queries import JobState, JobStatus
@@ -87,6 +88,18 @@ class SyncClient:
     def jobs(self, *, state: JobState | None = None, since_s: float = 86400.0,
              limit: int = 50) -> tuple[list[JobStatus], bool]:
         return self._run(self._client.jobs(state=state, since_s=since_s, limit=limit))
+
+    def dead_letters(self, *, limit: int = 100) -> tuple[list[DeadLetter], bool]:
+        return self._run(self._client.dead_letters.letters(limit=limit))
+
+    def dead_letter(self, job_id: str) -> DeadLetter:
+        return self._run(self._client.dead_letters.get(job_id))
+
+    def retry_dead_letter(self, job_id: str) -> int:
+        return self._run(self._client.dead_letters.retry(job_id))
+
+    def drop_dead_letter(self, job_id: str) -> DeadLetter:
+        return self._run(self._client.dead_letters.drop(job_id))
 
     def result(self, job_id: str, *,
                timeout_s: float | None = None) -> Succeeded | Failed | Cancelled:

@@ -8,7 +8,6 @@ agents' dead-man switch ends them if none comes.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.entrypoint import run_process, stop_signals
 from controller.config import ControllerConfig, policy_of
-from controller.dead_letters import Reaper
 from controller.loop import Controller
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
@@ -73,9 +71,7 @@ async def _main(config: ControllerConfig) -> None:
                             "back)")
                 await provider.close(force)
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(Reaper(nc.jetstream()).run(stop))
-            tg.create_task(controller.run(stop, wind_down=stop_local_agents))
+        await controller.run(stop, wind_down=stop_local_agents)
     finally:
         if isinstance(provider, LocalProvider):
             await provider.close(force)  # done already, unless the controller failed

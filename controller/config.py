@@ -37,6 +37,8 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # networks (comma-separated CIDRs) for a private deployment's receivers.
     webhook_allow_networks: str = ""
     webhook_retry_base_s: float = 5.0  # the first retry's delay; doubles, at most an hour
+    # What one tenant's dead letters may keep of their inputs (the store is shared).
+    dead_letter_inputs_per_tenant_gb: float = 1.0
     # The agents' settings, put into each machine's environment at launch.
     agent_nats_url: str = ""  # empty: nats_url (a rented machine needs a public address)
     # UNSAFE: lets rented machines be given a plaintext (nats://) URL, so their credentials,

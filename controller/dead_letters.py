@@ -1,12 +1,11 @@
-"""The reaper: ends jobs whose deliveries ran out, so none sits in the queue forever.
+"""Jobs that failed for good, kept: KV ``deadletters`` and a copy of their inputs.
 
-When every delivery of a job ended without an ack or term (each machine vanished, was killed,
-or was stopped while running it), the server stops delivering it but keeps it in JOBS, counted
-in the backlog, with no event telling its client anything. The server announces this with a
-MAX_DELIVERIES advisory, which the topology captures in a stream; the reaper reads those,
-claims the job's terminal state, publishes ``failed`` (code ``deliveries_exhausted``) and
-deletes the message. Without it, such a job would keep a paid machine scaled up and its client
-waiting forever.
+Whoever fails a job for good (the dispatcher on a holder's final failure, the reaper when
+deliveries ran out) calls ``keep`` before the job's message leaves JOBS: the message is the only
+copy of its body. The letter is small and written at once; its ``obj:`` inputs are copied after
+by the keeper (``run``), which watches the bucket, so a restart resumes copies left half done
+and a slow copy of a large input never holds up the agent's report. The protocol is in
+broker/dead_letters.py; retry, drop and listing are controller/dead_letter_desk.py.
 """
 
 from __future__ import annotations
@@ -14,110 +13,220 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 import nats.errors
 from loguru import logger
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
-from broker.events import Failed, JobError, encode_event
-from broker.jobstate import JobStates, ensure_announced
-from broker.subjects import (
-    CONTROLLER_PUBLISHER,
-    EXHAUSTED_CONSUMER,
-    EXHAUSTED_STREAM,
-    JOB_COSTS_BUCKET,
-    JOBS_STREAM,
-    JOBSTATE_BUCKET,
-    event_subject,
-    parse_job_subject,
+from broker.dead_letters import (
+    DeadLetter,
+    decode_dead_letter,
+    encode,
+    kept_input_name,
+    requeue_offsets,
+    scrub_log_tail,
 )
-from controller.job_costs import JobCosts
+from broker.events import Failed
+from broker.jobs import inputs_named
+from broker.jobstate import retryable_failures
+from broker.objects import (
+    ObjectCorrupt,
+    ObjectMissing,
+    ObjectWriter,
+    StoreFull,
+    delete_object,
+    digest_hex,
+    iter_chunks,
+    object_info,
+)
+from broker.subjects import (
+    DEAD_LETTER_INPUTS_BUCKET,
+    DEAD_LETTERS_BUCKET,
+    inputs_bucket,
+    job_key,
+)
 
-__all__ = ["Reaper"]
+__all__ = ["DeadLetters", "copy_object"]
 
 
-class _Advisory(msgspec.Struct):
-    stream_seq: int
-    deliveries: int = 0
-
-
-_ADVISORY = msgspec.json.Decoder(_Advisory)
-
-
-class Reaper:
-    def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
-                 fetch_timeout_s: float = 5.0) -> None:
+class DeadLetters:
+    def __init__(self, js: JetStreamContext, *, tenant_max_bytes: int = 2**30,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``tenant_max_bytes``: what one tenant's kept inputs may hold, so a tenant whose jobs
+        all fail cannot take the store from the others."""
         self._js = js
+        self._tenant_max_bytes = tenant_max_bytes
         self._clock = clock
-        self._fetch_timeout_s = fetch_timeout_s
-        self._costs: JobCosts | None = None  # opened by run()
+        self._kv: KeyValue | None = None
+        self._max_age_s = 7 * 86400.0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        states = JobStates(await self._js.key_value(JOBSTATE_BUCKET))
-        self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
-        sub = await self._js.pull_subscribe_bind(consumer=EXHAUSTED_CONSUMER,
-                                                 stream=EXHAUSTED_STREAM)
+    async def open(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._js.key_value(DEAD_LETTERS_BUCKET)
+            self._max_age_s = (await self._kv.status()).ttl or self._max_age_s
+        return self._kv
+
+    async def get(self, tenant: str, job_id: str) -> tuple[DeadLetter, int] | None:
+        """The letter and its revision, or None."""
+        kv = await self.open()
         try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(10, timeout=self._fetch_timeout_s)
-                except TimeoutError:  # nats-py raises its own or a bare one
-                    continue
-                for msg in msgs:
-                    try:
-                        await self.reap(msg, states)
-                    except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
-                        # Left unacked, the advisory comes back; the controller (the
-                        # gateway, the scaling loop) must not go down with one job.
-                        logger.warning("reaping failed, retried later: {error}",
-                                       error=str(exc) or type(exc).__name__)
+            entry = await kv.get(job_key(tenant, job_id))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return decode_dead_letter(entry.value), entry.revision or 0
+        except ValueError as exc:
+            logger.error("dead letter {tenant}/{job_id} unreadable: {error}", tenant=tenant,
+                         job_id=job_id, error=str(exc))
+            return None
+
+    async def of_tenant(self, tenant: str) -> list[DeadLetter]:
+        """Every letter of ``tenant``: one read of its keys (nats-py's ``keys(filters=)``
+        reads the whole bucket and matches substrings)."""
+        kv = await self.open()
+        watcher = await kv.watch(f"{tenant}.*", ignore_deletes=True)
+        letters = []
+        try:
+            while (entry := await watcher.updates(timeout=10.0)) is not None:
+                with contextlib.suppress(ValueError):
+                    letters.append(decode_dead_letter(entry.value or b""))
         finally:
             with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+                await watcher.stop()
+        return letters
 
-    async def reap(self, advisory: Msg, states: JobStates) -> None:
-        """End the job an advisory names. Anything it cannot use (a malformed advisory, a job
-        subject of another shape) is logged and dropped: one bad message must not stop the
-        reaper, or take the controller down with it, for as long as it is retained."""
-        try:
-            info = _ADVISORY.decode(advisory.data)
-        except msgspec.DecodeError as exc:
-            logger.error("unusable MAX_DELIVERIES advisory dropped: {error}", error=str(exc))
-            await advisory.term()
+    async def keep(self, *, operation: str, body: bytes | None,
+                   headers: Mapping[str, str] | None, failed: Failed) -> None:
+        """Keep a job that just failed for good (idempotent: the same failure kept again
+        changes nothing). ``body`` None: the job's message is gone, and the letter cannot
+        be retried. Raises nats errors: the caller must not drop the job's message before
+        its letter is written."""
+        kv = await self.open()
+        key = job_key(failed.tenant, failed.job_id)
+        existing = await self.get(failed.tenant, failed.job_id)
+        if existing is not None and existing[0].attempts == failed.attempt:
             return
+        if body is None:
+            logger.error("job {tenant}/{job_id} failed and its body is gone: its dead letter "
+                         "cannot be retried", tenant=failed.tenant, job_id=failed.job_id)
+            body = b""
+        inputs = list(inputs_named(operation, body))
+        error = msgspec.structs.replace(failed.error,
+                                        stderr_tail=scrub_log_tail(failed.error.stderr_tail))
+        letter = DeadLetter(
+            tenant=failed.tenant, job_id=failed.job_id, operation=operation,
+            body=body.decode("utf-8", errors="replace"), error=error,
+            attempts=failed.attempt, failed_at=failed.at,
+            failures=max(requeue_offsets(headers)[1],
+                         await retryable_failures(self._js, failed.tenant, failed.job_id)),
+            expires_at=failed.at + self._max_age_s, cost_usd=failed.cost_usd,
+            inputs=inputs, inputs_state="keeping" if inputs else "none")
+        await kv.put(key, encode(letter))
+        logger.bind(tenant=failed.tenant, job_id=failed.job_id).info(
+            "job kept as a dead letter ({code})", code=failed.error.code)
+
+    async def forget(self, letter: DeadLetter) -> None:
+        """Delete a letter and its kept inputs (a retry or a drop)."""
+        kv = await self.open()
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(job_key(letter.tenant, letter.job_id))
+        await self._delete_copies(letter)
+
+    async def _delete_copies(self, letter: DeadLetter) -> None:
+        for name in letter.inputs:
+            await delete_object(self._js, DEAD_LETTER_INPUTS_BUCKET,
+                                kept_input_name(letter.tenant, letter.job_id, name))
+
+    # -- the keeper -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Copy the inputs of every letter that waits for them, until ``stop``: those on
+        record first (a previous controller's, left half done), then each new one."""
+        kv = await self.open()
+        while not stop.is_set():
+            try:
+                watcher = await kv.watch(">")
+                try:
+                    while not stop.is_set():
+                        with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                            entry = await watcher.updates(timeout=1.0)
+                            if entry is not None and entry.value:
+                                await self._keep_inputs_of(entry.value, entry.revision or 0)
+                finally:
+                    with contextlib.suppress(nats.errors.Error):
+                        await watcher.stop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never ends the keeper: a letter's inputs would wait forever
+                logger.exception("keeping dead letters' inputs failed; going on in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _keep_inputs_of(self, data: bytes, revision: int) -> None:
         try:
-            job = await self._js.get_msg(JOBS_STREAM, info.stream_seq)
-        except NotFoundError:  # finished after all, or already reaped
-            await advisory.ack()
+            letter = decode_dead_letter(data)
+        except ValueError:
             return
+        if letter.inputs_state != "keeping":
+            return
+        kept, note = await self._copy_inputs(letter)
+        done = msgspec.structs.replace(letter, inputs_state="kept" if not note else "lost",
+                                       inputs_bytes=kept, inputs_note=note)
+        kv = await self.open()
         try:
-            tenant, operation, job_id = parse_job_subject(job.subject or "")
-            subject = event_subject(tenant, job_id, "failed", CONTROLLER_PUBLISHER)
-        except ValueError as exc:
-            logger.error("job {seq} cannot be failed ({error}); deleted", seq=info.stream_seq,
-                         error=str(exc))
-            await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
-            await advisory.ack()
+            await kv.update(job_key(letter.tenant, letter.job_id), encode(done), last=revision)
+        except KeyWrongLastSequenceError:  # dropped or retried meanwhile: the copies go
+            if await self.get(letter.tenant, letter.job_id) is None:
+                await self._delete_copies(letter)
             return
-        spent = await self._costs.get(tenant, job_id) if self._costs else None
-        failed = Failed(
-            job_id=job_id, tenant=tenant, at=self._clock(), agent_id=CONTROLLER_PUBLISHER,
-            attempt=info.deliveries, operation=operation,
-            cost_usd=round(spent.cost_usd, 6) if spent else 0.0,
-            error=JobError(code="deliveries_exhausted", message=(
-                f"the job was delivered {info.deliveries} times and no attempt finished: each "
-                "machine running it was lost or stopped (a job that crashes its agent ends "
-                "here too). Submit it again under a new job id to retry.")))
-        winner = await states.claim_terminal(failed)
-        if winner is None:
-            await self._js.publish(subject, encode_event(failed))
-            logger.bind(job_id=job_id).warning("job failed: deliveries exhausted after {n}",
-                                               n=info.deliveries)
-        else:  # ended already; but a crash after a claim may have left it unannounced
-            await ensure_announced(self._js, winner, CONTROLLER_PUBLISHER)
-        await self._js.delete_msg(JOBS_STREAM, info.stream_seq)
-        await advisory.ack()
+        logger.bind(tenant=letter.tenant, job_id=letter.job_id).info(
+            "dead letter's inputs: {state} ({n} bytes){note}", state=done.inputs_state, n=kept,
+            note=f": {note}" if note else "")
+
+    async def _copy_inputs(self, letter: DeadLetter) -> tuple[int, str]:
+        """Copy each input; (bytes kept, "" or why not all of them were)."""
+        source = inputs_bucket(letter.tenant)
+        others = sum(other.inputs_bytes for other in await self.of_tenant(letter.tenant)
+                     if other.job_id != letter.job_id)
+        kept = 0
+        for name in letter.inputs:
+            try:
+                info = await object_info(self._js, source, name)
+            except ObjectMissing:
+                return kept, f"input {name!r} had expired before it could be kept"
+            if others + kept + (info.size or 0) > self._tenant_max_bytes:
+                return kept, (f"input {name!r} would take the tenant's kept inputs past "
+                              f"{self._tenant_max_bytes} bytes")
+            try:
+                await copy_object(self._js, source, name, DEAD_LETTER_INPUTS_BUCKET,
+                                  kept_input_name(letter.tenant, letter.job_id, name))
+            except StoreFull:
+                return kept, "the dead letters' input store is full"
+            except (ObjectMissing, ObjectCorrupt) as exc:
+                return kept, f"input {name!r} could not be copied: {exc}"
+            kept += info.size or 0
+        return kept, ""
+
+
+async def copy_object(js: JetStreamContext, source: str, name: str, dest: str,
+                      dest_name: str) -> None:
+    """Copy an object between buckets, verified: the copy's SHA-256 must be the source's, or
+    it is removed and ObjectCorrupt raised. An object already at ``dest_name`` is replaced."""
+    info = await object_info(js, source, name)
+    await delete_object(js, dest, dest_name)
+    writer = ObjectWriter(js, dest, dest_name)
+    try:
+        async with contextlib.aclosing(iter_chunks(js, source, info)) as chunks:
+            async for chunk in chunks:
+                await writer.append(chunk)
+        if writer.sha256_hex() != digest_hex(info) or writer.size != (info.size or 0):
+            raise ObjectCorrupt(f"the copy of {name!r} differs from it")
+        await writer.commit(info.description)
+    except BaseException:
+        await writer.abort()
+        raise

@@ -35,13 +35,11 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker.dispatch import (
-    Grant,
     Lease,
     WorkReply,
     WorkRequest,
     decode_work_request,
 )
-from broker.jobs import inputs_named
 from broker.jobstate import JobStates, ensure_announced, retryable_failures
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
@@ -55,11 +53,11 @@ from broker.subjects import (
     validate_tenant,
 )
 from controller.attribution import Attribution
-from controller.cancels import Cancels
+from controller.dead_letters import DeadLetters
 from controller.holders import HolderDesk, agent_of, respond
 from controller.job_costs import JobCosts
-from controller.job_status import JobQueries
-from controller.leases import LeaseBook
+from controller.leases import LeaseBook, grant_of, lease_of
+from controller.reaper import Reaper
 from controller.reports import Reports
 from controller.tenant_desk import TenantDesk
 from controller.transfers import Transfers
@@ -73,12 +71,18 @@ _STALE_HOLDS = 10  # ack_waits of silence after which a lease record is dropped
 class Dispatcher:
     def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 price_of: Callable[[str], float | None] | None = None) -> None:
+                 price_of: Callable[[str], float | None] | None = None,
+                 dead_letter_tenant_max_bytes: int = 2**30) -> None:
         """``price_of(agent_id)``: the price the controller rented that agent's machine at
         (None: not one of its machines, which costs nothing). Without it (no controller: tests
         and benchmarks), the price an agent's work request states is used."""
         self._js = js
         self._price_of = price_of
+        # Jobs that fail for good: kept by reports and the reaper, served to their tenants.
+        self._letters = DeadLetters(js, tenant_max_bytes=dead_letter_tenant_max_bytes,
+                                    clock=clock)
+        self._stopping = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []  # the reaper and the letters' keeper
         # Leases' share of today's bill; the controller resumes it from its last summary.
         self.attribution = Attribution(now=clock())
         self._clock = clock
@@ -132,18 +136,21 @@ class Dispatcher:
                                  ack_wait_s=self._ack_wait_s, on_end=self._lease_ended,
                                  clock=self._clock, monotonic=self._mono)
         await self._leases.load()
+        await self._letters.open()
         transfers = Transfers(self._js)
         self._holders = HolderDesk(nc=nc, book=self._leases, transfers=transfers,
                                    reports=Reports(js=self._js, nc=nc, states=self._states,
                                                    book=self._leases, transfers=transfers,
-                                                   costs=self._costs, clock=self._clock),
+                                                   costs=self._costs, letters=self._letters,
+                                                   clock=self._clock),
                                    monotonic=self._mono)
-        queries = JobQueries(js=self._js, nc=nc, states=self._states, book=self._leases,
-                             costs=self._costs, clock=self._clock)
-        await queries.open()
-        self._tenants = TenantDesk(nc=nc, queries=queries, cancels=Cancels(
+        self._tenants = await TenantDesk.open(
             js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,
-            holder_lock=self._holders.lock, clock=self._clock))
+            letters=self._letters, holder_lock=self._holders.lock, clock=self._clock)
+        self._workers = [
+            asyncio.create_task(Reaper(self._js, letters=self._letters,
+                                       clock=self._clock).run(self._stopping)),
+            asyncio.create_task(self._letters.run(self._stopping))]
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),
@@ -153,10 +160,12 @@ class Dispatcher:
         logger.info("dispatcher serving {n} lease(s) on record", n=len(self._leases))
 
     async def stop(self) -> None:
-        if self._feeder is not None:
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
+        self._stopping.set()
+        for task in (self._feeder, *self._workers):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -278,20 +287,14 @@ class Dispatcher:
         if waiter is None:  # everyone gave up while it was fetched: back to the queue
             await job.nak()
             return
-        meta = job.metadata
-        lease = Lease(agent_id=waiter.agent_id, tenant=tenant, operation=operation,
-                      job_id=job_id, attempt=meta.num_delivered,
-                      stream_seq=meta.sequence.stream, ack_subject=job.reply,
-                      granted_at=self._clock(), inputs=inputs_named(operation, job.data),
-                      price_per_hour=waiter.price_per_hour)
+        lease = lease_of(job, tenant=tenant, operation=operation, job_id=job_id,
+                         agent_id=waiter.agent_id, price_per_hour=waiter.price_per_hour,
+                         now=self._clock())
         await self._leases.grant(lease)
-        grant = Grant(tenant=tenant, operation=operation, job_id=job_id,
-                      attempt=meta.num_delivered, max_deliver=self._max_deliver,
-                      failures=await retryable_failures(self._js, tenant, job_id),
-                      queued_at=meta.timestamp.timestamp(),
-                      hold_every_s=self._ack_wait_s / 3,
-                      body=job.data.decode("utf-8", errors="replace"))
+        grant = grant_of(lease, job, max_deliver=self._max_deliver,
+                         failures=await retryable_failures(self._js, tenant, job_id),
+                         hold_every_s=self._ack_wait_s / 3)
         await respond(waiter.msg, WorkReply(grant=grant))
         logger.bind(tenant=tenant, job_id=job_id, agent_id=waiter.agent_id).info(
             "job {job_id} (attempt {n}) leased to {agent}", job_id=job_id,
-            n=meta.num_delivered, agent=waiter.agent_id)
+            n=lease.attempt, agent=waiter.agent_id)

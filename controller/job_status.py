@@ -58,6 +58,7 @@ from broker.subjects import (
     validate_tenant,
 )
 from broker.webhooks import WebhookAttempt, attempts_key, decode_attempts
+from controller.dead_letters import DeadLetters
 from controller.gateway import stored_job
 from controller.job_costs import JobCosts, lease_cost
 from controller.leases import LeaseBook
@@ -85,6 +86,7 @@ class Facts:
     gaps: frozenset[int] = frozenset()  # sequences deleted from JOBS (acked, cancelled)
     webhooks: tuple[WebhookAttempt, ...] = ()  # attempts to deliver its outcome
     earlier_cost: float = 0.0  # the machine time of its attempts that ended, in $
+    dead_letter: bool = False  # it failed for good and is kept (it can be run again)
 
 
 def job_status(f: Facts) -> JobStatus | None:
@@ -97,7 +99,8 @@ def job_status(f: Facts) -> JobStatus | None:
                      cost_usd=state.cost_usd, output=state.output)
     if isinstance(state, Failed):
         return _made(f, "failed", state.operation, ended_at=state.at, attempt=state.attempt,
-                     agent_id=state.agent_id, encoder=state.encoder, error=state.error)
+                     agent_id=state.agent_id, encoder=state.encoder, error=state.error,
+                     cost_usd=state.cost_usd, dead_letter=f.dead_letter)
     if isinstance(state, Cancelled):
         return _made(f, "cancelled", state.operation, ended_at=state.at,
                      attempt=state.attempt, agent_id=state.agent_id, cost_usd=state.cost_usd,
@@ -134,8 +137,10 @@ def _made(f: Facts, state: JobState, operation: str, **fields: Any) -> JobStatus
 
 class JobQueries:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates, book: LeaseBook,
-                 costs: JobCosts, clock: Callable[[], float] = time.time) -> None:
+                 costs: JobCosts, letters: DeadLetters,
+                 clock: Callable[[], float] = time.time) -> None:
         self._js = js
+        self._letters = letters
         self._costs = costs
         self._nc = nc
         self._hooks_kv: KeyValue | None = None
@@ -197,7 +202,9 @@ class JobQueries:
                 return job_status(await self._facts(tenant, queued.job_id, queue, queued))
 
         found: list[JobStatus] = []
-        newest_first = list(reversed(recent))
+        # A job run again from its dead letter was queued twice: its newest queued counts.
+        latest = {q.job_id: q for q in recent}  # oldest first: the newest of each stays
+        newest_first = sorted(latest.values(), key=lambda q: -q.at)
         for start in range(0, len(newest_first), _CONCURRENCY * 4):
             batch = await asyncio.gather(*(one(q) for q in newest_first[
                 start:start + _CONCURRENCY * 4]))
@@ -214,8 +221,10 @@ class JobQueries:
                     if (h := self._book.holder(a, tenant, job_id)) is not None),
                    key=lambda h: h.lease.attempt, default=None)  # the newest attempt
         stored = await stored_job(self._js, tenant, job_id)
-        return Facts(job_id=job_id, now=self._clock(),
-                     state=await self._states.get(tenant, job_id),
+        state = await self._states.get(tenant, job_id)
+        return Facts(job_id=job_id, now=self._clock(), state=state,
+                     dead_letter=isinstance(state, Failed)
+                     and await self._letters.get(tenant, job_id) is not None,
                      lease=held.lease if held else None,
                      queued_seq=stored[0] if stored else None,
                      queued=queued or _only(Queued, await self._last(tenant, job_id,

@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from loguru import logger
+from nats.aio.msg import Msg
 from nats.js.api import ObjectInfo
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from broker.dispatch import Lease, decode_lease, encode
+from broker.dead_letters import requeue_offsets
+from broker.dispatch import Grant, Lease, decode_lease, encode
 from broker.events import OutputInfo
+from broker.jobs import inputs_named
 from broker.objects import ObjectWriter
 
-__all__ = ["Held", "LeaseBook", "Reading"]
+__all__ = ["Held", "LeaseBook", "Reading", "grant_of", "lease_of"]
 
 
 @dataclass
@@ -148,3 +151,30 @@ class LeaseBook:
     async def _forget(self, key: str) -> None:
         with contextlib.suppress(KeyNotFoundError):
             await self._kv.delete(key)
+
+
+def lease_of(job: Msg, *, tenant: str, operation: str, job_id: str, agent_id: str,
+             price_per_hour: float, now: float) -> Lease:
+    """The lease of one delivery of a JOBS message to ``agent_id``. A retried dead letter
+    numbers its attempts after the earlier ones (broker/dead_letters.py), so each attempt's
+    result name stays its own."""
+    attempts_before, _ = requeue_offsets(job.headers)
+    meta = job.metadata
+    return Lease(agent_id=agent_id, tenant=tenant, operation=operation, job_id=job_id,
+                 attempt=attempts_before + meta.num_delivered,
+                 stream_seq=meta.sequence.stream, ack_subject=job.reply or "",
+                 granted_at=now, inputs=inputs_named(operation, job.data),
+                 price_per_hour=price_per_hour)
+
+
+def grant_of(lease: Lease, job: Msg, *, max_deliver: int, failures: int,
+             hold_every_s: float) -> Grant:
+    """What the holder is told: ``failures`` (the job's retryable failures, all told) and
+    the last attempt are counted from the job's requeue, if it was one: a retried dead
+    letter gets a fresh budget."""
+    attempts_before, failures_before = requeue_offsets(job.headers)
+    return Grant(tenant=lease.tenant, operation=lease.operation, job_id=lease.job_id,
+                 attempt=lease.attempt, max_deliver=attempts_before + max_deliver,
+                 failures=max(0, failures - failures_before),
+                 queued_at=job.metadata.timestamp.timestamp(), hold_every_s=hold_every_s,
+                 body=job.data.decode("utf-8", errors="replace"))

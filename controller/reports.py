@@ -16,7 +16,9 @@ import msgspec
 from loguru import logger
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
+from broker.dead_letters import scrub_log_tail
 from broker.dispatch import Hold, Lease, Release, Report, ReportReply
 from broker.events import (
     Event,
@@ -28,7 +30,8 @@ from broker.events import (
     encode_event,
 )
 from broker.jobstate import JobStates, ensure_announced, kind_of
-from broker.subjects import CONTROLLER_PUBLISHER, event_subject
+from broker.subjects import CONTROLLER_PUBLISHER, JOBS_STREAM, event_subject
+from controller.dead_letters import DeadLetters
 from controller.job_costs import JobCosts, lease_cost
 from controller.leases import Held, LeaseBook
 from controller.transfers import Transfers
@@ -41,9 +44,10 @@ _MIN_PROGRESS_S = 0.1  # a holder's progress events beyond one per this are drop
 
 class Reports:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates,
-                 book: LeaseBook, transfers: Transfers, costs: JobCosts,
+                 book: LeaseBook, transfers: Transfers, costs: JobCosts, letters: DeadLetters,
                  clock: Callable[[], float] = time.time) -> None:
         self._js = js
+        self._letters = letters
         self._nc = nc
         self._states = states
         self._book = book
@@ -121,6 +125,8 @@ class Reports:
         else:
             logger.warning("{agent}'s outcome for {job_id} dropped: {other} ended it first",
                            agent=lease.agent_id, job_id=event.job_id, other=winner.agent_id)
+        if isinstance(event, Failed) and (winner is None or _same_attempt(winner, event)):
+            await self._keep(lease, event)
         if isinstance(event, Succeeded) or winner is not None:
             await self._ack(lease)
         else:
@@ -128,6 +134,17 @@ class Reports:
         await self._book.drop(lease.agent_id)
         return ReportReply(ok=True)
 
+
+    async def _keep(self, lease: Lease, failed: Failed) -> None:
+        """A job failed for good becomes a dead letter, before its message leaves JOBS (the
+        only copy of its body)."""
+        try:
+            job = await self._js.get_msg(JOBS_STREAM, lease.stream_seq)
+            body, headers = job.data or b"", job.headers
+        except NotFoundError:  # gone already: kept by an earlier try of this report, or lost
+            body, headers = None, None
+        await self._letters.keep(operation=lease.operation, body=body, headers=headers,
+                                 failed=failed)
 
     async def _ack(self, lease: Lease) -> None:
         """An ack the server confirms (as nats-py's ``ack_sync``)."""
@@ -158,6 +175,9 @@ def as_holder(report: Report, lease: Lease) -> Event:
     assert not isinstance(report, (Hold, Release))
     fields: dict[str, object] = {"agent_id": lease.agent_id, "attempt": lease.attempt,
                                  "tenant": lease.tenant}
+    if isinstance(report, (Retrying, Failed)):  # kept and shown: the holder's text, scrubbed
+        fields["error"] = msgspec.structs.replace(
+            report.error, stderr_tail=scrub_log_tail(report.error.stderr_tail))
     if isinstance(report, (Started, Succeeded, Failed)):
         fields["operation"] = lease.operation
     return msgspec.structs.replace(report, **fields)

@@ -14,11 +14,13 @@ __all__ = ["JobFailure", "backoff_s", "invalid_input", "retryable"]
 
 class JobFailure(Exception):
     def __init__(self, code: str, message: str, *, retryable: bool = False,
-                 retry_delay_s: float | None = None) -> None:
-        """``retry_delay_s`` None: the agent's backoff for the attempt decides."""
+                 retry_delay_s: float | None = None, stderr_tail: str = "") -> None:
+        """``retry_delay_s`` None: the agent's backoff for the attempt decides.
+        ``stderr_tail``: what the failing tool last said, scrubbed (kept with the job)."""
         super().__init__(message)
         self.code = code
         self.message = message
+        self.stderr_tail = stderr_tail
         self.retryable = retryable
         self.retry_delay_s = retry_delay_s
 

@@ -65,7 +65,7 @@ def _float(value: str | None, scale: float = 1.0) -> float | None:
 class FfmpegResult:
     returncode: int
     media_time_s: float  # output time of the last progress block (the output's duration)
-    stderr_tail: str  # the last lines FFmpeg wrote to stderr, for error messages
+    stderr_tail: str  # the last 20 lines FFmpeg wrote to stderr, for errors and dead letters
     stalled: bool
 
 
@@ -178,7 +178,7 @@ async def run_ffmpeg(
             feed_task.cancel()
         raise
     return FfmpegResult(proc.returncode or 0, last.media_time_s,
-                        "\n".join(stderr_lines[-8:]), stalled)
+                        "\n".join(stderr_lines), stalled)
 
 
 async def _drain_stderr(proc: asyncio.subprocess.Process, tail: list[str],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nats.errors
 
+from broker.dead_letters import scrub_log_tail
 from broker.events import OutputInfo, Timings
 from broker.jobs import AddAudioJob, JobRequest, Output
 from broker.objects import StoreFull
@@ -163,10 +164,11 @@ class Operations:
         if result.returncode < 0:
             raise retryable("ffmpeg_killed", f"FFmpeg was killed by signal {-result.returncode}")
         if result.returncode != 0:
-            detail = result.stderr_tail.replace(str(ctx.work_dir), "<job>") or "no message"
+            tail = scrub_log_tail(result.stderr_tail.replace(str(ctx.work_dir), "<job>"))
+            detail = "\n".join(tail.splitlines()[-3:]) or "no message"
             code, transient = classify_failure(result.stderr_tail)
             raise JobFailure(code, f"FFmpeg failed (exit {result.returncode}): {detail}",
-                             retryable=transient)
+                             retryable=transient, stderr_tail=tail)
         if result.media_time_s <= 0:
             raise retryable("bad_output", "FFmpeg exited 0 but encoded nothing")
 

@@ -201,7 +201,8 @@ class Worker:
 
     async def _fail(self, attempt: _Attempt, failure: JobFailure) -> JobOutcome:
         grant = attempt.grant
-        error = JobError(code=failure.code, message=failure.message)
+        error = JobError(code=failure.code, message=failure.message,
+                         stderr_tail=failure.stderr_tail)
         if failure.retryable:
             failures = grant.failures + 1
             if failures <= self._cfg.max_retries and grant.attempt < grant.max_deliver:
@@ -216,7 +217,7 @@ class Worker:
                     retry_in_s=delay_s, failures=failures))
                 return JobOutcome(grant.job_id, "retrying")
             error = JobError(code=failure.code, message=f"{failure.message} (gave up after "
-                             f"{failures} failed attempts)")
+                             f"{failures} failed attempts)", stderr_tail=failure.stderr_tail)
         await self._say(attempt, Failed(
             job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
             agent_id=self._agent_id, attempt=grant.attempt, operation=grant.operation,

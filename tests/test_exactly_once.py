@@ -14,7 +14,7 @@ from broker.jobstate import JobStates
 from broker.subjects import JOBS_CONSUMER, JOBS_STREAM, JOBSTATE_BUCKET
 from broker.topology import TopologyConfig, ensure_topology
 from client.api import JobNotFound, SubmitError
-from controller.dead_letters import Reaper
+from controller.reaper import Reaper
 from tests.conftest import TEST_TOPOLOGY
 
 

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from broker.config import ConfigError, Secret, load_config
+from broker.dead_letters import scrub_log_tail
 from broker.events import Queued, event_from_msg
 from broker.jobs import decode_job
 from broker.schema import render, schemas
@@ -35,7 +36,26 @@ def test_the_event_schema_describes_only_bodies_that_exist() -> None:
     client reject every queued event."""
     kinds = {v["properties"]["kind"]["enum"][0]
              for v in schemas()["event.json"]["$defs"].values() if "kind" in v["properties"]}
-    assert kinds == {"started", "progress", "retrying", "succeeded", "failed", "cancelled"}
+    assert kinds == {"started", "progress", "retrying", "succeeded", "failed", "cancelled",
+                     "requeued"}
+
+
+@pytest.mark.parametrize(("said", "kept"), [
+    ("\x1b[1;31mError\x1b[0m opening input", "Error opening input"),
+    ("reading https://u:pw@cdn.example/a.mp4?X-Amz-Signature=abc#t=3 failed",
+     "reading https://cdn.example/a.mp4 failed"),
+    ("auth token=abc123 refused; password: hunter2", "auth token=*** refused; password: ***"),
+    ("bell\x07 and nul\x00 go, tabs\tstay", "bell and nul go, tabs\tstay"),
+    ("x" * 1000, "x" * 400),
+])
+def test_a_log_tail_is_scrubbed_of_secrets_escapes_and_length(said: str, kept: str) -> None:
+    assert scrub_log_tail(said) == kept
+
+
+def test_a_log_tail_keeps_the_last_lines_within_its_size() -> None:
+    text = "\n".join(f"line {n}" for n in range(2000))
+    tail = scrub_log_tail(text, max_chars=100)
+    assert len(tail) <= 100 and tail.endswith("line 1999")
 
 
 def test_srt_parses_crlf_bom_and_dot_millis() -> None:
