@@ -531,13 +531,13 @@ async def fleet_cases(stack: Stack, media: Media) -> list[FleetCase]:
     audio_job = AddAudioJob(video="obj:bench", audio="obj:bench")
     return [
         FleetCase("caption", {"video": media.video, "srt": media.srt},
-                  lambda r: CaptionJob(video=r["video"], srt=r["srt"]),
+                  lambda r: CaptionJob(video=r["video"], srt=r["srt"], cache=False),
                   lambda out: caption_argv(
                       ffmpeg=ffmpeg, video_path=str(media.video), srt_path=str(media.srt),
                       output_path=str(out), encoder=encoder, fonts_dir=stack.fonts_dir,
                       input_formats=INPUT_FORMATS)),
         FleetCase("add_audio", {"video": media.video, "audio": media.music},
-                  lambda r: AddAudioJob(video=r["video"], audio=r["audio"]),
+                  lambda r: AddAudioJob(video=r["video"], audio=r["audio"], cache=False),
                   lambda out: add_audio_argv(
                       ffmpeg=ffmpeg, video_path=str(media.video), audio_path=str(media.music),
                       output_path=str(out), job=audio_job, video=info)),

@@ -99,6 +99,7 @@ class WorkRequest(Struct, frozen=True, kw_only=True):
     # The machine's price (what the controller launched it at): a job cancelled while it runs
     # is charged its time until then at this price.
     price_per_hour: float = 0.0
+    build: str = ""  # the agent's build (gpu_agent/build.py): what cached results must match
 
 
 class WorkReply(Struct, frozen=True, kw_only=True):
@@ -163,6 +164,7 @@ class Lease(Struct, frozen=True, kw_only=True):
     granted_at: float
     inputs: tuple[str, ...] = ()  # the objects the job names: all its holder may read
     price_per_hour: float = 0.0  # the holder's machine, as its work request said
+    cache_key: str = ""  # the job's result-cache key, if it may be cached
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -53,7 +53,8 @@ class _Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 
 class Queued(_Event, frozen=True, kw_only=True, tag="queued"):
-    """Stored in JOBS (made by the server from the stored job's headers, never published)."""
+    """Stored in JOBS (made by the server from the stored job's headers). ``stream_seq`` 0:
+    answered from the result cache by the gateway, never stored."""
 
     operation: str
     stream_seq: int
@@ -64,6 +65,7 @@ class Started(_Event, frozen=True, kw_only=True, tag="started"):
     agent_id: str
     attempt: int  # 1 for the first delivery; a redelivered job starts again with attempt + 1
     encoder: str  # the video encoder this attempt uses, e.g. "h264_nvenc" or "libx264"
+    build: str = ""  # the agent's build (FFmpeg, encoders, fonts, our code): gpu_agent/build.py
 
 
 class Progress(_Event, frozen=True, kw_only=True, tag="progress"):
@@ -107,6 +109,11 @@ class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
     # its machine's price; price_per_hour is this attempt's machine's (0 on local agents).
     price_per_hour: float = 0.0
     cost_usd: float = 0.0
+    build: str = ""  # the agent build that made the result
+    # Served from the result cache (broker/result_cache.py): the result of job cached_from,
+    # at no cost; no machine ran this job (attempt 0, agent_id "controller").
+    cached: bool = False
+    cached_from: str = ""
 
 
 class JobError(Struct, frozen=True, kw_only=True):

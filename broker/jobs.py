@@ -77,6 +77,10 @@ class _Job(Struct, frozen=True, kw_only=True):
         "Where the control plane POSTs the job's outcome (succeeded, failed or cancelled), "
         "signed per Standard Webhooks with the tenant's secret; default: the tenant's "
         "webhook, if the operator set one. Public internet addresses only."))] | None = None
+    cache: Annotated[bool, Meta(description=(
+        "Take the result of an earlier job of this tenant with the same inputs (by content), "
+        "parameters and agent build at once, at no cost, instead of running it again (never "
+        "for URL inputs, whose content is unknown until fetched). false: always run."))] = True
 
 
 def _check_encoded_output(output: Output) -> None:

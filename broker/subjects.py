@@ -61,6 +61,7 @@ __all__ = [
     "JOB_ID_RE",
     "LEASES_BUCKET",
     "QUEUE_PUBLISHER",
+    "RESULT_CACHE_BUCKET",
     "TENANT_RE",
     "WEBHOOK_JOBS_BUCKET",
     "WEBHOOK_SETTINGS_BUCKET",
@@ -112,6 +113,7 @@ WEBHOOK_SETTINGS_BUCKET = "webhook_settings"  # key tenant.<tenant> (broker/webh
 WEBHOOK_JOBS_BUCKET = "webhook_jobs"  # a job's webhook URL and its delivery attempts
 DEAD_LETTERS_BUCKET = "deadletters"  # key <tenant>.<job_id>: a job that failed for good
 DEAD_LETTER_INPUTS_BUCKET = "deadletter-inputs"  # their obj: inputs, <tenant>/<job_id>/<name>
+RESULT_CACHE_BUCKET = "resultcache"  # the fleet's build, and <tenant>.<key>: a cached result
 QUEUE_PUBLISHER = "queue"
 # Tenants and agents reach the fleet's JetStream API through imports under this prefix (an
 # account's own ``$JS.API`` would answer first, with "JetStream not enabled for account").

@@ -30,6 +30,9 @@ class SubmitReply(Struct, frozen=True, kw_only=True):
     operation: str = ""
     duplicate: bool = False
     stream_seq: int | None = None
+    # Answered from the result cache: the job succeeded already (its succeeded event is
+    # published, cached true); nothing was queued (broker/result_cache.py).
+    cached: bool = False
     code: str = ""
     message: str = ""
 

@@ -41,6 +41,7 @@ from broker.subjects import (
     JOBSTATE_BUCKET,
     LEASES_BUCKET,
     QUEUE_PUBLISHER,
+    RESULT_CACHE_BUCKET,
     WEBHOOK_JOBS_BUCKET,
     WEBHOOK_SETTINGS_BUCKET,
     inputs_bucket,
@@ -234,6 +235,10 @@ async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
         bucket=WEBHOOK_JOBS_BUCKET, description="jobs' webhook URLs and delivery attempts",
         history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
+    await _ensure_kv(js, KeyValueConfig(
+        bucket=RESULT_CACHE_BUCKET, description="the fleet's build and cached results",
+        history=1, ttl=cfg.results_max_age_s, storage=StorageType.FILE,
+        replicas=cfg.replicas), max_bytes=cfg.jobstate_max_bytes)
     await _ensure_kv(js, KeyValueConfig(
         bucket=DEAD_LETTERS_BUCKET, description="jobs that failed for good, kept for a retry",
         history=1, ttl=cfg.dead_letter_max_age_s, storage=StorageType.FILE,

@@ -96,6 +96,7 @@ class SubmitReceipt:
     operation: str
     duplicate: bool  # True: this id was already submitted; nothing new will run
     stream_seq: int | None
+    cached: bool = False  # True: answered from the result cache; it has succeeded already
 
 
 def new_job_id() -> str:
@@ -176,7 +177,7 @@ class Client(JobEvents):
         if not reply.ok:
             raise SubmitError(f"job {job_id} refused ({reply.code}): {reply.message}")
         return SubmitReceipt(job_id, operation, duplicate=reply.duplicate,
-                             stream_seq=reply.stream_seq)
+                             stream_seq=reply.stream_seq, cached=reply.cached)
 
     async def submit_many(self, jobs: Iterable[tuple[str | None, JobRequest]], *,
                           concurrency: int = 64) -> list[SubmitReceipt | SubmitError]:

@@ -245,7 +245,9 @@ async def _demo_body(out_dir: Path, seconds: int) -> int:
         click.echo(f"stack: nats-server at {stack.url}; controller with no agent running "
                    f"until a job waits (logs: {options.data_dir})", err=True)
         async with await Client.connect(stack.url, creds_file=stack.creds_file) as vf:
-            job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt))
+            # Always a real run (not the cached result of the last demo), with its progress.
+            job = CaptionJob(video=await vf.upload_input(video), srt=await vf.upload_input(srt),
+                             cache=False)
             receipt = await vf.submit(job)
             click.echo(f"job {receipt.job_id}", err=True)
             return await follow_and_fetch(vf, receipt.job_id,

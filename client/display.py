@@ -33,9 +33,10 @@ def describe(event: Event) -> str:
         return f"progress   {event.percent:5.1f}% ({event.media_time_s:.1f}s encoded{speed})"
     if isinstance(event, Succeeded):
         o = event.output
+        how = (f"from the cache: the result of job {event.cached_from}" if event.cached
+               else f"in {event.timings.total_s:.2f}s")
         return (f"succeeded  {o.name} ({o.size_bytes / 1e6:.2f} MB, {o.duration_s:.2f}s, "
-                f"{o.width}x{o.height} {o.video_codec}) by {event.encoder} in "
-                f"{event.timings.total_s:.2f}s")
+                f"{o.width}x{o.height} {o.video_codec}) by {event.encoder} {how}")
     if isinstance(event, Failed):
         return f"failed     [{event.error.code}] {event.error.message}"
     if isinstance(event, Retrying):

@@ -43,6 +43,9 @@ def _common(suffix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                          help="Give up waiting after this long."),
             click.option("--webhook", default=None,
                          help="POST the job's outcome here (signed; see `vidfleet webhooks`)."),
+            click.option("--cache/--no-cache", default=True, show_default=True,
+                         help="Take an identical earlier job's result at once, at no cost "
+                         "(same inputs, parameters and agent build; never for URL inputs)."),
             click.pass_obj,
         ]
         for option in reversed(options):
@@ -78,11 +81,11 @@ def submit_caption(cfg: ClientConfig, video: str, srt: str, codec: str | None, q
     """Burn subtitles (SRT or WebVTT) into a video."""
     common = _split_common(params)
     output = _output(common["container"], codec, quality)
-    webhook = params.pop("webhook")
+    webhook, cache = params.pop("webhook"), params.pop("cache")
     style = _build(CaptionStyle, **params)
     sys.exit(run_command(_submit(
         cfg, lambda refs: _build(CaptionJob, video=refs["video"], srt=refs["srt"],
-                                 style=style, output=output, webhook=webhook),
+                                 style=style, output=output, webhook=webhook, cache=cache),
         {"video": video, "srt": srt}, _out(common, video, "captioned"), common)))
 
 

@@ -59,6 +59,7 @@ from controller.job_costs import JobCosts
 from controller.leases import LeaseBook, grant_of, lease_of
 from controller.reaper import Reaper
 from controller.reports import Reports
+from controller.result_cache import ResultCache
 from controller.tenant_desk import TenantDesk
 from controller.transfers import Transfers
 from controller.waiters import Waiters
@@ -81,6 +82,7 @@ class Dispatcher:
         # Jobs that fail for good: kept by reports and the reaper, served to their tenants.
         self._letters = DeadLetters(js, tenant_max_bytes=dead_letter_tenant_max_bytes,
                                     clock=clock)
+        self.cache = ResultCache(js, clock=clock)  # the gateway serves hits; reports fill it
         self._stopping = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []  # the reaper and the letters' keeper
         # Leases' share of today's bill; the controller resumes it from its last summary.
@@ -137,12 +139,13 @@ class Dispatcher:
                                  clock=self._clock, monotonic=self._mono)
         await self._leases.load()
         await self._letters.open()
+        await self.cache.open()
         transfers = Transfers(self._js)
         self._holders = HolderDesk(nc=nc, book=self._leases, transfers=transfers,
                                    reports=Reports(js=self._js, nc=nc, states=self._states,
                                                    book=self._leases, transfers=transfers,
                                                    costs=self._costs, letters=self._letters,
-                                                   clock=self._clock),
+                                                   cache=self.cache, clock=self._clock),
                                    monotonic=self._mono)
         self._tenants = await TenantDesk.open(
             js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,
@@ -191,20 +194,12 @@ class Dispatcher:
             return
         await self._waiters.withdraw(agent_id)  # superseded by this one
         assert self._leases is not None
-        if (held := self._leases.get(agent_id)) is not None:
-            # One job per agent: asking for another hands this one back, now.
-            logger.warning("{agent} asked for work while holding {tenant}/{job_id}; that job "
-                           "goes back to the queue", agent=agent_id, tenant=held.lease.tenant,
-                           job_id=held.lease.job_id)
-            try:
-                assert self._nc is not None
-                await self._nc.publish(held.lease.ack_subject, b"-NAK")
-            except nats.errors.Error as exc:  # it comes back after ack_wait instead
-                logger.warning("hand-back failed: {error}", error=str(exc))
-            await self._leases.drop(agent_id)
+        assert self._nc is not None
+        await self._leases.hand_back(agent_id, self._nc)  # one job per agent: the first goes
         if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
             await respond(msg, WorkReply())
             return
+        await self.cache.note_build(request.build)
         self._waiters.add(msg, agent_id, request.wait_s,
                           self._price(agent_id, request.price_per_hour))
 

@@ -22,7 +22,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from broker.jobs import decode_job
+from broker.jobs import JobRequest, decode_job
+from broker.result_cache import CACHE_KEY_HEADER
 from broker.subjects import (
     JOBS_STREAM,
     WEBHOOK_JOBS_BUCKET,
@@ -36,6 +37,7 @@ from broker.subjects import (
 )
 from broker.submit import SubmitReply, encode_submit_reply
 from broker.webhooks import job_url_key, tenant_hooks
+from controller.result_cache import ResultCache
 
 __all__ = ["Gateway", "QueueCounts", "check_submit", "stored_job"]
 
@@ -43,8 +45,10 @@ _LIMIT_REACHED = 10077  # "maximum messages (per subject) exceeded"
 _QUEUE_GROUP = "gateway"
 
 
-def check_submit(subject: str, body: bytes) -> tuple[str, str, str] | SubmitReply:
-    """(tenant, operation, job_id) of an acceptable submit, or the refusal to send back."""
+def check_submit(subject: str,
+                 body: bytes) -> tuple[str, str, str, JobRequest] | SubmitReply:
+    """(tenant, operation, job_id, the job) of an acceptable submit, or the refusal to send
+    back."""
     try:
         tenant, operation, job_id = parse_submit_subject(subject)
         validate_tenant(tenant)
@@ -57,14 +61,14 @@ def check_submit(subject: str, body: bytes) -> tuple[str, str, str] | SubmitRepl
         return SubmitReply(ok=False, code="invalid_job_id", message=str(exc))
     try:
         validate_operation(operation)
-        decode_job(operation, body)
+        job = decode_job(operation, body)
     except (LookupError, ValueError) as exc:
         code = "unknown_operation" if isinstance(exc, LookupError) else "invalid_job"
         detail = exc.args[0] if exc.args else str(exc)
         return SubmitReply(ok=False, job_id=job_id, operation=operation, code=code,
                            message=f"invalid {operation} job: {detail}"
                            if code == "invalid_job" else str(detail))
-    return tenant, operation, job_id
+    return tenant, operation, job_id, job
 
 
 async def stored_job(js: JetStreamContext, tenant: str,
@@ -115,11 +119,13 @@ class Gateway:
         self._js = js
         self._max_queued = max_queued_per_tenant
         self._counts = counts or QueueCounts(js)
+        self._cache = ResultCache(js)
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> None:
         """Serving once this returns: the server has the subscription (a submit sent right
         after would otherwise meet "no responders")."""
+        await self._cache.open()
         self._sub = await nc.subscribe("submit.*.*.*", queue=_QUEUE_GROUP, cb=self._on_submit)
         await nc.flush()
 
@@ -146,11 +152,11 @@ class Gateway:
         return True
 
     async def _note_webhook(self, tenant: str, operation: str, job_id: str,
-                            body: bytes) -> SubmitReply | None:
+                            job: JobRequest) -> SubmitReply | None:
         """A job that names a webhook: its URL kept for the delivery of its outcome (before
         the job is queued, so even an instant outcome finds it). Refused when the tenant has
         no secret to sign with."""
-        webhook = decode_job(operation, body).webhook
+        webhook = job.webhook
         if webhook is None:
             return None
         hooks = await tenant_hooks(await self._js.key_value(WEBHOOK_SETTINGS_BUCKET), tenant)
@@ -163,13 +169,23 @@ class Gateway:
         await urls.put(job_url_key(tenant, job_id), webhook.encode())
         return None
 
+    async def _served(self, tenant: str, operation: str, job_id: str,
+                      key: str) -> bool | None:
+        """True: answered from the result cache (controller/result_cache.py). False: the id
+        is a job that ran or was served already, so this is a duplicate. None: queue it (no
+        hit, or the id is in JOBS, where storing it again makes it the duplicate)."""
+        entry = await self._cache.hit(tenant, key)
+        if entry is None or await self._queued(tenant, operation, job_id):
+            return None
+        return await self._cache.serve(tenant, operation, job_id, entry)
+
     async def submit(self, subject: str, body: bytes) -> SubmitReply:
         checked = check_submit(subject, body)
         if isinstance(checked, SubmitReply):
             logger.info("submit refused on {subject}: {code}", subject=subject[:200],
                         code=checked.code)
             return checked
-        tenant, operation, job_id = checked
+        tenant, operation, job_id, job = checked
         log = logger.bind(tenant=tenant, job_id=job_id)
         try:
             queued = await self._counts.count(tenant)
@@ -184,10 +200,16 @@ class Gateway:
                                    f"its limit is {self._max_queued}: submit again when "
                                    "some have finished"))
         try:
-            if (refused := await self._note_webhook(tenant, operation, job_id, body)):
+            if (refused := await self._note_webhook(tenant, operation, job_id, job)):
                 return refused
+            headers = {"Nats-Msg-Id": f"{tenant}.{job_id}"}
+            if (key := await self._cache.key_of(tenant, operation, job)) is not None:
+                if (served := await self._served(tenant, operation, job_id, key)) is not None:
+                    return SubmitReply(ok=True, job_id=job_id, operation=operation,
+                                       cached=served, duplicate=not served)
+                headers[CACHE_KEY_HEADER] = key
             ack = await self._js.publish(job_subject(tenant, operation, job_id), body,
-                                         headers={"Nats-Msg-Id": f"{tenant}.{job_id}"})
+                                         headers=headers)
         except APIError as exc:
             # 10077 is both "this job id is still queued" (per subject) and "the queue is
             # full"; mistaking the second for the first would drop a job silently.

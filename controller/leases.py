@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from loguru import logger
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ObjectInfo
 from nats.js.errors import KeyNotFoundError
@@ -25,6 +26,7 @@ from broker.dispatch import Grant, Lease, decode_lease, encode
 from broker.events import OutputInfo
 from broker.jobs import inputs_named
 from broker.objects import ObjectWriter
+from broker.result_cache import CACHE_KEY_HEADER
 
 __all__ = ["Held", "LeaseBook", "Reading", "grant_of", "lease_of"]
 
@@ -131,6 +133,20 @@ class LeaseBook:
         holder vanished ends (the machine's time after that is no job's)."""
         return self._clock() - max(0.0, self._mono() - held.heard_at)
 
+    async def hand_back(self, agent_id: str, nc: Client) -> None:
+        """End ``agent_id``'s lease now, its job back in the queue (it asked for another:
+        one job per agent)."""
+        if (held := self._held.get(agent_id)) is None:
+            return
+        logger.warning("{agent} asked for work while holding {tenant}/{job_id}; that job goes "
+                       "back to the queue", agent=agent_id, tenant=held.lease.tenant,
+                       job_id=held.lease.job_id)
+        try:
+            await nc.publish(held.lease.ack_subject, b"-NAK")
+        except nats.errors.Error as exc:  # it comes back after ack_wait instead
+            logger.warning("hand-back failed: {error}", error=str(exc))
+        await self.drop(agent_id)
+
     async def drop(self, agent_id: str) -> None:
         """End a lease: its machine time is added to its job's cost; its unfinished upload
         and reads go with it."""
@@ -164,7 +180,8 @@ def lease_of(job: Msg, *, tenant: str, operation: str, job_id: str, agent_id: st
                  attempt=attempts_before + meta.num_delivered,
                  stream_seq=meta.sequence.stream, ack_subject=job.reply or "",
                  granted_at=now, inputs=inputs_named(operation, job.data),
-                 price_per_hour=price_per_hour)
+                 price_per_hour=price_per_hour,
+                 cache_key=(job.headers or {}).get(CACHE_KEY_HEADER, ""))
 
 
 def grant_of(lease: Lease, job: Msg, *, max_deliver: int, failures: int,

@@ -34,6 +34,7 @@ from broker.subjects import CONTROLLER_PUBLISHER, JOBS_STREAM, event_subject
 from controller.dead_letters import DeadLetters
 from controller.job_costs import JobCosts, lease_cost
 from controller.leases import Held, LeaseBook
+from controller.result_cache import ResultCache
 from controller.transfers import Transfers
 
 __all__ = ["Reports", "as_holder"]
@@ -45,9 +46,10 @@ _MIN_PROGRESS_S = 0.1  # a holder's progress events beyond one per this are drop
 class Reports:
     def __init__(self, *, js: JetStreamContext, nc: Client, states: JobStates,
                  book: LeaseBook, transfers: Transfers, costs: JobCosts, letters: DeadLetters,
-                 clock: Callable[[], float] = time.time) -> None:
+                 cache: ResultCache, clock: Callable[[], float] = time.time) -> None:
         self._js = js
         self._letters = letters
+        self._cache = cache
         self._nc = nc
         self._states = states
         self._book = book
@@ -120,6 +122,8 @@ class Reports:
         winner = await self._states.claim_terminal(event)
         if winner is None:
             await self._publish(event)
+            if isinstance(event, Succeeded):
+                await self._cache.record(lease, event)
         elif _same_attempt(winner, event):  # this report, sent again after its answer was lost
             await ensure_announced(self._js, event, lease.agent_id)
         else:

@@ -40,6 +40,7 @@ from broker.subjects import (
 )
 from broker.url_guard import parse_networks
 from broker.url_transport import GuardedTransport
+from gpu_agent.build import build_id
 from gpu_agent.config import AgentConfig, agent_credentials
 from gpu_agent.deadman import DeadManSwitch, destroy_own_instance
 from gpu_agent.dispatch_link import DispatchLink
@@ -75,6 +76,7 @@ class Agent:
         self._cancelled: asyncio.Event | None = None  # set when that job is cancelled
         self.jobs_done = 0
         self.encoders: EncoderProbe | None = None
+        self.build = ""  # gpu_agent/build.py, once probed
         self.ready = asyncio.Event()  # set once it asks the dispatcher for work
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
@@ -84,8 +86,10 @@ class Agent:
         log = logger.bind(agent_id=self.agent_id)
         self.encoders = await probe_encoders(self.config.ffmpeg)
         fonts_dir = find_fonts_dir(self.config.fonts_dir)
-        log.info("encoder probe: using {encoder}; unavailable: {failures}",
-                 encoder=self.encoders.h264, failures=self.encoders.failures)
+        self.build = await build_id(self.config.ffmpeg, self.encoders, fonts_dir)
+        log.info("encoder probe: using {encoder}; unavailable: {failures}; build {build}",
+                 encoder=self.encoders.h264, failures=self.encoders.failures,
+                 build=self.build)
         if self.config.work_dir:
             os.makedirs(self.config.work_dir, exist_ok=True)
         credentials = agent_credentials(self.config)
@@ -103,8 +107,8 @@ class Agent:
             return
         try:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
-            link = DispatchLink(nc, self.agent_id,
-                                price_per_hour=self.config.price_per_hour)
+            link = DispatchLink(nc, self.agent_id, price_per_hour=self.config.price_per_hour,
+                                build=self.build)
             worker = await self._make_worker(link, fonts_dir)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
@@ -213,7 +217,7 @@ class Agent:
                          fonts_dir=fonts_dir, fetcher=fetcher,
                          font_families=await font_families(), clock=self._clock)
         return Worker(link=link, config=self.config, agent_id=self.agent_id, operations=ops,
-                      clock=self._clock)
+                      build=self.build, clock=self._clock)
 
     async def _work_loop(self, link: DispatchLink, worker: Worker, stop: asyncio.Event,
                          force: asyncio.Event, log: Logger) -> None:

@@ -57,20 +57,23 @@ class InputUnavailable(IOError):
 
 class DispatchLink:
     def __init__(self, nc: Client, agent_id: str, *, timeout_s: float = 10.0,
-                 price_per_hour: float = 0.0) -> None:
+                 price_per_hour: float = 0.0, build: str = "") -> None:
         """``price_per_hour``: this machine's, told with every work request (a job cancelled
-        while it runs here is charged its time at this price)."""
+        while it runs here is charged its time at this price); ``build`` too (what a cached
+        result must have been made by)."""
         self._nc = nc
         self._agent_id = agent_id
         self._timeout_s = timeout_s
         self._price_per_hour = price_per_hour
+        self._build = build
 
     async def next_job(self, wait_s: float) -> Grant | None:
         """One long-poll for a job. Raises nats errors (no dispatcher: NoRespondersError) and
         TimeoutError, and RuntimeError when the dispatcher refuses this agent."""
         msg = await self._nc.request(work_subject(self._agent_id),
                                      encode(WorkRequest(wait_s=wait_s,
-                                                        price_per_hour=self._price_per_hour)),
+                                                        price_per_hour=self._price_per_hour,
+                                                        build=self._build)),
                                      timeout=wait_s + self._timeout_s)
         reply = decode_grant_reply(msg.data)
         if reply.error:

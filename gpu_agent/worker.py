@@ -83,8 +83,10 @@ class _Attempt:
 
 class Worker:
     def __init__(self, *, link: DispatchLink, config: AgentConfig, agent_id: str,
-                 operations: Operations, clock: Callable[[], float] = time.time) -> None:
+                 operations: Operations, build: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
         self._link = link
+        self._build = build
         self._cfg = config
         self._agent_id = agent_id
         self._ops = operations
@@ -166,7 +168,8 @@ class Worker:
             attempt = dataclasses.replace(attempt, encoder=self._ops.encoder_for(job))
             started = Started(job_id=grant.job_id, tenant=grant.tenant, at=started_at,
                               operation=grant.operation, agent_id=self._agent_id,
-                              attempt=grant.attempt, encoder=attempt.encoder)
+                              attempt=grant.attempt, encoder=attempt.encoder,
+                              build=self._build)
             if (await self._say(attempt, started)).code == "already_ended":
                 attempt.log.info("job already ended; not run again")
                 return JobOutcome(grant.job_id, "skipped")
@@ -180,7 +183,7 @@ class Worker:
             done = Succeeded(job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
                              operation=grant.operation, agent_id=self._agent_id,
                              attempt=grant.attempt, encoder=attempt.encoder,
-                             output=result.output, timings=result.timings,
+                             output=result.output, timings=result.timings, build=self._build,
                              price_per_hour=self._cfg.price_per_hour,
                              cost_usd=round(result.timings.total_s
                                             * self._cfg.price_per_hour / 3600.0, 6))
