@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from broker.events import Succeeded
 from broker.jobs import CaptionJob
 from broker.objects import delete_object
-from broker.subjects import EVENTS_STREAM, results_bucket
+from broker.subjects import EVENTS_STREAM, JOBS_STREAM, results_bucket
 from client.api import Client
 from gpu_agent.fonts import find_fonts_dir
 from tests.conftest import Outcomes, agent_config, running_agent
@@ -43,6 +43,8 @@ async def test_the_same_caption_twice_runs_ffmpeg_once(
     assert (hit.cached, hit.cached_from, hit.cost_usd, hit.attempt) == (True, "first", 0.0, 0)
     assert (hit.output, hit.encoder, hit.build) == (first.output, first.encoder, first.build)
     assert await _starts(js, "again") == 0  # no machine ran it
+    queued = await js.stream_info(JOBS_STREAM, subjects_filter="jobs.default.*.again")
+    assert not queued.state.subjects  # never in JOBS: no backlog, nothing rented for it
     assert (await client.status("again")).state == "succeeded"
     saved = await client.download(hit.output, tmp_path / "again.mp4")
     assert saved.stat().st_size == first.output.size_bytes
