@@ -68,7 +68,7 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # local provider
     local_max_agents: int = 2
     local_stop_grace_s: float = 660.0  # an agent's drain timeout plus a margin
-    local_work_dir: str = ""  # agents work in <dir>/<label>; empty: temporary directories
+    local_work_dir: str = ""  # agents work under it, an area each; empty: the temp dir
     local_log_dir: str = ""  # agents log to <dir>/<label>.log; empty: the controller's stderr
     # vast provider
     vast_api_key: Secret = Secret("")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import secrets
 import socket
 import time
@@ -50,6 +49,7 @@ from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.renewal import keep_credentials
 from gpu_agent.worker import JobOutcome, Worker
+from gpu_agent.workspace import Workspace
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -90,8 +90,8 @@ class Agent:
         log.info("encoder probe: using {encoder}; unavailable: {failures}; build {build}",
                  encoder=self.encoders.h264, failures=self.encoders.failures,
                  build=self.build)
-        if self.config.work_dir:
-            os.makedirs(self.config.work_dir, exist_ok=True)
+        # Its own locked area; the areas of agents that died here go first.
+        self.workspace = Workspace.open(self.config.work_dir, self.agent_id)
         credentials = agent_credentials(self.config)
         lost = asyncio.Event()  # closed for good by the server: revoked or expired credentials
         closing = False
@@ -102,6 +102,7 @@ class Agent:
 
         nc = await self._connect_or_give_up(credentials, on_closed, stop, log)
         if nc is None:  # stopped, or never reached NATS within the dead-man time
+            self.workspace.close()
             if not stop.is_set() and self.config.container_id:
                 await self._destroy_own_instance()
             return
@@ -109,7 +110,7 @@ class Agent:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
             link = DispatchLink(nc, self.agent_id, price_per_hour=self.config.price_per_hour,
                                 build=self.build)
-            worker = await self._make_worker(link, fonts_dir)
+            worker = await self._make_worker(link, fonts_dir, self.workspace)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
             switch = DeadManSwitch(deadman_s=self.config.deadman_s, clock=self._clock,
@@ -131,6 +132,7 @@ class Agent:
                     task.cancel()
         finally:
             self.state = "stopped"
+            self.workspace.close()
             if not nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
                     await self._publish_heartbeat(nc)
@@ -204,7 +206,8 @@ class Agent:
                      job_id=job_id)
             self._cancelled.set()
 
-    async def _make_worker(self, link: DispatchLink, fonts_dir: str) -> Worker:
+    async def _make_worker(self, link: DispatchLink, fonts_dir: str,
+                           workspace: Workspace) -> Worker:
         assert self.encoders is not None
         fetcher = InputFetcher(link, max_bytes=self.config.max_input_bytes,
                                url_timeout_s=self.config.url_timeout_s,
@@ -217,7 +220,7 @@ class Agent:
                          fonts_dir=fonts_dir, fetcher=fetcher,
                          font_families=await font_families(), clock=self._clock)
         return Worker(link=link, config=self.config, agent_id=self.agent_id, operations=ops,
-                      build=self.build, clock=self._clock)
+                      workspace=workspace, build=self.build, clock=self._clock)
 
     async def _work_loop(self, link: DispatchLink, worker: Worker, stop: asyncio.Event,
                          force: asyncio.Event, log: Logger) -> None:

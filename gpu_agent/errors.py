@@ -9,7 +9,9 @@ retryable burns every attempt's GPU time; misclassifying trouble as final loses 
 
 from __future__ import annotations
 
-__all__ = ["JobFailure", "backoff_s", "invalid_input", "retryable"]
+import errno
+
+__all__ = ["JobFailure", "backoff_s", "classify", "invalid_input", "retryable"]
 
 
 class JobFailure(Exception):
@@ -31,6 +33,34 @@ def invalid_input(message: str) -> JobFailure:
 
 def retryable(code: str, message: str, delay_s: float | None = None) -> JobFailure:
     return JobFailure(code, message, retryable=True, retry_delay_s=delay_s)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def classify(exc: BaseException) -> JobFailure:
+    """What an exception the code did not classify where it was raised means for the job.
+    Exception groups (a TaskGroup's) are looked into: their first classified leaf wins, so a
+    download that filled the disk reads as ``disk_full``, not "unhandled errors in a
+    TaskGroup". A full disk is the machine's trouble (retryable: another machine may have
+    room); anything else is a bug, retried, then given up on loudly."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, JobFailure):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, OSError) and leaf.errno in _DISK_FULL:
+            return retryable("disk_full", f"the machine's disk is full ({leaf.strerror}): the "
+                             "job's inputs and output must fit in its work directory")
+    first = leaves[0]
+    return JobFailure("internal_error", f"agent error: {type(first).__name__}: {first}",
+                      retryable=True)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -102,10 +103,19 @@ def media_env(environ: Mapping[str, str]) -> dict[str, str]:
             if k in _MEDIA_ENV or k.startswith(_MEDIA_ENV_PREFIXES)}
 
 
+# A media tool runs in a session of its own (so a kill reaches its whole group), which also
+# means it outlives an agent that is SIGKILLed: an FFmpeg encoding on for minutes on a machine
+# that took another job, writing into a directory nobody will clean. util-linux's setpriv
+# makes the kernel SIGKILL it when the agent goes (the thread that started it: the event
+# loop's, which lives as long as the agent).
+_SETPRIV = shutil.which("setpriv")
+_ORPHAN_GUARD = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+
+
 async def run_capture(argv: list[str], timeout_s: float) -> tuple[int, bytes, bytes]:
     """Run a short command (ffprobe, a probe encode); kill it past ``timeout_s``."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *_ORPHAN_GUARD, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=media_env(os.environ),
     )
     try:
@@ -150,7 +160,8 @@ async def run_ffmpeg(
     tells why.
     """
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
+        *_ORPHAN_GUARD, *argv,
+        stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         env=media_env(os.environ),
     )

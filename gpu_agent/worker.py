@@ -22,12 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -40,10 +37,11 @@ from broker.jobs import JobRequest, decode_job
 from broker.url_guard import scheme_problem
 from gpu_agent.config import AgentConfig
 from gpu_agent.dispatch_link import DispatchLink, LeaseLost
-from gpu_agent.errors import JobFailure, backoff_s
+from gpu_agent.errors import JobFailure, backoff_s, classify
 from gpu_agent.operations import Operations, WorkContext
 from gpu_agent.pipelines import run_job
 from gpu_agent.progress import ProgressReporter
+from gpu_agent.workspace import Workspace
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -83,9 +81,10 @@ class _Attempt:
 
 class Worker:
     def __init__(self, *, link: DispatchLink, config: AgentConfig, agent_id: str,
-                 operations: Operations, build: str = "",
+                 operations: Operations, workspace: Workspace, build: str = "",
                  clock: Callable[[], float] = time.time) -> None:
         self._link = link
+        self._workspace = workspace
         self._build = build
         self._cfg = config
         self._agent_id = agent_id
@@ -174,7 +173,7 @@ class Worker:
                 attempt.log.info("job already ended; not run again")
                 return JobOutcome(grant.job_id, "skipped")
             attempt.log.info("job started on {encoder}", encoder=attempt.encoder)
-            with _work_dir(self._cfg.work_dir, grant.job_id, grant.attempt) as wd:
+            with self._workspace.job_dir(grant.job_id, grant.attempt) as wd:
                 ctx = WorkContext(tenant=grant.tenant, job_id=grant.job_id,
                                   attempt=grant.attempt, work_dir=wd,
                                   queued_at=grant.queued_at, started_at=started_at,
@@ -195,10 +194,11 @@ class Worker:
             return await self._fail(attempt, failure)
         except (LeaseLost, Unreported):
             raise
-        except Exception as exc:  # a bug or an unclassified error: retry, then give up loudly
-            attempt.log.exception("job crashed")
-            return await self._fail(attempt, JobFailure(
-                "internal_error", f"agent error: {type(exc).__name__}: {exc}", retryable=True))
+        except Exception as exc:  # unclassified where raised: a full disk, or a bug
+            classified = classify(exc)
+            if classified.code == "internal_error":
+                attempt.log.exception("job crashed")
+            return await self._fail(attempt, classified)
         attempt.log.info("job succeeded in {total_s:.2f}s", total_s=result.timings.total_s)
         return JobOutcome(grant.job_id, "succeeded")
 
@@ -260,11 +260,3 @@ def _refused_scheme(data: bytes, error: str) -> JobFailure | None:
     problem = scheme_problem(value) if isinstance(value, str) else None
     return JobFailure("input_forbidden", f"{field}: {problem}") if problem else None
 
-
-@contextlib.contextmanager
-def _work_dir(root: str, job_id: str, attempt: int) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=root or None))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

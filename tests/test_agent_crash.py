@@ -1,8 +1,11 @@
-"""A machine vanishing mid-encode loses no job and shows the client one success."""
+"""A machine vanishing mid-encode loses no job and shows the client one success; what the
+dead agent left (its FFmpeg, its files) does not outlive it."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,19 +21,28 @@ from tests.media import make_video
 async def test_sigkill_mid_encode_redelivers_to_another_agent(
         nc, js, client, nats_server, media_dir: Path, tmp_path: Path) -> None:
     long_video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
-    async with agent_process(nc, nats_server, "victim", tmp_path / "victim") as victim:
+    work = tmp_path / "work"  # one machine's work directory, shared by its agents
+    async with agent_process(nc, nats_server, "victim", work) as victim:
         receipt = await client.submit(CaptionJob(
             video=await client.upload_input(long_video),
             srt=await client.upload_input(media_dir / "talk.srt")))
         events = client.watch(receipt.job_id, timeout_s=150)
         async for event in events:
             if isinstance(event, Progress) and event.agent_id == "victim":
+                assert _ffmpeg_of(work / "vidfleet-agent-victim")
                 victim.kill()  # SIGKILL while FFmpeg is encoding
                 victim.wait()
                 break
+        # Its FFmpeg goes with it (the kernel kills it), not at the end of its encode.
+        deadline = time.monotonic() + 2.0
+        while _ffmpeg_of(work / "vidfleet-agent-victim"):
+            assert time.monotonic() < deadline, "the killed agent's FFmpeg outlived it by 2 s"
+            await asyncio.sleep(0.05)
+        assert (work / "vidfleet-agent-victim").exists()  # nobody could remove it yet
         seen = [event]
-        async with running_agent(agent_config(nats_server, tmp_path / "rescuer",
-                                              agent_id="rescuer")):
+        async with running_agent(agent_config(nats_server, work, agent_id="rescuer")):
+            # The next agent on the machine removes what the dead one left.
+            assert not (work / "vidfleet-agent-victim").exists()
             async for event in events:
                 seen.append(event)
 
@@ -43,6 +55,10 @@ async def test_sigkill_mid_encode_redelivers_to_another_agent(
         "EVENTS", subjects_filter=f"events.default.{receipt.job_id}.succeeded.*")
     assert sum((info.state.subjects or {}).values()) == 1
     assert await client.result(receipt.job_id) == done
-    # The victim's FFmpeg did not outlive it (it dies on its next write to the dead pipe).
-    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "victim")], check=False)
-    assert leftover.returncode == 1, "the killed agent's FFmpeg is still running"
+    assert list(work.iterdir()) == []  # the rescuer removed its own area as it stopped
+
+
+def _ffmpeg_of(area: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(area)], capture_output=True, text=True,
+                           check=False).stdout
+    return [line for line in found.splitlines() if "ffmpeg" in line]

@@ -242,7 +242,10 @@ async def test_every_result_carries_its_cost(js, nats_server, client: Client, tm
         receipt = await client.submit(await caption_job(client, media_dir))
         done = await client.result(receipt.job_id, timeout_s=60)
     assert isinstance(done, Succeeded) and done.price_per_hour == 0.36
-    assert done.cost_usd == pytest.approx(done.timings.total_s * 0.0001, abs=1e-6)
+    # The lease (grant to outcome, the dispatcher's clock) spans the attempt's own total_s
+    # plus the handover both ways: a few milliseconds on a quiet machine, up to 0.1 s here.
+    assert done.cost_usd == pytest.approx(done.timings.total_s * 0.0001, abs=1e-5)
+    assert done.cost_usd >= done.timings.total_s * 0.0001 - 1e-6
 
 
 @pytest.mark.slow

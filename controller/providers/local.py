@@ -14,11 +14,14 @@ import ctypes
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import msgspec
+from loguru import logger
 
+from broker.work_areas import remove_abandoned
 from controller.policy import Offer
 from controller.providers.base import InstanceInfo, NoCapacity
 
@@ -42,10 +45,11 @@ class LocalProvider:
                  python: str = sys.executable, grace_s: float = 30.0,
                  work_root: str = "", log_dir: str = "",
                  clock: Callable[[], float] = time.time) -> None:
-        """``work_root``: each agent works in <work_root>/<label> (default: a temp dir);
-        ``log_dir``: each agent logs to <log_dir>/<label>.log (default: our stderr)."""
+        """``work_root``: where the agents work, each in an area of its own (default: the
+        system's temp dir); ``log_dir``: each agent logs to <log_dir>/<label>.log (default:
+        our stderr)."""
         self._max_agents = max_agents
-        self._work_root = work_root
+        self._work_root = work_root or tempfile.gettempdir()
         self._log_dir = log_dir
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._python = python
@@ -66,8 +70,7 @@ class LocalProvider:
         if offer.machine_id not in self._free_slots():
             raise NoCapacity(f"local slot {offer.machine_id} is taken")
         env = {**self._base_env, **env, "VIDFLEET_AGENT_ID": label}
-        if self._work_root:
-            env["VIDFLEET_WORK_DIR"] = os.path.join(self._work_root, label)
+        env["VIDFLEET_WORK_DIR"] = self._work_root
         log: int | None = None
         if self._log_dir:
             os.makedirs(self._log_dir, exist_ok=True)
@@ -93,7 +96,16 @@ class LocalProvider:
             if info.label.startswith(label_prefix):
                 state = "running" if proc.returncode is None else "exited"
                 out.append(msgspec.structs.replace(info, state=state))
+        if any(info.state == "exited" for info in out):
+            self._sweep()
         return out
+
+    def _sweep(self) -> None:
+        """Remove the work areas of agents that died without removing their own (SIGKILL):
+        their inputs and partial outputs would fill this machine's disk."""
+        if removed := remove_abandoned(self._work_root):
+            logger.info("removed the work areas of {n} dead agent(s): {areas}", n=len(removed),
+                        areas=", ".join(removed))
 
     async def close(self, force: asyncio.Event) -> None:
         """Stop every agent: SIGTERM (each finishes its job), and a second SIGTERM when
@@ -130,4 +142,5 @@ class LocalProvider:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        self._sweep()
 
