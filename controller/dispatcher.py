@@ -40,7 +40,8 @@ from broker.dispatch import (
     WorkRequest,
     decode_work_request,
 )
-from broker.jobstate import JobStates, ensure_announced, retryable_failures
+from broker.events import Started
+from broker.jobstate import TERMINAL, JobStates, ensure_announced, retryable_failures
 from broker.subjects import (
     CONTROLLER_PUBLISHER,
     JOB_COSTS_BUCKET,
@@ -267,16 +268,20 @@ class Dispatcher:
                          error=str(exc))
             await job.term()
             return
-        if (outcome := await self._states.terminal(tenant, job_id)) is not None:
+        state = await self._states.get(tenant, job_id)
+        if isinstance(state, TERMINAL):
             # Ended already (a resubmit, or a redelivery after the outcome was recorded).
-            await ensure_announced(self._js, outcome, CONTROLLER_PUBLISHER)
+            await ensure_announced(self._js, state, CONTROLLER_PUBLISHER)
             await job.ack_sync()
             return
         assert self._leases is not None
+        # Attempts are numbered past every one that started (a broker restart can make the
+        # consumer forget deliveries, and a number used twice would reuse a result name).
+        ran = [state.attempt if isinstance(state, Started) else 0]
         for agent_id in self._leases.holders_of(tenant, job_id):  # an older delivery's
-            logger.warning("job {tenant}/{job_id} came back from {agent}, which went "
-                           "quiet; its lease is void", tenant=tenant, job_id=job_id,
-                           agent=agent_id)
+            logger.warning("job {tenant}/{job_id} came back from {agent}, gone quiet: its "
+                           "lease is void", tenant=tenant, job_id=job_id, agent=agent_id)
+            ran.append(self._leases.attempt_of(agent_id))
             await self._leases.drop(agent_id)
         waiter = self._waiters.next()
         if waiter is None:  # everyone gave up while it was fetched: back to the queue
@@ -284,12 +289,12 @@ class Dispatcher:
             return
         lease = lease_of(job, tenant=tenant, operation=operation, job_id=job_id,
                          agent_id=waiter.agent_id, price_per_hour=waiter.price_per_hour,
-                         now=self._clock())
+                         now=self._clock(), after=max(ran))
         await self._leases.grant(lease)
         grant = grant_of(lease, job, max_deliver=self._max_deliver,
                          failures=await retryable_failures(self._js, tenant, job_id),
                          hold_every_s=self._ack_wait_s / 3)
         await respond(waiter.msg, WorkReply(grant=grant))
         logger.bind(tenant=tenant, job_id=job_id, agent_id=waiter.agent_id).info(
-            "job {job_id} (attempt {n}) leased to {agent}", job_id=job_id,
-            n=lease.attempt, agent=waiter.agent_id)
+            "job {job} (attempt {n}) leased to {agent}", job=job_id, n=lease.attempt,
+            agent=waiter.agent_id)

@@ -109,6 +109,11 @@ class LeaseBook:
         return [agent_id for agent_id, held in self._held.items()
                 if (held.lease.tenant, held.lease.job_id) == (tenant, job_id)]
 
+    def attempt_of(self, agent_id: str) -> int:
+        """The attempt ``agent_id``'s lease is for (0: none)."""
+        held = self._held.get(agent_id)
+        return held.lease.attempt if held is not None else 0
+
     def holds(self, agent_id: str) -> str | None:
         """The job id ``agent_id`` holds right now, if any (a live lease)."""
         held = self._held.get(agent_id)
@@ -170,14 +175,15 @@ class LeaseBook:
 
 
 def lease_of(job: Msg, *, tenant: str, operation: str, job_id: str, agent_id: str,
-             price_per_hour: float, now: float) -> Lease:
-    """The lease of one delivery of a JOBS message to ``agent_id``. A retried dead letter
-    numbers its attempts after the earlier ones (broker/dead_letters.py), so each attempt's
-    result name stays its own."""
+             price_per_hour: float, now: float, after: int = 0) -> Lease:
+    """The lease of one delivery of a JOBS message to ``agent_id``: its attempt is the
+    delivery's number, after the attempts of a retried dead letter (broker/dead_letters.py)
+    and after ``after`` (the last attempt known to have started), so each attempt's result
+    name stays its own."""
     attempts_before, _ = requeue_offsets(job.headers)
     meta = job.metadata
     return Lease(agent_id=agent_id, tenant=tenant, operation=operation, job_id=job_id,
-                 attempt=attempts_before + meta.num_delivered,
+                 attempt=max(attempts_before + meta.num_delivered, after + 1),
                  stream_seq=meta.sequence.stream, ack_subject=job.reply or "",
                  granted_at=now, inputs=inputs_named(operation, job.data),
                  price_per_hour=price_per_hour,
@@ -186,12 +192,14 @@ def lease_of(job: Msg, *, tenant: str, operation: str, job_id: str, agent_id: st
 
 def grant_of(lease: Lease, job: Msg, *, max_deliver: int, failures: int,
              hold_every_s: float) -> Grant:
-    """What the holder is told: ``failures`` (the job's retryable failures, all told) and
-    the last attempt are counted from the job's requeue, if it was one: a retried dead
-    letter gets a fresh budget."""
-    attempts_before, failures_before = requeue_offsets(job.headers)
+    """What the holder is told: ``failures`` (the job's retryable failures, all told) counted
+    from the job's requeue, if it was one (a retried dead letter gets a fresh budget), and
+    the number its last attempt will have: this one's plus the deliveries the server has
+    left."""
+    _, failures_before = requeue_offsets(job.headers)
+    left = max(0, max_deliver - job.metadata.num_delivered)  # deliveries the server has left
     return Grant(tenant=lease.tenant, operation=lease.operation, job_id=lease.job_id,
-                 attempt=lease.attempt, max_deliver=attempts_before + max_deliver,
+                 attempt=lease.attempt, max_deliver=lease.attempt + left,
                  failures=max(0, failures - failures_before),
                  queued_at=job.metadata.timestamp.timestamp(), hold_every_s=hold_every_s,
                  body=job.data.decode("utf-8", errors="replace"))

@@ -403,3 +403,17 @@ async def test_an_outcome_carries_the_machine_time_of_every_attempt(
     assert isinstance(failed, Failed)
     assert failed.price_per_hour == 7.2
     assert failed.cost_usd == pytest.approx(0.01 + 0.02, abs=1e-5)
+
+
+async def test_an_attempt_number_is_never_used_twice(alice: Client, agent_a: Session,
+                                                     ctl: Session) -> None:
+    # A broker restart can make the consumer forget a delivery: the job then comes back with
+    # a delivery count it had before. Here the job state says attempt 3 started already.
+    await alice.submit(_JOB, job_id="j1")
+    states = JobStates(await ctl.nc.jetstream().key_value(JOBSTATE_BUCKET))
+    await states.record_started(Started(job_id="j1", tenant="alice", at=time.time(),
+                                        operation="caption", agent_id="vf-old", attempt=3,
+                                        encoder="libx264"))
+    grant = await _grant(agent_a)
+    assert (grant.job_id, grant.attempt) == ("j1", 4)  # not 1 again: results are <job>/<n>/
+    assert grant.max_deliver == 4 + 4 - 1  # the server's deliveries left, counted from here
