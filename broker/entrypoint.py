@@ -4,6 +4,7 @@ code (0 done, 1 could not do its work, 2 bad configuration)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -16,22 +17,37 @@ from msgspec import Struct
 from broker.config import ConfigError, load_config
 from broker.logs import setup_logging
 
-__all__ = ["run_process", "stop_signals"]
+__all__ = ["FORCE_SIGNAL", "run_process", "stop_signals"]
 
 C = TypeVar("C", bound=Struct)
 
 
+FORCE_SIGNAL = signal.SIGUSR1
+
+
 def stop_signals() -> tuple[asyncio.Event, asyncio.Event]:
     """(stop, force): the first SIGTERM/SIGINT sets ``stop`` (finish what is in hand), the
-    second ``force`` (hand it back now). Call from inside the running loop."""
+    second ``force`` (hand it back now); ``FORCE_SIGNAL`` (SIGUSR1) sets both, and is what a
+    parent process sends, since two signals sent back to back can arrive as one. A signal
+    that comes once this process's parent has died is the kernel's parent-death signal,
+    which can arrive more than once: it only ever stops, so agents whose controller was
+    killed finish their jobs instead of handing them back. Call from inside the loop."""
     stop, force = asyncio.Event(), asyncio.Event()
+    parent = os.getppid()
 
     def on_signal() -> None:
-        (force if stop.is_set() else stop).set()
+        if stop.is_set() and os.getppid() == parent:
+            force.set()
+        stop.set()
+
+    def on_force() -> None:
+        stop.set()
+        force.set()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(FORCE_SIGNAL, on_force)
     return stop, force
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["AREA_PREFIX", "LOCK_NAME", "remove_abandoned"]
+__all__ = ["AREA_PREFIX", "LOCK_NAME", "live_agents", "remove_abandoned"]
 
 AREA_PREFIX = "vidfleet-agent-"
 LOCK_NAME = ".lock"
@@ -28,6 +28,26 @@ def remove_abandoned(root: str | os.PathLike[str]) -> list[str]:
         return []
     areas = sorted(base.glob(f"{AREA_PREFIX}*"))
     return [area.name for area in areas if _remove_if_abandoned(area)]
+
+
+def live_agents(root: str | os.PathLike[str]) -> set[str]:
+    """The ids of the agents working under ``root`` now (their areas' locks are held)."""
+    base = Path(root)
+    if not base.is_dir():
+        return set()
+    live = set()
+    for area in base.glob(f"{AREA_PREFIX}*"):
+        try:
+            fd = os.open(area / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            live.add(area.name.removeprefix(AREA_PREFIX))
+        finally:
+            os.close(fd)  # (a lock we took goes with the descriptor)
+    return live
 
 
 def _remove_if_abandoned(area: Path) -> bool:

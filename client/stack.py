@@ -5,8 +5,8 @@ when jobs wait and stops them when they have been idle a while. No agent runs wh
 
 Children run in their own sessions, so a Ctrl-C at the terminal reaches only ``vidfleet up``,
 which then stops them in order: ``stop()`` sends the controller SIGTERM (its agents finish the
-job in hand, up to their drain timeout), ``force()`` a second SIGTERM (they hand their jobs back
-at once); then the server gets SIGTERM (a clean JetStream shutdown). Nothing is left running.
+job in hand, up to their drain timeout), ``force()`` SIGUSR1 (they hand their jobs back at
+once); then the server gets SIGTERM (a clean JetStream shutdown). Nothing is left running.
 The controller inherits this process's environment, and passes it on to its agents, so
 ``VIDFLEET_*`` settings given to ``vidfleet up`` reach both.
 """
@@ -28,6 +28,7 @@ from broker.auth import mint_user
 from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed
 from broker.connect import connect
 from broker.creds import LiveCredentials
+from broker.entrypoint import FORCE_SIGNAL
 from broker.server import EmbeddedServer
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, DEFAULT_TENANT
 from broker.topology import TopologyConfig, ensure_topology
@@ -178,9 +179,9 @@ class Stack:
         self.server.stop()
 
     def force(self) -> None:
-        """A second SIGTERM: agents hand their jobs back now instead of finishing them."""
+        """The force signal: agents hand their jobs back now instead of finishing them."""
         if self._controller is not None and self._controller.returncode is None:
-            self._controller.terminate()
+            self._controller.send_signal(FORCE_SIGNAL)
 
     async def __aenter__(self) -> Stack:
         try:

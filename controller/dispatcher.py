@@ -85,6 +85,7 @@ class Dispatcher:
                                     clock=clock)
         self.cache = ResultCache(js, clock=clock)  # the gateway serves hits; reports fill it
         self._stopping = asyncio.Event()
+        self._granting = True
         self._workers: list[asyncio.Task[None]] = []  # the reaper and the letters' keeper
         # Leases' share of today's bill; the controller resumes it from its last summary.
         self.attribution = Attribution(now=clock())
@@ -121,6 +122,10 @@ class Dispatcher:
         self.attribution.lease_ended(lease, ended_at)
         assert self._costs is not None
         await self._costs.add(lease, ended_at)
+
+    def stop_granting(self) -> None:
+        """Lease no more jobs (the controller is stopping; its agents finish what they hold)."""
+        self._granting = False
 
     def running_for_s(self) -> list[float]:
         """How long each job in hand has been held (for the backlog estimate)."""
@@ -225,7 +230,11 @@ class Dispatcher:
 
     async def _feed_once(self, psub: JetStreamContext.PullSubscription) -> None:
         await self._waiters.expire()
-        await self._forget_stale()
+        assert self._leases is not None
+        await self._leases.forget_stale(_STALE_HOLDS * self._ack_wait_s)
+        if not self._granting:  # stopping: work requests run out unanswered
+            await asyncio.sleep(0.2)
+            return
         if not self._waiters:
             # Wake now and then anyway: the stale-lease sweep runs here.
             await self._waiters.someone(self._ack_wait_s)
@@ -246,15 +255,6 @@ class Dispatcher:
                 # Not acked or granted: it comes back after ack_wait.
                 logger.warning("dispatching {subject} failed: {error}",
                                subject=job.subject, error=str(exc) or type(exc).__name__)
-
-    async def _forget_stale(self) -> None:
-        # A holder silent this long lost its delivery long ago (the job ran elsewhere, or
-        # the reaper ended it): its record goes.
-        assert self._leases is not None
-        for agent_id in self._leases.stale(_STALE_HOLDS * self._ack_wait_s):
-            logger.info("lease of {agent} forgotten: silent for over {n} ack_waits",
-                        agent=agent_id, n=_STALE_HOLDS)
-            await self._leases.drop(agent_id)
 
     async def _dispatch(self, job: Msg) -> None:
         assert self._states is not None

@@ -133,6 +133,14 @@ class LeaseBook:
         return [agent_id for agent_id, held in self._held.items()
                 if now - held.heard_at > silent_for_s]
 
+    async def forget_stale(self, silent_for_s: float) -> None:
+        """Drop the leases of holders silent for ``silent_for_s``: such a holder lost its
+        delivery long ago (the job ran elsewhere, or the reaper ended it)."""
+        for agent_id in self.stale(silent_for_s):
+            logger.info("lease of {agent} forgotten: silent for over {s:.0f} s", agent=agent_id,
+                        s=silent_for_s)
+            await self.drop(agent_id)
+
     def heard_wall(self, held: Held) -> float:
         """When its holder was last heard from, on the wall clock: where a lease whose
         holder vanished ends (the machine's time after that is no job's)."""

@@ -37,7 +37,7 @@ from controller.fleet_store import FleetStore
 from controller.gateway import Gateway
 from controller.machines import Machines
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
-from controller.policy import Destroy, Offer, Policy, Snapshot, decide
+from controller.policy import Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import ProviderBill, SpendMeter
@@ -147,6 +147,9 @@ class Controller:
             wake.set()
 
         queued = await self._nc.subscribe("events.*.*.queued.*", cb=on_queued)
+        # Stopping leases nothing more at once, not after the tick under way.
+        stopping = asyncio.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: self._dispatcher.stop_granting())
         logger.info("controller running: provider {provider}, {n} machines on record",
                     provider=self._provider.name, n=len(self._records))
         try:
@@ -161,6 +164,7 @@ class Controller:
                                    s=self._config.tick_s, error=str(exc) or type(exc).__name__)
                 await _wait_any(stop, wake, self._config.tick_s)
         finally:
+            stopping.cancel()
             await queued.unsubscribe()
             if wind_down is not None:
                 await wind_down()
@@ -186,7 +190,9 @@ class Controller:
             await self._beat(now)
         state = reconcile(self._records, listed, self._beats.seen, now=now,
                           launch_grace_s=self._config.tick_s * 3 + 60.0,
-                          heartbeat_timeout_s=self._policy.heartbeat_timeout_s)
+                          heartbeat_timeout_s=self._policy.heartbeat_timeout_s,
+                          lists_own_only=self._provider.lists_own_only,
+                          listening_since=self._heard_since)
         self._alarms = list(state.alarms)
         if state.misconfigured and not self._paused:
             self._paused = state.misconfigured
@@ -196,24 +202,13 @@ class Controller:
         assert self._machines is not None
         self._machines.alarms = self._alarms
         await self._machines.apply(state)
-        await self._destroy_liars()
+        await self._machines.destroy_liars(self._beats.liars, now)
         await self._machines.retry_revocations()
         await self._machines.resend_drains()
         backlog = await self._backlog()
         if state.trusted and backlog is not None:
             await self._decide_and_act(now, backlog, state)
         await self._publish_summary(now, backlog)
-
-    async def _destroy_liars(self) -> None:
-        """A machine that keeps saying it is busy with a job it does not hold would never be
-        scaled down: it goes, and its host is avoided."""
-        assert self._machines is not None
-        for agent_id in sorted(self._beats.liars):
-            rec = self._records.get(agent_id)
-            if rec is not None and rec.state != "destroying":
-                await self._machines.act(Destroy(
-                    instance_id=agent_id, avoid_machine=rec.machine_id,
-                    reason="claims to be busy with a job it does not hold"), self._clock())
 
     async def _beat(self, now: float) -> None:
         beat = ControllerBeat(at=now, interval_s=self._config.tick_s)

@@ -11,7 +11,7 @@ listing the machine.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from loguru import logger
 from msgspec import structs
@@ -94,6 +94,16 @@ class Machines:
             await self._provider.terminate(term.provider_id)
         except ProviderError as exc:
             log.warning("destroy failed, retried next tick: {error}", error=str(exc))
+
+    async def destroy_liars(self, liars: Iterable[str], now: float) -> None:
+        """A machine that keeps saying it is busy with a job it does not hold would never be
+        scaled down: it goes, and its host is avoided."""
+        for agent_id in sorted(liars):
+            rec = self.records.get(agent_id)
+            if rec is not None and rec.state != "destroying":
+                await self.act(Destroy(instance_id=agent_id, avoid_machine=rec.machine_id,
+                                       reason="claims to be busy with a job it does not hold"),
+                               now)
 
     async def act(self, action: Action, now: float) -> None:
         if isinstance(action, Rent):

@@ -56,8 +56,15 @@ class Reconciled(Struct, frozen=True, kw_only=True):
 
 def reconcile(records: dict[str, FleetInstance], listed: list[InstanceInfo] | None,
               seen: dict[str, Seen], *, now: float, launch_grace_s: float,
-              heartbeat_timeout_s: float) -> Reconciled:
-    """``listed`` is the provider's answer for our label prefix, or None when it failed."""
+              heartbeat_timeout_s: float, lists_own_only: bool = False,
+              listening_since: float = 0.0) -> Reconciled:
+    """``listed`` is the provider's answer for our label prefix, or None when it failed.
+    ``lists_own_only``: the provider lists only what this process launched (local agents):
+    an agent it does not list that still heartbeats is an earlier controller's, finishing
+    its job (its parent died); it is kept as draining, neither forgotten (which revokes its
+    credentials, cutting the job off) nor read as a provider outage (which rents nothing).
+    One not heard from is given ``heartbeat_timeout_s`` from ``listening_since`` (when
+    this controller began to hear heartbeats) to speak up."""
     records = {label: _with_heartbeat(rec, seen.get(label)) for label, rec in records.items()}
     if listed is None:
         return Reconciled(records=records, forget=[], terminate=[], trusted=False,
@@ -66,7 +73,7 @@ def reconcile(records: dict[str, FleetInstance], listed: list[InstanceInfo] | No
     alive = [label for label, rec in records.items()
              if label in seen and now - seen[label].received_at <= heartbeat_timeout_s
              and rec.state != "destroying"]
-    if not listed and alive:
+    if not listed and alive and not lists_own_only:
         return Reconciled(records=records, forget=[], terminate=[], trusted=False,
                           alarms=[f"provider lists none of our machines while {len(alive)} "
                                   "of their agents heartbeat: list ignored"],
@@ -87,6 +94,12 @@ def reconcile(records: dict[str, FleetInstance], listed: list[InstanceInfo] | No
         if fresh and (rec.state == "launching"
                       or (rec.state == "booting" and rec.first_heartbeat_at is None)):
             continue  # the create may still be in flight, or the list lags behind it
+        if lists_own_only and (label in alive or (
+                label not in seen and now - listening_since < heartbeat_timeout_s)):
+            # Adrift: let it finish, then forget it.
+            out.records[label] = structs.replace(
+                rec, state="draining", reason="started by an earlier controller: finishing")
+            continue
         del out.records[label]
         out.forget.append(label)
     return Reconciled(records=out.records, forget=out.forget, terminate=out.terminate,

@@ -108,3 +108,57 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_SIGNALLED = """
+import asyncio
+from broker.entrypoint import stop_signals
+
+async def main():
+    stop, force = stop_signals()
+    print("ready", flush=True)
+    await stop.wait()
+    print("stopping", flush=True)
+    await asyncio.sleep(0.5)  # a second signal may come
+    print("force" if force.is_set() else "stop", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def _signalled(*, orphaned: bool, signals: list[signal.Signals]) -> str:
+    """What a process using stop_signals makes of ``signals``, each sent once the one
+    before was heard, with its parent alive or dead (``orphaned``: the kernel's
+    parent-death signal, which can come more than once)."""
+    parent = await asyncio.create_subprocess_exec(
+        "sh", "-c", f'{sys.executable} -c "$0" & echo $!; wait', _SIGNALLED,
+        stdout=asyncio.subprocess.PIPE)
+    assert parent.stdout
+    child = int(await parent.stdout.readline())
+    assert (await parent.stdout.readline()).strip() == b"ready"
+    if orphaned:  # (its exit is awaited below: asyncio waits for the pipe the child holds)
+        parent.kill()
+        while _parent_of(child) == parent.pid:
+            await asyncio.sleep(0.01)
+    for n, sig in enumerate(signals):
+        os.kill(child, sig)
+        if n == 0:
+            line = await asyncio.wait_for(parent.stdout.readline(), 10)
+            assert line.strip() == b"stopping"
+    answer = (await asyncio.wait_for(parent.stdout.readline(), 10)).decode().strip()
+    await asyncio.wait_for(parent.wait(), 10)
+    return answer
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_a_parent_death_signal_stops_and_never_forces() -> None:
+    # Twice, as the kernel may send it for a multi-threaded parent: still "finish the job".
+    assert await _signalled(orphaned=True, signals=[signal.SIGTERM, signal.SIGTERM]) == "stop"
+    # The same from a live parent (a person's second Ctrl-C): hand the job back.
+    assert await _signalled(orphaned=False,
+                            signals=[signal.SIGTERM, signal.SIGTERM]) == "force"
+    # The force signal a parent sends, which cannot merge with a SIGTERM into one.
+    assert await _signalled(orphaned=False, signals=[signal.SIGUSR1]) == "force"

@@ -11,12 +11,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import nats.errors
 import pytest
 from msgspec import structs
 from nats.aio.client import Client as Nats
 from nats.js.kv import KeyValue
 
-from broker.events import Succeeded
+from broker.events import Progress, Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, encode
 from broker.heartbeats import Heartbeat, decode_heartbeat, encode_heartbeat
 from broker.jobs import CaptionJob
@@ -86,8 +87,9 @@ async def running_controller(server: Secure, nc: Nats, provider: Provider,
 
 
 @pytest.fixture
-async def local(nats_server) -> AsyncIterator[LocalProvider]:
-    provider = LocalProvider(max_agents=2, base_env=dict(os.environ), grace_s=20.0)
+async def local(nats_server, tmp_path: Path) -> AsyncIterator[LocalProvider]:
+    provider = LocalProvider(max_agents=2, base_env=dict(os.environ), grace_s=20.0,
+                             work_root=str(tmp_path / "work"))
     yield provider
     await provider.close(asyncio.Event())
 
@@ -281,3 +283,63 @@ def test_every_policy_knob_is_a_controller_setting() -> None:
     rented = policy_of(ControllerConfig(provider="vast", max_spend_per_hour=7.0, min_warm=2))
     assert (rented.max_price_per_hour, rented.min_warm, rented.min_gpu_ram_mb) == (7.0, 2, 8000)
     assert policy_of(ControllerConfig(provider="local")).min_gpu_ram_mb == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_killed_controllers_agent_finishes_its_job_under_the_next_one(
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, media_dir: Path,
+        tmp_path: Path) -> None:
+    """The controller is SIGKILLed with its one local agent mid-job, and restarted (as
+    `vidfleet up` restarts it). The agent hears of its parent's death and finishes the job
+    instead of handing it back; the new controller neither cuts it off (revoking it) nor runs
+    a second agent beside it (one local slot), and runs the next job once it is done."""
+    env = {**os.environ, **AGENT_ENV, "VIDFLEET_NATS_URL": nats_server.url,
+           "VIDFLEET_AUTH_DIR": str(nats_server.auth.path), "VIDFLEET_PROVIDER": "local",
+           "VIDFLEET_LOCAL_MAX_AGENTS": "1", "VIDFLEET_TICK_S": "0.5",
+           "VIDFLEET_LOCAL_WORK_DIR": str(tmp_path / "work"),
+           "VIDFLEET_LOCAL_LOG_DIR": str(tmp_path / "agents")}
+    video = make_video(tmp_path / "long.mp4", seconds=12, size="640x360")
+    logs = [open(tmp_path / f"controller-{n}.log", "wb") for n in (1, 2)]  # noqa: SIM115
+    beats = await nc.subscribe("agents.*.heartbeat")
+    controllers = []
+    try:
+        controllers.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", env=env, stdout=logs[0], stderr=logs[0]))
+        first = await fleet_client.submit(await caption_job(fleet_client, media_dir, video))
+        async for event in fleet_client.watch(first.job_id, timeout_s=90):
+            if isinstance(event, Progress):
+                break  # encoding on the first controller's agent
+        old_agent = event.agent_id
+        controllers[0].kill()
+        await controllers[0].wait()
+        controllers.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", env=env, stdout=logs[1], stderr=logs[1]))
+        second = await fleet_client.submit(await caption_job(fleet_client, media_dir))
+        done = await fleet_client.result(first.job_id, timeout_s=90)
+        assert isinstance(done, Succeeded)
+        assert (done.agent_id, done.attempt) == (old_agent, 1)  # finished, not handed back
+        after = await fleet_client.result(second.job_id, timeout_s=90)
+        assert isinstance(after, Succeeded) and after.agent_id != old_agent
+        # One slot: the new agent's first heartbeat came after the old one stopped.
+        order = []
+        while (msg := await _next_or_none(beats)) is not None:
+            beat = decode_heartbeat(msg.data)
+            if beat.agent_id == old_agent and beat.state == "stopped":
+                order.append("old stopped")
+            elif beat.agent_id == after.agent_id and "new" not in order:
+                order.append("new")
+        assert order == ["old stopped", "new"]
+    finally:
+        for proc in controllers:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        for log in logs:
+            log.close()
+
+
+async def _next_or_none(sub):  # type: ignore[no-untyped-def]
+    with contextlib.suppress(nats.errors.TimeoutError):
+        return await sub.next_msg(timeout=0.5)
+    return None

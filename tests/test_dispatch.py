@@ -417,3 +417,14 @@ async def test_an_attempt_number_is_never_used_twice(alice: Client, agent_a: Ses
     grant = await _grant(agent_a)
     assert (grant.job_id, grant.attempt) == ("j1", 4)  # not 1 again: results are <job>/<n>/
     assert grant.max_deliver == 4 + 4 - 1  # the server's deliveries left, counted from here
+
+
+async def test_a_stopping_controller_leases_nothing_more(secure: Secure, alice: Client,
+                                                         agent_a: Session) -> None:
+    # Stopping, the controller still ends its tick and tells its agents to stop after: a
+    # job leased meanwhile would be taken by an agent about to leave.
+    assert secure.control is not None
+    secure.control.dispatcher.stop_granting()
+    await alice.submit(_JOB, job_id="j1")
+    assert await _link(agent_a).next_job(1.0) is None
+    assert (await alice.status("j1")).state == "queued"

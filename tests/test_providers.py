@@ -20,7 +20,7 @@ from tests.fakes.vast import FakeVast
 @pytest.fixture(params=["local", "vast"])
 async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Provider]:
     if request.param == "local":
-        local = LocalProvider(max_agents=2, grace_s=20.0)
+        local = LocalProvider(max_agents=2, grace_s=20.0, work_root=str(tmp_path / "work"))
         yield local
         for info in await local.list_instances(""):
             await local.terminate(info.provider_id)

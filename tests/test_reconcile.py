@@ -177,3 +177,27 @@ async def test_a_heartbeat_naming_another_agent_is_ignored(nc) -> None:  # type:
     await asyncio.wait_for(honest_seen(), 5)
     assert "vf-victim" not in book.seen
     await book.stop()
+
+
+def test_a_local_agent_of_an_earlier_controller_is_left_to_finish_its_job() -> None:
+    """The local provider lists only what this controller started: an unlisted agent that
+    heartbeats is finishing a job for a controller that died. It is kept (draining), not
+    forgotten (which revokes it mid-job), and does not block renting; it is forgotten once it
+    has been silent for the heartbeat timeout."""
+    old = rec("vf-old")
+    out = reconcile({"vf-old": old}, [], {"vf-old": seen("vf-old", "draining", "j1")}, now=NOW,
+                    launch_grace_s=60.0, heartbeat_timeout_s=30.0, lists_own_only=True,
+                    listening_since=NOW - 5)
+    assert out.trusted and out.rent_blocked is None and not out.forget
+    assert out.records["vf-old"].state == "draining"
+    # Not heard yet by a controller that just started: given the timeout to speak up.
+    waiting = reconcile({"vf-old": old}, [], {}, now=NOW, launch_grace_s=60.0,
+                        heartbeat_timeout_s=30.0, lists_own_only=True, listening_since=NOW - 5)
+    assert not waiting.forget and waiting.records["vf-old"].state == "draining"
+    gone = reconcile({"vf-old": old}, [], {"vf-old": seen("vf-old", at=NOW - 31)}, now=NOW,
+                     launch_grace_s=60.0, heartbeat_timeout_s=30.0, lists_own_only=True,
+                     listening_since=NOW - 60)
+    assert gone.forget == ["vf-old"] and gone.records == {}
+    # A provider that lists everything (Vast.ai) still reads "none listed while agents
+    # heartbeat" as its own outage.
+    assert run([old], [], [seen("vf-old")]).rent_blocked is not None

@@ -52,6 +52,9 @@ class NoCapacity(ProviderError):
 
 class Provider(Protocol):
     name: str
+    # True when the list names only machines this process launched (local agent processes,
+    # which a restarted controller cannot see): see controller/reconcile.py.
+    lists_own_only: bool
 
     async def search_offers(self) -> list[Offer]: ...
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from broker.work_areas import remove_abandoned
+from broker.entrypoint import FORCE_SIGNAL
+from broker.work_areas import live_agents, remove_abandoned
 from controller.policy import Offer
 from controller.providers.base import InstanceInfo, NoCapacity
 
@@ -40,6 +41,7 @@ def _term_with_parent() -> None:
 
 class LocalProvider:
     name = "local"
+    lists_own_only = True  # a restarted controller does not see the earlier one's agents
 
     def __init__(self, *, max_agents: int, base_env: dict[str, str] | None = None,
                  python: str = sys.executable, grace_s: float = 30.0,
@@ -58,8 +60,14 @@ class LocalProvider:
         self._procs: dict[str, tuple[asyncio.subprocess.Process, InstanceInfo]] = {}
 
     def _free_slots(self) -> list[int]:
-        used = {info.machine_id for proc, info in self._procs.values() if proc.returncode is None}
-        return [n for n in range(1, self._max_agents + 1) if n not in used]
+        """Slots no agent runs in: ours, and those an earlier controller's agents still
+        take while they finish their jobs (their work areas are locked), so a restart never
+        runs more than ``max_agents`` on this machine."""
+        running = {info.label: info.machine_id for proc, info in self._procs.values()
+                   if proc.returncode is None}
+        adrift = len(live_agents(self._work_root) - set(running))
+        free = [n for n in range(1, self._max_agents + 1) if n not in running.values()]
+        return free[:max(0, len(free) - adrift)]
 
     async def search_offers(self) -> list[Offer]:
         return [Offer(offer_id=slot, machine_id=slot, gpu_name="local", gpu_ram_mb=0,
@@ -108,7 +116,7 @@ class LocalProvider:
                         areas=", ".join(removed))
 
     async def close(self, force: asyncio.Event) -> None:
-        """Stop every agent: SIGTERM (each finishes its job), and a second SIGTERM when
+        """Stop every agent: SIGTERM (each finishes its job), and the force signal when
         ``force`` is set (each hands its job back). Used when the controller exits."""
         procs = [proc for proc, _ in self._procs.values() if proc.returncode is None]
 
@@ -117,7 +125,7 @@ class LocalProvider:
             for proc in procs:
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
-                        proc.terminate()
+                        proc.send_signal(FORCE_SIGNAL)
 
         forwarder = asyncio.create_task(second_signal())
         try:

@@ -102,6 +102,7 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class VastProvider:
+    lists_own_only = False
     name = "vast"
 
     def __init__(self, config: VastConfig, *,
