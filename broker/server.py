@@ -132,6 +132,25 @@ class EmbeddedServer:
         if self._reader:
             self._reader.join(timeout_s)
 
+    def wait_exited(self, timeout_s: float | None = None) -> bool:
+        """Block until the server process has exited (its log ended); False on timeout."""
+        return self._exited.wait(timeout_s)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def restart(self) -> None:
+        """Stop (SIGTERM) and start again on the same port and data: a broker restart."""
+        port = self.port
+        self.stop()
+        self.requested_port = port or self.requested_port
+        self.start()
+
     def kill(self) -> None:
         """SIGKILL, for crash tests."""
         if self._proc and self._proc.poll() is None:

@@ -73,6 +73,7 @@ __all__ = ["CancelError", "Client", "JobNotFound", "QueryError", "SubmitError",
            "SubmitReceipt", "new_job_id"]
 
 _GATEWAY_WAIT_S = 30.0  # how long a request waits for a controller (one restarting)
+_OUTAGE_RECONNECTS = 240  # tries at 0.5 s: a connected client waits out 2 min of outage
 
 
 class SubmitError(RuntimeError):
@@ -128,9 +129,13 @@ class Client(JobEvents):
         own = credentials.tenant if credentials else None
         if own and tenant and tenant != own:
             raise ValueError(f"these credentials belong to tenant {own!r}, not {tenant!r}")
-        # A client should fail fast when the server is unreachable, not retry forever.
+        # A client fails fast when the server is unreachable at first (10 tries, 5 s), then
+        # rides out an outage (a broker restart) for two minutes before it gives up: nats-py
+        # reads this option at every reconnect (2.16). A waiting CLI must not exit 1 for a
+        # job that then succeeds.
         nc = await connect(url, name=name, max_reconnect_attempts=10, allow_reconnect=True,
                            credentials=credentials, **options)
+        nc.options["max_reconnect_attempts"] = _OUTAGE_RECONNECTS
         return cls(nc, tenant=own or tenant or DEFAULT_TENANT,
                    api_prefix=FLEET_API_PREFIX if own else None)
 

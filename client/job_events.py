@@ -18,6 +18,7 @@ from loguru import logger
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 
 from broker.events import TERMINAL_KINDS, Cancelled, Event, Failed, Succeeded, event_from_msg
@@ -81,34 +82,75 @@ class JobEvents:
         await self._require_job(job_id)
         # An outcome before the job's last requeue (a dead letter run again) is history.
         requeued_at = await self._last_seq(job_id, "requeued")
-        # A named pull consumer on the tenant's own events stream, filtered to the job.
-        consumer = f"watch-{secrets.token_hex(8)}"
+        after = 0  # the stream sequence of the last event yielded
+        while True:
+            # A named pull consumer on the tenant's own events stream, filtered to the job.
+            # It lives in memory: a broker restart loses it, and it is made again from where
+            # it was (a watch rides out the restart instead of failing a waiting CLI).
+            consumer = f"watch-{secrets.token_hex(8)}"
+            try:
+                sub = await self._follow(job_id, consumer, after)
+            except (nats.errors.Error, TimeoutError) as exc:
+                await self._outage(exc, deadline, job_id, timeout_s)
+                continue
+            lost, reconnects = False, self._nc.stats["reconnects"]
+            try:
+                while True:
+                    wait_s = 5.0 if deadline is None else deadline - time.monotonic()
+                    if wait_s <= 0:
+                        raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
+                    try:
+                        msgs = await sub.fetch(16, timeout=min(wait_s, 5.0))
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        if self._nc.stats["reconnects"] != reconnects:  # a restart lost it
+                            raise nats.errors.Error("reconnected") from None
+                        continue
+                    for msg in msgs:
+                        after = msg.metadata.sequence.stream
+                        event = _event(msg.subject, msg.headers, msg.data)
+                        if event is not None:
+                            yield event
+                        if (parse_event_subject(msg.subject)[2] in TERMINAL_KINDS
+                                and after > requeued_at):
+                            return
+            except nats.errors.Error as exc:  # the connection or the consumer went
+                lost = True
+                await self._outage(exc, deadline, job_id, timeout_s)
+            finally:
+                if lost:  # (its consumer expires by itself, if it survived)
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+                else:
+                    await self._close(sub, consumer)
+
+    async def _close(self, sub: JetStreamContext.PullSubscription, consumer: str) -> None:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):  # closed or draining already
+            await sub.unsubscribe()
+            # At once, not at its inactive threshold: a tenant may hold only so many.
+            await self._js.delete_consumer(self._events, consumer)
+
+    async def _follow(self, job_id: str, consumer: str,
+                      after: int) -> JetStreamContext.PullSubscription:
+        """A watch's consumer: the job's events from the start, or after sequence ``after``."""
+        start = (dict(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+                 if after else dict(deliver_policy=DeliverPolicy.ALL))
         await self._js.add_consumer(self._events, ConsumerConfig(
             name=consumer, filter_subject=events_filter(self.tenant, job_id),
-            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True,
-            inactive_threshold=60.0))
-        sub = await self._js.pull_subscribe_bind(consumer=consumer, stream=self._events)
-        try:
-            while True:
-                wait_s = 5.0 if deadline is None else deadline - time.monotonic()
-                if wait_s <= 0:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s")
-                try:
-                    msgs = await sub.fetch(16, timeout=min(wait_s, 5.0))
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                for msg in msgs:
-                    event = _event(msg.subject, msg.headers, msg.data)
-                    if event is not None:
-                        yield event
-                    if (parse_event_subject(msg.subject)[2] in TERMINAL_KINDS
-                            and msg.metadata.sequence.stream > requeued_at):
-                        return
-        finally:
-            with contextlib.suppress(nats.errors.Error):  # closed or draining already
-                await sub.unsubscribe()
-                # At once, not at its inactive threshold: a tenant may hold only so many.
-                await self._js.delete_consumer(self._events, consumer)
+            ack_policy=AckPolicy.NONE, mem_storage=True, inactive_threshold=60.0,
+            **start))  # type: ignore[arg-type]
+        return await self._js.pull_subscribe_bind(consumer=consumer, stream=self._events)
+
+    async def _outage(self, exc: BaseException, deadline: float | None, job_id: str,
+                      timeout_s: float | None) -> None:
+        """The bus is in trouble (a broker restart): wait a moment and go on, unless the
+        connection closed for good or the caller's deadline passed."""
+        if self._nc.is_closed:
+            raise exc
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id} did not finish within {timeout_s}s") from exc
+        logger.info("following {job_id} again after a break ({error})", job_id=job_id,
+                    error=str(exc) or type(exc).__name__)
+        await asyncio.sleep(0.5)
 
     async def _require_job(self, job_id: str) -> None:
         """Raise JobNotFound unless the job has events. (The queued event reaches the
@@ -135,7 +177,11 @@ class JobEvents:
         copying = 0  # polls left for the stored copy of a terminal event seen live
         try:
             while True:
-                stored = await self.outcome(job_id)
+                try:
+                    stored = await self.outcome(job_id)
+                except (nats.errors.Error, TimeoutError) as exc:  # a broker restart
+                    await self._outage(exc, deadline, job_id, timeout_s)
+                    continue
                 if stored is not None:
                     return stored
                 wait_s = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())

@@ -29,7 +29,7 @@ from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.entrypoint import FORCE_SIGNAL
-from broker.server import EmbeddedServer
+from broker.server import EmbeddedServer, ServerError
 from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, DEFAULT_TENANT
 from broker.topology import TopologyConfig, ensure_topology
 
@@ -64,6 +64,7 @@ class Stack:
         self._controller: asyncio.subprocess.Process | None = None
         self._logs: list[IO[bytes]] = []
         self._supervisor: asyncio.Task[None] | None = None
+        self._server_watch: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @property
@@ -99,6 +100,25 @@ class Stack:
         finally:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
+        self._server_watch = asyncio.create_task(self._watch_server())
+
+    async def _watch_server(self) -> None:
+        """Say so, loudly, when nats-server dies under the stack, and start it again on the
+        same port and data (the controller and agents reconnect; nothing queued is lost): a
+        silent `vidfleet up` whose server is gone accepts nothing and tells nobody why."""
+        while not self._stopping.is_set():
+            await asyncio.to_thread(self.server.wait_exited)
+            if self._stopping.is_set():
+                return
+            logger.error("nats-server exited (code {rc}); starting it again on {url}",
+                         rc=self.server.returncode, url=self.url)
+            try:
+                await asyncio.to_thread(self.server.restart)
+            except ServerError as exc:
+                logger.error("nats-server did not start again: {error}; retrying in 5 s",
+                             error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 5.0)
 
     async def _register_default_tenant(self, nc: Client) -> None:
         keys = self.auth.keys()
@@ -177,6 +197,8 @@ class Stack:
         for log in self._logs:
             log.close()
         self.server.stop()
+        if self._server_watch is not None:
+            await self._server_watch
 
     def force(self) -> None:
         """The force signal: agents hand their jobs back now instead of finishing them."""
