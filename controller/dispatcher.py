@@ -173,7 +173,7 @@ class Dispatcher:
         for task in (self._feeder, *self._workers):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
                     await task
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):

@@ -62,6 +62,18 @@ class Reaper:
         self._costs: JobCosts | None = None  # opened by run()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Reap until ``stop``. The bus in trouble (a restart, a leader change) pauses it;
+        nothing ends it, or exhausted jobs would sit in the backlog for good."""
+        while not stop.is_set():
+            try:
+                await self._run(stop)
+            except (nats.errors.Error, TimeoutError) as exc:
+                logger.warning("the reaper lost the bus ({error}); again in 1 s",
+                               error=str(exc) or type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         states = JobStates(await self._js.key_value(JOBSTATE_BUCKET))
         self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
         sub = await self._js.pull_subscribe_bind(consumer=EXHAUSTED_CONSUMER,
