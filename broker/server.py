@@ -7,6 +7,7 @@ stall it. The log lines go to our logger at debug level; warnings and errors at 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -133,8 +134,15 @@ class EmbeddedServer:
             self._reader.join(timeout_s)
 
     def wait_exited(self, timeout_s: float | None = None) -> bool:
-        """Block until the server process has exited (its log ended); False on timeout."""
-        return self._exited.wait(timeout_s)
+        """Block until the server process has exited (its log ended, and it is reaped, so
+        ``returncode`` says how); False on timeout."""
+        if not self._exited.wait(timeout_s):
+            return False
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)  # its log ends a moment before the process does
+        return True
 
     @property
     def pid(self) -> int | None:
