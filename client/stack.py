@@ -77,6 +77,12 @@ class Stack:
         return self.auth.admin_creds if self.options.auth else None
 
     @property
+    def controller_pid(self) -> int | None:
+        """The controller process's (for fault injection: bench/faults.py)."""
+        proc = self._controller
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
     def agent_log_dir(self) -> Path:
         return self.options.data_dir / "agents"
 

@@ -45,8 +45,6 @@ from controller.webhooks import WebhookSender
 
 __all__ = ["Controller"]
 
-_OFFERS_TTL_S = 30.0
-
 
 class Controller:
     def __init__(self, *, nc: Client, provider: Provider, config: ControllerConfig,
@@ -73,7 +71,7 @@ class Controller:
                 config.dead_letter_inputs_per_tenant_gb * 2**30))
         self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
-        self._offers = OfferBook(provider, ttl_s=_OFFERS_TTL_S)
+        self._offers = OfferBook(provider, ttl_s=provider.offers_ttl_s)
         self._alarms: list[str] = []
         # Set when a machine could not start our image (registry refused it, no such image):
         # another machine would fail the same way, so renting stops until a restart.

@@ -169,7 +169,7 @@ class OfferBook:
 
     async def current(self, now: float) -> tuple[Offer, ...]:
         """Raises ProviderError when a due search fails."""
-        if now - self._at > self._ttl_s:
+        if now - self._at > self._ttl_s or self._ttl_s <= 0:
             self._offers = tuple(await self._provider.search_offers())
             self._at = now
         return self._offers

@@ -55,6 +55,9 @@ class Provider(Protocol):
     # True when the list names only machines this process launched (local agent processes,
     # which a restarted controller cannot see): see controller/reconcile.py.
     lists_own_only: bool
+    # How long an offer search stays good (Vast.ai limits searches; a local slot frees the
+    # moment an agent exits, and a cached "no slot" would rent nothing for that long).
+    offers_ttl_s: float
 
     async def search_offers(self) -> list[Offer]: ...
 

@@ -42,6 +42,7 @@ def _term_with_parent() -> None:
 class LocalProvider:
     name = "local"
     lists_own_only = True  # a restarted controller does not see the earlier one's agents
+    offers_ttl_s = 0.0  # its "search" is a look at its own slots
 
     def __init__(self, *, max_agents: int, base_env: dict[str, str] | None = None,
                  python: str = sys.executable, grace_s: float = 30.0,

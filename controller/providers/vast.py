@@ -103,6 +103,7 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class VastProvider:
     lists_own_only = False
+    offers_ttl_s = 30.0  # searches are rate-limited (about ten a minute)
     name = "vast"
 
     def __init__(self, config: VastConfig, *,
