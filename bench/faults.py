@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,18 +155,20 @@ async def run(scenario: str, *, jobs: int, kills: int, seed: int, root: Path) ->
                 await vf.submit(CaptionJob(video=video, srt=srt, cache=False), job_id=job_id)
                 ids.append(job_id)
             figures.submitted = len(ids)
-            harm = _HARM[scenario]
-            damage = asyncio.create_task(harm(stack, data, figures, kills, rng))
+            ended = asyncio.Event()  # every job has its outcome: the damage stops
+            damage = asyncio.create_task(_HARM[scenario](stack, data, figures, kills, rng,
+                                                         ended))
             outcomes = await asyncio.gather(*(vf.result(i, timeout_s=jobs * 30 + 120)
                                               for i in ids), return_exceptions=True)
+            ended.set()
             stack = await damage  # (sigterm: the stack it started anew)
             figures.drain_s = time.monotonic() - figures.last_fault_at
             for job_id, outcome in zip(ids, outcomes, strict=True):
                 if isinstance(outcome, Succeeded):
                     figures.succeeded += 1
-                    info = await object_info(fleet.jetstream(), outcome.output.bucket,
-                                             outcome.output.name)
-                    if digest_hex(info) != outcome.output.sha256:
+                    stored = await object_info(fleet.jetstream(), outcome.output.bucket,
+                                               outcome.output.name)
+                    if digest_hex(stored) != outcome.output.sha256:
                         figures.bad_sha.append(job_id)
                 elif isinstance(outcome, Failed):
                     figures.failed[outcome.error.code] += 1
@@ -190,19 +192,22 @@ async def run(scenario: str, *, jobs: int, kills: int, seed: int, root: Path) ->
     return figures
 
 
-Harm = Callable[[Stack, Path, Figures, int, random.Random], Awaitable[Stack]]
+Harm = Callable[[Stack, Path, Figures, int, random.Random, asyncio.Event],
+               Coroutine[object, object, Stack]]
 
 
-async def _once_running(data: Path) -> None:
+async def _once_running(data: Path, ended: asyncio.Event) -> None:
     """Wait until an agent is at work (its FFmpeg runs)."""
     while not any("ffmpeg" in cmd for cmd in _pids_with(str(data / "work")).values()):
+        if ended.is_set():
+            raise RuntimeError("every job ended before the fault could be made")
         await asyncio.sleep(0.1)
 
 
 async def _kill_agents(stack: Stack, data: Path, figures: Figures, kills: int,
-                       rng: random.Random) -> Stack:
-    while figures.faults < kills:
-        await asyncio.sleep(rng.uniform(0.5, 3.0))  # any moment of a job's life
+                       rng: random.Random, ended: asyncio.Event) -> Stack:
+    while figures.faults < kills and not ended.is_set():
+        await asyncio.sleep(rng.uniform(0.3, 1.5))  # any moment of a job's life
         agents = _agents(data)
         if not agents:
             continue
@@ -214,8 +219,8 @@ async def _kill_agents(stack: Stack, data: Path, figures: Figures, kills: int,
 
 
 async def _kill_server(stack: Stack, data: Path, figures: Figures, kills: int,
-                       rng: random.Random) -> Stack:
-    await _once_running(data)
+                       rng: random.Random, ended: asyncio.Event) -> Stack:
+    await _once_running(data, ended)
     assert stack.server.pid is not None
     os.kill(stack.server.pid, signal.SIGKILL)
     figures.faults, figures.last_fault_at = 1, time.monotonic()
@@ -223,8 +228,8 @@ async def _kill_server(stack: Stack, data: Path, figures: Figures, kills: int,
 
 
 async def _kill_controller(stack: Stack, data: Path, figures: Figures, kills: int,
-                           rng: random.Random) -> Stack:
-    await _once_running(data)
+                           rng: random.Random, ended: asyncio.Event) -> Stack:
+    await _once_running(data, ended)
     pid = stack.controller_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -233,8 +238,8 @@ async def _kill_controller(stack: Stack, data: Path, figures: Figures, kills: in
 
 
 async def _sigterm_stack(stack: Stack, data: Path, figures: Figures, kills: int,
-                         rng: random.Random) -> Stack:
-    await _once_running(data)
+                         rng: random.Random, ended: asyncio.Event) -> Stack:
+    await _once_running(data, ended)
     figures.faults, figures.last_fault_at = 1, time.monotonic()
     port = stack.server.port or 0
     await stack.stop()  # agents finish their jobs; the queue stays on disk
@@ -244,7 +249,7 @@ async def _sigterm_stack(stack: Stack, data: Path, figures: Figures, kills: int,
 
 
 async def _nothing(stack: Stack, data: Path, figures: Figures, kills: int,
-                   rng: random.Random) -> Stack:
+                   rng: random.Random, ended: asyncio.Event) -> Stack:
     return stack
 
 
