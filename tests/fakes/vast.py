@@ -133,7 +133,7 @@ class Podman:
         command = launch_argv(body)
         argv += ["--entrypoint", command[0], str(body["image"]), *command[1:]]
         proc = _start_logged(argv, self.log_dir, instance_id)
-        return PodmanContainer(proc, [*self.command, "kill", name])
+        return PodmanContainer(proc, self.command, name)
 
 
 def _start_logged(argv: list[str], log_dir: Path | None, instance_id: int,
@@ -153,10 +153,11 @@ def _start_logged(argv: list[str], log_dir: Path | None, instance_id: int,
 
 class PodmanContainer:
     """``podman run`` in the foreground: SIGTERM reaches the container (podman forwards
-    signals); a kill kills the container, not just the client."""
+    signals); a kill kills the container, not just the client, and removes it (``--rm`` is
+    the client's job, and a killed client does not do it)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], kill_argv: list[str]) -> None:
-        self._proc, self._kill_argv = proc, kill_argv
+    def __init__(self, proc: subprocess.Popen[bytes], podman: list[str], name: str) -> None:
+        self._proc, self._podman, self._name = proc, podman, name
 
     def poll(self) -> int | None:
         return self._proc.poll()
@@ -168,7 +169,8 @@ class PodmanContainer:
         self._proc.terminate()
 
     def kill(self) -> None:
-        subprocess.run(self._kill_argv, capture_output=True, check=False)
+        subprocess.run([*self._podman, "rm", "--force", "--time", "0", self._name],
+                       capture_output=True, check=False)
         self._proc.kill()
 
 
