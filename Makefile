@@ -41,12 +41,13 @@ $(STAMP): pyproject.toml | system-deps
 # FFmpeg (with ffprobe and libass) and fonts for captions come from the OS packages:
 # DejaVu for Latin, Cyrillic, Greek, Arabic, Hebrew; Noto for CJK, Devanagari and the rest.
 # podman, mmdebstrap and runc build and run the agent image (a test runs a job inside it).
+# prometheus (with promtool) scrapes the controller in a test and checks the alert rules.
 SYSTEM_PACKAGES := ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig \
-	python3-venv podman mmdebstrap runc
+	python3-venv podman mmdebstrap runc prometheus
 system-deps:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
 	    || ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null \
-	    || ! command -v runc >/dev/null \
+	    || ! command -v runc >/dev/null || ! command -v promtool >/dev/null \
 	    || ! python3 -c 'import ensurepip, venv' 2>/dev/null \
 	    || ! command -v fc-list >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] \
 	    || [ ! -d /usr/share/fonts/opentype/noto ] || [ ! -d /usr/share/fonts/truetype/noto ]; then \

@@ -21,6 +21,7 @@ from broker.creds import LiveCredentials
 from broker.entrypoint import run_process, stop_signals
 from controller.config import ControllerConfig, policy_of
 from controller.loop import Controller
+from controller.metrics import Metrics, serve
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
 from controller.providers.vast import VastProvider, provider_from_config
@@ -60,10 +61,15 @@ async def _main(config: ControllerConfig) -> None:
         system = await connect(config.nats_url, name="vidfleet-controller-sys",
                                credentials=LiveCredentials(sys_user.jwt.reveal(), sys_user.seed),
                                tls_ca_file=config.tls_ca_file)
+    metrics = Metrics()
+    stop_metrics = None
+    if config.metrics_listen:
+        url, stop_metrics = serve(metrics, config.metrics_listen)
+        logger.info("metrics on {url}", url=url)
     try:
         controller = Controller(nc=nc, provider=provider, config=config,
                                 policy=policy_of(config), agent_env=agent_env, auth=keys,
-                                system=system)
+                                system=system, metrics=metrics)
 
         async def stop_local_agents() -> None:
             if isinstance(provider, LocalProvider):
@@ -80,6 +86,8 @@ async def _main(config: ControllerConfig) -> None:
         if system is not None:
             await system.close()
         await nc.drain()
+        if stop_metrics is not None:
+            stop_metrics()
 
 
 def main() -> int:

@@ -76,6 +76,9 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     vast_image: str = ""  # the agent image by digest (make image; see deploy/README.md)
     vast_disk_gb: float = 20.0
     vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
+    # Prometheus figures on http://<this>/metrics (controller/metrics.py); empty: none. Keep
+    # it off the internet (no auth): loopback, or a private network Prometheus scrapes.
+    metrics_listen: str = "127.0.0.1:9464"
     log_level: str = "INFO"
     log_json: bool = False
 

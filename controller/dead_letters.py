@@ -101,6 +101,19 @@ class DeadLetters:
                 await watcher.stop()
         return letters
 
+    async def count(self) -> int:
+        """How many letters are kept (every key's latest header; deleted ones left out)."""
+        kv = await self.open()
+        watcher = await kv.watch(">", headers_only=True, ignore_deletes=True)
+        n = 0
+        try:
+            while await watcher.updates(timeout=10.0) is not None:
+                n += 1
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()
+        return n
+
     async def keep(self, *, operation: str, body: bytes | None,
                    headers: Mapping[str, str] | None, failed: Failed) -> None:
         """Keep a job that just failed for good (idempotent: the same failure kept again

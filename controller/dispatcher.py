@@ -81,7 +81,7 @@ class Dispatcher:
         self._js = js
         self._price_of = price_of
         # Jobs that fail for good: kept by reports and the reaper, served to their tenants.
-        self._letters = DeadLetters(js, tenant_max_bytes=dead_letter_tenant_max_bytes,
+        self.letters = DeadLetters(js, tenant_max_bytes=dead_letter_tenant_max_bytes,
                                     clock=clock)
         self.cache = ResultCache(js, clock=clock)  # the gateway serves hits; reports fill it
         self._stopping = asyncio.Event()
@@ -144,22 +144,22 @@ class Dispatcher:
                                  ack_wait_s=self._ack_wait_s, on_end=self._lease_ended,
                                  clock=self._clock, monotonic=self._mono)
         await self._leases.load()
-        await self._letters.open()
+        await self.letters.open()
         await self.cache.open()
         transfers = Transfers(self._js)
         self._holders = HolderDesk(nc=nc, book=self._leases, transfers=transfers,
                                    reports=Reports(js=self._js, nc=nc, states=self._states,
                                                    book=self._leases, transfers=transfers,
-                                                   costs=self._costs, letters=self._letters,
+                                                   costs=self._costs, letters=self.letters,
                                                    cache=self.cache, clock=self._clock),
                                    monotonic=self._mono)
         self._tenants = await TenantDesk.open(
             js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,
-            letters=self._letters, holder_lock=self._holders.lock, clock=self._clock)
+            letters=self.letters, holder_lock=self._holders.lock, clock=self._clock)
         self._workers = [
-            asyncio.create_task(Reaper(self._js, letters=self._letters,
+            asyncio.create_task(Reaper(self._js, letters=self.letters,
                                        clock=self._clock).run(self._stopping)),
-            asyncio.create_task(self._letters.run(self._stopping))]
+            asyncio.create_task(self.letters.run(self._stopping))]
         psub = await self._js.pull_subscribe_bind(consumer=JOBS_CONSUMER, stream=JOBS_STREAM)
         self._psub = psub
         self._subs = [await nc.subscribe("fleet.work.*", cb=self._on_work),

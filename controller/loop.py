@@ -36,6 +36,7 @@ from controller.dispatcher import Dispatcher
 from controller.fleet_store import FleetStore
 from controller.gateway import Gateway
 from controller.machines import Machines
+from controller.metrics import Metrics
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
 from controller.policy import Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
@@ -50,9 +51,10 @@ class Controller:
     def __init__(self, *, nc: Client, provider: Provider, config: ControllerConfig,
                  policy: Policy, agent_env: dict[str, str] | None = None,
                  auth: AuthKeys | None = None, system: Client | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         """With ``auth`` (and ``system``, a system-account connection for revocations) every
-        machine gets its own expiring agent credentials; without, agents connect as they can."""
+        machine gets its own expiring agent credentials; without, agents connect as they can.
+        ``metrics``: where the figures go (the caller serves them)."""
         self._nc = nc
         self._system = system
         self._authority = CredentialAuthority(
@@ -64,6 +66,7 @@ class Controller:
         self._policy = policy
         self._agent_env = dict(agent_env or {})
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
         self._dispatcher = Dispatcher(
@@ -107,7 +110,7 @@ class Controller:
             nc=self._nc, provider=self._provider, config=self._config, store=self._store,
             records=await self._store.load(), offers=self._offers, authority=self._authority,
             system=self._system, agent_env=self._agent_env, forget_beat=self._beats.forget,
-            clock=self._clock)
+            clock=self._clock, metrics=self._metrics)
         last = await self._store.summary()
         # Resume from the last summary: the first accrual also charges the time this
         # controller was down, at the rate of the machines on record.
@@ -124,6 +127,7 @@ class Controller:
                           max_queued_per_tenant=self._config.max_queued_jobs_per_tenant)
         await gateway.start(self._nc)  # before anything slow: submits wait on it
         await self._dispatcher.start(self._nc)
+        await self._metrics.follow(self._nc)
         webhooks = WebhookSender(
             self._js, allowed=parse_networks(self._config.webhook_allow_networks),
             retry_base_s=self._config.webhook_retry_base_s, clock=self._clock)
@@ -158,6 +162,7 @@ class Controller:
                 except (nats.errors.Error, TimeoutError, OSError, ProviderError) as exc:
                     # The bus or the provider is in trouble (a leader change, a restart): a
                     # controller that exits here leaves every machine billing unsupervised.
+                    self._metrics.tick_failures.inc()
                     logger.warning("tick failed, next one in {s}s: {error}",
                                    s=self._config.tick_s, error=str(exc) or type(exc).__name__)
                 await _wait_any(stop, wake, self._config.tick_s)
@@ -168,6 +173,7 @@ class Controller:
                 await wind_down()
             await gateway.stop()
             await self._dispatcher.stop()
+            await self._metrics.stop()
             await webhooks.stop()
             if self._authority is not None:
                 await self._authority.stop()
@@ -257,16 +263,15 @@ class Controller:
             return ()
 
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
-        assert self._store is not None and self._meter is not None
+        assert self._store is not None and self._meter is not None and self._bill is not None
         rate = sum(r.price_per_hour for r in self._records.values())
         spent = self._meter.accrue(rate, now)
-        assert self._bill is not None
         told = await self._bill.today(now, billing=bool(self._records))
         billed, by_provider = (spent, False) if told is None else (told, True)
         attributed, attributed_rate = self._dispatcher.attributed()
         for alarm in self._alarms:
             logger.warning("alarm: {alarm}", alarm=alarm)
-        await self._store.put_summary(FleetSummary(
+        summary = FleetSummary(
             at=now, provider=self._provider.name,
             queued_jobs=backlog.queued_jobs if backlog else -1,
             running_jobs=backlog.running_jobs if backlog else -1,
@@ -280,7 +285,11 @@ class Controller:
             unattributed_today=round(billed - attributed, 6),
             unattributed_per_hour=round(rate - attributed_rate, 6),
             attributed_ended_today=self._dispatcher.attribution.ended_today,
-            credit_at_day_start=self._bill.credit_at_day_start))
+            credit_at_day_start=self._bill.credit_at_day_start)
+        await self._store.put_summary(summary)
+        await self._metrics.observe_tick(
+            summary=summary, records=self._records.values(), letters=self._dispatcher.letters,
+            beats=self._beats.heard(self._policy.heartbeat_timeout_s), now=now)
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:

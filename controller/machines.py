@@ -22,6 +22,7 @@ from broker.subjects import agent_control_subject
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority, agent_env
 from controller.fleet_store import FleetStore
+from controller.metrics import Metrics
 from controller.observe import OfferBook
 from controller.policy import Action, Destroy, Drain, Rent
 from controller.providers.base import NoCapacity, Provider, ProviderError
@@ -38,7 +39,7 @@ class Machines:
                  store: FleetStore, records: dict[str, FleetInstance], offers: OfferBook,
                  authority: CredentialAuthority | None, system: Client | None,
                  agent_env: dict[str, str], forget_beat: Callable[[str], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], metrics: Metrics) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._provider = provider
@@ -50,6 +51,7 @@ class Machines:
         self._agent_env = agent_env
         self._forget_beat = forget_beat
         self._clock = clock
+        self._metrics = metrics
         self.records = records
         self.avoid: dict[int, float] = {}  # machine id -> avoid until
         self.last_rent_at: float | None = None
@@ -76,9 +78,15 @@ class Machines:
                                                               or old.state != "destroying")
             if newly_destroying and rec.agent_key:
                 self.queue_revocation(label, rec.agent_key)
+            if newly_destroying and rec.first_heartbeat_at is None:
+                self._metrics.rent_failed("boot_failed")  # the provider says it failed
+            if old is not None and old.first_heartbeat_at is None and rec.first_heartbeat_at:
+                self._metrics.booted(rec.first_heartbeat_at - rec.launched_at)
             if old != rec:
                 await self._store.put(rec)
         for term in state.terminate:
+            if term.label not in state.records:
+                self._metrics.orphan_found(term.label)
             await self.terminate(term)
 
     async def terminate(self, term: Terminate) -> None:
@@ -138,6 +146,7 @@ class Machines:
             info = await self._provider.launch(offer, label=label, env=env)
         except NoCapacity as exc:
             log.info("offer gone, trying another next tick: {error}", error=str(exc))
+            self._metrics.rent_failed("no_capacity")
             del self.records[label]
             await self._store.delete(label)
             return
@@ -145,6 +154,7 @@ class Machines:
             # Ambiguous: the machine may exist. The record stays "launching"; reconcile adopts
             # it by label, or forgets the record once the launch grace has passed.
             log.warning("rent failed; reconciling by label: {error}", error=str(exc))
+            self._metrics.rent_failed("provider_error")
             return
         rec = structs.replace(rec, state="booting", provider_id=info.provider_id,
                               gpu_name=info.gpu_name or rec.gpu_name)
@@ -167,6 +177,8 @@ class Machines:
         if rec is None:
             return
         if rec.state != "destroying":
+            if action.avoid_machine is not None and rec.first_heartbeat_at is None:
+                self._metrics.rent_failed("boot_deadline")  # never heard from in time
             rec = structs.replace(rec, state="destroying", reason=action.reason)
             self.records[rec.label] = rec
             if rec.agent_key:

@@ -70,6 +70,11 @@ class HeartbeatBook:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
+    def heard(self, within_s: float) -> list[Heartbeat]:
+        """The last heartbeat of each agent heard within ``within_s``."""
+        now = self._clock()
+        return [s.beat for s in self.seen.values() if now - s.received_at <= within_s]
+
     async def on_beat(self, msg: Msg) -> None:
         """Take one heartbeat message (``start`` feeds every one here)."""
         try:

@@ -42,6 +42,13 @@ def _logging() -> None:
     setup_logging("tests", level="DEBUG")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _metrics_on_free_ports() -> None:
+    """Every controller a test starts serves its metrics, each on a port of its own (the
+    default, 9464, would be taken by the first); a test that scrapes sets its own."""
+    os.environ.setdefault("VIDFLEET_METRICS_LISTEN", "127.0.0.1:0")
+
+
 @pytest.fixture
 async def nc(nats_server: Secure) -> AsyncIterator[Nats]:
     """A controller's connection (FLEET): what tests set up and inspect the fleet with."""

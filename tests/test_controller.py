@@ -25,6 +25,7 @@ from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_co
 from client.api import Client
 from controller.config import ControllerConfig, policy_of
 from controller.loop import Controller
+from controller.metrics import Metrics
 from controller.policy import Policy
 from controller.providers.base import Provider
 from controller.providers.local import LocalProvider
@@ -69,14 +70,14 @@ async def until(kv: KeyValue, check: Callable[[], Awaitable[bool]], timeout_s: f
 async def running_controller(server: Secure, nc: Nats, provider: Provider,
                              config: ControllerConfig = FAST,
                              agent_env: dict[str, str] = AGENT_ENV,
-                             ) -> AsyncIterator[Controller]:
+                             metrics: Metrics | None = None) -> AsyncIterator[Controller]:
     """A controller on ``nc`` (FLEET) with the deployment's keys, as ``vidfleet up`` runs it:
     it mints each machine's agent credentials and revokes them when the machine goes."""
     config = structs.replace(config, nats_url=server.url)
     async with session(server, "system", "controller-sys") as system:
         controller = Controller(nc=nc, provider=provider, config=config,
                                 policy=policy_of(config), agent_env=agent_env,
-                                auth=server.keys, system=system.nc)
+                                auth=server.keys, system=system.nc, metrics=metrics)
         stop = asyncio.Event()
         task = asyncio.create_task(controller.run(stop))
         try:

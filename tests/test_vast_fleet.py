@@ -24,6 +24,7 @@ from broker.events import Succeeded
 from broker.subjects import FLEET_BUCKET
 from client.api import Client
 from controller.credentials import agent_env as machine_env
+from controller.metrics import Metrics
 from controller.providers.vast import VastConfig, VastProvider
 from tests.fakes.vast import FakeVast
 from tests.secure_stack import Secure
@@ -146,8 +147,9 @@ async def test_faults_are_recovered_and_the_caps_hold(
     fake.steal_offer(9_100_004, status=410)  # an RTX 4090 taken by someone else
     fake.fail_next_boot("stuck")  # the first machine never leaves loading
     peak = Peak(fake)
+    metrics = Metrics()
     async with vast(fake) as provider, running_controller(
-            nats_server, nc, provider, capped, agent_env=agent_env(fake)):
+            nats_server, nc, provider, capped, agent_env=agent_env(fake), metrics=metrics):
         receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(6)]
 
@@ -169,6 +171,17 @@ async def test_faults_are_recovered_and_the_caps_hold(
     assert stuck and all(i.destroyed for i in stuck)  # destroyed at the boot deadline
     later = [b for b in fake.create_requests[1:]]
     assert all(b["label"] != fake.create_requests[0]["label"] for b in later)
+    # What an operator's Prometheus sees of it: the stuck boot as the one failed rent, the
+    # machines that served in the boot histogram, the six jobs by outcome.
+    figure = metrics.registry.get_sample_value
+    failures = {s.labels["reason"]: s.value for m in metrics.rent_failures.collect()
+                for s in m.samples if s.name.endswith("_total")}
+    assert failures == {"boot_deadline": len(stuck)}
+    served = {r.agent_id for r in [await fleet_client.result(r.job_id) for r in receipts]}
+    assert figure("vidfleet_boot_seconds_count", {}) >= len(served) >= 1
+    assert figure("vidfleet_jobs_total", {"operation": "caption", "outcome": "succeeded",
+                                          "cached": "false"}) == 6
+    assert figure("vidfleet_instances", {"state": "serving"}) == 0  # all gone
 
 
 @pytest.mark.timeout(90)
