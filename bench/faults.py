@@ -12,6 +12,10 @@ and waits for every job to end:
     sigterm     stop the whole stack with SIGTERM mid-job, start a new one on the same data
     fulldisk    the agents' work directory on a 6 MiB tmpfs, some inputs larger than that
                 (root only)
+    leader      a 3-node cluster (streams with 3 replicas): SIGKILL the node leading JOBS
+                mid-run (the stack starts it again; it catches up from the others)
+    nodedisk    a 3-node cluster with one node's JetStream store on a 48 MiB tmpfs, filled
+                to the last byte mid-run (root only)
 
 Per scenario: submitted / succeeded / failed (why) / lost (no outcome by the deadline) /
 duplicated (more than one outcome event) / outputs whose SHA-256 is wrong / seconds to drain
@@ -43,19 +47,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import nats.errors  # noqa: E402
+
 from broker.connect import connect  # noqa: E402
 from broker.creds import LiveCredentials  # noqa: E402
 from broker.events import Failed, Succeeded  # noqa: E402
 from broker.jobs import CaptionJob  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
 from broker.objects import digest_hex, object_info  # noqa: E402
-from broker.subjects import EVENTS_STREAM  # noqa: E402
+from broker.subjects import EVENTS_STREAM, JOBS_STREAM  # noqa: E402
 from broker.topology import TopologyConfig  # noqa: E402
 from client.api import Client  # noqa: E402
 from client.sample import make_sample, make_video  # noqa: E402
 from client.stack import Stack, StackOptions  # noqa: E402
 
-SCENARIOS = ("agents", "server", "controller", "sigterm", "fulldisk")
+SCENARIOS = ("agents", "server", "controller", "sigterm", "fulldisk", "leader", "nodedisk")
+_CLUSTERED = ("leader", "nodedisk")
+_NEEDS_ROOT = ("fulldisk", "nodedisk")
 
 
 @dataclass
@@ -72,6 +80,7 @@ class Figures:
     drain_s: float = 0.0
     processes_left: list[str] = field(default_factory=list)
     areas_left: list[str] = field(default_factory=list)
+    rejoined_s: float | None = None  # leader: from its kill to JOBS current on all 3 again
 
     def line(self) -> str:
         failed = ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "0"
@@ -79,7 +88,8 @@ class Figures:
                 f"succeeded {self.succeeded:>3}  failed {failed}  lost {len(self.lost)}  "
                 f"duplicated {len(self.duplicated)}  bad sha256 {len(self.bad_sha)}  "
                 f"drain {self.drain_s:5.1f} s  left: {len(self.processes_left)} processes, "
-                f"{len(self.areas_left)} work areas")
+                f"{len(self.areas_left)} work areas"
+                + (f"  rejoined in {self.rejoined_s:.1f} s" if self.rejoined_s else ""))
 
     @property
     def clean(self) -> bool:
@@ -87,9 +97,18 @@ class Figures:
                     or self.areas_left)
 
 
-def _options(data: Path, port: int = 0) -> StackOptions:
+# What JetStream reserves on each node for the streams' limits must fit the nodedisk
+# scenario's small disk (a node's JetStream takes 75 % of its file system).
+_SMALL = dict(events_max_bytes=32 << 20, tenant_events_max_bytes=8 << 20,
+              jobstate_max_bytes=4 << 20, tenant_inputs_max_bytes=32 << 20,
+              tenant_results_max_bytes=32 << 20, dead_letters_max_bytes=4 << 20,
+              dead_letter_inputs_max_bytes=16 << 20)
+
+
+def _options(data: Path, port: int = 0, cluster: int = 1, small: bool = False) -> StackOptions:
     return StackOptions(data_dir=data, port=port, max_agents=2, logs_to_files=True,
-                        topology=TopologyConfig(ack_wait_s=6.0),
+                        cluster=cluster,
+                        topology=TopologyConfig(ack_wait_s=6.0, **(_SMALL if small else {})),
                         env={"VIDFLEET_TICK_S": "1", "VIDFLEET_IDLE_TIMEOUT_S": "5",
                              "VIDFLEET_HEARTBEAT_TIMEOUT_S": "10",
                              "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "1"},
@@ -133,13 +152,22 @@ async def run(scenario: str, *, jobs: int, kills: int, seed: int, root: Path) ->
     clips = await _media(root, jobs, rng)
     disk: Path | None = None
     if scenario == "fulldisk":
-        disk = data / "work"
-        disk.mkdir(parents=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)],
-                       check=True)
+        disk = _tmpfs(data / "work", "6m")
         big = await asyncio.to_thread(make_video, root / "big.mp4", seconds=8)
         clips.append((big, clips[0][1]))
-    stack = Stack(_options(data))
+    elif scenario == "nodedisk":
+        disk = _tmpfs(data / "nats" / "n3", "256m")
+    try:
+        return await _run(scenario, figures, data, clips, Stack(_options(
+            data, cluster=3 if scenario in _CLUSTERED else 1, small=scenario == "nodedisk")),
+            jobs, kills, rng)
+    finally:
+        if disk is not None:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+async def _run(scenario: str, figures: Figures, data: Path, clips: list[tuple[Path, Path]],
+               stack: Stack, jobs: int, kills: int, rng: random.Random) -> Figures:
     await stack.start()
     figures.last_fault_at = time.monotonic()
     assert stack.creds_file is not None
@@ -187,13 +215,18 @@ async def run(scenario: str, *, jobs: int, kills: int, seed: int, root: Path) ->
         figures.processes_left = list(_pids_with(str(data)).values())
         work = data / "work"
         figures.areas_left = sorted(p.name for p in work.iterdir()) if work.is_dir() else []
-        if disk is not None:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
     return figures
 
 
 Harm = Callable[[Stack, Path, Figures, int, random.Random, asyncio.Event],
                Coroutine[object, object, Stack]]
+
+
+def _tmpfs(path: Path, size: str) -> Path:
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    return path
 
 
 async def _once_running(data: Path, ended: asyncio.Event) -> None:
@@ -248,6 +281,47 @@ async def _sigterm_stack(stack: Stack, data: Path, figures: Figures, kills: int,
     return again
 
 
+async def _kill_leader(stack: Stack, data: Path, figures: Figures, kills: int,
+                       rng: random.Random, ended: asyncio.Event) -> Stack:
+    await _once_running(data, ended)
+    assert stack.creds_file is not None
+    nc = await connect(stack.url, name="faults-leader",
+                       credentials=LiveCredentials.from_creds(stack.creds_file.read_text()))
+    try:
+        info = await nc.jetstream().stream_info(JOBS_STREAM)
+        assert info.cluster is not None and info.cluster.leader
+        leader = stack.servers[int(info.cluster.leader.removeprefix("n")) - 1]
+        assert leader.pid is not None
+        os.kill(leader.pid, signal.SIGKILL)
+        figures.faults, figures.last_fault_at = 1, time.monotonic()
+        # The stack starts it again; it has rejoined once JOBS has all 3 replicas current.
+        while figures.rejoined_s is None:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                cluster = (await nc.jetstream().stream_info(JOBS_STREAM)).cluster
+                peers = {p.name: p for p in (cluster.replicas or [])} if cluster else {}
+                back = peers.get(str(info.cluster.leader))
+                if (cluster and cluster.leader == info.cluster.leader) or (
+                        back is not None and back.current and not back.offline
+                        and (back.active or 0) < 2_000_000_000):  # heard within 2 s (ns)
+                    figures.rejoined_s = time.monotonic() - figures.last_fault_at
+    finally:
+        await nc.close()
+    return stack
+
+
+async def _fill_node_disk(stack: Stack, data: Path, figures: Figures, kills: int,
+                          rng: random.Random, ended: asyncio.Event) -> Stack:
+    await _once_running(data, ended)
+    filler = data / "nats" / "n3" / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as out:  # until ENOSPC
+        while True:
+            out.write(b"\0" * (1 << 20))
+            out.flush()
+    figures.faults, figures.last_fault_at = 1, time.monotonic()
+    return stack
+
+
 async def _nothing(stack: Stack, data: Path, figures: Figures, kills: int,
                    rng: random.Random, ended: asyncio.Event) -> Stack:
     return stack
@@ -255,14 +329,15 @@ async def _nothing(stack: Stack, data: Path, figures: Figures, kills: int,
 
 _HARM: dict[str, Harm] = {"agents": _kill_agents, "server": _kill_server,
                           "controller": _kill_controller, "sigterm": _sigterm_stack,
-                          "fulldisk": _nothing}
+                          "fulldisk": _nothing, "leader": _kill_leader,
+                          "nodedisk": _fill_node_disk}
 
 
 async def _main(args: argparse.Namespace) -> int:
     clean = True
     for scenario in args.scenario or SCENARIOS:
-        if scenario == "fulldisk" and os.geteuid() != 0:
-            print("fulldisk    skipped: mounting a tmpfs needs root")
+        if scenario in _NEEDS_ROOT and os.geteuid() != 0:
+            print(f"{scenario:<11} skipped: mounting a tmpfs needs root")
             continue
         with tempfile.TemporaryDirectory() as tmp:
             figures = await run(scenario, jobs=args.jobs, kills=args.kills, seed=args.seed,

@@ -108,7 +108,9 @@ class EmbeddedServer:
                 self.port = int(line.rsplit(":", 1)[1])
             if "Server is ready" in line:
                 self._ready.set()
-            if "[ERR]" in line or "[FTL]" in line:
+            if "Error trying to connect to route" in line:  # a peer not up yet, or restarting
+                logger.warning("nats-server: {line}", line=line)
+            elif "[ERR]" in line or "[FTL]" in line:
                 self._last_error = line
                 logger.error("nats-server: {line}", line=line)
             elif "[WRN]" in line:

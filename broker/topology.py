@@ -9,7 +9,7 @@ renewal interval) and a live job is run twice.
 
 from __future__ import annotations
 
-from msgspec import Struct
+from msgspec import Struct, structs
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -276,7 +276,14 @@ async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str, 
                         resize: bool = False) -> None:
     """The tenant's own events stream and input and result object stores. (An object store
     cannot forbid rollups, so each is reachable only by its tenant, and by agents.) A new
-    bucket gets ``cfg``'s quotas; an existing one keeps its own unless ``resize``."""
+    bucket gets ``cfg``'s quotas; an existing one keeps its own unless ``resize``. Replicas are
+    the deployment's, as JOBS has them (a tenant made later by ``vidfleet creds`` gets as
+    many as the streams ``vidfleet up --cluster 3`` made), or ``cfg``'s before JOBS exists."""
+    try:
+        replicas = (await js.stream_info(JOBS_STREAM)).config.num_replicas or cfg.replicas
+    except NotFoundError:
+        replicas = cfg.replicas
+    cfg = structs.replace(cfg, replicas=replicas)
     await _ensure_stream(js, tenant_events_config(cfg, tenant))
     for bucket, max_age_s, max_bytes in (
             (inputs_bucket(tenant), cfg.inputs_max_age_s, cfg.tenant_inputs_max_bytes),

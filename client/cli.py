@@ -61,12 +61,15 @@ def cli(ctx: click.Context, nats_url: str | None, creds_file: str | None,
 @click.option("--dead-letter-days", type=click.FloatRange(0.01, 365), default=7.0,
               show_default=True, help="How long jobs that failed for good are kept, with "
               "their inputs, for `vidfleet dlq`.")
+@click.option("--cluster", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="nats-servers: 3 runs a JetStream cluster on this machine (client ports "
+              "PORT, PORT+1, PORT+2) with every stream replicated 3 times.")
 @click.pass_obj
 def up(cfg: ClientConfig, data_dir: Path | None, port: int, max_agents: int,
-       ack_wait_s: float, dead_letter_days: float) -> None:
+       ack_wait_s: float, dead_letter_days: float, cluster: int) -> None:
     """Run nats-server and the controller (local agents on demand) until Ctrl-C."""
     options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
-                           max_agents=max_agents,
+                           max_agents=max_agents, cluster=cluster,
                            topology=TopologyConfig(ack_wait_s=ack_wait_s,
                                                    dead_letter_max_age_s=dead_letter_days
                                                    * 86400))

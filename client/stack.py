@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import IO
 
 from loguru import logger
+from msgspec import structs
 from nats.aio.client import Client
 
 from broker.auth import mint_user
 from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed
+from broker.cluster import cluster_nodes, replicas_for, wait_for_jetstream
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.entrypoint import FORCE_SIGNAL
@@ -50,6 +52,9 @@ class StackOptions:
     # credentials from the controller; our own tools use data_dir/auth/admin.creds.
     auth: bool = True
     agent_drain_timeout_s: float = 600.0  # matches the agents' default VIDFLEET_DRAIN_TIMEOUT_S
+    # nats-servers: 1, or a JetStream cluster on this machine (client ports port, port+1...),
+    # whose streams then have 3 replicas (broker/cluster.py).
+    cluster: int = 1
 
 
 class Stack:
@@ -58,18 +63,27 @@ class Stack:
         self.auth = AuthDir(options.data_dir / "auth")
         if options.auth:
             self.auth.ensure()
-        self.server = EmbeddedServer(
-            options.data_dir / "nats", host=options.host, port=options.port,
-            extra_args=["-c", str(self.auth.server_conf)] if options.auth else [])
+        if options.cluster > 1:
+            self.servers = cluster_nodes(options.data_dir / "nats", size=options.cluster,
+                                         host=options.host, port=options.port,
+                                         keys=self.auth.keys() if options.auth else None)
+        else:
+            self.servers = [EmbeddedServer(
+                options.data_dir / "nats", host=options.host, port=options.port,
+                extra_args=["-c", str(self.auth.server_conf)] if options.auth else [])]
+        self.server = self.servers[0]
+        self.topology = structs.replace(options.topology,
+                                        replicas=replicas_for(len(self.servers)))
         self._controller: asyncio.subprocess.Process | None = None
         self._logs: list[IO[bytes]] = []
         self._supervisor: asyncio.Task[None] | None = None
-        self._server_watch: asyncio.Task[None] | None = None
+        self._server_watch: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
-        return self.server.url
+        """Every server's, comma-separated (clients fail over among them)."""
+        return ",".join(server.url for server in self.servers)
 
     @property
     def creds_file(self) -> Path | None:
@@ -87,13 +101,14 @@ class Stack:
         return self.options.data_dir / "agents"
 
     async def start(self) -> None:
-        self.server.start()
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in self.servers))
         creds = self.creds_file
         nc = await connect(self.url, name="vidfleet-stack", max_reconnect_attempts=3,
                            credentials=LiveCredentials.from_creds(creds.read_text())
                            if creds else None)
         try:
-            await ensure_topology(nc.jetstream(), self.options.topology)
+            await wait_for_jetstream(nc.jetstream(), self.options.ready_timeout_s)
+            await ensure_topology(nc.jetstream(), self.topology)
             if self.options.auth:  # the default tenant's account, and AGENTS reaching it
                 await self._register_default_tenant(nc)
             beats = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT)
@@ -106,20 +121,20 @@ class Stack:
         finally:
             await nc.close()
         self._supervisor = asyncio.create_task(self._supervise())
-        self._server_watch = asyncio.create_task(self._watch_server())
+        self._server_watch = [asyncio.create_task(self._watch_server(s)) for s in self.servers]
 
-    async def _watch_server(self) -> None:
+    async def _watch_server(self, server: EmbeddedServer) -> None:
         """Say so, loudly, when nats-server dies under the stack, and start it again on the
         same port and data (the controller and agents reconnect; nothing queued is lost): a
         silent `vidfleet up` whose server is gone accepts nothing and tells nobody why."""
         while not self._stopping.is_set():
-            await asyncio.to_thread(self.server.wait_exited)
+            await asyncio.to_thread(server.wait_exited)
             if self._stopping.is_set():
                 return
             logger.error("nats-server exited (code {rc}); starting it again on {url}",
-                         rc=self.server.returncode, url=self.url)
+                         rc=server.returncode, url=server.url)
             try:
-                await asyncio.to_thread(self.server.restart)
+                await asyncio.to_thread(server.restart)
             except ServerError as exc:
                 logger.error("nats-server did not start again: {error}; retrying in 5 s",
                              error=str(exc))
@@ -202,9 +217,9 @@ class Stack:
                 await proc.wait()
         for log in self._logs:
             log.close()
-        self.server.stop()
-        if self._server_watch is not None:
-            await self._server_watch
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.servers))
+        for watch in self._server_watch:
+            await watch
 
     def force(self) -> None:
         """The force signal: agents hand their jobs back now instead of finishing them."""
