@@ -25,6 +25,7 @@ from client.display import describe, describe_status, exit_code, jobs_table
 from client.dlq_cli import dlq
 from client.fleet_cli import controller, simulate, status
 from client.sample import make_sample
+from client.setup import setup
 from client.stack import Stack, StackOptions
 from client.submit_cli import follow_and_fetch, submit
 from client.webhooks_cli import webhooks
@@ -262,6 +263,7 @@ cli.add_command(status)
 cli.add_command(controller)
 cli.add_command(simulate)
 cli.add_command(creds)
+cli.add_command(setup)
 cli.add_command(webhooks)
 cli.add_command(batch)
 cli.add_command(dlq)

@@ -23,17 +23,16 @@ from typing import IO
 
 from loguru import logger
 from msgspec import structs
-from nats.aio.client import Client
 
-from broker.auth import mint_user
-from broker.auth_store import ADMIN_NAME, AuthDir, create_tenant, revoke_listed
-from broker.cluster import cluster_nodes, replicas_for, wait_for_jetstream
+from broker.auth_store import AuthDir
+from broker.cluster import cluster_nodes, replicas_for
 from broker.connect import connect
 from broker.creds import LiveCredentials
 from broker.entrypoint import FORCE_SIGNAL
 from broker.server import EmbeddedServer, ServerError
-from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, DEFAULT_TENANT
-from broker.topology import TopologyConfig, ensure_topology
+from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT
+from broker.topology import TopologyConfig
+from client.setup import prepare
 
 __all__ = ["Stack", "StackOptions"]
 
@@ -107,10 +106,8 @@ class Stack:
                            credentials=LiveCredentials.from_creds(creds.read_text())
                            if creds else None)
         try:
-            await wait_for_jetstream(nc.jetstream(), self.options.ready_timeout_s)
-            await ensure_topology(nc.jetstream(), self.topology)
-            if self.options.auth:  # the default tenant's account, and AGENTS reaching it
-                await self._register_default_tenant(nc)
+            await prepare(nc, url=self.url, auth=self.auth if self.options.auth else None,
+                          topology=self.topology, timeout_s=self.options.ready_timeout_s)
             beats = await nc.subscribe(CONTROLLER_HEARTBEAT_SUBJECT)
             await self._spawn()
             try:
@@ -140,22 +137,6 @@ class Stack:
                              error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 5.0)
-
-    async def _register_default_tenant(self, nc: Client) -> None:
-        keys = self.auth.keys()
-        user = mint_user(keys, "system", "vidfleet-stack-sys", expires_in_s=300)
-        system = await connect(self.url, name="vidfleet-stack-sys", max_reconnect_attempts=3,
-                               credentials=LiveCredentials(user.jwt.reveal(), user.seed))
-        try:
-            await create_tenant(nc.jetstream(), system, keys, DEFAULT_TENANT)
-            # An admin.creds from before they expired was replaced at start: revoke it.
-            current = LiveCredentials.from_creds(self.auth.admin_creds.read_text())
-            never = [e for e in self.auth.clients().get(ADMIN_NAME, [])
-                     if e.get("expires_at") is None]
-            await revoke_listed(nc.jetstream(), system, keys, never,
-                                keep=str(current.claims.get("sub")))
-        finally:
-            await system.close()
 
     async def _spawn(self) -> None:
         data = self.options.data_dir
