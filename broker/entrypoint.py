@@ -17,21 +17,24 @@ from msgspec import Struct
 from broker.config import ConfigError, load_config
 from broker.logs import setup_logging
 
-__all__ = ["FORCE_SIGNAL", "run_process", "stop_signals"]
+__all__ = ["FORCE_SIGNAL", "PARENT_DEATH_SIGNAL", "run_process", "stop_signals"]
 
 C = TypeVar("C", bound=Struct)
 
 
 FORCE_SIGNAL = signal.SIGUSR1
+# What a parent asks the kernel to send its children when it dies (PR_SET_PDEATHSIG): it
+# comes once per thread of the parent as they exit, so it only ever stops.
+PARENT_DEATH_SIGNAL = signal.SIGHUP
 
 
 def stop_signals() -> tuple[asyncio.Event, asyncio.Event]:
     """(stop, force): the first SIGTERM/SIGINT sets ``stop`` (finish what is in hand), the
     second ``force`` (hand it back now); ``FORCE_SIGNAL`` (SIGUSR1) sets both, and is what a
-    parent process sends, since two signals sent back to back can arrive as one. A signal
-    that comes once this process's parent has died is the kernel's parent-death signal,
-    which can arrive more than once: it only ever stops, so agents whose controller was
-    killed finish their jobs instead of handing them back. Call from inside the loop."""
+    parent process sends, since two signals sent back to back can arrive as one.
+    ``PARENT_DEATH_SIGNAL`` (SIGHUP), and any signal once this process's parent has died,
+    only ever stop, however often they come: agents whose controller was killed finish their
+    jobs instead of handing them back. Call from inside the loop."""
     stop, force = asyncio.Event(), asyncio.Event()
     parent = os.getppid()
 
@@ -47,6 +50,7 @@ def stop_signals() -> tuple[asyncio.Event, asyncio.Event]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(PARENT_DEATH_SIGNAL, stop.set)
     loop.add_signal_handler(FORCE_SIGNAL, on_force)
     return stop, force
 

@@ -111,15 +111,19 @@ def _closed_port() -> int:
 
 
 _SIGNALLED = """
-import asyncio
+import asyncio, signal
 from broker.entrypoint import stop_signals
 
 async def main():
     stop, force = stop_signals()
+    # The test's "that was all": SIGWINCH (28) is handled after the signals sent before it,
+    # even when they are pending together (the kernel delivers lower numbers first).
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGWINCH, done.set)
     print("ready", flush=True)
     await stop.wait()
     print("stopping", flush=True)
-    await asyncio.sleep(0.5)  # a second signal may come
+    await done.wait()
     print("force" if force.is_set() else "stop", flush=True)
 
 asyncio.run(main())
@@ -136,18 +140,32 @@ async def _signalled(*, orphaned: bool, signals: list[signal.Signals]) -> str:
     assert parent.stdout
     child = int(await parent.stdout.readline())
     assert (await parent.stdout.readline()).strip() == b"ready"
-    if orphaned:  # (its exit is awaited below: asyncio waits for the pipe the child holds)
+    if orphaned:  # the child is re-parented as its parent exits, before the pidfd says so
         parent.kill()
-        while _parent_of(child) == parent.pid:
-            await asyncio.sleep(0.01)
+        await _exited(parent.pid)
+        assert _parent_of(child) != parent.pid
     for n, sig in enumerate(signals):
         os.kill(child, sig)
         if n == 0:
             line = await asyncio.wait_for(parent.stdout.readline(), 10)
             assert line.strip() == b"stopping"
+    os.kill(child, signal.SIGWINCH)
     answer = (await asyncio.wait_for(parent.stdout.readline(), 10)).decode().strip()
     await asyncio.wait_for(parent.wait(), 10)
     return answer
+
+
+async def _exited(pid: int) -> None:
+    """Until ``pid`` has exited (its pidfd turns readable; it may not be reaped yet)."""
+    fd = os.pidfd_open(pid)
+    ended = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, ended.set)
+    try:
+        await asyncio.wait_for(ended.wait(), 10)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _parent_of(pid: int) -> int:
@@ -155,7 +173,10 @@ def _parent_of(pid: int) -> int:
 
 
 async def test_a_parent_death_signal_stops_and_never_forces() -> None:
-    # Twice, as the kernel may send it for a multi-threaded parent: still "finish the job".
+    # Twice, as the kernel sends it for a multi-threaded parent (once per thread, while the
+    # parent's pid still answers getppid): still "finish the job".
+    assert await _signalled(orphaned=False, signals=[signal.SIGHUP, signal.SIGHUP]) == "stop"
+    # Any signal once the parent is gone: a stop, never a force.
     assert await _signalled(orphaned=True, signals=[signal.SIGTERM, signal.SIGTERM]) == "stop"
     # The same from a live parent (a person's second Ctrl-C): hand the job back.
     assert await _signalled(orphaned=False,

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from broker.entrypoint import FORCE_SIGNAL
+from broker.entrypoint import FORCE_SIGNAL, PARENT_DEATH_SIGNAL
 from broker.work_areas import live_agents, remove_abandoned
 from controller.policy import Offer
 from controller.providers.base import InstanceInfo, NoCapacity
@@ -33,10 +32,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _term_with_parent() -> None:
-    """In the child before exec: SIGTERM me when my parent dies (Linux; elsewhere a no-op)."""
+    """In the child before exec: stop me when my parent dies (Linux; elsewhere a no-op).
+    Its own signal, not SIGTERM: the kernel sends it once per thread of the parent as they
+    die, and the parent's pid stays the same until the last one has, so two SIGTERMs would
+    read as a person's second Ctrl-C and hand the job back."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
 
 
 class LocalProvider:
