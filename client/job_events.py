@@ -79,9 +79,14 @@ class JobEvents:
         and malformed ones, are skipped.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        await self._require_job(job_id)
+        await self._require_job(job_id, deadline, timeout_s)
         # An outcome before the job's last requeue (a dead letter run again) is history.
-        requeued_at = await self._last_seq(job_id, "requeued")
+        while True:
+            try:
+                requeued_at = await self._last_seq(job_id, "requeued")
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                await self._outage(exc, deadline, job_id, timeout_s)
         after = 0  # the stream sequence of the last event yielded
         while True:
             # A named pull consumer on the tenant's own events stream, filtered to the job.
@@ -152,13 +157,22 @@ class JobEvents:
                     error=str(exc) or type(exc).__name__)
         await asyncio.sleep(0.5)
 
-    async def _require_job(self, job_id: str) -> None:
+    async def _require_job(self, job_id: str, deadline: float | None,
+                           timeout_s: float | None) -> None:
         """Raise JobNotFound unless the job has events. (The queued event reaches the
         tenant's events stream a moment after the gateway stored the job, so a miss is looked
-        at again for 2 s.)"""
-        deadline = time.monotonic() + 2.0
-        while not await self.submitted(job_id):
-            if time.monotonic() > deadline:
+        at again for 2 s.) An outage (a restart, a new stream leader being elected) is
+        waited out until ``deadline``."""
+        missing_until = time.monotonic() + 2.0
+        while True:
+            try:
+                if await self.submitted(job_id):
+                    return
+            except (nats.errors.Error, TimeoutError) as exc:
+                await self._outage(exc, deadline, job_id, timeout_s)
+                missing_until = time.monotonic() + 2.0
+                continue
+            if time.monotonic() > missing_until:
                 raise JobNotFound(f"no job with id {job_id!r} (never submitted, or its "
                                   "events expired)")
             await asyncio.sleep(0.1)
@@ -172,7 +186,7 @@ class JobEvents:
         Raises JobNotFound for an unknown id, TimeoutError after ``timeout_s`` (None: forever).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        await self._require_job(job_id)
+        await self._require_job(job_id, deadline, timeout_s)
         live = await self._nc.subscribe(event_subject(self.tenant, job_id, "*", "*"))
         copying = 0  # polls left for the stored copy of a terminal event seen live
         try:
