@@ -72,6 +72,7 @@ class WebhookSender:
         self._timeout_s = timeout_s
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._psub: JetStreamContext.PullSubscription | None = None
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -86,15 +87,18 @@ class WebhookSender:
         self._http = httpx.AsyncClient(
             transport=GuardedTransport(self._allowed, setting=ALLOW_SETTING),
             timeout=self._timeout_s, follow_redirects=False)
-        psub = await self._js.pull_subscribe_bind(consumer=WEBHOOKS_CONSUMER,
-                                                  stream=EVENTS_STREAM)
-        self._task = asyncio.create_task(self._run(psub))
+        self._psub = await self._js.pull_subscribe_bind(consumer=WEBHOOKS_CONSUMER,
+                                                        stream=EVENTS_STREAM)
+        self._task = asyncio.create_task(self._run(self._psub))
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._psub is not None:  # or a fetch cut short leaves messages the drain waits for
+            with contextlib.suppress(nats.errors.Error):
+                await self._psub.unsubscribe()
         if self._http is not None:
             await self._http.aclose()
 
