@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 
@@ -54,15 +55,37 @@ async def _try_encoder(ffmpeg: str, encoder: str, timeout_s: float) -> str | Non
     return None
 
 
+# One probe per FFmpeg binary and process: a machine's encoders do not change while it runs,
+# and a probe costs about 0.7 s of encodes (an agent probes once at its start; several agents
+# in one process, as in the tests, share the answer). A failed probe is not kept.
+_PROBED: dict[tuple[str, float, tuple[tuple[str, tuple[str, ...]], ...]], EncoderProbe] = {}
+
+
 async def probe_encoders(ffmpeg: str, *, timeout_s: float = 20.0,
                          candidates: dict[str, tuple[str, ...]] | None = None) -> EncoderProbe:
     """Try every candidate (concurrently per codec, in order within one); the first that
-    encodes a frame wins its codec.
+    encodes a frame wins its codec. Asked again in the same process for the same binary
+    (same path, same modification time), the first answer.
 
     Raises RuntimeError when no H.264 encoder works: an agent that cannot encode the default
     output must not pull jobs. A missing HEVC or AV1 encoder only fails the jobs asking for it.
     """
     candidates = candidates or CANDIDATES
+    binary = shutil.which(ffmpeg) or ffmpeg  # a PATH that changes finds another binary
+    try:
+        key = (os.path.realpath(binary), os.stat(binary).st_mtime, tuple(candidates.items()))
+    except OSError:
+        key = None
+    if key is not None and key in _PROBED:
+        return _PROBED[key]
+    probe = await _probe(ffmpeg, timeout_s, candidates)
+    if key is not None:
+        _PROBED[key] = probe
+    return probe
+
+
+async def _probe(ffmpeg: str, timeout_s: float,
+                 candidates: dict[str, tuple[str, ...]]) -> EncoderProbe:
     failures: dict[str, str] = {}
 
     async def first_working(encoders: tuple[str, ...]) -> str | None:
