@@ -66,9 +66,11 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        if self.port is None:
+        """Its address; the same while it restarts (``restart`` keeps the port)."""
+        port = self.port or self.requested_port
+        if not port:
             raise ServerError("server not started")
-        return f"nats://{self.host}:{self.port}"
+        return f"nats://{self.host}:{port}"
 
     def start(self) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
