@@ -14,10 +14,12 @@ without bound.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -138,7 +140,8 @@ class Metrics:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):  # the connection may be gone
+                await self._sub.unsubscribe()
             self._sub = None
 
     async def _on_event(self, msg: Msg) -> None:
