@@ -22,14 +22,13 @@ from nats.js import JetStreamContext
 from broker.events import Succeeded, decode_event
 from broker.heartbeats import Heartbeat, decode_heartbeat
 from broker.subjects import JOBS_CONSUMER, JOBS_STREAM
+from controller.estimate import JobTimes, backlog_work_s, ewma
 from controller.policy import Offer
 from controller.providers.base import Provider
 from controller.reconcile import Seen
 
 __all__ = ["Backlog", "HeartbeatBook", "OfferBook", "SpeedBook", "read_backlog"]
 
-_PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
-_EWMA = 0.2  # weight of the newest result
 
 
 class Backlog(Struct, frozen=True, kw_only=True):
@@ -118,7 +117,7 @@ class SpeedBook:
 
     def __init__(self, gpu_of: Callable[[str], str | None]) -> None:
         self._gpu_of = gpu_of  # agent id -> GPU model, from the fleet records
-        self.job_s: dict[str, float] = {}
+        self.times = JobTimes()
         self.gpu_speed: dict[str, float] = {}
         self._sub: Subscription | None = None
 
@@ -138,27 +137,18 @@ class SpeedBook:
             self.learn(event)
 
     def learn(self, event: Succeeded) -> None:
-        self.job_s[event.operation] = _ewma(self.job_s.get(event.operation),
-                                            event.timings.total_s)
+        self.times.learn(event.operation, event.timings.total_s)
         gpu = self._gpu_of(event.agent_id)
         if gpu and event.timings.encode_s > 0 and event.output.duration_s > 0:
             speed = event.output.duration_s / event.timings.encode_s
-            self.gpu_speed[gpu] = _ewma(self.gpu_speed.get(gpu), speed)
+            self.gpu_speed[gpu] = ewma(self.gpu_speed.get(gpu), speed)
 
     def work_s(self, backlog: Backlog, running_for_s: Sequence[float] = ()) -> float:
-        """Queued jobs at the mean job time. A running job whose age is known
-        (``running_for_s``, from the dispatcher's leases) at what is left of the mean, or, past
-        half the mean, at as long again as it has run: a job far over the mean (a dripping
-        download, a huge input) keeps its machine, and the queue behind it needs another. Other
-        running jobs at half the mean (half done, on average)."""
-        mean = (sum(self.job_s.values()) / len(self.job_s)) if self.job_s else _PRIOR_JOB_S
-        aged = sum(max(mean - age, age) for age in running_for_s)
-        unknown = max(0, backlog.running_jobs - len(running_for_s))
-        return mean * (backlog.queued_jobs + 0.5 * unknown) + aged
-
-
-def _ewma(old: float | None, new: float) -> float:
-    return new if old is None else (1 - _EWMA) * old + _EWMA * new
+        """The backlog's work (controller/estimate.py); ``running_for_s``: the ages of the
+        running jobs the dispatcher holds leases for; the others' ages are unknown."""
+        return backlog_work_s(mean_job_s=self.times.mean(), queued_jobs=backlog.queued_jobs,
+                              running_for_s=running_for_s,
+                              running_unknown=max(0, backlog.running_jobs - len(running_for_s)))
 
 
 class OfferBook:

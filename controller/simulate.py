@@ -27,7 +27,8 @@ __all__ = ["compare", "format_report", "main", "run_ours", "run_simulation"]
 
 
 def _states(jobs: Sequence[TraceJob], work: WorkModel) -> list[JobState]:
-    return [JobState(work_s=work.work_s(j), arrival_s=j.arrival_s) for j in jobs]
+    return [JobState(work_s=work.work_s(j), arrival_s=j.arrival_s, operation=j.operation)
+            for j in jobs]
 
 
 def run_ours(jobs: Sequence[TraceJob], *, policy: Policy, model: ProviderModel,

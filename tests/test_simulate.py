@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 
+from controller.estimate import PRIOR_JOB_S, JobTimes
+from controller.observe import Backlog, SpeedBook
 from controller.policy import Offer, Policy, rank_offers
 from controller.simulate import main, run_simulation
 from controller.simulation.baselines import (
@@ -16,7 +19,7 @@ from controller.simulation.baselines import (
     one_per_request,
 )
 from controller.simulation.engine import simulate_policy
-from controller.simulation.fleet import JobState
+from controller.simulation.fleet import JobState, Machine, build_snapshot
 from controller.simulation.provider import (
     Market,
     MarketOffer,
@@ -265,3 +268,33 @@ def test_the_simulators_cap_has_the_controllers_name(tmp_path: Path) -> None:
         assert main(["--trace", str(trace), flag, "5"]) == 0
     with pytest.raises(SystemExit):
         main(["--trace", str(trace), "--max-spend-per-hour", "lots"])
+
+
+def test_the_simulator_sees_the_backlog_as_the_controller_does() -> None:
+    """The policy gets the same estimate from both: the finished jobs' mean machine time,
+    never a job's true work (a simulator that knew it would flatter the policy)."""
+    book = SpeedBook(lambda _: None)
+    times = JobTimes()
+    for seconds in (30.0, 50.0, 40.0):
+        book.times.learn("caption", seconds)
+        times.learn("caption", seconds)
+    live = book.work_s(Backlog(queued_jobs=4, running_jobs=3), running_for_s=[10.0, 90.0])
+    running = Machine(launch=0, machine_id=1, gpu_name="RTX 4090", price_per_hour=0.3,
+                      storage_per_hour=0.0, speed=1.0, launched_at=0.0, booted_at=5.0,
+                      job=0, job_started_at=990.0, job_duration_s=5000.0)  # truly 5000 s
+    long = dataclasses.replace(running, launch=1, job_started_at=910.0)
+    dead = dataclasses.replace(running, launch=2, dead_at=950.0)
+    snapshot = build_snapshot(now=1000.0, queued=4, mean_job_s=times.mean(),
+                              running=[running, long, dead], machines=[], offers=(),
+                              spent_today=0.0, failed_machines=frozenset(),
+                              last_rent_at=None, gpu_speed={})
+    assert snapshot.backlog_work_s == pytest.approx(live)
+    mean = 0.8 * (0.8 * 30 + 0.2 * 50) + 0.2 * 40  # the moving average, newest at 0.2
+    # queued at the mean, the 10 s one at what is left, the 90 s one at as long again, the
+    # dead agent's job at half the mean
+    assert live == pytest.approx(4 * mean + (mean - 10) + 90 + 0.5 * mean)
+    # Before any job has finished, the prior, whatever the queue truly holds.
+    assert build_snapshot(now=0.0, queued=3, mean_job_s=JobTimes().mean(), running=[],
+                          machines=[], offers=(), spent_today=0.0,
+                          failed_machines=frozenset(), last_rent_at=None,
+                          gpu_speed={}).backlog_work_s == 3 * PRIOR_JOB_S

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from msgspec import Struct
 
+from controller.estimate import JobTimes
 from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, decide
 from controller.simulation.fleet import JobState, Machine, build_snapshot
 from controller.simulation.provider import Fates, Market
@@ -67,7 +68,7 @@ class _Run:
         self.events: list[tuple[float, int, str, int, int]] = []
         self.seq = 0
         self.queue: deque[int] = deque()
-        self.queued_work_s = 0.0
+        self.times = JobTimes()  # what the controller learns from finished jobs
         self.in_flight: dict[int, Machine | None] = {}
         self.machines: list[Machine] = []
         self.live: list[Machine] = []
@@ -99,7 +100,6 @@ class _Run:
 
     def enqueue(self, index: int, *, front: bool) -> None:
         (self.queue.appendleft if front else self.queue.append)(index)
-        self.queued_work_s += self.jobs[index].work_s
 
     def dispatch(self, now: float) -> None:
         while self.queue:
@@ -108,7 +108,6 @@ class _Run:
                 return
             machine = min(free, key=lambda m: (m.idle_since or 0.0, m.launch))
             index = self.queue.popleft()
-            self.queued_work_s -= self.jobs[index].work_s
             self.start_job(machine, index, now)
 
     def start_job(self, m: Machine, index: int, now: float) -> None:
@@ -140,6 +139,7 @@ class _Run:
             return  # the fleet KV still shows the job: the agent never said otherwise
         job = self.jobs[index]
         job.done_at, m.job, m.idle_since = now, None, now
+        self.times.learn(job.operation, now - m.job_started_at)
         del self.in_flight[index]
         self.done += 1
         total, count = self.speed_sums.get(m.gpu_name, (0.0, 0))
@@ -163,8 +163,8 @@ class _Run:
     def snapshot(self, now: float) -> Snapshot:
         gpu_speed = {name: total / count for name, (total, count) in self.speed_sums.items()}
         return build_snapshot(
-            now=now, queued=len(self.queue), queued_work_s=self.queued_work_s,
-            running=[(self.jobs[i], m) for i, m in self.in_flight.items()],
+            now=now, queued=len(self.queue), mean_job_s=self.times.mean(),
+            running=list(self.in_flight.values()),
             machines=self.live, offers=self.market.listed(now), spent_today=self.spent_today,
             failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.estimate import backlog_work_s
 from controller.policy import Instance, Offer, Snapshot
 
 __all__ = ["JobState", "Machine", "build_snapshot"]
@@ -69,29 +70,29 @@ class Machine:
 
 @dataclass
 class JobState:
-    work_s: float  # estimated encoder seconds at speed 1.0
+    work_s: float  # encoder seconds at speed 1.0: the truth, which the policy never sees
     arrival_s: float
     started_at: float | None = None  # the first start: what the client's wait ends on
     done_at: float | None = None
+    operation: str = "job"  # the controller's estimate learns per operation
 
 
-def build_snapshot(*, now: float, queued: int, queued_work_s: float,
-                   running: list[tuple[JobState, Machine | None]],
+def build_snapshot(*, now: float, queued: int, mean_job_s: float,
+                   running: list[Machine | None],
                    machines: list[Machine], offers: tuple[Offer, ...], spent_today: float,
                    failed_machines: frozenset[int], last_rent_at: float | None,
                    gpu_speed: dict[str, float]) -> Snapshot:
-    """``running``: each job in flight with the machine running it (None once its agent died:
-    the consumer still holds it until the redelivery). Its remaining work is estimated from
-    progress, as the agent reports it."""
-    remaining_s = 0.0
-    for job, machine in running:
-        if machine is None or machine.dead_at is not None:
-            remaining_s += job.work_s
-            continue
-        done = (now - machine.job_started_at) / max(machine.job_duration_s, 1e-9)
-        remaining_s += job.work_s * max(0.0, 1.0 - done)
+    """``running``: the machine running each job in flight (None once its agent died: the
+    consumer still holds the job until the redelivery). The backlog's work is the live
+    controller's estimate (controller/estimate.py) from ``mean_job_s``, the finished jobs'
+    mean machine time, and the running jobs' ages; never a job's true work, which no
+    deployment knows before it has run."""
+    alive = [m for m in running if m is not None and m.dead_at is None]
+    work_s = backlog_work_s(mean_job_s=mean_job_s, queued_jobs=queued,
+                            running_for_s=[now - m.job_started_at for m in alive],
+                            running_unknown=len(running) - len(alive))
     return Snapshot(now=now, queued_jobs=queued, running_jobs=len(running),
-                    backlog_work_s=queued_work_s + remaining_s,
+                    backlog_work_s=work_s,
                     instances=tuple(m.as_instance(now) for m in machines
                                     if m.destroyed_at is None),
                     offers=offers, spent_today=spent_today, failed_machines=failed_machines,
