@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -62,15 +63,21 @@ def cli(ctx: click.Context, nats_url: str | None, creds_file: str | None,
 @click.option("--dead-letter-days", type=click.FloatRange(0.01, 365), default=7.0,
               show_default=True, help="How long jobs that failed for good are kept, with "
               "their inputs, for `vidfleet dlq`.")
+@click.option("--metrics-listen", default=None,
+              help="Where the controller serves Prometheus figures [env "
+              "VIDFLEET_METRICS_LISTEN; default 127.0.0.1:9464; empty: none]. A second "
+              "`vidfleet up` on this machine needs another.")
 @click.option("--cluster", type=click.IntRange(1, 9), default=1, show_default=True,
               help="nats-servers: 3 runs a JetStream cluster on this machine (client ports "
               "PORT, PORT+1, PORT+2) with every stream replicated 3 times.")
 @click.pass_obj
 def up(cfg: ClientConfig, data_dir: Path | None, port: int, max_agents: int,
-       ack_wait_s: float, dead_letter_days: float, cluster: int) -> None:
+       ack_wait_s: float, dead_letter_days: float, metrics_listen: str | None,
+       cluster: int) -> None:
     """Run nats-server and the controller (local agents on demand) until Ctrl-C."""
+    env = {} if metrics_listen is None else {"VIDFLEET_METRICS_LISTEN": metrics_listen}
     options = StackOptions(data_dir=(data_dir or Path(cfg.data_dir)).resolve(), port=port,
-                           max_agents=max_agents, cluster=cluster,
+                           max_agents=max_agents, cluster=cluster, env=env,
                            topology=TopologyConfig(ack_wait_s=ack_wait_s,
                                                    dead_letter_max_age_s=dead_letter_days
                                                    * 86400))
@@ -93,9 +100,12 @@ async def _up(options: StackOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     async with stack:
+        metrics = options.env.get("VIDFLEET_METRICS_LISTEN",
+                                   os.environ.get("VIDFLEET_METRICS_LISTEN", "127.0.0.1:9464"))
         click.echo(f"vidfleet is up: NATS at {stack.url}, controller with up to "
-                   f"{options.max_agents} local agent(s) started on demand, data in "
-                   f"{options.data_dir}. Ctrl-C stops.", err=True)
+                   f"{options.max_agents} local agent(s) started on demand"
+                   + (f", metrics on http://{metrics}/metrics" if metrics else "")
+                   + f", data in {options.data_dir}. Ctrl-C stops.", err=True)
         await stop.wait()
     return 0
 

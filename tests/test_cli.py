@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
@@ -20,6 +21,7 @@ from broker.subjects import DEFAULT_TENANT
 from client.api import Client
 from client.submit_cli import submit
 from tests.media import ffprobe, make_tone, make_video
+from tests.prometheus import free_port
 from tests.secure_stack import Secure
 
 VIDFLEET = [sys.executable, "-c", "from client.cli import main; main()"]
@@ -164,9 +166,10 @@ async def test_missing_local_file_is_a_usage_error(nats_server, js, tmp_path: Pa
 async def test_up_runs_the_stack_and_ctrl_c_lets_the_running_job_finish(
         media_dir: Path, tmp_path: Path) -> None:
     # Its own session, like a shell's foreground job: Ctrl-C goes to the whole group.
+    metrics = f"127.0.0.1:{free_port()}"
     proc = await asyncio.create_subprocess_exec(
         *VIDFLEET, "up", "--port", "0", "--data-dir", str(tmp_path / "data"),
-        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        "--metrics-listen", metrics, stderr=asyncio.subprocess.PIPE, start_new_session=True)
     assert proc.stderr
     url = None
     while url is None:
@@ -174,6 +177,9 @@ async def test_up_runs_the_stack_and_ctrl_c_lets_the_running_job_finish(
         assert line, "vidfleet up exited before it was up"
         if m := re.search(r"NATS at (nats://\S+),", line):
             url = m.group(1)
+            assert f"metrics on http://{metrics}/metrics" in line
+    async with httpx.AsyncClient() as http:  # the controller serves them there
+        assert "vidfleet_backlog_jobs" in (await http.get(f"http://{metrics}/metrics")).text
     video = make_video(tmp_path / "mid.mp4", seconds=20, size="640x360")
     creds = tmp_path / "data" / "auth" / "admin.creds"  # auth is on: made at first start
     async with await Client.connect(url, creds_file=creds) as vf:
