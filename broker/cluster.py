@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.auth import AuthKeys, server_config
 from broker.server import EmbeddedServer, ServerError
+from broker.subjects import JOBS_STREAM
 
-__all__ = ["CLUSTER_NAME", "cluster_nodes", "replicas_for", "wait_for_jetstream"]
+__all__ = ["CLUSTER_NAME", "cluster_nodes", "replicas_for", "replicas_in_use",
+           "wait_for_jetstream"]
 
 CLUSTER_NAME = "vidfleet"
 
@@ -34,6 +36,16 @@ def replicas_for(nodes: int) -> int:
     """Replicas per stream: 3 on three nodes or more (a node may be lost without losing a
     write or the quorum), 1 on a single server."""
     return 3 if nodes >= 3 else 1
+
+
+async def replicas_in_use(js: JetStreamContext, default: int) -> int:
+    """The deployment's replicas, as JOBS has them (so a tenant made later by ``vidfleet
+    creds`` gets as many as the streams ``vidfleet up --cluster 3`` made); ``default``
+    before JOBS exists."""
+    try:
+        return (await js.stream_info(JOBS_STREAM)).config.num_replicas or default
+    except NotFoundError:
+        return default
 
 
 def _free_port(host: str) -> int:

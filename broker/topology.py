@@ -23,8 +23,10 @@ from nats.js.api import (
     StreamConfig,
     StreamSource,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
+from broker.cluster import replicas_in_use
+from broker.stores import ensure_kv, ensure_object_store, ensure_stream
 from broker.subjects import (
     AUTH_BUCKET,
     DEAD_LETTER_INPUTS_BUCKET,
@@ -155,14 +157,6 @@ def _events_like(cfg: TopologyConfig, *, name: str, description: str,
     )
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # Exists with another configuration: bring it to ours (server refuses unsafe edits).
-        await js.update_stream(config)
-
-
 def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
     return StreamConfig(
         name=EXHAUSTED_STREAM,
@@ -175,93 +169,57 @@ def _exhausted_stream_config(cfg: TopologyConfig) -> StreamConfig:
     )
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig,
-                     max_bytes: int = -1) -> None:
-    """Create the bucket, then forbid rollups and purges on its stream: nats-py creates KV
-    streams with rollups allowed, and one ``Nats-Rollup: all`` publish would empty the
-    bucket. (Irreversible by design: the server refuses to allow purges again.) Reads are
-    direct gets, by key (no message get by sequence is exported to anyone). With
-    ``max_bytes`` the oldest entries go when it is full, rather than every write failing."""
-    try:
-        await js.key_value(config.bucket)
-    except NotFoundError:
-        await js.create_key_value(config)
-    stream = f"KV_{config.bucket}"
-    current = (await js.stream_info(stream)).config
-    wanted: dict[str, object] = {"allow_rollup_hdrs": False, "deny_purge": True,
-                                 "allow_direct": True, "max_bytes": max_bytes}
-    if config.ttl:  # an expiry changed in the settings reaches the bucket
-        wanted["max_age"] = config.ttl
-    if max_bytes > 0:
-        wanted["discard"] = DiscardPolicy.OLD
-    if any(getattr(current, k) != v for k, v in wanted.items()):
-        await js.update_stream(current.evolve(**wanted))
-
-
 async def ensure_topology(js: JetStreamContext, cfg: TopologyConfig,
                           tenants: tuple[str, ...] = (DEFAULT_TENANT,)) -> None:
     """Everything the fleet needs, and the object stores of ``tenants`` (by default the one
     every client of a server without auth, and the fleet's own tools, act for)."""
-    await _ensure_stream(js, jobs_stream_config(cfg))
-    await _ensure_stream(js, _events_stream_config(cfg))
-    await _ensure_stream(js, _exhausted_stream_config(cfg))
+    await ensure_stream(js, jobs_stream_config(cfg))
+    await ensure_stream(js, _events_stream_config(cfg))
+    await ensure_stream(js, _exhausted_stream_config(cfg))
     await js.add_consumer(EXHAUSTED_STREAM, ConsumerConfig(
         durable_name=EXHAUSTED_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
         max_deliver=-1))
     # CONSUMER.CREATE is create-or-update on the server; a field that cannot change raises.
     # Never delete and recreate it: that forgets which jobs are leased and reruns them.
     await js.add_consumer(JOBS_STREAM, jobs_consumer_config(cfg))
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=JOBSTATE_BUCKET, description="latest lifecycle event per job id", history=1,
         ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=JOB_COSTS_BUCKET, description="each job's ended attempts' machine time, in $",
         history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=AUTH_BUCKET, description="revoked user keys, until their JWTs expire",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=FLEET_BUCKET, description="the controller's machines and its last summary",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=LEASES_BUCKET, description="which agent holds which job (the dispatcher's)",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=WEBHOOK_SETTINGS_BUCKET, description="each tenant's webhook URL and secret",
         history=1, storage=StorageType.FILE, replicas=cfg.replicas))
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=WEBHOOK_JOBS_BUCKET, description="jobs' webhook URLs and delivery attempts",
         history=1, ttl=cfg.events_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas),
         max_bytes=cfg.jobstate_max_bytes)
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=RESULT_CACHE_BUCKET, description="the fleet's build and cached results",
         history=1, ttl=cfg.results_max_age_s, storage=StorageType.FILE,
         replicas=cfg.replicas), max_bytes=cfg.jobstate_max_bytes)
-    await _ensure_kv(js, KeyValueConfig(
+    await ensure_kv(js, KeyValueConfig(
         bucket=DEAD_LETTERS_BUCKET, description="jobs that failed for good, kept for a retry",
         history=1, ttl=cfg.dead_letter_max_age_s, storage=StorageType.FILE,
         replicas=cfg.replicas), max_bytes=cfg.dead_letters_max_bytes)
-    await _ensure_object_store(js, DEAD_LETTER_INPUTS_BUCKET, ObjectStoreConfig(
+    await ensure_object_store(js, DEAD_LETTER_INPUTS_BUCKET, ObjectStoreConfig(
         description="the obj: inputs of dead letters, <tenant>/<job_id>/<name>",
         ttl=cfg.dead_letter_max_age_s, storage=StorageType.FILE, replicas=cfg.replicas,
         max_bytes=cfg.dead_letter_inputs_max_bytes))
     for tenant in tenants:
         await ensure_tenant(js, cfg, tenant)
-
-
-async def _ensure_object_store(js: JetStreamContext, bucket: str,
-                               config: ObjectStoreConfig) -> None:
-    """Create the bucket, or bring its expiry and size to ``config``."""
-    try:
-        await js.object_store(bucket)
-    except NotFoundError:
-        await js.create_object_store(bucket, config)
-        return
-    current = (await js.stream_info(f"OBJ_{bucket}")).config
-    if (current.max_age, current.max_bytes) != (config.ttl, config.max_bytes):
-        await js.update_stream(current.evolve(max_age=config.ttl, max_bytes=config.max_bytes))
 
 
 def tenant_events_config(cfg: TopologyConfig, tenant: str) -> StreamConfig:
@@ -276,15 +234,10 @@ async def ensure_tenant(js: JetStreamContext, cfg: TopologyConfig, tenant: str, 
                         resize: bool = False) -> None:
     """The tenant's own events stream and input and result object stores. (An object store
     cannot forbid rollups, so each is reachable only by its tenant, and by agents.) A new
-    bucket gets ``cfg``'s quotas; an existing one keeps its own unless ``resize``. Replicas are
-    the deployment's, as JOBS has them (a tenant made later by ``vidfleet creds`` gets as
-    many as the streams ``vidfleet up --cluster 3`` made), or ``cfg``'s before JOBS exists."""
-    try:
-        replicas = (await js.stream_info(JOBS_STREAM)).config.num_replicas or cfg.replicas
-    except NotFoundError:
-        replicas = cfg.replicas
-    cfg = structs.replace(cfg, replicas=replicas)
-    await _ensure_stream(js, tenant_events_config(cfg, tenant))
+    bucket gets ``cfg``'s quotas (replicas: JOBS's), an existing one keeps its own unless
+    ``resize``."""
+    cfg = structs.replace(cfg, replicas=await replicas_in_use(js, cfg.replicas))
+    await ensure_stream(js, tenant_events_config(cfg, tenant))
     for bucket, max_age_s, max_bytes in (
             (inputs_bucket(tenant), cfg.inputs_max_age_s, cfg.tenant_inputs_max_bytes),
             (results_bucket(tenant), cfg.results_max_age_s, cfg.tenant_results_max_bytes)):

@@ -42,6 +42,7 @@ from controller.policy import Offer, Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import ProviderBill, SpendMeter
+from controller.waiters import wait_any
 from controller.webhooks import WebhookSender
 
 __all__ = ["Controller"]
@@ -165,7 +166,7 @@ class Controller:
                     self._metrics.tick_failures.inc()
                     logger.warning("tick failed, next one in {s}s: {error}",
                                    s=self._config.tick_s, error=str(exc) or type(exc).__name__)
-                await _wait_any(stop, wake, self._config.tick_s)
+                await wait_any(stop, wake, self._config.tick_s)
         finally:
             stopping.cancel()
             await queued.unsubscribe()
@@ -291,11 +292,3 @@ class Controller:
             summary=summary, records=self._records.values(), letters=self._dispatcher.letters,
             beats=self._beats.heard(self._policy.heartbeat_timeout_s), now=now)
 
-
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
-    waits = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waits:
-            task.cancel()

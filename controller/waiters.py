@@ -1,6 +1,7 @@
 """The agents waiting for work: each one's open ``fleet.work.<id>`` request, until a job is
 granted to it or its wait runs out. The longest waiter is served first. An agent has at most
 one open request: a new one supersedes the old (which is answered empty at once).
+And ``wait_any``: the scaling loop's wait between ticks, which a newly queued job cuts short.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from nats.aio.msg import Msg
 from broker.dispatch import WorkReply
 from controller.holders import respond
 
-__all__ = ["MAX_WAIT_S", "Waiter", "Waiters"]
+__all__ = ["MAX_WAIT_S", "Waiter", "Waiters", "wait_any"]
 
 MAX_WAIT_S = 30.0  # the longest a work request is held open
 
@@ -77,3 +78,13 @@ class Waiters:
         first = min(live, key=lambda w: w.until)
         del self._waiting[first.agent_id]
         return first
+
+
+async def wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
+    """Until either event is set, or ``timeout_s``."""
+    waits = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
