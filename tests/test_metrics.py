@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
@@ -126,31 +127,39 @@ async def test_prometheus_scrapes_the_controller_through_a_real_job(tmp_path: Pa
     video, srt = await asyncio.to_thread(make_sample, tmp_path / "media", 2, "320x180")
     options = StackOptions(data_dir=tmp_path / "data", port=0, max_agents=1,
                            env={"VIDFLEET_METRICS_LISTEN": f"127.0.0.1:{port}"})
-    with prometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prom:
-        async with Stack(options) as stack:
-            async with await Client.connect(stack.url, creds_file=stack.creds_file) as vf:
-                job = CaptionJob(video=await vf.upload_input(video),
-                                 srt=await vf.upload_input(srt), cache=False)
-                await vf.submit(job, job_id="scraped")
-                result = await vf.result("scraped", timeout_s=120)
-            assert isinstance(result, Succeeded)
-            assert await prom.value_when('up{job="vidfleet-controller"}', lambda v: v == 1) == 1
-            assert await prom.value_when(
-                'sum(vidfleet_jobs_total{operation="caption", outcome="succeeded"})',
-                lambda v: v >= 1) == 1
-            assert await prom.value_when(
-                'sum(vidfleet_jobs_total{operation="caption", outcome="queued"})',
-                lambda v: v >= 1) == 1
-            # The agent that ran it idles on (the idle timeout): one serving machine.
-            assert await prom.value_when('vidfleet_instances{state="serving"}',
-                                         lambda v: v >= 1) == 1
-            # The encoder that ran, as the agent's heartbeat says (libx264 here, no NVENC).
-            assert await prom.value_when(
-                f'sum(vidfleet_agents{{encoder="{result.encoder}"}})', lambda v: v >= 1) == 1
-            assert await prom.value_when(
-                'vidfleet_job_duration_seconds_count{operation="caption"}',
-                lambda v: v >= 1) == 1
-            rules = await prom.rules()
-            assert len(rules) == 10 and {r["health"] for r in rules} == {"ok"}
-            firing = await prom.query('ALERTS{alertstate="firing"}')
-            assert firing == []  # a healthy run raises nothing
+    async with prometheus(tmp_path / "prometheus", f"127.0.0.1:{port}") as prom, \
+            Stack(options) as stack:
+        async with await Client.connect(stack.url, creds_file=stack.creds_file) as vf:
+            job = CaptionJob(video=await vf.upload_input(video),
+                             srt=await vf.upload_input(srt), cache=False)
+            await vf.submit(job, job_id="scraped")
+            result = await vf.result("scraped", timeout_s=120)
+        assert isinstance(result, Succeeded)
+        assert await prom.value_when('up{job="vidfleet-controller"}', lambda v: v == 1) == 1
+        assert await prom.value_when(
+            'sum(vidfleet_jobs_total{operation="caption", outcome="succeeded"})',
+            lambda v: v >= 1) == 1
+        assert await prom.value_when(
+            'sum(vidfleet_jobs_total{operation="caption", outcome="queued"})',
+            lambda v: v >= 1) == 1
+        # The agent that ran it idles on (the idle timeout): one serving machine.
+        assert await prom.value_when('vidfleet_instances{state="serving"}',
+                                     lambda v: v >= 1) == 1
+        # The encoder that ran, as the agent's heartbeat says (libx264 here, no NVENC).
+        assert await prom.value_when(
+            f'sum(vidfleet_agents{{encoder="{result.encoder}"}})', lambda v: v >= 1) == 1
+        assert await prom.value_when(
+            'vidfleet_job_duration_seconds_count{operation="caption"}',
+            lambda v: v >= 1) == 1
+        rules = await prom.rules()
+        assert len(rules) == 10 and {r["health"] for r in rules} == {"ok"}
+        firing = await prom.query('ALERTS{alertstate="firing"}')
+        assert firing == []  # a healthy run raises nothing
+        # /metrics has no auth (docs/security.md): no tenant, job, agent or secret in it.
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert "vidfleet_jobs_total" in text
+        creds = stack.creds_file.read_text() if stack.creds_file else ""
+        seed = next(line for line in creds.splitlines() if line.startswith("SU"))
+        for private in ("scraped", "default", result.agent_id, seed, "SU"):
+            assert private not in text, private
