@@ -76,6 +76,8 @@ class FleetSummary(Struct, frozen=True, kw_only=True):
     max_spend_per_hour: float
     max_spend_per_day: float
     alarms: list[str] = []  # what needs a person: provider errors, config errors, caps hit
+    objective: str = ""  # what the policy aims at: "every queued job started within 120 s"
+    unmet: str = ""  # why the last tick could not rent what the objective needs; "" if it could
     # Who paid for the machine time. billed_today: the provider's own bill since UTC midnight
     # when it tells (billed_by_provider; Vast.ai: the account credit spent), else spent_today.
     # attributed_today: the jobs' share (their leases' machine time, in their cost_usd);

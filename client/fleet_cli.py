@@ -63,6 +63,9 @@ def format_status(summary: FleetSummary | None, machines: list[FleetInstance],
                  f"${summary.unattributed_today:.4f} today (boot, idle, drain), "
                  f"${summary.unattributed_per_hour:.3f}/h now; of "
                  f"${summary.billed_today:.4f} billed today ({source})")
+    if summary.objective:
+        met = f"NOT MET: {summary.unmet}" if summary.unmet else "the fleet can meet it"
+        lines.append(f"objective:  {summary.objective}; {met}")
     lines += [f"ALARM:      {alarm}" for alarm in summary.alarms]
     if not machines:
         lines.append("machines:   none")

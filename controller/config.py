@@ -51,7 +51,13 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # Policy (controller/policy.py says what each one does).
     min_warm: int = 0
     max_instances: int = 4
-    target_drain_s: float = 600.0
+    target_drain_s: float = 600.0  # used when target_wait_s is 0
+    # The wait objective: rent so that every queued job starts within this (0: drain instead).
+    target_wait_s: float = 120.0
+    # Booting machines rented per one a queue waits for, minus one: a boot bills only storage
+    # on Vast.ai, and the first machine up takes the job (the local provider never hedges).
+    hedge: float = 1.0
+    warm_per_load: float = 0.0  # machines kept up per machine of measured load (rounded down)
     idle_timeout_s: float = 300.0
     boot_deadline_s: float = 900.0
     heartbeat_timeout_s: float = 30.0
@@ -116,5 +122,5 @@ def policy_of(config: ControllerConfig) -> Policy:
     knobs["max_price_per_hour"] = config.max_spend_per_hour
     if config.provider == "local":
         knobs |= {"min_gpu_ram_mb": 0, "min_reliability": 0.0, "min_inet_down_mbps": 0.0,
-                  "min_cuda": 0.0}
+                  "min_cuda": 0.0, "hedge": 0.0}
     return Policy(**knobs)

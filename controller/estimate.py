@@ -9,9 +9,11 @@ work would decide with knowledge no deployment has, and its figures would flatte
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Sequence
 
-__all__ = ["PRIOR_JOB_S", "JobTimes", "backlog_work_s", "ewma"]
+__all__ = ["PRIOR_JOB_S", "ArrivalRate", "JobTimes", "backlog_work_s", "ewma"]
 
 PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
 _EWMA = 0.2  # weight of the newest result
@@ -46,3 +48,43 @@ def backlog_work_s(*, mean_job_s: float, queued_jobs: int, running_for_s: Sequen
     lost mid-job whose job the consumer still holds) at half the mean."""
     aged = sum(max(mean_job_s - age, age) for age in running_for_s)
     return mean_job_s * (queued_jobs + 0.5 * running_unknown) + aged
+
+
+class ArrivalRate:
+    """Jobs submitted per second: the median of the per-minute counts over the last
+    ``window_s``, minutes without a job counting as zero. A median, so a batch of hundreds in
+    one minute (sized for through the queue) does not read as a busy hour, and it needs more
+    than half the window's minutes busy to be above zero. It sizes the warm floor
+    (``Policy.warm_per_load``): a rate that lags the day by some minutes costs a boot wait
+    when the day picks up, and some idle minutes when it winds down."""
+
+    def __init__(self, window_s: float = 900.0, minute_s: float = 60.0) -> None:
+        self._minute_s = minute_s
+        self._minutes = max(1, round(window_s / minute_s))
+        self._counts: deque[tuple[int, int]] = deque()  # (minute, jobs), oldest first
+        self._total: int | None = None
+        self._now_minute = 0
+
+    def observe(self, now: float, total: int) -> None:
+        """``total``: jobs submitted since some fixed start (a stream's last sequence), read
+        at ``now``; the first reading only sets the start."""
+        if self._total is not None and total > self._total:
+            minute = int(now // self._minute_s)
+            if self._counts and self._counts[-1][0] == minute:
+                self._counts[-1] = (minute, self._counts[-1][1] + total - self._total)
+            else:
+                self._counts.append((minute, total - self._total))
+        self._total = total if self._total is None else max(self._total, total)
+        self._now_minute = int(now // self._minute_s)
+
+    def per_s(self) -> float:
+        if not self._counts:
+            return 0.0
+        # The minutes that ended, within the window: the current one is still counting.
+        last = self._now_minute - 1
+        first = last - self._minutes + 1
+        while self._counts and self._counts[0][0] < first:
+            self._counts.popleft()
+        counts = {m: n for m, n in self._counts if m <= last}
+        per_minute = [counts.get(m, 0) for m in range(first, last + 1)]
+        return statistics.median(per_minute) / self._minute_s

@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import nats.errors
 from loguru import logger
 from nats.aio.client import Client
@@ -33,12 +34,13 @@ from controller.attribution import Attribution
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority
 from controller.dispatcher import Dispatcher
+from controller.estimate import ArrivalRate
 from controller.fleet_store import FleetStore
 from controller.gateway import Gateway
 from controller.machines import Machines
 from controller.metrics import Metrics
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
-from controller.policy import Offer, Policy, Snapshot, decide
+from controller.policy import Offer, Policy, Snapshot, Unmet, decide, wants_offers
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import ProviderBill, SpendMeter
@@ -75,6 +77,8 @@ class Controller:
                 config.dead_letter_inputs_per_tenant_gb * 2**30))
         self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
+        self._arrivals = ArrivalRate()
+        self._unmet = ""  # what the objective lacked on the last tick, for vidfleet status
         self._offers = OfferBook(provider, ttl_s=provider.offers_ttl_s)
         self._alarms: list[str] = []
         # Set when a machine could not start our image (registry refused it, no such image):
@@ -238,23 +242,33 @@ class Controller:
         assert machines is not None
         instances = snapshot_instances(self._records, self._beats.seen,
                                        heard_since=self._heard_since)
-        live = sum(1 for i in instances if i.state != "draining")
-        wants_more = (backlog.queued_jobs + backlog.running_jobs > live
-                      or live < self._policy.min_warm)
-        blocked = state.rent_blocked or self._paused
-        offers = await self._offers_for(now) if wants_more and not blocked else ()
+        self._arrivals.observe(now, backlog.submitted)
         assert self._meter is not None
         snap = Snapshot(now=now, queued_jobs=backlog.queued_jobs,
                         running_jobs=backlog.running_jobs,
                         backlog_work_s=self._speeds.work_s(
                             backlog, self._dispatcher.running_for_s()), instances=instances,
-                        offers=offers, spent_today=self._meter.spent,
+                        spent_today=self._meter.spent,
                         failed_machines=frozenset(m for m, t in machines.avoid.items()
                                                   if t > now),
                         last_rent_at=machines.last_rent_at,
-                        gpu_speed=dict(self._speeds.gpu_speed))
+                        gpu_speed=dict(self._speeds.gpu_speed),
+                        mean_job_s=self._speeds.times.mean(),
+                        arrivals_per_s=self._arrivals.per_s())
+        blocked = state.rent_blocked or self._paused
+        if wants_offers(snap, self._policy) and not blocked:
+            snap = msgspec.structs.replace(snap, offers=await self._offers_for(now))
+        self._unmet = ""
         for action in decide(snap, self._policy):
-            await machines.act(action, now)
+            if isinstance(action, Unmet):
+                self._unmet = "" if blocked else f"{action.machines} more machines: {action.reason}"
+            else:
+                await machines.act(action, now)
+
+    def _objective(self) -> str:
+        if self._policy.target_wait_s > 0:
+            return f"every queued job started within {self._policy.target_wait_s:.0f} s"
+        return f"the backlog drained within {self._policy.target_drain_s:.0f} s"
 
     async def _offers_for(self, now: float) -> tuple[Offer, ...]:
         try:
@@ -281,6 +295,7 @@ class Controller:
             spend_per_hour=rate, spent_today=spent, day=self._meter.day,
             max_spend_per_hour=self._policy.max_price_per_hour,
             max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms,
+            objective=self._objective(), unmet=self._unmet,
             billed_today=round(billed, 6), billed_by_provider=by_provider,
             attributed_today=round(attributed, 6),
             unattributed_today=round(billed - attributed, 6),

@@ -34,11 +34,17 @@ __all__ = ["Backlog", "HeartbeatBook", "OfferBook", "SpeedBook", "read_backlog"]
 class Backlog(Struct, frozen=True, kw_only=True):
     queued_jobs: int
     running_jobs: int
+    submitted: int = 0  # jobs ever stored in JOBS: its last sequence, for the arrival rate
 
 
 async def read_backlog(js: JetStreamContext) -> Backlog:
     info = await js.consumer_info(JOBS_STREAM, JOBS_CONSUMER)
-    return Backlog(queued_jobs=info.num_pending or 0, running_jobs=info.num_ack_pending or 0)
+    pending = info.num_pending or 0
+    # Every JOBS message is a job the consumer takes, so the last stream sequence is the
+    # one it delivered last plus those not yet delivered.
+    delivered = info.delivered.stream_seq if info.delivered else 0
+    return Backlog(queued_jobs=pending, running_jobs=info.num_ack_pending or 0,
+                   submitted=(delivered or 0) + pending)
 
 
 _LIES = 3  # heartbeats in a row that claim a job the agent does not hold: a liar

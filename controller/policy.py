@@ -6,16 +6,21 @@ leader, heartbeats, the provider's instance list, spend) into a ``Snapshot``, ca
 too eagerly (or twice for the same need, while a machine is still booting) bills idle GPUs;
 destroying a busy machine kills a job mid-encode, so scale-down only ever drains idle ones
 (only a day budget nearly spent drains busy ones, and they finish their job first; once it is
-spent, whatever still runs is destroyed: a machine claiming to be busy cannot bill forever).
+spent, whatever still runs is destroyed: a machine claiming to be busy cannot bill forever),
+and destroys only booting machines no job needs, which have billed no GPU yet.
+
+How many machines: controller/sizing.py; which offers: controller/ranking.py.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Literal
 
 from msgspec import Struct, field
+
+from controller.estimate import PRIOR_JOB_S
+from controller.ranking import NO_NVENC_GPUS, has_nvenc, rank_offers
+from controller.sizing import size_fleet
 
 __all__ = [
     "NO_NVENC_GPUS",
@@ -26,17 +31,13 @@ __all__ = [
     "Policy",
     "Rent",
     "Snapshot",
+    "Unmet",
     "decide",
     "has_nvenc",
     "rank_offers",
+    "wants_offers",
 ]
 
-# Data-centre GPUs without an NVENC block (ffmpeg.md 5.3): renting one buys no encoder.
-NO_NVENC_GPUS = frozenset({"A100", "A30", "A800", "H100", "H800", "H200", "GH200", "B200",
-                           "GB200"})
-# Relative NVENC throughput by GPU generation, the prior before measured speeds exist.
-_SPEED_PRIOR = {"RTX 40": 1.0, "RTX 50": 1.1, "L4": 0.9, "L40": 1.0, "RTX 30": 0.8,
-                "A10": 0.8, "A40": 0.8, "RTX A": 0.8, "T4": 0.5, "RTX 20": 0.6}
 
 
 class Offer(Struct, frozen=True, kw_only=True):
@@ -75,12 +76,19 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     # unit (media seconds per second, say): only the ratios between models are used; a model
     # missing here is ranked by its generation's prior.
     gpu_speed: dict[str, float] = field(default_factory=dict)
+    mean_job_s: float = PRIOR_JOB_S  # estimated machine seconds per job (controller/estimate.py)
+    arrivals_per_s: float = 0.0  # jobs submitted per second lately, a batch not counted
 
 
 class Policy(Struct, frozen=True, kw_only=True):
     min_warm: int = 0
     max_instances: int = 4
     target_drain_s: float = 600.0  # rent enough that the backlog drains within this
+    # > 0: the wait objective instead (controller/sizing.py): rent enough that every queued
+    # job is expected to start within this many seconds of now.
+    target_wait_s: float = 0.0
+    hedge: float = 0.0  # wait objective: booting machines rented per one a queue waits for, - 1
+    warm_per_load: float = 0.0  # machines kept up per machine of measured load, rounded down
     idle_timeout_s: float = 300.0
     boot_deadline_s: float = 600.0  # no first heartbeat by then: destroy, avoid the machine
     heartbeat_timeout_s: float = 30.0  # a silent agent is gone
@@ -118,73 +126,16 @@ class Destroy(Struct, frozen=True, kw_only=True, tag="destroy"):
     avoid_machine: int | None = None  # the loop adds it to the failed machines
 
 
-Action = Rent | Drain | Destroy
+class Unmet(Struct, frozen=True, kw_only=True, tag="unmet"):
+    """The objective needs machines the caps or the market do not allow: nothing to carry
+    out, something to report (``vidfleet status``)."""
+
+    machines: int  # how many more it needed
+    reason: str
 
 
-def _speed_prior(gpu_name: str) -> float:
-    for prefix, speed in _SPEED_PRIOR.items():
-        if prefix in gpu_name:
-            return speed
-    return 0.5
+Action = Rent | Drain | Destroy | Unmet
 
-
-def _speeds(gpu_speed: dict[str, float]) -> dict[str, float]:
-    """Measured speeds put on the priors' scale: each model keeps its measured ratio to the
-    others, and the geometric mean of measured/prior is 1, so an unmeasured model still
-    compares fairly whatever unit the measurements came in."""
-    measured = {name: v for name, v in gpu_speed.items() if v > 0 and math.isfinite(v)}
-    if not measured:
-        return {}
-    logs = [math.log(_speed_prior(name) / v) for name, v in measured.items()]
-    scale = math.exp(sum(logs) / len(logs))
-    return {name: v * scale for name, v in measured.items()}
-
-
-def has_nvenc(gpu_name: str) -> bool:
-    """False for the data-centre models without NVENC, matched as whole words of the name
-    ("A100 SXM4", "H100_NVL", "A100X"): a substring test would also drop the RTX A1000 and
-    A3000, which have NVENC."""
-    words = re.split(r"[^A-Z0-9]+", gpu_name.upper())
-    return not any(w in NO_NVENC_GPUS or (w.endswith("X") and w[:-1] in NO_NVENC_GPUS)
-                   for w in words)
-
-
-def rank_offers(offers: tuple[Offer, ...], policy: Policy,
-                avoid: frozenset[int] = frozenset(),
-                gpu_speed: dict[str, float] | None = None) -> list[Offer]:
-    """Acceptable offers, cheapest per encoded second first: by the GPU model's measured
-    speed when ``gpu_speed`` has one (see ``Snapshot.gpu_speed``), else by its prior."""
-    measured = _speeds(gpu_speed or {})
-    ok = [o for o in offers
-          if has_nvenc(o.gpu_name)
-          and o.machine_id not in avoid
-          and o.gpu_ram_mb >= policy.min_gpu_ram_mb
-          and o.reliability >= policy.min_reliability
-          and o.inet_down_mbps >= policy.min_inet_down_mbps
-          and o.cuda_max_good >= policy.min_cuda
-          and o.price_per_hour <= policy.max_offer_price_per_hour]
-    return sorted(ok, key=lambda o: (o.price_per_hour
-                                     / (measured.get(o.gpu_name) or _speed_prior(o.gpu_name)),
-                                     -o.reliability, o.offer_id))
-
-
-def _desired(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:
-    # A job finishing on a draining machine needs no new one.
-    finishing = sum(1 for i in snap.instances if i.state == "draining" and i.job_id)
-    jobs = snap.queued_jobs + max(0, snap.running_jobs - finishing)
-    want = 0
-    if jobs:
-        target_s = policy.target_drain_s
-        want = math.ceil(snap.backlog_work_s / target_s)
-        if want > len(live):
-            # Machines still booting drain less within the target, and new ones less again.
-            have_s = sum(target_s - max(0.0, policy.expected_boot_s - (snap.now - i.launched_at))
-                         if i.state == "booting" else target_s for i in live)
-            new_s = max(target_s - policy.expected_boot_s, target_s / 4)
-            want = len(live) + max(0, math.ceil((snap.backlog_work_s - have_s) / new_s))
-        # Never more machines than jobs (one job each), at least one when there is any work.
-        want = min(jobs, max(want, 1))
-    return min(policy.max_instances, max(policy.min_warm, want))
 
 
 def _dead(inst: Instance, snap: Snapshot, policy: Policy) -> str | None:
@@ -197,7 +148,9 @@ def _dead(inst: Instance, snap: Snapshot, policy: Policy) -> str | None:
     return None
 
 
-def decide(snap: Snapshot, policy: Policy) -> list[Action]:
+def _sort(snap: Snapshot, policy: Policy) -> tuple[list[Action], list[Instance],
+                                                  list[Instance]]:
+    """(destroys of dead and drained machines, live machines, draining ones still on a job)."""
     actions: list[Action] = []
     live: list[Instance] = []
     finishing: list[Instance] = []  # draining, still on their last job
@@ -214,17 +167,69 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
                 finishing.append(inst)
         else:
             live.append(inst)
+    return actions, live, finishing
+
+
+def wants_offers(snap: Snapshot, policy: Policy) -> bool:
+    """Whether ``decide`` would rent, offers permitting: the loop searches offers (a rate-
+    limited call) only then."""
+    _, live, _ = _sort(snap, policy)
+    return size_fleet(snap, policy, live).rent > 0
+
+
+def decide(snap: Snapshot, policy: Policy) -> list[Action]:
+    actions, live, finishing = _sort(snap, policy)
     rate = sum(i.price_per_hour for i in snap.instances)
     if snap.spent_today >= policy.max_spend_per_day:
         return actions + _destroy_all(live + finishing)
     if snap.spent_today + rate * policy.budget_reserve_s / 3600 >= policy.max_spend_per_day:
         return actions + _stop_all(live)
-    desired = _desired(snap, policy, live)
-    if desired > len(live):
-        actions += _rent(snap, policy, live, desired - len(live))
-    elif desired < len(live):
-        actions += _drain_idle(snap, policy, live, len(live) - desired)
+    sizing = size_fleet(snap, policy, live)
+    if sizing.surplus_booting:
+        gone = set(sizing.surplus_booting)
+        actions += [Destroy(instance_id=i, reason="booting, and no job needs it now")
+                    for i in sizing.surplus_booting]
+        live = [i for i in live if i.instance_id not in gone]
+    if sizing.rent:
+        rents = _rent(snap, policy, sizing.rent)
+        actions += rents
+        if len(rents) < sizing.rent and _cooled(snap, policy):
+            actions.append(Unmet(machines=sizing.rent - len(rents) + sizing.short,
+                                 reason=_capped_by(snap, policy, rents)))
+    elif len(live) > sizing.keep:
+        actions += _drain_idle(snap, policy, live, len(live) - sizing.keep)
+    if sizing.short and not any(isinstance(a, Unmet) for a in actions):
+        actions.append(Unmet(machines=sizing.short,
+                             reason=f"max_instances ({policy.max_instances}) caps the fleet "
+                                    f"({_objective(policy)} needs more machines)"))
     return actions
+
+
+def _objective(policy: Policy) -> str:
+    if policy.target_wait_s > 0:
+        return f"every job started within {policy.target_wait_s:.0f} s"
+    return f"the backlog drained within {policy.target_drain_s:.0f} s"
+
+
+def _capped_by(snap: Snapshot, policy: Policy, rents: list[Rent]) -> str:
+    """Why ``_rent`` found fewer machines than asked (it was not cooling down)."""
+    rate = sum(i.price_per_hour for i in snap.instances) + sum(r.price_per_hour for r in rents)
+    taken = {r.offer_id for r in rents}
+    ranked = [o for o in rank_offers(snap.offers, policy, snap.failed_machines, snap.gpu_speed)
+              if o.offer_id not in taken]
+    if not ranked:
+        why = "no offer meets the requirements"
+    elif rate + ranked[0].price_per_hour > policy.max_price_per_hour:
+        why = f"the hourly spend cap (${policy.max_price_per_hour:.2f}/h) allows no more"
+    elif snap.spent_today + rate + ranked[0].price_per_hour > policy.max_spend_per_day:
+        why = f"the day's spend cap (${policy.max_spend_per_day:.2f}) allows no more"
+    else:
+        why = "too few acceptable offers"
+    return f"{why} ({_objective(policy)} needs more machines)"
+
+
+def _cooled(snap: Snapshot, policy: Policy) -> bool:
+    return snap.last_rent_at is None or snap.now - snap.last_rent_at >= policy.rent_cooldown_s
 
 
 def _stop_all(live: list[Instance]) -> list[Action]:
@@ -243,8 +248,8 @@ def _destroy_all(live: list[Instance]) -> list[Action]:
     return [Destroy(instance_id=i.instance_id, reason=why) for i in live]
 
 
-def _rent(snap: Snapshot, policy: Policy, live: list[Instance], count: int) -> list[Rent]:
-    if snap.last_rent_at is not None and snap.now - snap.last_rent_at < policy.rent_cooldown_s:
+def _rent(snap: Snapshot, policy: Policy, count: int) -> list[Rent]:
+    if not _cooled(snap, policy):
         return []
     rate = sum(i.price_per_hour for i in snap.instances)
     rents: list[Rent] = []

@@ -137,6 +137,40 @@ async def test_scales_from_zero_runs_the_jobs_and_back_to_zero(
         await until(kv, back_to_zero, 30)  # idle timeout, drain, destroy, verified gone
 
 
+async def test_status_says_when_the_caps_keep_the_wait_objective_out_of_reach(
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        local: LocalProvider, media_dir: Path) -> None:
+    """Four jobs queued, each expected to take a minute (no job measured yet) and to start
+    within 120 s: a machine booting for 90 s starts one in time, and one running its first
+    job starts two more, so the objective needs more machines than the one max_instances
+    allows. The summary (what `vidfleet status` prints) says so, and says nothing once the
+    queue is gone."""
+    kv = await js.key_value(FLEET_BUCKET)
+    one = structs.replace(FAST, max_instances=1)
+    seen: list[str] = []
+    async with running_controller(nats_server, nc, local, one):
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
+                    for _ in range(4)]
+
+        async def all_done() -> bool:
+            summary, _ = await operator.fleet()
+            if summary is not None and summary.unmet:
+                seen.append(summary.unmet)
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 90)
+
+        async def quiet() -> bool:
+            summary, _ = await operator.fleet()
+            return summary is not None and not summary.unmet and summary.queued_jobs == 0
+
+        await until(kv, quiet, 30)
+        summary, _ = await operator.fleet()
+    assert seen and all(u.endswith(" more machines: max_instances (1) caps the fleet (every job "
+                                   "started within 120 s needs more machines)") for u in seen)
+    assert summary is not None and summary.objective == "every queued job started within 120 s"
+
+
 async def test_restart_adopts_its_machines_instead_of_renting_again(
         nats_server: Secure, nc: Nats, js, operator: Client, local: LocalProvider) -> None:
     kv = await js.key_value(FLEET_BUCKET)

@@ -52,6 +52,9 @@ def cases(draw: st.DrawFn) -> Case:
         # Small day caps, so that long backlogs meet them.
         max_spend_per_day=draw(st.floats(0.05, 2.0)),
         target_drain_s=draw(st.floats(30, 900)),
+        # The wait objective (0: drain) and its hedge, which rents and destroys booting spares.
+        target_wait_s=draw(st.sampled_from((0.0, 30.0, 120.0, 600.0))),
+        hedge=draw(st.sampled_from((0.0, 0.5, 1.0, 2.0))),
         idle_timeout_s=draw(st.floats(0, 600)),
         boot_deadline_s=draw(st.floats(60, 900)),
         rent_cooldown_s=draw(st.floats(0, 60)),

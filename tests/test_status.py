@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from msgspec import structs
+
 from broker.fleet import FleetInstance, FleetSummary
 from client.fleet_cli import format_status
 from controller.fleet_store import FleetStore
@@ -13,7 +15,9 @@ NOW = 1_800_000_000.0
 SUMMARY = FleetSummary(at=NOW - 3, provider="vast", queued_jobs=12, running_jobs=2,
                        backlog_work_s=840.0, spend_per_hour=0.9, spent_today=4.25,
                        day="2027-01-15", max_spend_per_hour=5.0, max_spend_per_day=50.0,
-                       alarms=["offer search failed: HTTP 503"])
+                       alarms=["offer search failed: HTTP 503"],
+                       objective="every queued job started within 120 s",
+                       unmet="3 more machines: max_instances (2) caps the fleet")
 BUSY = FleetInstance(label="vf-aa", provider="vast", state="serving", launched_at=NOW - 3900,
                      price_per_hour=0.5, machine_id=7, gpu_name="RTX 4090", provider_id="1234",
                      first_heartbeat_at=NOW - 3800, agent_state="busy", job_id="job-1")
@@ -27,6 +31,10 @@ def test_format_status_shows_backlog_spend_alarms_and_each_machine() -> None:
     assert "12 queued, 2 running, ~840 work-seconds" in text
     assert "$0.900/h now (cap $5.00/h); $4.25 today 2027-01-15 UTC (cap $50.00)" in text
     assert "ALARM:      offer search failed: HTTP 503" in text
+    assert ("objective:  every queued job started within 120 s; NOT MET: 3 more machines: "
+            "max_instances (2) caps the fleet") in text
+    met = format_status(structs.replace(SUMMARY, unmet=""), [], NOW)
+    assert "objective:  every queued job started within 120 s; the fleet can meet it" in met
     busy = next(line for line in text.splitlines() if line.startswith("vf-aa"))
     assert busy.split() == ["vf-aa", "1234", "RTX", "4090", "0.500", "busy", "job-1", "1h05m",
                             "$0.542"]

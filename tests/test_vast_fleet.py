@@ -140,8 +140,11 @@ async def test_faults_are_recovered_and_the_caps_hold(
         nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
         fake: FakeVast, media_dir: Path) -> None:
     kv = await js.key_value(FLEET_BUCKET)
+    # An RTX 3060 and one RTX 4090. The drain objective: the wait objective destroys a
+    # booting machine once no job needs it, here the stuck one before the deadline this
+    # test is about (tests/test_policy.py has that case).
     capped = structs.replace(RENTED, max_instances=4, max_spend_per_hour=0.75,
-                             boot_deadline_s=5.0)  # an RTX 3060 and one RTX 4090
+                             boot_deadline_s=5.0, target_wait_s=0.0)
     fake.rate_limit_burst(3, endpoint="list", text=True)
     fake.server_errors(2, status=503, endpoint="search")
     fake.steal_offer(9_100_004, status=410)  # an RTX 4090 taken by someone else
@@ -235,7 +238,10 @@ async def test_controller_killed_mid_run_and_restarted_leaves_no_orphans_or_dupl
            "VIDFLEET_VAST_API_KEY": fake.api_key, "VIDFLEET_VAST_IMAGE": "vidfleet/agent:t",
            "VIDFLEET_TICK_S": "0.5", "VIDFLEET_MAX_INSTANCES": "2",
            "VIDFLEET_RENT_COOLDOWN_S": "0", "VIDFLEET_IDLE_TIMEOUT_S": "2",
-           "VIDFLEET_TARGET_DRAIN_S": "30", "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5",
+           # The drain objective rents two and keeps both (the wait objective would
+           # destroy the second while it boots once the first has taken the jobs).
+           "VIDFLEET_TARGET_WAIT_S": "0", "VIDFLEET_TARGET_DRAIN_S": "30",
+           "VIDFLEET_AGENT_HEARTBEAT_INTERVAL_S": "0.5",
            "VIDFLEET_ALLOW_PLAINTEXT_AGENT_URL": "1"}  # loopback nats://
     log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
     start = [sys.executable, "-m", "controller"]

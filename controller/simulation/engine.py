@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 from msgspec import Struct
 
-from controller.estimate import JobTimes
-from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, decide
+from controller.estimate import ArrivalRate, JobTimes
+from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, Unmet, decide
 from controller.simulation.fleet import JobState, Machine, build_snapshot
 from controller.simulation.provider import Fates, Market
 
@@ -58,6 +58,7 @@ class Outcome(Struct, frozen=True, kw_only=True):
     drained_at: float  # when the last job finished (or the end, when some never did)
     fleet_empty_at: float | None  # None: machines were still up when the run ended
     unfinished_jobs: int
+    unmet_ticks: int = 0  # ticks on which the objective needed machines it could not rent
 
 
 class _Run:
@@ -69,6 +70,9 @@ class _Run:
         self.seq = 0
         self.queue: deque[int] = deque()
         self.times = JobTimes()  # what the controller learns from finished jobs
+        self.arrivals = ArrivalRate()
+        self.arrived = 0  # jobs submitted so far: the JOBS stream's last sequence
+        self.unmet_ticks = 0
         self.in_flight: dict[int, Machine | None] = {}
         self.machines: list[Machine] = []
         self.live: list[Machine] = []
@@ -89,6 +93,7 @@ class _Run:
     def run_events(self, until: float) -> None:
         while self.events and self.events[0][0] <= until:
             at, _, kind, a, b = heapq.heappop(self.events)
+            self.arrived += kind == "arrive"
             if kind in ("arrive", "redeliver"):
                 self.in_flight.pop(a, None)
                 self.enqueue(a, front=kind == "redeliver")
@@ -148,8 +153,11 @@ class _Run:
     # --- what the controller does on a tick
     def tick(self, number: int, now: float) -> TickRecord:
         acted = not self.fates.list_fails(number)
+        self.arrivals.observe(now, self.arrived)
         if acted:
-            for action in decide(self.snapshot(now), self.policy):
+            actions = decide(self.snapshot(now), self.policy)
+            self.unmet_ticks += any(isinstance(a, Unmet) for a in actions)
+            for action in actions:
                 if isinstance(action, Rent):
                     self.rent(action, now)
                 elif isinstance(action, Drain):
@@ -166,7 +174,8 @@ class _Run:
             now=now, queued=len(self.queue), mean_job_s=self.times.mean(),
             running=list(self.in_flight.values()),
             machines=self.live, offers=self.market.listed(now), spent_today=self.spent_today,
-            failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed)
+            failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed,
+            arrivals_per_s=self.arrivals.per_s())
 
     def machine(self, instance_id: str) -> Machine:
         return self.machines[int(instance_id[1:])]
@@ -255,7 +264,7 @@ def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fat
         max_day_spend=run.max_day_spend,
         drained_at=drained_at if drained_at is not None else now,
         fleet_empty_at=None if run.live else now,
-        unfinished_jobs=len(jobs) - run.done)
+        unfinished_jobs=len(jobs) - run.done, unmet_ticks=run.unmet_ticks)
 
 
 class _Costs(NamedTuple):

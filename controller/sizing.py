@@ -1,0 +1,136 @@
+"""How many machines the fleet should have: the policy's sizing, pure functions of a ``Snapshot``.
+
+Two objectives (controller/policy.py ``Policy``):
+
+- **drain** (``target_wait_s`` 0): enough machines that the estimated backlog drains within
+  ``target_drain_s``. It waits for a backlog before it rents more than one machine, so the
+  typical job waits a boot and more.
+- **wait** (``target_wait_s`` > 0): enough machines that every queued job is expected to start
+  within ``target_wait_s``. Each live machine is counted at the moment it is expected to be
+  free (idle: now; busy: half a job from now; booting: its expected boot, or two boots from
+  now once overdue, since an overdue host is likely a slow image pull); the queue goes first
+  come first served to whichever is free first, each taking the mean job time. The jobs no
+  live machine can start in time get new machines, which are free a boot from now. When
+  ``target_wait_s`` is shorter than a boot, nothing rented now can meet it, and the aim is
+  that every job starts within a boot.
+
+Both add the warm floor: ``min_warm``, and ``warm_per_load`` machines per machine of
+measured load (the arrival rate times the mean job time: Little's law), rounded down. The
+rate is a median over minutes (controller/estimate.py ``ArrivalRate``), so a batch submission
+sizes the fleet through its queue and leaves no warm machines behind it.
+
+The hedge (``hedge``, wait objective only): a machine bills only storage until its agent is up
+(Vast.ai bills no GPU while an image loads), so renting ``1 + hedge`` machines for each one a
+queue needs costs little, and the first to boot takes the job. A slow host (an image pull of
+minutes) then delays nobody. Booting machines beyond what the queue and the hedge need are
+destroyed, the slowest first; a booted one is never destroyed for this, only drained when idle.
+
+Getting this wrong costs either way: too few machines and jobs wait; too many and idle GPUs
+bill at full price. Every figure is in ``bench/simulate.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from controller.policy import Instance, Policy, Snapshot
+
+__all__ = ["Sizing", "size_fleet"]
+
+
+class Sizing(NamedTuple):
+    rent: int  # machines to rent now, within max_instances
+    keep: int  # live machines to keep: idle ones beyond it drain once past the idle timeout
+    surplus_booting: tuple[str, ...]  # booting machines nothing needs: destroy them
+    short: int  # machines the objective wants beyond max_instances (0: none)
+
+
+def size_fleet(snap: Snapshot, policy: Policy, live: list[Instance]) -> Sizing:
+    """``live``: the machines not draining and not dead."""
+    floor = max(policy.min_warm, _warm_floor(snap, policy))
+    if policy.target_wait_s > 0:
+        keep, rent, surplus = _for_wait(snap, policy, live, floor)
+    else:
+        keep = _for_drain(snap, policy, live)
+        rent, surplus = max(0, keep - len(live)), ()
+    staying = len(live) - len(surplus)
+    keep, rent = max(keep, floor), max(rent, floor - staying)
+    room = max(0, policy.max_instances - staying)
+    return Sizing(rent=min(rent, room), keep=min(keep, policy.max_instances),
+                  surplus_booting=surplus, short=max(0, rent - room))
+
+
+def _jobs(snap: Snapshot) -> int:
+    """Jobs waiting or running on a machine that stays (a draining machine finishes its own)."""
+    finishing = sum(1 for i in snap.instances if i.state == "draining" and i.job_id)
+    return snap.queued_jobs + max(0, snap.running_jobs - finishing)
+
+
+def _warm_floor(snap: Snapshot, policy: Policy) -> int:
+    if policy.warm_per_load <= 0:
+        return 0
+    return math.floor(snap.arrivals_per_s * snap.mean_job_s * policy.warm_per_load)
+
+
+def _for_drain(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:
+    jobs = _jobs(snap)
+    if not jobs:
+        return 0
+    target_s = policy.target_drain_s
+    want = math.ceil(snap.backlog_work_s / target_s)
+    if want > len(live):
+        # Machines still booting drain less within the target, and new ones less again.
+        have_s = sum(target_s - max(0.0, policy.expected_boot_s - (snap.now - i.launched_at))
+                     if i.state == "booting" else target_s for i in live)
+        new_s = max(target_s - policy.expected_boot_s, target_s / 4)
+        want = len(live) + max(0, math.ceil((snap.backlog_work_s - have_s) / new_s))
+    # Never more machines than jobs (one job each), at least one when there is any work.
+    return min(jobs, max(want, 1))
+
+
+def _ready_in(inst: Instance, snap: Snapshot, policy: Policy) -> float:
+    """Seconds until ``inst`` is expected to take a queued job."""
+    if inst.state == "idle":
+        return 0.0
+    if inst.state == "busy":
+        return snap.mean_job_s / 2
+    boot_s = policy.expected_boot_s
+    left = boot_s - (snap.now - inst.launched_at)
+    return left if left >= 0 else 2 * boot_s
+
+
+def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
+              floor: int) -> tuple[int, int, tuple[str, ...]]:
+    """(live machines to keep, machines to rent, spare booting machines to destroy); a spare
+    booting machine the warm floor still wants is kept."""
+    job_s = max(snap.mean_job_s, 1.0)
+    boot_s = policy.expected_boot_s
+    horizon = max(policy.target_wait_s, boot_s)
+
+    def starts(ready_in: float) -> int:  # queued jobs a machine free then starts in time
+        return int((horizon - ready_in) // job_s) + 1 if ready_in <= horizon else 0
+
+    queue, used, booting_used = snap.queued_jobs, 0, 0
+    busy = sum(1 for i in live if i.state == "busy")
+    spare: list[Instance] = []  # booting machines the queue does not need, soonest first
+    ranked = sorted(((_ready_in(i, snap, policy), i) for i in live),
+                    key=lambda pair: (pair[0], pair[1].instance_id))
+    for ready, inst in ranked:
+        if inst.state == "busy" or (queue > 0 and ready <= boot_s):  # sooner than a rent
+            used += 1
+            booting_used += inst.state == "booting"
+            queue -= starts(ready)
+        elif inst.state == "booting":
+            spare.append(inst)
+    new = math.ceil(max(0, queue) / starts(boot_s))
+    # The hedge: 1 + hedge booting machines for each one the queue waits for.
+    spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
+    idle_unused = sum(1 for i in live if i.state == "idle") - (used - busy - booting_used)
+    for_floor = floor - used - new - idle_unused
+    kept = spare[:max(spare_wanted, for_floor)]
+    surplus = tuple(i.instance_id for i in spare[len(kept):])
+    rent = new + max(0, spare_wanted - len(spare))
+    keep = used + len(kept)
+    return keep, rent, surplus

@@ -1,0 +1,118 @@
+"""The wait objective, the hedge and the warm floor (controller/sizing.py) as tables of decide(),
+and the arrival rate that sizes the floor (controller/estimate.py)."""
+
+from __future__ import annotations
+
+from msgspec import structs
+
+from controller.estimate import ArrivalRate
+from controller.policy import Destroy, Drain, Policy, Snapshot, Unmet, decide, wants_offers
+from tests.test_policy import NOW, inst, offer, rents, snap
+
+# A job takes 60 s, a boot 90 s, and every queued job should start within 120 s: a machine
+# rented now starts one queued job in time ((120 - 90) // 60 + 1), an idle one starts three.
+WAIT = Policy(max_instances=6, max_price_per_hour=5.0, max_spend_per_day=50.0,
+              target_wait_s=120.0, expected_boot_s=90.0, rent_cooldown_s=0.0)
+OFFERS = tuple(offer(n) for n in range(1, 9))
+
+
+def wait_snap(**kw: object) -> Snapshot:
+    values: dict[str, object] = {"offers": OFFERS, "mean_job_s": 60.0}
+    values.update(kw)
+    return snap(**values)  # type: ignore[arg-type]
+
+
+def test_each_queued_job_no_machine_can_start_in_time_gets_one() -> None:
+    assert len(rents(decide(wait_snap(queued=4), WAIT))) == 4
+
+
+def test_machines_free_soon_start_the_queue_and_nothing_is_rented() -> None:
+    idle = inst("i", idle_for_s=5)
+    assert rents(decide(wait_snap(queued=3, instances=(idle,)), WAIT)) == []
+    # A fourth job would wait past 120 s behind the idle machine's three: one more machine.
+    assert len(rents(decide(wait_snap(queued=4, instances=(idle,)), WAIT))) == 1
+    # Short jobs: two busy machines, each free in 10 s, start six jobs of 20 s each in time.
+    busy = (inst("b1", "busy", job="j1"), inst("b2", "busy", job="j2"))
+    assert rents(decide(wait_snap(queued=12, running=2, mean_job_s=20.0, instances=busy),
+                        WAIT)) == []
+
+
+def test_the_hedge_rents_two_per_machine_needed_and_destroys_the_spare_when_one_is_up() -> None:
+    hedged = structs.replace(WAIT, hedge=1.0)
+    assert len(rents(decide(wait_snap(queued=1), hedged))) == 2
+    both = (inst("a", "booting", beat_age_s=None, age_s=30),
+            inst("b", "booting", beat_age_s=None, age_s=30))
+    assert decide(wait_snap(queued=1, instances=both), hedged) == []  # waiting on the pair
+    # "a" booted first and took the job: "b" bills only storage so far and nothing needs it.
+    up = (inst("a", "busy", job="j1", age_s=60), inst("b", "booting", beat_age_s=None, age_s=60))
+    assert decide(wait_snap(running=1, instances=up), hedged) == [
+        Destroy(instance_id="b", reason="booting, and no job needs it now")]
+
+
+def test_an_overdue_boot_is_hedged_against_and_kept_as_the_spare() -> None:
+    slow = inst("slow", "booting", beat_age_s=None, age_s=200)  # past 90 s: a slow pull, likely
+    # No hedge: a fresh rent is expected sooner than the slow host; the slow one goes.
+    actions = decide(wait_snap(queued=1, instances=(slow,)), WAIT)
+    assert len(rents(actions)) == 1
+    assert [a.instance_id for a in actions if isinstance(a, Destroy)] == ["slow"]
+    # With the hedge, the slow one is the spare: a fresh rent, and it stays.
+    actions = decide(wait_snap(queued=1, instances=(slow,)), structs.replace(WAIT, hedge=1.0))
+    assert len(rents(actions)) == 1 and not [a for a in actions if isinstance(a, Destroy)]
+
+
+def test_a_booting_machine_the_warm_floor_wants_is_kept() -> None:
+    """Found by the controller test: min_warm rented one, the next tick destroyed it as a
+    spare, and so on every tick."""
+    warm = structs.replace(WAIT, min_warm=1)
+    booting = inst("w", "booting", beat_age_s=None, age_s=10)
+    assert decide(wait_snap(instances=(booting,)), warm) == []
+    assert decide(wait_snap(instances=(inst("w", idle_for_s=900),)), warm) == []  # not drained
+
+
+def test_the_floor_follows_the_measured_load() -> None:
+    by_load = structs.replace(WAIT, warm_per_load=1.0)
+    # 3 jobs a minute of 60 s each: 3 machines' worth of load, kept up with no job queued.
+    assert len(rents(decide(wait_snap(arrivals_per_s=0.05), by_load))) == 3
+    idle = tuple(inst(f"i{n}", idle_for_s=900) for n in range(4))
+    # With the load gone, idle machines drain past the idle timeout; with it, three stay.
+    assert len([a for a in decide(wait_snap(instances=idle), by_load)
+                if isinstance(a, Drain)]) == 4
+    assert [a for a in decide(wait_snap(instances=idle, arrivals_per_s=0.05), by_load)] == [
+        Drain(instance_id="i0")]
+
+
+def test_what_the_caps_prevent_is_reported() -> None:
+    capped = structs.replace(WAIT, max_instances=2)
+    actions = decide(wait_snap(queued=5), capped)
+    assert len(rents(actions)) == 2
+    assert Unmet(machines=3, reason="max_instances (2) caps the fleet (every job started "
+                                    "within 120 s needs more machines)") in actions
+    # The hourly cap: 0.3 $/h offers under a 0.7 $/h cap rent two of the five needed.
+    by_price = structs.replace(WAIT, max_price_per_hour=0.7)
+    actions = decide(wait_snap(queued=5), by_price)
+    assert len(rents(actions)) == 2
+    (unmet,) = [a for a in actions if isinstance(a, Unmet)]
+    assert unmet.machines == 3 and unmet.reason.startswith("the hourly spend cap ($0.70/h)")
+    assert next(a for a in decide(wait_snap(queued=1, offers=()), WAIT)
+            if isinstance(a, Unmet)).reason.startswith("no offer meets the requirements")
+    assert not [a for a in decide(wait_snap(queued=2), WAIT) if isinstance(a, Unmet)]
+
+
+def test_offers_are_searched_only_when_a_rent_would_follow() -> None:
+    assert wants_offers(wait_snap(queued=1, offers=()), WAIT)
+    assert not wants_offers(wait_snap(queued=3, offers=(), instances=(inst("i"),)), WAIT)
+    assert not wants_offers(wait_snap(offers=()), WAIT)
+
+
+def test_the_arrival_rate_is_a_median_over_minutes() -> None:
+    steady, batch = ArrivalRate(window_s=600), ArrivalRate(window_s=600)
+    steady.observe(NOW, 0)
+    batch.observe(NOW, 0)
+    for minute in range(1, 11):  # two jobs a minute for ten minutes, read every 5 s
+        for tick in range(12):
+            steady.observe(NOW + minute * 60 + tick * 5, 2 * minute)
+    batch.observe(NOW + 65, 500)  # 500 jobs in one minute, then none
+    for second in range(70, 660, 5):
+        batch.observe(NOW + second, 500)
+    assert steady.per_s() == 2 / 60
+    assert batch.per_s() == 0.0
