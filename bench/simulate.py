@@ -70,7 +70,7 @@ LEVERS = {
     "wait 120 s + hedge 1": OURS,
     "wait 120 s + hedge 1 + warm 1": structs.replace(OURS, warm_per_load=1.0),
 }
-WAITS_S = (60, 90, 120, 150, 240)
+WAITS_S = (90, 105, 120, 135, 150)  # below a boot (90 s) it aims at a boot
 DECIDE_TARGET_MS = 10.0
 
 
@@ -168,8 +168,8 @@ def bursty_gap(jobs: list[TraceJob], made: dict[tuple[str, int], Base]) -> None:
     speed = {m.offer.offer_id: m.speed for m in offers}
     prices = sorted(o.price_per_hour / speed[o.offer_id]
                     for o in rank_offers(tuple(m.offer for m in offers), OURS))
-    steps = (2, 10, 20, 40, 80)
-    rungs = ", ".join(f"{n}th {prices[n - 1] / prices[0]:.2f}x" for n in steps)
+    steps = {"2nd": 2, "10th": 10, "20th": 20, "40th": 40, "80th": 80}
+    rungs = ", ".join(f"{name} {prices[n - 1] / prices[0]:.2f}x" for name, n in steps.items())
     mean40 = statistics.mean(prices[:40]) / prices[0]
     print(f"  the ladder on seed 0's market, per encoded second against the cheapest acceptable "
           f"offer: {rungs}; the 40 cheapest average {mean40:.2f}x. A burst of 200 jobs started "
