@@ -54,6 +54,9 @@ class Encoded:
     media_time_s: float  # the output's duration, from FFmpeg's last progress block
     source: MediaInfo  # the validated main input
     validate_s: float
+    # From encode()'s call to the start of the FFmpeg run that made the output: 0 when a
+    # speculative start held, the validation (and more) when FFmpeg waited for it.
+    waited_s: float = 0.0
 
 
 class Operations:
@@ -110,16 +113,18 @@ class Operations:
         runs with the same whitelists and is killed long before its first progress block
         when an input turns out bad.
         """
+        t0 = self.clock()
         first = argv_for(None) if speculative else None
         encode = self._start(first, ctx, on_stderr=on_stderr) if first else None
+        started_at = t0
         try:
-            t0 = self.clock()
             info = await validate()
             validate_s = self.clock() - t0
             ctx.progress.expected_duration_s = info.duration_s
             if (argv := argv_for(info)) != first:
                 if encode:
                     await _cancel(encode)
+                started_at = self.clock()
                 encode = self._start(argv, ctx, on_stderr=on_stderr)
             assert encode is not None
             result = await self._finish(encode, info.duration_s)
@@ -127,7 +132,7 @@ class Operations:
             if encode:
                 await _cancel(encode)
         self._check(result, ctx)
-        return Encoded(result.media_time_s, info, validate_s)
+        return Encoded(result.media_time_s, info, validate_s, started_at - t0)
 
     async def encode_fed(self, argv: list[str], feed: Feeder, source: MediaInfo,
                          duration_s: float, ctx: WorkContext) -> Encoded:

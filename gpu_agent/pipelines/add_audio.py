@@ -53,7 +53,7 @@ async def run(ops: Operations, job: AddAudioJob, ctx: WorkContext) -> JobResult:
     t_done = ops.clock()
     return JobResult(out_info, ops.timings(
         ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s,
-        encode_s=t_encode - t_fetch - encoded.validate_s, upload_s=t_done - t_encode,
+        encode_s=t_encode - t_fetch - encoded.waited_s, upload_s=t_done - t_encode,
         done_at=t_done))
 
 

@@ -68,8 +68,9 @@ async def run(ops: Operations, job: CaptionJob, ctx: WorkContext) -> JobResult:
     out_info = await ops.store_output(output, ctx, encoded, job.output, job.output.video_codec)
     t_done = ops.clock()
     return JobResult(out_info, ops.timings(
-        ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s, encode_s=t_encode - t_fetch,
-        upload_s=t_done - t_encode, done_at=t_done))
+        ctx, fetch_s=t_fetch - t0, validate_s=encoded.validate_s,
+        encode_s=t_encode - t_fetch - encoded.waited_s, upload_s=t_done - t_encode,
+        done_at=t_done))
 
 
 _MISSING_GLYPH = re.compile(r"fontselect: failed to find any fallback with glyph 0x([0-9A-Fa-f]+)")
