@@ -1,9 +1,4 @@
-"""add_audio: both inputs probed, and one FFmpeg run that copies the video.
-
-The command needs the video's length, codec and audio; an MP4 or MOV header gives a guess of
-them in-process (gpu_agent/mp4_header.py), so FFmpeg starts while ffprobe validates, as it
-does for a caption. Any other container, or a guess ffprobe contradicts, waits for ffprobe.
-"""
+"""add_audio: both inputs probed, then one FFmpeg run that copies the video."""
 
 from __future__ import annotations
 
@@ -15,7 +10,6 @@ from loguru import logger
 from broker.jobs import AddAudioJob
 from gpu_agent.errors import invalid_input
 from gpu_agent.media import AUDIO_FORMATS, MediaInfo, probe_media, require_audio, require_video
-from gpu_agent.mp4_header import guess_video
 from gpu_agent.operations import JobResult, Operations, WorkContext
 from gpu_agent.ops.add_audio import CONTAINER_VIDEO_CODECS, add_audio_argv, target_duration_s
 
@@ -44,16 +38,13 @@ async def run(ops: Operations, job: AddAudioJob, ctx: WorkContext) -> JobResult:
             logger.bind(job_id=ctx.job_id).info("video has no audio: mix acts as replace")
         return v
 
-    guess = guess_video(video)
-
     def argv(info: MediaInfo | None) -> list[str]:
-        info = info or guess
-        assert info is not None  # speculative only with a guess
+        assert info is not None  # not speculative: the command depends on the video's length
         return add_audio_argv(ffmpeg=ops.config.ffmpeg, video_path=str(video),
                               audio_path=str(audio), output_path=str(output), job=job,
                               video=info)
 
-    encoded = await ops.encode(argv, validate, ctx, speculative=guess is not None)
+    encoded = await ops.encode(argv, validate, ctx, speculative=False)
     t_encode = ops.clock()
     # Exactly the video stream's length (FFmpeg's last progress time falls a packet short).
     encoded = dataclasses.replace(encoded, media_time_s=target_duration_s(encoded.source))
