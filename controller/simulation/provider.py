@@ -58,6 +58,17 @@ class ProviderModel(Struct, frozen=True, kw_only=True):
     disk_gb: float = 20.0  # asked of every rent (the controller's default VAST_DISK_GB)
     storage_cost_per_gb_month: float = 0.15  # a host's typical ask; offers vary around it
     storage_spread: float = 0.5  # lognormal sigma of an offer's storage ask
+    # Assumptions for the levers no market publishes a figure for (issue 13); the defaults
+    # leave them out. Interruptible: every machine rented at its bid, the GPU part of the
+    # price times bid_fraction, and outbid at interruptions_per_hour while running a job
+    # (the job is redelivered and the machine replaced, as an agent death is).
+    interruptible: bool = False
+    bid_fraction: float = 0.5
+    interruptions_per_hour: float = 0.0
+    # Several jobs per GPU, as a throughput gain at the same price: a machine finishes jobs
+    # slot_gain times as fast (not modelled as concurrent slots, which would wait a little
+    # longer behind a long job).
+    slot_gain: float = 1.0
 
 
 def storage_price_per_hour(storage_cost_per_gb_month: float, disk_gb: float) -> float:
@@ -94,8 +105,12 @@ def make_offers(model: ProviderModel, seed: int) -> tuple[MarketOffer, ...]:
         storage_cost = (model.storage_cost_per_gb_month
                         * storage_rng.lognormvariate(0, model.storage_spread))
         storage = min(storage_price_per_hour(storage_cost, model.disk_gb), offer.price_per_hour)
-        made.append(MarketOffer(offer=offer, speed=kind.speed * rng.lognormvariate(0, 0.08),
-                                storage_per_hour=storage))
+        speed = kind.speed * rng.lognormvariate(0, 0.08) * model.slot_gain
+        if model.interruptible:
+            gpu = offer.price_per_hour - storage
+            offer = structs.replace(offer, price_per_hour=round(storage + gpu * model.bid_fraction,
+                                                                 4))
+        made.append(MarketOffer(offer=offer, speed=speed, storage_per_hour=storage))
     return tuple(made)
 
 
@@ -191,7 +206,9 @@ class RandomFates:
 
     def dies_after_s(self, launch: int, job_number: int, duration_s: float) -> float | None:
         rng = self._rng("death", launch, job_number)
-        p_die = 1 - math.exp(-self._model.agent_death_per_hour * duration_s / 3600)
+        m = self._model
+        per_hour = m.agent_death_per_hour + (m.interruptions_per_hour if m.interruptible else 0)
+        p_die = 1 - math.exp(-per_hour * duration_s / 3600)
         return rng.uniform(0, duration_s) if rng.random() < p_die else None
 
 
