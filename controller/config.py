@@ -81,7 +81,10 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     vast_url: str = "https://console.vast.ai"
     vast_image: str = ""  # the agent image by digest (make image; see deploy/README.md)
     vast_disk_gb: float = 20.0
-    vast_bid_per_hour: float = 0.0  # > 0: interruptible instances at this bid
+    # Interruptible machines, each rented at its offer's minimum bid times 1 + the margin;
+    # one outbid is destroyed (its job goes back to the queue) and its machine avoided a while.
+    vast_interruptible: bool = False
+    vast_bid_margin: float = 0.1
     # Prometheus figures on http://<this>/metrics (controller/metrics.py); empty: none. Keep
     # it off the internet (no auth): loopback, or a private network Prometheus scrapes.
     metrics_listen: str = "127.0.0.1:9464"

@@ -49,6 +49,9 @@ class Offer(Struct, frozen=True, kw_only=True):
     reliability: float
     inet_down_mbps: float
     cuda_max_good: float
+    # Interruptible: the per-machine bid a rent sends; price_per_hour is then that bid plus
+    # the storage, what the machine bills while it runs (and what the caps count).
+    bid_per_hour: float | None = None
 
 
 class Instance(Struct, frozen=True, kw_only=True):

@@ -122,7 +122,8 @@ class _Outcome:
         reason = _end_reason(rec, info)
         if reason is not None:
             never_served = rec.first_heartbeat_at is None
-            avoid = info.machine_id if never_served and info.state != "exited" else None
+            avoid = (info.machine_id if (never_served and info.state != "exited")
+                     or info.interrupted else None)
             self.terminate.append(Terminate(provider_id=info.provider_id, label=rec.label,
                                             reason=reason, avoid_machine=avoid))
             rec = structs.replace(rec, state="destroying", reason=reason)
@@ -135,6 +136,8 @@ class _Outcome:
 def _end_reason(rec: FleetInstance, info: InstanceInfo) -> str | None:
     if rec.state == "destroying":
         return rec.reason or "destroying"  # terminate again until the provider stops listing it
+    if info.interrupted:
+        return "outbid: the provider stopped this interruptible machine"
     if rec.state == "draining" and info.state in ("failed", "exited"):
         return "drained: its agent finished and stopped"
     if info.state in ("failed", "misconfigured"):

@@ -90,6 +90,18 @@ def test_failed_boot_is_destroyed_and_its_machine_avoided() -> None:
     assert out.terminate[0].avoid_machine == 7 and "OCI" in out.terminate[0].reason
 
 
+def test_an_outbid_machine_is_destroyed_and_its_host_avoided_though_it_served() -> None:
+    busy = rec("vf-a", agent_state="busy", job_id="j1")  # its job comes back via the lease
+    out = run([busy], [structs.replace(listed("vf-a", "failed", detail="stopped"),
+                                       interrupted=True)])
+    [term] = out.terminate
+    assert term.reason == "outbid: the provider stopped this interruptible machine"
+    assert term.avoid_machine == 7 and out.records["vf-a"].state == "destroying"
+    # A failure of a machine that served is not held against its host.
+    out = run([busy], [listed("vf-a", "failed", detail="exited")])
+    assert out.terminate[0].avoid_machine is None
+
+
 def test_misconfigured_image_pauses_renting_with_an_alarm() -> None:
     booting = rec("vf-b", "booting", first_beat=None, agent_state=None)
     out = run([booting], [listed("vf-b", "misconfigured", detail="pull access denied for x")])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,7 @@ from tests.test_controller import (
     AGENT_ENV,
     FAST,
     caption_job,
+    one_serving,
     running_controller,
     until,
 )
@@ -50,10 +52,11 @@ def fake(tmp_path: Path) -> Iterator[FakeVast]:
 
 
 @contextlib.asynccontextmanager
-async def vast(fake: FakeVast) -> AsyncIterator[VastProvider]:
+async def vast(fake: FakeVast, *, interruptible: bool = False) -> AsyncIterator[VastProvider]:
     provider = VastProvider(VastConfig(api_key=Secret(fake.api_key), image="vidfleet/agent:t",
                                        base_url=fake.url, min_interval_s={},
                                        backoff_base_s=0.05, backoff_cap_s=0.2,
+                                       interruptible=interruptible,
                                        allow_plaintext_agent_url=True))  # loopback nats://
     try:
         yield provider
@@ -185,6 +188,48 @@ async def test_faults_are_recovered_and_the_caps_hold(
     assert figure("vidfleet_jobs_total", {"operation": "caption", "outcome": "succeeded",
                                           "cached": "false"}) == 6
     assert figure("vidfleet_instances", {"state": "serving"}) == 0  # all gone
+
+
+@pytest.mark.timeout(150)
+async def test_an_outbid_machine_is_replaced_and_every_job_runs_once(
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path) -> None:
+    """Interruptible machines: each rented at its own offer's minimum bid plus the margin,
+    counted at what it bills. One outbid mid-run (Vast.ai stops it) is destroyed and its host
+    avoided; the jobs finish on another machine, each exactly once."""
+    kv = await js.key_value(FLEET_BUCKET)
+    one = structs.replace(RENTED, max_instances=1)  # the replacement must be another host
+    reasons: set[str] = set()
+    seen: dict[str, tuple[str, float]] = {}  # label -> (GPU, the price the fleet counts)
+    async with vast(fake, interruptible=True) as provider, running_controller(
+            nats_server, nc, provider, one, agent_env=agent_env(fake)):
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
+                    for _ in range(4)]
+        await until(kv, functools.partial(one_serving, operator), 60)
+        [first] = fake.instances()
+        _, [serving] = await operator.fleet()
+        seen[serving.label] = (serving.gpu_name, serving.price_per_hour)
+        fake.outbid(first.id)
+
+        async def all_done() -> bool:
+            _, machines = await operator.fleet()
+            reasons.update(m.reason for m in machines if m.reason)
+            seen.update({m.label: (m.gpu_name, m.price_per_hour) for m in machines})
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 120)
+    results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
+    assert all(isinstance(r, Succeeded) for r in results)
+    assert "outbid: the provider stopped this interruptible machine" in reasons
+    min_bid = {"RTX 4090": 0.18, "RTX 3060": 0.05}  # the fake's asks
+    storage = 0.15 * 16 / 720  # its storage ask for our 16 GB
+    for create in fake.create_requests:  # each at its own offer's bid, counted as it bills
+        gpu, counted = seen[create["label"]]
+        assert create["price"] == pytest.approx(min_bid[gpu] * 1.1)
+        assert counted == pytest.approx(create["price"] + storage)
+    later = [i for i in fake.instances(include_destroyed=True) if i.id != first.id]
+    assert later and all(i.machine_id != first.machine_id for i in later)  # host avoided
+    assert {r.agent_id for r in results} <= {i.label for i in later} | {first.label}
 
 
 @pytest.mark.timeout(90)

@@ -123,15 +123,23 @@ async def test_search_sends_a_typed_query_and_never_offers_a_gpu_without_nvenc(
     assert "A100 SXM4" in body["gpu_name"]["notin"]
 
 
-async def test_an_interruptible_config_searches_bids_and_rents_at_its_bid(
+async def test_an_interruptible_config_bids_per_offer_and_counts_what_it_pays(
         fake: FakeVast, make: Make) -> None:
-    vast = make(bid_price_per_hour=0.07)
+    """Each offer at its own minimum bid plus the margin (not one fixed bid for every
+    machine), and the price the caps count is that bid plus the storage: what it bills."""
+    vast = make(interruptible=True, bid_margin=0.2)
     offer, _ = await rent(vast)
     assert fake.requests("search")[-1].body["type"] == "bid"
-    assert offer.price_per_hour == pytest.approx(0.05 + 0.15 * 16 / 720)  # the minimum bid
-    assert fake.create_requests[-1]["price"] == 0.07
-    assert (await vast.list_instances("vf-"))[0].price_per_hour == pytest.approx(
-        0.07 + 0.15 * 16 / 720)
+    assert offer.bid_per_hour == pytest.approx(0.05 * 1.2)  # the RTX 3060's minimum bid
+    assert offer.price_per_hour == pytest.approx(0.06 + 0.15 * 16 / 720)
+    assert fake.create_requests[-1]["price"] == pytest.approx(0.06)
+    [listed] = await vast.list_instances("vf-")
+    assert listed.price_per_hour == pytest.approx(offer.price_per_hour) and not listed.interrupted
+    fake.outbid(int(listed.provider_id))
+    [stopped] = await vast.list_instances("vf-")
+    assert stopped.interrupted and stopped.state == "failed"
+    with pytest.raises(ProviderError, match="never bids"):  # an on-demand config never bids
+        await make().launch(offer, label="vf-x", env={"VIDFLEET_NATS_URL": "nats://h:4222"})
 
 
 # ---- launch ------------------------------------------------------------------------------

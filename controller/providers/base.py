@@ -35,6 +35,7 @@ class InstanceInfo(Struct, frozen=True, kw_only=True):
     started_at: float
     gpu_name: str = ""
     detail: str = ""  # the provider's own words on the state (Vast.ai's status_msg), stripped
+    interrupted: bool = False  # an interruptible machine the provider stopped: outbid
 
 
 class ProviderError(Exception):

@@ -76,7 +76,10 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_price_per_hour: float = 1.0
     verified: bool = True
     num_gpus: int = 1
-    bid_price_per_hour: float | None = None  # set: interruptible at this bid; None: on-demand
+    # Interruptible: each offer is rented at its own minimum bid times 1 + bid_margin (a
+    # machine-wide fixed bid overpays the cheap ones and is outbid on the dear ones).
+    interruptible: bool = False
+    bid_margin: float = 0.1
     # UNSAFE when True: a machine may be given a plaintext VIDFLEET_NATS_URL (tests, private
     # networks). False: a create whose env's URL is not tls:// for every server is refused.
     allow_plaintext_agent_url: bool = False
@@ -94,9 +97,8 @@ class VastConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.disk_gb < 8:
             raise ValueError("disk_gb must be at least 8 (Vast.ai's minimum)")
-        bid = self.bid_price_per_hour
-        if bid is not None and not 0.001 <= bid <= 128:
-            raise ValueError("bid_price_per_hour must be within 0.001..128")
+        if not 0 <= self.bid_margin <= 10:
+            raise ValueError("bid_margin must be within 0..10")
         if not set(self.runtype.split()) <= _RUNTYPE_TOKENS or not self.runtype.strip():
             raise ValueError(f"runtype {self.runtype!r} is not one Vast.ai accepts")
 
@@ -133,18 +135,25 @@ class VastProvider:
             name = (o.gpu_name or "").strip()
             if o.dph_total is None or not name or any(bad in name.upper() for bad in excluded):
                 continue  # unpriced, unnamed, or no NVENC: nothing we would rent
+            price, bid = o.dph_total, None
+            if self._config.interruptible:
+                if not o.min_bid or o.storage_total_cost is None:
+                    continue  # no bid to make, or no price to count
+                bid = round(min(128.0, max(0.001, o.min_bid * self._config.num_gpus
+                                           * (1 + self._config.bid_margin))), 4)
+                price = bid + o.storage_total_cost
             offers.append(Offer(offer_id=o.id, machine_id=o.machine_id or 0, gpu_name=name,
-                                gpu_ram_mb=int(o.gpu_ram or 0), price_per_hour=o.dph_total,
+                                gpu_ram_mb=int(o.gpu_ram or 0), price_per_hour=price,
                                 reliability=o.reliability or 0.0,
                                 inet_down_mbps=o.inet_down or 0.0,
-                                cuda_max_good=o.cuda_max_good or 0.0))
+                                cuda_max_good=o.cuda_max_good or 0.0, bid_per_hour=bid))
         return offers
 
     async def launch(self, offer: Offer, *, label: str, env: dict[str, str]) -> InstanceInfo:
         """Rent ``offer`` once. An answer we did not get (timeout, dropped connection, 5xx, an
         unreadable 200) is settled by looking ``label`` up, never by sending again: a second
         create would bill a second machine."""
-        body = create_body(self._config, label, env)
+        body = create_body(self._config, label, env, offer.bid_per_hour)
         try:
             created = await self._http.call("PUT", f"/api/v0/asks/{offer.offer_id}/",
                                             endpoint="create", idempotent=False,
@@ -257,7 +266,11 @@ class VastProvider:
                                  row.status_msg),
             machine_id=row.machine_id or 0, price_per_hour=row.dph_total or 0.0,
             started_at=row.start_date or self._clock(), gpu_name=(row.gpu_name or "").strip(),
-            detail=msg or (row.actual_status or "").strip())
+            detail=msg or (row.actual_status or "").strip(),
+            # Outbid: an interruptible instance Vast.ai stopped (we never stop, we destroy).
+            interrupted=bool(row.is_bid) and "stopped" in (
+                (row.actual_status or "").strip().lower(),
+                (row.intended_status or "").strip().lower()))
 
 
 def provider_from_config(config: ControllerConfig) -> VastProvider:
@@ -274,11 +287,11 @@ def provider_from_config(config: ControllerConfig) -> VastProvider:
     if "@sha256:" not in config.vast_image:
         logger.warning("VIDFLEET_VAST_IMAGE is not pinned by digest: a moved tag changes what "
                        "every new machine boots")
-    bid = config.vast_bid_per_hour
     try:
         vast = VastConfig(
             api_key=config.vast_api_key, image=config.vast_image, base_url=config.vast_url,
-            disk_gb=config.vast_disk_gb, bid_price_per_hour=bid if bid > 0 else None,
+            disk_gb=config.vast_disk_gb, interruptible=config.vast_interruptible,
+            bid_margin=config.vast_bid_margin,
             min_gpu_ram_mb=config.min_gpu_ram_mb, min_reliability=config.min_reliability,
             min_inet_down_mbps=config.min_inet_down_mbps, min_cuda=config.min_cuda,
             max_price_per_hour=config.max_offer_price_per_hour,

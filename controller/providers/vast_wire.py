@@ -34,6 +34,8 @@ class VastOffer(msgspec.Struct):
     reliability: float | None = None
     inet_down: float | None = None
     cuda_max_good: float | None = None
+    min_bid: float | None = None  # per GPU, $/h: the lowest bid an interruptible rent may make
+    storage_total_cost: float | None = None  # $/h for allocated_storage
 
 
 class VastOffers(msgspec.Struct):
@@ -55,6 +57,7 @@ class VastInstance(msgspec.Struct):
     gpu_name: str | None = None
     dph_total: float | None = None
     start_date: float | None = None
+    is_bid: bool | None = None
 
 
 class VastPage(msgspec.Struct):
@@ -127,7 +130,7 @@ def search_query(config: VastConfig) -> dict[str, Any]:
         "inet_down": {"gte": c.min_inet_down_mbps}, "cuda_max_good": {"gte": c.min_cuda},
         "dph_total": {"lte": c.max_price_per_hour},
         "order": [["dph_total", "asc"], ["reliability", "desc"]],
-        "type": "on-demand" if c.bid_price_per_hour is None else "bid",
+        "type": "bid" if c.interruptible else "on-demand",
         "limit": c.offer_limit, "allocated_storage": c.disk_gb}
     if c.verified:
         query["verified"] = {"eq": True}
@@ -138,9 +141,11 @@ def search_query(config: VastConfig) -> dict[str, Any]:
     return query
 
 
-def create_body(config: VastConfig, label: str, env: dict[str, str]) -> dict[str, Any]:
-    """The body of ``PUT /asks/<offer>/``. Refused (not retryable) when the machine's
-    ``VIDFLEET_NATS_URL`` is missing or not ``tls://`` for every server, unless
+def create_body(config: VastConfig, label: str, env: dict[str, str],
+                bid_per_hour: float | None = None) -> dict[str, Any]:
+    """The body of ``PUT /asks/<offer>/``; ``bid_per_hour`` set: an interruptible rent at
+    that per-machine bid (the offer's own, ``Offer.bid_per_hour``). Refused (not retryable)
+    when the machine's ``VIDFLEET_NATS_URL`` is missing or not ``tls://`` for every server, unless
     ``allow_plaintext_agent_url``: the machine is on someone else's network, and a plaintext
     connection hands its credentials and our jobs to whoever sits in between."""
     if not label or len(label) > _MAX_LABEL_CHARS:
@@ -161,6 +166,9 @@ def create_body(config: VastConfig, label: str, env: dict[str, str]) -> dict[str
         "target_state": "running"}
     if c.runtype == "args":
         body["args"] = list(c.args)
-    if c.bid_price_per_hour is not None:
-        body["price"] = c.bid_price_per_hour
+    if c.interruptible != (bid_per_hour is not None):
+        raise ProviderError("an interruptible config rents only offers with a bid, and an "
+                            "on-demand one never bids", retryable=False)
+    if bid_per_hour is not None:
+        body["price"] = bid_per_hour
     return body

@@ -631,6 +631,18 @@ class FakeVast:
             inst.stuck = True
             self._cond.notify_all()
 
+    def outbid(self, instance_id: int) -> None:
+        """Someone bid more for an interruptible instance's machine: Vast.ai stops it (does not
+        destroy it: its storage keeps billing) and its container gets a ``docker stop``."""
+        with self._cond:
+            inst = self._insts[instance_id]
+            if inst.body.get("price") is None:
+                raise ValueError("only an interruptible (bid) instance can be outbid")
+            inst.intended_status = inst.actual_status = "stopped"
+            inst.stuck = True
+            self._stop_container(inst)
+            self._cond.notify_all()
+
     def set_offline(self, instance_id: int, offline: bool = True) -> None:
         """Host disconnected: shown as ``offline``, the stored status kept; no billing."""
         with self._cond:
