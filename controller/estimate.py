@@ -13,7 +13,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 
-__all__ = ["PRIOR_JOB_S", "ArrivalRate", "JobTimes", "backlog_work_s", "ewma"]
+__all__ = ["PRIOR_JOB_S", "ArrivalRate", "BootTimes", "JobTimes", "backlog_work_s", "ewma"]
 
 PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
 _EWMA = 0.2  # weight of the newest result
@@ -48,6 +48,24 @@ def backlog_work_s(*, mean_job_s: float, queued_jobs: int, running_for_s: Sequen
     lost mid-job whose job the consumer still holds) at half the mean."""
     aged = sum(max(mean_job_s - age, age) for age in running_for_s)
     return mean_job_s * (queued_jobs + 0.5 * running_unknown) + aged
+
+
+class BootTimes:
+    """Rent to first heartbeat, the median of the last ``keep`` machines that came up: what a
+    machine rented now is expected to take (the image, the hosts and the registry decide it,
+    and all three change). ``None`` until ``least`` have been measured: the policy's
+    configured ``expected_boot_s`` stands in. A median, so one slow host moves it little."""
+
+    def __init__(self, keep: int = 20, least: int = 3) -> None:
+        self._boots: deque[float] = deque(maxlen=keep)
+        self._least = least
+
+    def add(self, seconds: float) -> None:
+        if seconds >= 0:
+            self._boots.append(seconds)
+
+    def expected(self) -> float | None:
+        return statistics.median(self._boots) if len(self._boots) >= self._least else None
 
 
 class ArrivalRate:

@@ -40,7 +40,7 @@ from controller.gateway import Gateway
 from controller.machines import Machines
 from controller.metrics import Metrics
 from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, read_backlog
-from controller.policy import Offer, Policy, Snapshot, Unmet, decide, wants_offers
+from controller.policy import Policy, Snapshot, Unmet, decide, objective, wants_offers
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
 from controller.spend import ProviderBill, SpendMeter
@@ -254,28 +254,18 @@ class Controller:
                         last_rent_at=machines.last_rent_at,
                         gpu_speed=dict(self._speeds.gpu_speed),
                         mean_job_s=self._speeds.times.mean(),
-                        arrivals_per_s=self._arrivals.per_s())
+                        arrivals_per_s=self._arrivals.per_s(),
+                        boot_s=machines.boots.expected())
         blocked = state.rent_blocked or self._paused
         if wants_offers(snap, self._policy) and not blocked:
-            snap = msgspec.structs.replace(snap, offers=await self._offers_for(now))
+            offers = await self._offers.current_or_none(now, self._alarms)
+            snap = msgspec.structs.replace(snap, offers=offers)
         self._unmet = ""
         for action in decide(snap, self._policy):
             if isinstance(action, Unmet):
                 self._unmet = "" if blocked else f"{action.machines} more machines: {action.reason}"
             else:
                 await machines.act(action, now)
-
-    def _objective(self) -> str:
-        if self._policy.target_wait_s > 0:
-            return f"every queued job started within {self._policy.target_wait_s:.0f} s"
-        return f"the backlog drained within {self._policy.target_drain_s:.0f} s"
-
-    async def _offers_for(self, now: float) -> tuple[Offer, ...]:
-        try:
-            return await self._offers.current(now)
-        except ProviderError as exc:
-            self._alarms.append(f"offer search failed: {exc}")
-            return ()
 
     async def _publish_summary(self, now: float, backlog: Backlog | None) -> None:
         assert self._store is not None and self._meter is not None and self._bill is not None
@@ -295,7 +285,7 @@ class Controller:
             spend_per_hour=rate, spent_today=spent, day=self._meter.day,
             max_spend_per_hour=self._policy.max_price_per_hour,
             max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms,
-            objective=self._objective(), unmet=self._unmet,
+            objective=objective(self._policy), unmet=self._unmet,
             billed_today=round(billed, 6), billed_by_provider=by_provider,
             attributed_today=round(attributed, 6),
             unattributed_today=round(billed - attributed, 6),

@@ -21,6 +21,7 @@ from broker.fleet import AgentCommand, FleetInstance, encode
 from broker.subjects import agent_control_subject
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority, agent_env
+from controller.estimate import BootTimes
 from controller.fleet_store import FleetStore
 from controller.metrics import Metrics
 from controller.observe import OfferBook
@@ -52,6 +53,7 @@ class Machines:
         self._forget_beat = forget_beat
         self._clock = clock
         self._metrics = metrics
+        self.boots = BootTimes()  # what the policy expects of the next machine's boot
         self.records = records
         self.avoid: dict[int, float] = {}  # machine id -> avoid until
         self.last_rent_at: float | None = None
@@ -82,6 +84,7 @@ class Machines:
                 self._metrics.rent_failed("boot_failed")  # the provider says it failed
             if old is not None and old.first_heartbeat_at is None and rec.first_heartbeat_at:
                 self._metrics.booted(rec.first_heartbeat_at - rec.launched_at)
+                self.boots.add(rec.first_heartbeat_at - rec.launched_at)
             if old != rec:
                 await self._store.put(rec)
         for term in state.terminate:

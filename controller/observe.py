@@ -24,7 +24,7 @@ from broker.heartbeats import Heartbeat, decode_heartbeat
 from broker.subjects import JOBS_CONSUMER, JOBS_STREAM
 from controller.estimate import JobTimes, backlog_work_s, ewma
 from controller.policy import Offer
-from controller.providers.base import Provider
+from controller.providers.base import Provider, ProviderError
 from controller.reconcile import Seen
 
 __all__ = ["Backlog", "HeartbeatBook", "OfferBook", "SpeedBook", "read_backlog"]
@@ -174,6 +174,14 @@ class OfferBook:
             self._offers = tuple(await self._provider.search_offers())
             self._at = now
         return self._offers
+
+    async def current_or_none(self, now: float, alarms: list[str]) -> tuple[Offer, ...]:
+        """``current``, or no offers and an alarm when the search fails."""
+        try:
+            return await self.current(now)
+        except ProviderError as exc:
+            alarms.append(f"offer search failed: {exc}")
+            return ()
 
     def take(self, offer_id: int) -> Offer | None:
         offer = next((o for o in self._offers if o.offer_id == offer_id), None)

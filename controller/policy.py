@@ -34,6 +34,7 @@ __all__ = [
     "Unmet",
     "decide",
     "has_nvenc",
+    "objective",
     "rank_offers",
     "wants_offers",
 ]
@@ -81,6 +82,7 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     gpu_speed: dict[str, float] = field(default_factory=dict)
     mean_job_s: float = PRIOR_JOB_S  # estimated machine seconds per job (controller/estimate.py)
     arrivals_per_s: float = 0.0  # jobs submitted per second lately, a batch not counted
+    boot_s: float | None = None  # measured rent to first heartbeat; None: Policy.expected_boot_s
 
 
 class Policy(Struct, frozen=True, kw_only=True):
@@ -204,13 +206,14 @@ def decide(snap: Snapshot, policy: Policy) -> list[Action]:
     if sizing.short and not any(isinstance(a, Unmet) for a in actions):
         actions.append(Unmet(machines=sizing.short,
                              reason=f"max_instances ({policy.max_instances}) caps the fleet "
-                                    f"({_objective(policy)} needs more machines)"))
+                                    f"({objective(policy)} needs more machines)"))
     return actions
 
 
-def _objective(policy: Policy) -> str:
+def objective(policy: Policy) -> str:
+    """What the policy aims at, in words (``vidfleet status`` shows it)."""
     if policy.target_wait_s > 0:
-        return f"every job started within {policy.target_wait_s:.0f} s"
+        return f"every queued job started within {policy.target_wait_s:.0f} s"
     return f"the backlog drained within {policy.target_drain_s:.0f} s"
 
 
@@ -228,7 +231,7 @@ def _capped_by(snap: Snapshot, policy: Policy, rents: list[Rent]) -> str:
         why = f"the day's spend cap (${policy.max_spend_per_day:.2f}) allows no more"
     else:
         why = "too few acceptable offers"
-    return f"{why} ({_objective(policy)} needs more machines)"
+    return f"{why} ({objective(policy)} needs more machines)"
 
 
 def _cooled(snap: Snapshot, policy: Policy) -> bool:

@@ -62,6 +62,11 @@ def size_fleet(snap: Snapshot, policy: Policy, live: list[Instance]) -> Sizing:
                   surplus_booting=surplus, short=max(0, rent - room))
 
 
+def _boot_s(snap: Snapshot, policy: Policy) -> float:
+    """How long a machine rented now takes to come up: measured, or the configured prior."""
+    return snap.boot_s if snap.boot_s is not None else policy.expected_boot_s
+
+
 def _jobs(snap: Snapshot) -> int:
     """Jobs waiting or running on a machine that stays (a draining machine finishes its own)."""
     finishing = sum(1 for i in snap.instances if i.state == "draining" and i.job_id)
@@ -82,9 +87,10 @@ def _for_drain(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:
     want = math.ceil(snap.backlog_work_s / target_s)
     if want > len(live):
         # Machines still booting drain less within the target, and new ones less again.
-        have_s = sum(target_s - max(0.0, policy.expected_boot_s - (snap.now - i.launched_at))
+        boot_s = _boot_s(snap, policy)
+        have_s = sum(target_s - max(0.0, boot_s - (snap.now - i.launched_at))
                      if i.state == "booting" else target_s for i in live)
-        new_s = max(target_s - policy.expected_boot_s, target_s / 4)
+        new_s = max(target_s - boot_s, target_s / 4)
         want = len(live) + max(0, math.ceil((snap.backlog_work_s - have_s) / new_s))
     # Never more machines than jobs (one job each), at least one when there is any work.
     return min(jobs, max(want, 1))
@@ -96,7 +102,7 @@ def _ready_in(inst: Instance, snap: Snapshot, policy: Policy) -> float:
         return 0.0
     if inst.state == "busy":
         return snap.mean_job_s / 2
-    boot_s = policy.expected_boot_s
+    boot_s = _boot_s(snap, policy)
     left = boot_s - (snap.now - inst.launched_at)
     return left if left >= 0 else 2 * boot_s
 
@@ -106,7 +112,7 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
     """(live machines to keep, machines to rent, spare booting machines to destroy); a spare
     booting machine the warm floor still wants is kept."""
     job_s = max(snap.mean_job_s, 1.0)
-    boot_s = policy.expected_boot_s
+    boot_s = _boot_s(snap, policy)
     horizon = max(policy.target_wait_s, boot_s)
 
     def starts(ready_in: float) -> int:  # queued jobs a machine free then starts in time

@@ -166,8 +166,9 @@ async def test_status_says_when_the_caps_keep_the_wait_objective_out_of_reach(
 
         await until(kv, quiet, 30)
         summary, _ = await operator.fleet()
-    assert seen and all(u.endswith(" more machines: max_instances (1) caps the fleet (every job "
-                                   "started within 120 s needs more machines)") for u in seen)
+    caps = (" more machines: max_instances (1) caps the fleet (every queued job started within "
+            "120 s needs more machines)")
+    assert seen and all(u.endswith(caps) for u in seen)
     assert summary is not None and summary.objective == "every queued job started within 120 s"
 
 

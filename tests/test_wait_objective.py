@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from msgspec import structs
 
-from controller.estimate import ArrivalRate
+from controller.estimate import ArrivalRate, BootTimes
 from controller.policy import Destroy, Drain, Policy, Snapshot, Unmet, decide, wants_offers
 from tests.test_policy import NOW, inst, offer, rents, snap
 
@@ -85,8 +85,8 @@ def test_what_the_caps_prevent_is_reported() -> None:
     capped = structs.replace(WAIT, max_instances=2)
     actions = decide(wait_snap(queued=5), capped)
     assert len(rents(actions)) == 2
-    assert Unmet(machines=3, reason="max_instances (2) caps the fleet (every job started "
-                                    "within 120 s needs more machines)") in actions
+    assert Unmet(machines=3, reason="max_instances (2) caps the fleet (every queued job "
+                                    "started within 120 s needs more machines)") in actions
     # The hourly cap: 0.3 $/h offers under a 0.7 $/h cap rent two of the five needed.
     by_price = structs.replace(WAIT, max_price_per_hour=0.7)
     actions = decide(wait_snap(queued=5), by_price)
@@ -116,3 +116,24 @@ def test_the_arrival_rate_is_a_median_over_minutes() -> None:
         batch.observe(NOW + second, 500)
     assert steady.per_s() == 2 / 60
     assert batch.per_s() == 0.0
+
+
+def test_measured_boots_replace_the_configured_one() -> None:
+    """Three jobs queued (a minute each), a machine booting for 30 s. Configured at 90 s,
+    it is up in 60 s and starts two of them within 120 s: one more machine. Measured boots
+    of 200 s put it 170 s away, one job's worth, and a new machine a job each: two more.
+    Measured boots of 20 s make it overdue, a slow host: replaced, and the three jobs get
+    two fresh machines (each up in 20 s starts two)."""
+    booting = (inst("b", "booting", beat_age_s=None, age_s=30),)
+    assert len(rents(decide(wait_snap(queued=3, instances=booting), WAIT))) == 1
+    assert len(rents(decide(wait_snap(queued=3, instances=booting, boot_s=200.0), WAIT))) == 2
+    quick = decide(wait_snap(queued=3, instances=booting, boot_s=20.0), WAIT)
+    assert len(rents(quick)) == 2 and [a.instance_id for a in quick
+                                        if isinstance(a, Destroy)] == ["b"]
+    boots = BootTimes(keep=5, least=3)
+    boots.add(80.0)
+    boots.add(100.0)
+    assert boots.expected() is None  # too few to go by
+    for seconds in (95.0, 600.0, 90.0, 85.0):  # one slow host moves the median little
+        boots.add(seconds)
+    assert boots.expected() == 95.0

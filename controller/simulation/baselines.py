@@ -96,7 +96,7 @@ def one_per_request(jobs: list[JobState], *, policy: Policy, market: Market,
 
 def _lifetime(job: JobState, got: MarketOffer, fates: Fates, launch: int, policy: Policy,
               now: float) -> _Life:
-    boot_s = fates.boot_after_s(launch)
+    boot_s = fates.boot_after_s(launch, got.offer.inet_down_mbps)
     if boot_s is None or boot_s > policy.boot_deadline_s:
         deadline_s = policy.boot_deadline_s
         return _Life(deadline_s, 0.0, None, now + deadline_s, 0.0, avoid=True)

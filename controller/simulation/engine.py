@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from msgspec import Struct
 
-from controller.estimate import ArrivalRate, JobTimes
+from controller.estimate import ArrivalRate, BootTimes, JobTimes
 from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, Unmet, decide
 from controller.simulation.fleet import JobState, Machine, build_snapshot
 from controller.simulation.provider import Fates, Market
@@ -71,6 +71,7 @@ class _Run:
         self.queue: deque[int] = deque()
         self.times = JobTimes()  # what the controller learns from finished jobs
         self.arrivals = ArrivalRate()
+        self.boots = BootTimes()  # what the controller measures of its machines' boots
         self.arrived = 0  # jobs submitted so far: the JOBS stream's last sequence
         self.unmet_ticks = 0
         self.in_flight: dict[int, Machine | None] = {}
@@ -99,6 +100,7 @@ class _Run:
                 self.enqueue(a, front=kind == "redeliver")
             elif kind == "boot" and self.machines[a].destroyed_at is None:
                 self.machines[a].booted_at = self.machines[a].idle_since = at
+                self.boots.add(at - self.machines[a].launched_at)
             elif kind in ("done", "die") and self.machines[a].job_token == b:
                 self.end_job(self.machines[a], at, died=kind == "die")
             self.dispatch(at)
@@ -175,7 +177,7 @@ class _Run:
             running=list(self.in_flight.values()),
             machines=self.live, offers=self.market.listed(now), spent_today=self.spent_today,
             failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed,
-            arrivals_per_s=self.arrivals.per_s())
+            arrivals_per_s=self.arrivals.per_s(), boot_s=self.boots.expected())
 
     def machine(self, instance_id: str) -> Machine:
         return self.machines[int(instance_id[1:])]
@@ -196,7 +198,7 @@ class _Run:
                     storage_per_hour=got.storage_per_hour, speed=got.speed, launched_at=now)
         self.machines.append(m)
         self.live.append(m)
-        boot_s = self.fates.boot_after_s(m.launch)
+        boot_s = self.fates.boot_after_s(m.launch, got.offer.inet_down_mbps)
         if boot_s is not None:
             self.push(now + boot_s, "boot", m.launch)
 

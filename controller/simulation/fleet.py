@@ -81,7 +81,8 @@ def build_snapshot(*, now: float, queued: int, mean_job_s: float,
                    running: list[Machine | None],
                    machines: list[Machine], offers: tuple[Offer, ...], spent_today: float,
                    failed_machines: frozenset[int], last_rent_at: float | None,
-                   gpu_speed: dict[str, float], arrivals_per_s: float = 0.0) -> Snapshot:
+                   gpu_speed: dict[str, float], arrivals_per_s: float = 0.0,
+                   boot_s: float | None = None) -> Snapshot:
     """``running``: the machine running each job in flight (None once its agent died: the
     consumer still holds the job until the redelivery). The backlog's work is the live
     controller's estimate (controller/estimate.py) from ``mean_job_s``, the finished jobs'
@@ -97,4 +98,4 @@ def build_snapshot(*, now: float, queued: int, mean_job_s: float,
                                     if m.destroyed_at is None),
                     offers=offers, spent_today=spent_today, failed_machines=failed_machines,
                     last_rent_at=last_rent_at, gpu_speed=dict(gpu_speed),
-                    mean_job_s=mean_job_s, arrivals_per_s=arrivals_per_s)
+                    mean_job_s=mean_job_s, arrivals_per_s=arrivals_per_s, boot_s=boot_s)
