@@ -51,21 +51,40 @@ def backlog_work_s(*, mean_job_s: float, queued_jobs: int, running_for_s: Sequen
 
 
 class BootTimes:
-    """Rent to first heartbeat, the median of the last ``keep`` machines that came up: what a
-    machine rented now is expected to take (the image, the hosts and the registry decide it,
-    and all three change). ``None`` until ``least`` have been measured: the policy's
-    configured ``expected_boot_s`` stands in. A median, so one slow host moves it little."""
+    """Rent to first heartbeat over the last ``keep`` rents: the median boot a machine rented
+    now is expected to take (the image, the hosts and the registry decide it, and all three
+    change). ``None`` until ``least`` machines have come up: the policy's configured
+    ``expected_boot_s`` stands in. A median, so one slow host moves it little.
 
-    def __init__(self, keep: int = 20, least: int = 3) -> None:
-        self._boots: deque[float] = deque(maxlen=keep)
+    A machine destroyed before it came up (a hedge's spare, a stuck boot) took at least as
+    long as it had run: it counts as that, censored (a Kaplan-Meier median). Counting only
+    the machines that came up would measure the faster of each hedged pair and expect boots
+    far too short."""
+
+    def __init__(self, keep: int = 40, least: int = 3) -> None:
+        self._seen: deque[tuple[float, bool]] = deque(maxlen=keep)  # (seconds, came up)
         self._least = least
 
     def add(self, seconds: float) -> None:
         if seconds >= 0:
-            self._boots.append(seconds)
+            self._seen.append((seconds, True))
+
+    def censored(self, seconds: float) -> None:
+        """A machine destroyed ``seconds`` after its rent, before it came up."""
+        if seconds >= 0:
+            self._seen.append((seconds, False))
 
     def expected(self) -> float | None:
-        return statistics.median(self._boots) if len(self._boots) >= self._least else None
+        if sum(up for _, up in self._seen) < self._least:
+            return None
+        left, surviving = len(self._seen), 1.0
+        for seconds, up in sorted(self._seen, key=lambda s: (s[0], not s[1])):
+            if up:
+                surviving *= 1 - 1 / left
+                if surviving <= 0.5:
+                    return seconds
+            left -= 1
+        return max(s for s, _ in self._seen)  # over half still booting when last seen
 
 
 class ArrivalRate:

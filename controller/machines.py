@@ -180,8 +180,10 @@ class Machines:
         if rec is None:
             return
         if rec.state != "destroying":
-            if action.avoid_machine is not None and rec.first_heartbeat_at is None:
-                self._metrics.rent_failed("boot_deadline")  # never heard from in time
+            if rec.first_heartbeat_at is None:
+                self.boots.censored(self._clock() - rec.launched_at)  # it took at least this
+                if action.avoid_machine is not None:
+                    self._metrics.rent_failed("boot_deadline")  # never heard from in time
             rec = structs.replace(rec, state="destroying", reason=action.reason)
             self.records[rec.label] = rec
             if rec.agent_key:

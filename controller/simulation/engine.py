@@ -210,6 +210,8 @@ class _Run:
             self.jobs_killed += 1
             self.end_job(m, now, died=True)  # killed mid-job: the job comes back
         m.destroyed_at = now
+        if m.booted_at is None:
+            self.boots.censored(now - m.launched_at)
         self.live.remove(m)
         self.market.give_back(m.machine_id)
         if action.avoid_machine is not None:
