@@ -9,7 +9,11 @@ wait each at most one GPU per request's, at a cost at most 1.3x the clairvoyant 
    issue 13), the wait objective, its hedge, the warm floor from the measured load.
 3. Where ours' cost goes beyond the bound on the bursty trace (boot, idle, price ladder, lost
    work), and the ladder itself: why no on-demand policy meets the cost goal there.
-4. The wait objective's target swept on all three traces, and ``decide()``'s time at scale.
+4. The goal with every lever (cost <= 0.4x one GPU per request at waits no worse), with and
+   without each assumption: interruptible prices and interruptions, several jobs per GPU.
+5. Boot as the image pull on the host's bandwidth (a calibrated model): the image's size and
+   the hosts' bandwidth floor swept.
+6. The wait objective's target swept on all three traces, and ``decide()``'s time at scale.
 
 Costs are billed as Vast.ai bills (storage alone while an image loads). Deterministic: the
 same figures every run, except the timing. Run: ``.venv/bin/python bench/simulate.py``.

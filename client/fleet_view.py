@@ -15,6 +15,7 @@ from broker.fleet import (
     decode_fleet_instance,
     decode_fleet_summary,
 )
+from broker.stores import kv_keys
 from broker.subjects import FLEET_BUCKET
 
 __all__ = ["read_fleet"]
@@ -28,11 +29,7 @@ async def read_fleet(js: JetStreamContext) -> tuple[FleetSummary | None, list[Fl
     except nats.js.errors.NotFoundError:
         return None, []
     summary, machines = None, []
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return None, []
-    for key in keys:
+    for key in await kv_keys(js, FLEET_BUCKET):
         try:
             entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:

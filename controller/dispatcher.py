@@ -48,7 +48,6 @@ from broker.subjects import (
     JOBS_CONSUMER,
     JOBS_STREAM,
     JOBSTATE_BUCKET,
-    LEASES_BUCKET,
     parse_job_subject,
     validate_job_id,
     validate_tenant,
@@ -140,9 +139,9 @@ class Dispatcher:
         self._ack_wait_s = info.config.ack_wait or 30.0
         self._max_deliver = info.config.max_deliver or 5
         self._costs = JobCosts(await self._js.key_value(JOB_COSTS_BUCKET))
-        self._leases = LeaseBook(await self._js.key_value(LEASES_BUCKET),
-                                 ack_wait_s=self._ack_wait_s, on_end=self._lease_ended,
-                                 clock=self._clock, monotonic=self._mono)
+        self._leases = await LeaseBook.open(self._js, ack_wait_s=self._ack_wait_s,
+                                            on_end=self._lease_ended, clock=self._clock,
+                                            monotonic=self._mono)
         await self._leases.load()
         await self.letters.open()
         await self.cache.open()

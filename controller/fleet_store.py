@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 from loguru import logger
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from broker.fleet import (
@@ -22,28 +22,23 @@ from broker.fleet import (
     encode,
     instance_key,
 )
+from broker.stores import kv_keys
 from broker.subjects import FLEET_BUCKET
 
 __all__ = ["FleetStore"]
 
 
 class FleetStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+        self._kv, self._js = kv, js
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> FleetStore:
-        return cls(await js.key_value(FLEET_BUCKET))
+        return cls(await js.key_value(FLEET_BUCKET), js)
 
     async def load(self) -> dict[str, FleetInstance]:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return {}
         records = {}
-        for key in keys:
-            if not key.startswith("instances."):
-                continue
+        for key in await kv_keys(self._js, FLEET_BUCKET, "instances."):
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:

@@ -12,11 +12,13 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 from loguru import logger
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -27,6 +29,8 @@ from broker.events import OutputInfo
 from broker.jobs import inputs_named
 from broker.objects import ObjectWriter
 from broker.result_cache import CACHE_KEY_HEADER
+from broker.stores import kv_keys
+from broker.subjects import LEASES_BUCKET
 
 __all__ = ["Held", "LeaseBook", "Reading", "grant_of", "lease_of"]
 
@@ -57,13 +61,22 @@ class Held:
 
 
 class LeaseBook:
+    @classmethod
+    async def open(cls, js: JetStreamContext, **kwargs: Any) -> LeaseBook:
+        """The book on the ``leases`` bucket (``kwargs``: as ``__init__``'s)."""
+        return cls(await js.key_value(LEASES_BUCKET),
+                   list_keys=lambda: kv_keys(js, LEASES_BUCKET), **kwargs)
+
     def __init__(self, kv: KeyValue, *, ack_wait_s: float,
+                 list_keys: Callable[[], Awaitable[list[str]]],
                  on_end: Callable[[Lease, float], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         """``on_end(lease, ended_at)`` is told of each lease that ends, and when (its holder's
-        last word, on the wall clock): what its machine time is charged from."""
+        last word, on the wall clock): what its machine time is charged from.
+        ``list_keys``: the bucket's keys (broker/stores.py ``kv_keys``)."""
         self._kv = kv
+        self._list_keys = list_keys
         self._on_end = on_end
         self._clock = clock
         self._mono = monotonic
@@ -75,11 +88,7 @@ class LeaseBook:
 
     async def load(self) -> None:
         """The leases a previous dispatcher left, as if each holder had just been heard."""
-        try:
-            keys = await self._kv.keys()
-        except nats.errors.Error:  # nats-py: NoKeysError when empty
-            keys = []
-        for key in keys:
+        for key in await self._list_keys():
             try:
                 entry = await self._kv.get(key)
                 lease = decode_lease(entry.value or b"")
