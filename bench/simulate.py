@@ -161,19 +161,35 @@ def goals(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], Base]) 
     print(f"  met on {met} of {len(traces) * len(SEEDS)} trace-seeds")
 
 
+class Means(NamedTuple):
+    """One policy on one trace, means over the seeds; waits as ratios to one per request's."""
+
+    x_bound: float
+    p50r: float
+    p95r: float
+
+
+def over_seeds(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], Base],
+               policy: Policy) -> tuple[dict[str, Means], int]:
+    """Each trace's means, and on how many trace-seeds every goal was met."""
+    by_trace, met = {}, 0
+    for name, jobs in traces.items():
+        rows = [replay(jobs, policy, seed, made[name, seed]) for seed in SEEDS]
+        met += sum(r.met for r in rows)
+        by_trace[name] = Means(statistics.mean(r.x_bound for r in rows),
+                               statistics.mean(r.p50 / r.base.old.wait_p50_s for r in rows),
+                               statistics.mean(r.p95 / r.base.old.wait_p95_s for r in rows))
+    return by_trace, met
+
+
 def levers(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], Base]) -> None:
     print("\neach lever, mean over seeds 0-4 (waits as a ratio to one GPU per request's; "
           "met: trace-seeds meeting every goal)")
     print(f"  {'policy':<30} " + " ".join(f"{n + ' xbound p50r p95r':>26}" for n in NAMES)
           + f" {'met':>5}")
     for label, policy in LEVERS.items():
-        cells, met = [], 0
-        for name, jobs in traces.items():
-            rows = [replay(jobs, policy, seed, made[name, seed]) for seed in SEEDS]
-            met += sum(r.met for r in rows)
-            cells.append(f"{statistics.mean(r.x_bound for r in rows):>14.2f} "
-                         f"{statistics.mean(r.p50 / r.base.old.wait_p50_s for r in rows):>5.2f} "
-                         f"{statistics.mean(r.p95 / r.base.old.wait_p95_s for r in rows):>5.2f}")
+        by_trace, met = over_seeds(traces, made, policy)
+        cells = [f"{m.x_bound:>14.2f} {m.p50r:>5.2f} {m.p95r:>5.2f}" for m in by_trace.values()]
         print(f"  {label:<30} " + " ".join(cells) + f" {met:>2}/15")
 
 
@@ -261,13 +277,9 @@ def wait_sweep(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], Ba
           "as ratios to one GPU per request's")
     for wait_s in WAITS_S:
         policy = structs.replace(OURS, target_wait_s=float(wait_s))
-        cells, met = [], 0
-        for name, jobs in traces.items():
-            rows = [replay(jobs, policy, seed, made[name, seed]) for seed in SEEDS]
-            met += sum(r.met for r in rows)
-            cells.append(f"{name} {statistics.mean(r.x_bound for r in rows):.2f} "
-                         f"{statistics.mean(r.p50 / r.base.old.wait_p50_s for r in rows):.2f} "
-                         f"{statistics.mean(r.p95 / r.base.old.wait_p95_s for r in rows):.2f}")
+        by_trace, met = over_seeds(traces, made, policy)
+        cells = [f"{name} {m.x_bound:.2f} {m.p50r:.2f} {m.p95r:.2f}"
+                 for name, m in by_trace.items()]
         print(f"  {wait_s:>4} s: " + " | ".join(cells) + f" | met {met}/15")
 
 

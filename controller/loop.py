@@ -241,7 +241,7 @@ class Controller:
         machines = self._machines
         assert machines is not None
         instances = snapshot_instances(self._records, self._beats.seen,
-                                       heard_since=self._heard_since)
+                                       heard_since=self._heard_since, holds=self._dispatcher.holds)
         self._arrivals.observe(now, backlog.submitted)
         assert self._meter is not None
         snap = Snapshot(now=now, queued_jobs=backlog.queued_jobs,

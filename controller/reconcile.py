@@ -13,6 +13,7 @@ while the controller rents duplicates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from msgspec import Struct, structs
@@ -165,28 +166,36 @@ def _with_heartbeat(rec: FleetInstance, seen: Seen | None) -> FleetInstance:
 
 
 def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen], *,
-                       heard_since: float) -> tuple[Instance, ...]:
+                       heard_since: float,
+                       holds: Callable[[str], str | None] | None = None) -> tuple[Instance, ...]:
     """The policy's view. ``heard_since``: when this controller (re)started listening; no
     agent's last heartbeat counts as older than that, or a restart or a reconnect after an
-    outage would read every machine as silent and destroy it mid-job."""
+    outage would read every machine as silent and destroy it mid-job. ``holds``: the job a
+    machine's agent holds a lease for (the dispatcher's word). A machine holding one is up and
+    busy whatever its record says: a controller killed between the agent's first job and its
+    next record write left it "booting", and the next one destroyed it as a spare."""
     out = []
     for rec in records.values():
+        held = holds(rec.label) if holds is not None else None
+        up = rec.first_heartbeat_at is not None or held is not None
         last = seen[rec.label].received_at if rec.label in seen else None
-        if rec.first_heartbeat_at is not None:
+        if up:
             last = max(last or heard_since, heard_since)
         out.append(Instance(instance_id=rec.label, machine_id=rec.machine_id,
-                            price_per_hour=rec.price_per_hour, state=_policy_state(rec),
+                            price_per_hour=rec.price_per_hour,
+                            state=_policy_state(rec, up=up, held=held is not None),
                             launched_at=rec.launched_at, last_heartbeat_at=last,
-                            idle_since=rec.idle_since, job_id=_policy_job(rec)))
+                            idle_since=rec.idle_since, job_id=_policy_job(rec) or held))
     return tuple(out)
 
 
-def _policy_state(rec: FleetInstance) -> Literal["booting", "idle", "busy", "draining"]:
+def _policy_state(rec: FleetInstance, *, up: bool,
+                  held: bool) -> Literal["booting", "idle", "busy", "draining"]:
     if rec.state in ("draining", "destroying"):
         return "draining"
-    if rec.first_heartbeat_at is None:
+    if not up:
         return "booting"
-    if rec.agent_state == "busy" or rec.job_id is not None:
+    if rec.agent_state == "busy" or rec.job_id is not None or held:
         return "busy"
     if rec.agent_state in ("draining", "stopped"):
         return "draining"

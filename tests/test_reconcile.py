@@ -12,6 +12,7 @@ from broker.fleet import FleetInstance, FleetState
 from broker.heartbeats import Heartbeat, encode_heartbeat
 from controller.attribution import Attribution
 from controller.observe import HeartbeatBook
+from controller.policy import Policy, Snapshot, decide
 from controller.providers.base import InstanceInfo, InstanceState
 from controller.reconcile import UNCONFIRMED_DRAIN, Seen, reconcile, snapshot_instances
 from controller.spend import SpendMeter
@@ -137,6 +138,23 @@ def test_snapshot_marks_unconfirmed_drains_busy_and_restarts_as_heard() -> None:
     stale = {"vf-c": seen("vf-c", "draining", at=NOW - 300)}  # heard before an outage
     again = snapshot_instances({"vf-c": confirmed}, stale, heard_since=NOW - 2)
     assert again[0].last_heartbeat_at == NOW - 2
+
+
+def test_a_machine_holding_a_lease_is_busy_though_its_record_says_booting() -> None:
+    """A controller SIGKILLed after its agent took a job but before the record's next write
+    leaves the machine "booting" in KV. Found by a full run: the next controller's wait
+    objective destroyed it as a spare booting machine, job and all (the job ran again)."""
+    stale = rec("vf-b", "booting", first_beat=None, agent_state=None)
+    [inst] = snapshot_instances({"vf-b": stale}, {}, heard_since=NOW - 5,
+                                holds={"vf-b": "j1"}.get)
+    assert (inst.state, inst.job_id, inst.last_heartbeat_at) == ("busy", "j1", NOW - 5)
+    policy = Policy(target_wait_s=120.0, hedge=1.0)
+    snap = Snapshot(now=NOW, queued_jobs=0, running_jobs=1, backlog_work_s=60.0,
+                    instances=(inst,))
+    assert decide(snap, policy) == []  # neither destroyed nor drained
+    [unheld] = snapshot_instances({"vf-b": stale}, {}, heard_since=NOW - 5,
+                                  holds={}.get)
+    assert unheld.state == "booting"
 
 
 def test_spend_meter_accrues_resumes_and_rolls_over_at_utc_midnight() -> None:
