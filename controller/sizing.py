@@ -118,8 +118,12 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
     def starts(ready_in: float) -> int:  # queued jobs a machine free then starts in time
         return int((horizon - ready_in) // job_s) + 1 if ready_in <= horizon else 0
 
-    queue, used, booting_used = snap.queued_jobs, 0, 0
     busy = sum(1 for i in live if i.state == "busy")
+    # A job the consumer counts as running with no busy machine behind it (its agent died, or
+    # it waits out a retry's backoff) will be delivered again: it needs a machine as a queued
+    # job does, or the fleet drains to nothing while it waits and nothing ever runs it.
+    unheld = max(0, _jobs(snap) - snap.queued_jobs - busy)
+    queue, used, booting_used = snap.queued_jobs + unheld, 0, 0
     spare: list[Instance] = []  # booting machines the queue does not need, soonest first
     ranked = sorted(((_ready_in(i, snap, policy), i) for i in live),
                     key=lambda pair: (pair[0], pair[1].instance_id))

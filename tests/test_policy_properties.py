@@ -76,8 +76,10 @@ LONG_BACKLOG = Case([(0.0, 300.0)] * 40, Policy(max_instances=1, max_spend_per_d
                     ScheduledFates(), 0)
 
 
-# 50 fixed examples (derandomized): about 10 s here, 30 s at 100; raise it to search more.
-@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+# 30 fixed examples (derandomized): about 15 s here with both objectives drawn (the wait
+# objective rents more, so more runs last until a spent day cap ends them); raise it to
+# search more.
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 @example(LONG_BACKLOG)

@@ -26,6 +26,16 @@ def test_each_queued_job_no_machine_can_start_in_time_gets_one() -> None:
     assert len(rents(decide(wait_snap(queued=4), WAIT))) == 4
 
 
+def test_a_running_job_without_a_machine_gets_one() -> None:
+    """Found by a full run: a job waiting out its retry's backoff is neither queued nor on a
+    machine, the fleet drained to nothing, and nothing ever ran it again."""
+    assert len(rents(decide(wait_snap(running=1), WAIT))) == 1
+    busy = (inst("b", "busy", job="j1"),)
+    assert rents(decide(wait_snap(running=1, instances=busy), WAIT)) == []
+    idle = (inst("i", idle_for_s=900),)  # past the timeout, but the job will need it
+    assert decide(wait_snap(running=1, instances=idle), WAIT) == []
+
+
 def test_machines_free_soon_start_the_queue_and_nothing_is_rented() -> None:
     idle = inst("i", idle_for_s=5)
     assert rents(decide(wait_snap(queued=3, instances=(idle,)), WAIT)) == []
