@@ -171,14 +171,18 @@ class Client(JobEvents):
             decode_job(operation, body)
         except msgspec.ValidationError as exc:
             raise SubmitError(f"invalid {operation} job: {exc}") from None
-        answer = await self._ask(submit_subject(self.tenant, operation, job_id), body,
-                                 SubmitError, "no gateway answers submits: is the vidfleet "
-                                 "controller running?", timeout_s=10)
-        try:
-            reply = decode_submit_reply(answer)
-        except msgspec.DecodeError:
-            raise SubmitError(f"the gateway's answer is unreadable: {answer[:80]!r}") \
-                from None
+        deadline = time.monotonic() + 30.0  # "unavailable" (an election) retried: safe by id
+        while True:
+            answer = await self._ask(submit_subject(self.tenant, operation, job_id), body,
+                                     SubmitError, "no gateway answers submits: is the "
+                                     "vidfleet controller running?", timeout_s=10)
+            try:
+                reply = decode_submit_reply(answer)
+            except msgspec.DecodeError:
+                raise SubmitError(f"unreadable gateway answer: {answer[:80]!r}") from None
+            if reply.ok or reply.code != "unavailable" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
         if not reply.ok:
             raise SubmitError(f"job {job_id} refused ({reply.code}): {reply.message}")
         return SubmitReceipt(job_id, operation, duplicate=reply.duplicate,
