@@ -24,7 +24,7 @@ import msgspec
 from loguru import logger
 
 from broker.config import ConfigError, Secret
-from controller.policy import NO_NVENC_GPUS, Offer
+from controller.policy import Offer
 from controller.providers.base import InstanceInfo, NoCapacity, ProviderError
 from controller.providers.vast_http import VastError, VastHttp
 from controller.providers.vast_wire import (
@@ -36,7 +36,9 @@ from controller.providers.vast_wire import (
     VastSingle,
     VastUser,
     create_body,
+    instance_info,
     instance_state,
+    offer_of,
     search_query,
 )
 
@@ -129,25 +131,8 @@ class VastProvider:
         found = await self._http.call("POST", "/api/v0/bundles/", endpoint="search",
                                       idempotent=True, response_type=VastOffers,
                                       body=search_query(self._config))
-        excluded = {*NO_NVENC_GPUS, *(n.upper() for n in self._config.excluded_gpu_names)}
-        offers = []
-        for o in found.offers:
-            name = (o.gpu_name or "").strip()
-            if o.dph_total is None or not name or any(bad in name.upper() for bad in excluded):
-                continue  # unpriced, unnamed, or no NVENC: nothing we would rent
-            price, bid = o.dph_total, None
-            if self._config.interruptible:
-                if not o.min_bid or o.storage_total_cost is None:
-                    continue  # no bid to make, or no price to count
-                bid = round(min(128.0, max(0.001, o.min_bid * self._config.num_gpus
-                                           * (1 + self._config.bid_margin))), 4)
-                price = bid + o.storage_total_cost
-            offers.append(Offer(offer_id=o.id, machine_id=o.machine_id or 0, gpu_name=name,
-                                gpu_ram_mb=int(o.gpu_ram or 0), price_per_hour=price,
-                                reliability=o.reliability or 0.0,
-                                inet_down_mbps=o.inet_down or 0.0,
-                                cuda_max_good=o.cuda_max_good or 0.0, bid_per_hour=bid))
-        return offers
+        return [offer for o in found.offers
+                if (offer := offer_of(o, self._config)) is not None]
 
     async def launch(self, offer: Offer, *, label: str, env: dict[str, str]) -> InstanceInfo:
         """Rent ``offer`` once. An answer we did not get (timeout, dropped connection, 5xx, an
@@ -259,18 +244,7 @@ class VastProvider:
         return single.instances is None
 
     def _info(self, row: VastInstance) -> InstanceInfo:
-        msg = (row.status_msg or "").strip()
-        return InstanceInfo(
-            provider_id=str(row.id), label=(row.label or "").strip(),
-            state=instance_state(row.actual_status, row.intended_status, row.next_state,
-                                 row.status_msg),
-            machine_id=row.machine_id or 0, price_per_hour=row.dph_total or 0.0,
-            started_at=row.start_date or self._clock(), gpu_name=(row.gpu_name or "").strip(),
-            detail=msg or (row.actual_status or "").strip(),
-            # Outbid: an interruptible instance Vast.ai stopped (we never stop, we destroy).
-            interrupted=bool(row.is_bid) and "stopped" in (
-                (row.actual_status or "").strip().lower(),
-                (row.intended_status or "").strip().lower()))
+        return instance_info(row, now=self._clock())
 
 
 def provider_from_config(config: ControllerConfig) -> VastProvider:

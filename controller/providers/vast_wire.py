@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from broker.tls import is_tls_only
-from controller.providers.base import InstanceState, ProviderError
+from controller.policy import NO_NVENC_GPUS, Offer
+from controller.providers.base import InstanceInfo, InstanceState, ProviderError
 
 if TYPE_CHECKING:
     from controller.providers.vast import VastConfig
 
 __all__ = ["VastAck", "VastCreated", "VastInstance", "VastOffer", "VastOffers", "VastPage",
-           "VastSingle", "VastUser", "create_body", "instance_state", "search_query"]
+           "VastSingle", "VastUser", "create_body", "instance_info", "instance_state", "offer_of",
+           "search_query"]
 
 _MAX_LABEL_CHARS = 256
 _MAX_ENV_VALUE_CHARS = 256
@@ -172,3 +174,40 @@ def create_body(config: VastConfig, label: str, env: dict[str, str],
     if bid_per_hour is not None:
         body["price"] = bid_per_hour
     return body
+
+
+def offer_of(o: VastOffer, config: VastConfig) -> Offer | None:
+    """A search result as an offer we could rent; None when it is unpriced, unnamed, has no
+    NVENC or an excluded name, or (interruptible) has no bid to make or no price to count.
+    An interruptible offer's bid is its own minimum times 1 + ``bid_margin``, and its price
+    that bid plus the storage: what the machine bills."""
+    name = (o.gpu_name or "").strip()
+    excluded = {*NO_NVENC_GPUS, *(n.upper() for n in config.excluded_gpu_names)}
+    if o.dph_total is None or not name or any(bad in name.upper() for bad in excluded):
+        return None
+    price, bid = o.dph_total, None
+    if config.interruptible:
+        if not o.min_bid or o.storage_total_cost is None:
+            return None
+        bid = round(min(128.0, max(0.001, o.min_bid * config.num_gpus
+                                   * (1 + config.bid_margin))), 4)
+        price = bid + o.storage_total_cost
+    return Offer(offer_id=o.id, machine_id=o.machine_id or 0, gpu_name=name,
+                 gpu_ram_mb=int(o.gpu_ram or 0), price_per_hour=price,
+                 reliability=o.reliability or 0.0, inet_down_mbps=o.inet_down or 0.0,
+                 cuda_max_good=o.cuda_max_good or 0.0, bid_per_hour=bid)
+
+
+def instance_info(row: VastInstance, *, now: float) -> InstanceInfo:
+    """A listed instance in our words; ``now`` stands in for a missing start date."""
+    return InstanceInfo(
+        provider_id=str(row.id), label=(row.label or "").strip(),
+        state=instance_state(row.actual_status, row.intended_status, row.next_state,
+                             row.status_msg),
+        machine_id=row.machine_id or 0, price_per_hour=row.dph_total or 0.0,
+        started_at=row.start_date or now, gpu_name=(row.gpu_name or "").strip(),
+        detail=(row.status_msg or "").strip() or (row.actual_status or "").strip(),
+        # Outbid: an interruptible instance Vast.ai stopped (we never stop, we destroy).
+        interrupted=bool(row.is_bid) and "stopped" in (
+            (row.actual_status or "").strip().lower(),
+            (row.intended_status or "").strip().lower()))
