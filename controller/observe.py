@@ -42,9 +42,9 @@ async def read_backlog(js: JetStreamContext) -> Backlog:
     pending = info.num_pending or 0
     # Every JOBS message is a job the consumer takes, so the last stream sequence is the
     # one it delivered last plus those not yet delivered.
-    delivered = info.delivered.stream_seq if info.delivered else 0
+    delivered = (info.delivered.stream_seq if info.delivered else 0) or 0
     return Backlog(queued_jobs=pending, running_jobs=info.num_ack_pending or 0,
-                   submitted=(delivered or 0) + pending)
+                   submitted=delivered + pending)
 
 
 _LIES = 3  # heartbeats in a row that claim a job the agent does not hold: a liar

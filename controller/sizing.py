@@ -124,6 +124,7 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
     # job does, or the fleet drains to nothing while it waits and nothing ever runs it.
     unheld = max(0, _jobs(snap) - snap.queued_jobs - busy)
     queue, used, booting_used = snap.queued_jobs + unheld, 0, 0
+    idle_unused = 0  # idle machines the queue does not need: the warm floor may want them
     spare: list[Instance] = []  # booting machines the queue does not need, soonest first
     ranked = sorted(((_ready_in(i, snap, policy), i) for i in live),
                     key=lambda pair: (pair[0], pair[1].instance_id))
@@ -134,10 +135,11 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
             queue -= starts(ready)
         elif inst.state == "booting":
             spare.append(inst)
+        else:
+            idle_unused += 1
     new = math.ceil(max(0, queue) / starts(boot_s))
     # The hedge: 1 + hedge booting machines for each one the queue waits for.
     spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
-    idle_unused = sum(1 for i in live if i.state == "idle") - (used - busy - booting_used)
     for_floor = floor - used - new - idle_unused
     kept = spare[:max(spare_wanted, for_floor)]
     surplus = tuple(i.instance_id for i in spare[len(kept):])
