@@ -9,11 +9,18 @@
 #   docker run --gpus all -e VIDFLEET_NATS_URL=tls://your-server:4222 vidfleet-agent
 FROM debian:bookworm-slim
 
-RUN apt-get update \
+# Debian's FFmpeg depends on Mesa (through SDL and libavdevice's OpenGL output), and Mesa's
+# drivers bring LLVM and Z3: 163 MB that the agent never loads, since the drivers are opened
+# only when something makes an OpenGL context and no pipeline does. dpkg skips those files; the
+# ldd check fails the build if FFmpeg or ffprobe ever links one of them directly.
+RUN printf '%s\n' 'path-exclude=/usr/lib/*/libLLVM*' 'path-exclude=/usr/lib/*/libz3.so*' \
+      'path-exclude=/usr/lib/*/dri/*' > /etc/dpkg/dpkg.cfg.d/vidfleet-no-gl-drivers \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ffmpeg fonts-dejavu-core fonts-noto-core fonts-noto-cjk fontconfig \
       python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && ! ldd /usr/bin/ffmpeg /usr/bin/ffprobe | grep 'not found'
 
 # Without "video" the NVIDIA container toolkit does not inject libnvidia-encode, and NVENC
 # fails with "Cannot load libnvidia-encode.so.1" even on a GPU with NVENC.
@@ -22,10 +29,15 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     VIDFLEET_LOG_JSON=true \
     VIDFLEET_WORK_DIR=/work
 
+# pip and setuptools install the wheels and are gone before the layer is written (25 MB), as is
+# the nats-server binary that the package's wheel ships for `vidfleet up` (19 MB): an agent
+# only connects to a server.
 COPY build/wheels /tmp/wheels
 RUN python3 -m venv /venv \
  && /venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels vidfleet \
  && rm -rf /tmp/wheels \
+ && /venv/bin/pip uninstall --quiet --yes pip setuptools \
+ && rm /venv/bin/nats-server \
  && useradd --create-home --uid 10001 agent && mkdir -p /work && chown agent /work
 # Vast.ai starts a container with an `onstart` command line run by a shell: `python` must be
 # found on PATH, as the venv's.

@@ -73,6 +73,8 @@ rm -rf build/wheels
 "$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir build/wheels .
 podman build --quiet --pull=never --network host -f deploy/agent.Dockerfile -t "$TAG" . \
   >/dev/null
+# Each rebuild leaves the previous image untagged; its layers would pile up in $ROOT.
+podman image prune --force >/dev/null
 podman image inspect --format '{{.Digest}} {{.Size}}' "$TAG" | {
   read -r digest size
   echo "${TAG%:*}@$digest $((size / 1000000)) MB"

@@ -1,7 +1,9 @@
 """The agent from its real image, as production runs it: built by ``make image``'s script
 (deploy/build-image.sh), launched by the fake Vast.ai exactly as the provider's create request
 says (image by digest, env, runtype, ``onstart``, ``args``: podman), with its own scoped
-credentials on an operator-mode server, running a real job for a tenant.
+credentials on an operator-mode server, running real jobs for a tenant: a caption (FFmpeg with
+libass and the fonts) and an img2vid (OpenCV and numpy), the two paths whose libraries the
+image trims around.
 
 The first build takes about two minutes (base, apt layer); later ones reuse podman's storage in
 ``$VIDFLEET_PODMAN_ROOT`` and take about 20 s.
@@ -16,11 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from broker.auth import mint_user
 from broker.config import Secret
 from broker.events import Succeeded
-from broker.jobs import CaptionJob
+from broker.jobs import CaptionJob, Img2VidJob
 from controller.credentials import agent_env
 from controller.providers.vast import VastConfig, VastProvider
 from tests.fakes.vast import FakeVast, Podman
@@ -69,13 +72,21 @@ async def test_the_agent_image_runs_a_job_launched_as_vast_launches_it(
                 receipt = await vf.submit(CaptionJob(
                     video=await vf.upload_input(media_dir / "talk.mp4"),
                     srt=await vf.upload_input(media_dir / "talk.srt")))
+                image = tmp_path / "photo.png"
+                Image.radial_gradient("L").resize((640, 480)).convert("RGB").save(image)
+                zoom = await vf.submit(Img2VidJob(image=await vf.upload_input(image),
+                                                  duration_s=1, width=320, height=240))
                 done = await vf.result(receipt.job_id, timeout_s=180)
                 assert isinstance(done, Succeeded), done
                 saved = await vf.download(done.output, tmp_path / "out.mp4")
+                zoomed = await vf.result(zoom.job_id, timeout_s=120)
+                assert isinstance(zoomed, Succeeded), zoomed
+                assert (zoomed.output.width, zoomed.output.height) == (320, 240)
         finally:
             await provider.aclose()
     # Run by the agent inside the container (no NVENC here: the probe chose libx264).
     assert (done.agent_id, done.encoder) == (label, "libx264")
+    assert (zoomed.agent_id, zoomed.encoder) == (label, "libx264")
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == done.output.sha256
     left = subprocess.run([*podman, "ps", "-aq", "--filter", "name=vast-fake-"],
                           capture_output=True, text=True, check=True).stdout
