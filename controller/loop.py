@@ -255,7 +255,7 @@ class Controller:
                         gpu_speed=dict(self._speeds.gpu_speed),
                         mean_job_s=self._speeds.times.mean(),
                         arrivals_per_s=self._arrivals.per_s(),
-                        boot_s=machines.boots.expected())
+                        boot_s=machines.boots.expected(), heard_since=self._heard_since)
         blocked = state.rent_blocked or self._paused
         if wants_offers(snap, self._policy) and not blocked:
             offers = await self._offers.current_or_none(now, self._alarms)

@@ -83,6 +83,9 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     mean_job_s: float = PRIOR_JOB_S  # estimated machine seconds per job (controller/estimate.py)
     arrivals_per_s: float = 0.0  # jobs submitted per second lately, a batch not counted
     boot_s: float | None = None  # measured rent to first heartbeat; None: Policy.expected_boot_s
+    # When this controller began hearing heartbeats: a machine launched before it and not
+    # heard yet may be up and idle, its record written before its first heartbeat.
+    heard_since: float = 0.0
 
 
 class Policy(Struct, frozen=True, kw_only=True):

@@ -142,7 +142,15 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
     spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
     for_floor = floor - used - new - idle_unused
     kept = spare[:max(spare_wanted, for_floor)]
-    surplus = tuple(i.instance_id for i in spare[len(kept):])
+    surplus = tuple(i.instance_id for i in spare[len(kept):] if not _unheard(i, snap, policy))
     rent = new + max(0, spare_wanted - len(spare))
     keep = used + len(kept)
     return keep, rent, surplus
+
+
+def _unheard(inst: Instance, snap: Snapshot, policy: Policy) -> bool:
+    """A "booting" machine rented before this controller began listening, which it has not
+    had a heartbeat's time to hear: after a restart its agent may well be up and idle (the
+    record is written before the first heartbeat), and destroying it wastes a whole boot."""
+    return (inst.launched_at < snap.heard_since
+            and snap.now - snap.heard_since < policy.heartbeat_timeout_s)

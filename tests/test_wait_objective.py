@@ -70,6 +70,22 @@ def test_an_overdue_boot_is_hedged_against_and_kept_as_the_spare() -> None:
     assert len(rents(actions)) == 1 and not [a for a in actions if isinstance(a, Destroy)]
 
 
+def test_a_restarted_controller_hears_a_booting_machine_out_before_calling_it_spare() -> None:
+    """Its record says "booting" (written before the agent's first heartbeat), but the agent
+    may be up and idle: for a heartbeat timeout after the controller starts listening it is
+    not destroyed as a spare; once that has passed unheard, it is."""
+    unheard = (inst("m", "booting", beat_age_s=None, age_s=200),)
+    just_started = wait_snap(instances=unheard, heard_since=NOW - 2.0)
+    assert decide(just_started, WAIT) == []
+    heard_long_enough = wait_snap(instances=unheard, heard_since=NOW - WAIT.heartbeat_timeout_s)
+    assert decide(heard_long_enough, WAIT) == [
+        Destroy(instance_id="m", reason="booting, and no job needs it now")]
+    # One rented after the restart is this controller's own: spare at once.
+    own = (inst("n", "booting", beat_age_s=None, age_s=1.0),)
+    assert decide(wait_snap(instances=own, heard_since=NOW - 2.0), WAIT) == [
+        Destroy(instance_id="n", reason="booting, and no job needs it now")]
+
+
 def test_a_booting_machine_the_warm_floor_wants_is_kept() -> None:
     """Found by the controller test: min_warm rented one, the next tick destroyed it as a
     spare, and so on every tick."""
