@@ -78,6 +78,9 @@ class FleetSummary(Struct, frozen=True, kw_only=True):
     alarms: list[str] = []  # what needs a person: provider errors, config errors, caps hit
     objective: str = ""  # what the policy aims at: "every queued job started within 120 s"
     unmet: str = ""  # why the last tick could not rent what the objective needs; "" if it could
+    # Outbids per machine-hour by GPU model, learned from the fleet's interruptible machines
+    # (each model's count shrunk toward the rate over all); empty until the first outbid.
+    outbids_per_hour: dict[str, float] = {}
     # Who paid for the machine time. billed_today: the provider's own bill since UTC midnight
     # when it tells (billed_by_provider; Vast.ai: the account credit spent), else spent_today.
     # attributed_today: the jobs' share (their leases' machine time, in their cost_usd);

@@ -66,6 +66,10 @@ def format_status(summary: FleetSummary | None, machines: list[FleetInstance],
     if summary.objective:
         met = f"NOT MET: {summary.unmet}" if summary.unmet else "the fleet can meet it"
         lines.append(f"objective:  {summary.objective}; {met}")
+    if summary.outbids_per_hour:  # learned from interruptible machines taken back
+        rates = sorted(summary.outbids_per_hour.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("outbids:    " + ", ".join(f"{gpu or '(unknown gpu)'} {per_h:.2f}/h"
+                                                for gpu, per_h in rates))
     lines += [f"ALARM:      {alarm}" for alarm in summary.alarms]
     if not machines:
         lines.append("machines:   none")

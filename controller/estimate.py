@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
-__all__ = ["PRIOR_JOB_S", "ArrivalRate", "BootTimes", "JobTimes", "backlog_work_s", "ewma"]
+__all__ = ["PRIOR_JOB_S", "ArrivalRate", "BootTimes", "JobTimes", "OutbidRates", "Outbids",
+           "backlog_work_s", "ewma"]
 
 PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
 _EWMA = 0.2  # weight of the newest result
@@ -125,3 +127,44 @@ class ArrivalRate:
         counts = {m: n for m, n in self._counts if m <= last}
         per_minute = [counts.get(m, 0) for m in range(first, last + 1)]
         return statistics.median(per_minute) / self._minute_s
+
+
+class OutbidRates(NamedTuple):
+    """Outbids per machine-hour: ``by_model`` for the GPU models the fleet has run, ``other``
+    (the rate over all of them) for any model it has not."""
+
+    by_model: dict[str, float]
+    other: float = 0.0
+
+    def of(self, gpu_name: str) -> float:
+        return self.by_model.get(gpu_name, self.other)
+
+
+class Outbids:
+    """How often the market takes an interruptible machine back, by GPU model. No rate is
+    published (issue 13), so it is learned from the fleet's own machines: a model's outbids
+    over its machine-hours (rent to destroy, the live ones so far), shrunk toward the rate
+    over all models by ``prior_h`` machine-hours, so that one outbid of a model rented once
+    for ten minutes does not read as six an hour. On-demand machines are never outbid: every
+    rate stays 0, and the ranking is as without it."""
+
+    def __init__(self, prior_h: float = 2.0) -> None:
+        self._hours: dict[str, float] = {}
+        self._outbids: dict[str, int] = {}
+        self._prior_h = prior_h
+
+    def ended(self, gpu_name: str, hours: float, *, outbid: bool) -> None:
+        self._hours[gpu_name] = self._hours.get(gpu_name, 0.0) + max(0.0, hours)
+        self._outbids[gpu_name] = self._outbids.get(gpu_name, 0) + int(outbid)
+
+    def rates(self, live: Iterable[tuple[str, float]] = ()) -> OutbidRates:
+        """``live``: (GPU model, hours since its rent) of each machine still up."""
+        hours = dict(self._hours)
+        for gpu_name, h in live:
+            hours[gpu_name] = hours.get(gpu_name, 0.0) + max(0.0, h)
+        outbids = sum(self._outbids.values())
+        if not outbids:
+            return OutbidRates({})
+        pooled = outbids / max(sum(hours.values()), self._prior_h)
+        return OutbidRates({gpu_name: (self._outbids.get(gpu_name, 0) + pooled * self._prior_h)
+                            / (h + self._prior_h) for gpu_name, h in hours.items()}, pooled)

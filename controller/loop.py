@@ -255,7 +255,8 @@ class Controller:
                         gpu_speed=dict(self._speeds.gpu_speed),
                         mean_job_s=self._speeds.times.mean(),
                         arrivals_per_s=self._arrivals.per_s(),
-                        boot_s=machines.boots.expected(), heard_since=self._heard_since)
+                        boot_s=machines.boots.expected(), heard_since=self._heard_since,
+                        outbids=machines.outbid_rates())
         blocked = state.rent_blocked or self._paused
         if wants_offers(snap, self._policy) and not blocked:
             offers = await self._offers.current_or_none(now, self._alarms)
@@ -276,8 +277,7 @@ class Controller:
         attributed, attributed_rate = self._dispatcher.attributed()
         for alarm in self._alarms:
             logger.warning("alarm: {alarm}", alarm=alarm)
-        summary = FleetSummary(
-            at=now, provider=self._provider.name,
+        summary = FleetSummary(at=now, provider=self._provider.name,
             queued_jobs=backlog.queued_jobs if backlog else -1,
             running_jobs=backlog.running_jobs if backlog else -1,
             backlog_work_s=(self._speeds.work_s(backlog, self._dispatcher.running_for_s())
@@ -286,6 +286,7 @@ class Controller:
             max_spend_per_hour=self._policy.max_price_per_hour,
             max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms,
             objective=objective(self._policy), unmet=self._unmet,
+            outbids_per_hour=self._machines.outbid_rates().by_model if self._machines else {},
             billed_today=round(billed, 6), billed_by_provider=by_provider,
             attributed_today=round(attributed, 6),
             unattributed_today=round(billed - attributed, 6),

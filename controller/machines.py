@@ -21,13 +21,13 @@ from broker.fleet import AgentCommand, FleetInstance, encode
 from broker.subjects import agent_control_subject
 from controller.config import ControllerConfig
 from controller.credentials import CredentialAuthority, agent_env
-from controller.estimate import BootTimes
+from controller.estimate import BootTimes, OutbidRates, Outbids
 from controller.fleet_store import FleetStore
 from controller.metrics import Metrics
 from controller.observe import OfferBook
 from controller.policy import Action, Destroy, Drain, Rent
 from controller.providers.base import NoCapacity, Provider, ProviderError
-from controller.reconcile import Reconciled, Terminate
+from controller.reconcile import OUTBID, Reconciled, Terminate
 
 __all__ = ["Machines"]
 
@@ -54,6 +54,7 @@ class Machines:
         self._clock = clock
         self._metrics = metrics
         self.boots = BootTimes()  # what the policy expects of the next machine's boot
+        self.outbids = Outbids()  # how often each GPU model is taken back (interruptible)
         self.records = records
         self.avoid: dict[int, float] = {}  # machine id -> avoid until
         self.last_rent_at: float | None = None
@@ -69,8 +70,10 @@ class Machines:
         for label in state.forget:
             logger.info("machine gone; record removed", instance_id=label)
             gone = previous.get(label)
-            if gone is not None and gone.agent_key and gone.state != "destroying":
-                self.queue_revocation(label, gone.agent_key)  # vanished: its key must go too
+            if gone is not None and gone.state != "destroying":
+                self._ended(gone)
+                if gone.agent_key:
+                    self.queue_revocation(label, gone.agent_key)  # vanished: its key must go
             await self._store.delete(label)
             self._forget_beat(label)
             self._last_terminate.pop(label, None)
@@ -78,8 +81,10 @@ class Machines:
             old = previous.get(label)
             newly_destroying = rec.state == "destroying" and (old is None
                                                               or old.state != "destroying")
-            if newly_destroying and rec.agent_key:
-                self.queue_revocation(label, rec.agent_key)
+            if newly_destroying:
+                self._ended(rec)
+                if rec.agent_key:
+                    self.queue_revocation(label, rec.agent_key)
             if newly_destroying and rec.first_heartbeat_at is None:
                 self._metrics.rent_failed("boot_failed")  # the provider says it failed
             if old is not None and old.first_heartbeat_at is None and rec.first_heartbeat_at:
@@ -185,6 +190,7 @@ class Machines:
                 if action.avoid_machine is not None:
                     self._metrics.rent_failed("boot_deadline")  # never heard from in time
             rec = structs.replace(rec, state="destroying", reason=action.reason)
+            self._ended(rec)
             self.records[rec.label] = rec
             if rec.agent_key:
                 self.queue_revocation(rec.label, rec.agent_key)
@@ -195,6 +201,16 @@ class Machines:
         if rec.provider_id is not None:
             await self.terminate(Terminate(provider_id=rec.provider_id, label=rec.label,
                                             reason=action.reason))
+
+    def outbid_rates(self) -> OutbidRates:
+        now = self._clock()
+        return self.outbids.rates((r.gpu_name, (now - r.launched_at) / 3600)
+                                  for r in self.records.values() if r.state != "destroying")
+
+    def _ended(self, rec: FleetInstance) -> None:
+        """Once per machine, as it goes: its hours, and whether the market took it back."""
+        self.outbids.ended(rec.gpu_name, (self._clock() - rec.launched_at) / 3600,
+                           outbid=(rec.reason or "").startswith(OUTBID))
 
     def queue_revocation(self, label: str, user_key: str) -> None:
         if self._authority is not None:

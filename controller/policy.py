@@ -18,7 +18,7 @@ from typing import Literal
 
 from msgspec import Struct, field
 
-from controller.estimate import PRIOR_JOB_S
+from controller.estimate import PRIOR_JOB_S, OutbidRates
 from controller.ranking import NO_NVENC_GPUS, has_nvenc, rank_offers
 from controller.sizing import size_fleet
 
@@ -83,6 +83,7 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     mean_job_s: float = PRIOR_JOB_S  # estimated machine seconds per job (controller/estimate.py)
     arrivals_per_s: float = 0.0  # jobs submitted per second lately, a batch not counted
     boot_s: float | None = None  # measured rent to first heartbeat; None: Policy.expected_boot_s
+    outbids: OutbidRates = field(default_factory=lambda: OutbidRates({}))  # learned, by model
     # When this controller began hearing heartbeats: a machine launched before it and not
     # heard yet may be up and idle, its record written before its first heartbeat.
     heard_since: float = 0.0
@@ -224,7 +225,7 @@ def _capped_by(snap: Snapshot, policy: Policy, rents: list[Rent]) -> str:
     """Why ``_rent`` found fewer machines than asked (it was not cooling down)."""
     rate = sum(i.price_per_hour for i in snap.instances) + sum(r.price_per_hour for r in rents)
     taken = {r.offer_id for r in rents}
-    ranked = [o for o in rank_offers(snap.offers, policy, snap.failed_machines, snap.gpu_speed)
+    ranked = [o for o in _ranked(snap, policy)
               if o.offer_id not in taken]
     if not ranked:
         why = "no offer meets the requirements"
@@ -257,12 +258,17 @@ def _destroy_all(live: list[Instance]) -> list[Action]:
     return [Destroy(instance_id=i.instance_id, reason=why) for i in live]
 
 
+def _ranked(snap: Snapshot, policy: Policy) -> list[Offer]:
+    return rank_offers(snap.offers, policy, snap.failed_machines, snap.gpu_speed, snap.outbids,
+                       snap.mean_job_s)
+
+
 def _rent(snap: Snapshot, policy: Policy, count: int) -> list[Rent]:
     if not _cooled(snap, policy):
         return []
     rate = sum(i.price_per_hour for i in snap.instances)
     rents: list[Rent] = []
-    for offer in rank_offers(snap.offers, policy, snap.failed_machines, snap.gpu_speed):
+    for offer in _ranked(snap, policy):
         if len(rents) == count:
             break
         if rate + offer.price_per_hour > policy.max_price_per_hour:

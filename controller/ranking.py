@@ -1,6 +1,7 @@
 """Which offers are worth renting, best first: NVENC, the operator's hardware filters, and the
 price per encoded second (by measured speed when there is one, else by the GPU generation's
-prior). Renting a GPU without NVENC buys no encoder; ranking by price alone buys slow GPUs.
+prior; for interruptible machines, of the time not lost to outbids). Renting a GPU without
+NVENC buys no encoder; ranking by price alone buys slow GPUs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from controller.estimate import OutbidRates
     from controller.policy import Offer, Policy
 
 __all__ = ["NO_NVENC_GPUS", "has_nvenc", "rank_offers"]
@@ -52,9 +54,16 @@ def has_nvenc(gpu_name: str) -> bool:
 
 def rank_offers(offers: tuple[Offer, ...], policy: Policy,
                 avoid: frozenset[int] = frozenset(),
-                gpu_speed: dict[str, float] | None = None) -> list[Offer]:
+                gpu_speed: dict[str, float] | None = None,
+                outbids: OutbidRates | None = None, mean_job_s: float = 0.0) -> list[Offer]:
     """Acceptable offers, cheapest per encoded second first: by the GPU model's measured
-    speed when ``gpu_speed`` has one (see ``Snapshot.gpu_speed``), else by its prior."""
+    speed when ``gpu_speed`` has one (see ``Snapshot.gpu_speed``), else by its prior.
+
+    ``outbids``: the learned outbid rates (controller/estimate.py). An outbid loses the job
+    in hand, half a job on average, which runs again elsewhere: a model outbid ``r`` times an
+    hour does useful work ``1 - r * mean_job_s / 7200`` of the time it is paid for. For jobs
+    of a minute that is a rounding error; for jobs of half an hour on a model outbid twice an
+    hour, half the money."""
     measured = _speeds(gpu_speed or {})
     ok = [o for o in offers
           if has_nvenc(o.gpu_name)
@@ -64,6 +73,11 @@ def rank_offers(offers: tuple[Offer, ...], policy: Policy,
           and o.inet_down_mbps >= policy.min_inet_down_mbps
           and o.cuda_max_good >= policy.min_cuda
           and o.price_per_hour <= policy.max_offer_price_per_hour]
-    return sorted(ok, key=lambda o: (o.price_per_hour
+
+    def useful(o: Offer) -> float:
+        lost = outbids.of(o.gpu_name) * mean_job_s / 7200 if outbids is not None else 0.0
+        return max(0.05, 1.0 - lost)
+
+    return sorted(ok, key=lambda o: (o.price_per_hour / useful(o)
                                      / (measured.get(o.gpu_name) or _speed_prior(o.gpu_name)),
                                      -o.reliability, o.offer_id))

@@ -23,12 +23,15 @@ from broker.heartbeats import Heartbeat
 from controller.policy import Instance
 from controller.providers.base import InstanceInfo
 
-__all__ = ["UNCONFIRMED_DRAIN", "Reconciled", "Seen", "Terminate", "reconcile",
+__all__ = ["OUTBID", "UNCONFIRMED_DRAIN", "Reconciled", "Seen", "Terminate", "reconcile",
            "snapshot_instances"]
 
 # A draining machine whose agent has not yet said so may have pulled a job just before the
 # command arrived; the policy must treat it as busy until the agent confirms.
 UNCONFIRMED_DRAIN = "unconfirmed-drain"
+# How a destroy reason starts when the market took an interruptible machine back: the
+# controller learns each GPU model's outbid rate from these (controller/estimate.py).
+OUTBID = "outbid"
 
 
 class Seen(Struct, frozen=True, kw_only=True):
@@ -138,7 +141,7 @@ def _end_reason(rec: FleetInstance, info: InstanceInfo) -> str | None:
     if rec.state == "destroying":
         return rec.reason or "destroying"  # terminate again until the provider stops listing it
     if info.interrupted:
-        return "outbid: the provider stopped this interruptible machine"
+        return f"{OUTBID}: the provider stopped this interruptible machine"
     if rec.state == "draining" and info.state in ("failed", "exited"):
         return "drained: its agent finished and stopped"
     if info.state in ("failed", "misconfigured"):

@@ -35,6 +35,10 @@ def test_format_status_shows_backlog_spend_alarms_and_each_machine() -> None:
             "max_instances (2) caps the fleet") in text
     met = format_status(structs.replace(SUMMARY, unmet=""), [], NOW)
     assert "objective:  every queued job started within 120 s; the fleet can meet it" in met
+    assert "outbids" not in text  # none learned: on-demand machines, or none taken back yet
+    learned = format_status(structs.replace(SUMMARY, outbids_per_hour={
+        "RTX 3060": 0.25, "RTX 4090": 1.5}), [], NOW)
+    assert "outbids:    RTX 4090 1.50/h, RTX 3060 0.25/h" in learned
     busy = next(line for line in text.splitlines() if line.startswith("vf-aa"))
     assert busy.split() == ["vf-aa", "1234", "RTX", "4090", "0.500", "busy", "job-1", "1h05m",
                             "$0.542"]

@@ -196,7 +196,8 @@ async def test_an_outbid_machine_is_replaced_and_every_job_runs_once(
         fake: FakeVast, media_dir: Path) -> None:
     """Interruptible machines: each rented at its own offer's minimum bid plus the margin,
     counted at what it bills. One outbid mid-run (Vast.ai stops it) is destroyed and its host
-    avoided; the jobs finish on another machine, each exactly once."""
+    avoided; the jobs finish on another machine, each exactly once, and the controller has
+    learned an outbid rate for that GPU model (``vidfleet status`` shows it)."""
     kv = await js.key_value(FLEET_BUCKET)
     one = structs.replace(RENTED, max_instances=1)  # the replacement must be another host
     reasons: set[str] = set()
@@ -211,16 +212,22 @@ async def test_an_outbid_machine_is_replaced_and_every_job_runs_once(
         seen[serving.label] = (serving.gpu_name, serving.price_per_hour)
         fake.outbid(first.id)
 
+        learned: dict[str, float] = {}
+
         async def all_done() -> bool:
-            _, machines = await operator.fleet()
+            summary, machines = await operator.fleet()
             reasons.update(m.reason for m in machines if m.reason)
             seen.update({m.label: (m.gpu_name, m.price_per_hour) for m in machines})
-            return all([await fleet_client.outcome(r.job_id) for r in receipts])
+            learned.update(summary.outbids_per_hour if summary else {})
+            return bool(learned) and all([await fleet_client.outcome(r.job_id)
+                                          for r in receipts])
 
         await until(kv, all_done, 120)
     results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
     assert all(isinstance(r, Succeeded) for r in results)
     assert "outbid: the provider stopped this interruptible machine" in reasons
+    outbid_gpu = seen[first.label][0]
+    assert learned[outbid_gpu] > 0 and learned[outbid_gpu] == max(learned.values())
     min_bid = {"RTX 4090": 0.18, "RTX 3060": 0.05}  # the fake's asks
     storage = 0.15 * 16 / 720  # its storage ask for our 16 GB
     for create in fake.create_requests:  # each at its own offer's bid, counted as it bills
