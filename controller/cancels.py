@@ -119,14 +119,16 @@ class Cancels:
         if (winner := await self._states.claim_terminal(event)) is not None:
             return _already(lease.job_id, kind_of(winner))
         await self._announce(event)
-        await self._stop_holder(held, reason)
+        await self._stop_holder(held, reason, ended_at=now)
         logger.bind(tenant=lease.tenant, job_id=lease.job_id, agent_id=lease.agent_id).info(
             "job cancelled while {agent} ran it (attempt {n})", agent=lease.agent_id,
             n=lease.attempt)
         return CancelReply(ok=True, job_id=lease.job_id, state="cancelled", was_running=True)
 
-    async def _stop_holder(self, held: Held, reason: str) -> None:
-        """The delivery acked, the lease and its result gone, the agent told to stop."""
+    async def _stop_holder(self, held: Held, reason: str,
+                           ended_at: float | None = None) -> None:
+        """The delivery acked, the lease and its result gone, the agent told to stop.
+        ``ended_at``: when the cancel priced the job (its lease ends there in every book)."""
         lease = held.lease
         try:
             await self._nc.request(lease.ack_subject, b"+ACK", timeout=5.0)
@@ -136,7 +138,7 @@ class Cancels:
                            error=str(exc) or type(exc).__name__)
         if held.stored is not None:  # uploaded, never reported: nobody will fetch it
             await delete_object(self._js, held.stored.bucket, held.stored.name)
-        await self._book.drop(lease.agent_id)  # an unfinished upload goes with it
+        await self._book.drop(lease.agent_id, ended_at)  # an unfinished upload goes too
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(agent_control_subject(lease.agent_id), encode_fleet(
                 AgentCommand(command="cancel", reason=reason, tenant=lease.tenant,

@@ -169,14 +169,17 @@ class LeaseBook:
             logger.warning("hand-back failed: {error}", error=str(exc))
         await self.drop(agent_id)
 
-    async def drop(self, agent_id: str) -> None:
+    async def drop(self, agent_id: str, ended_at: float | None = None) -> None:
         """End a lease: its machine time is added to its job's cost; its unfinished upload
-        and reads go with it."""
+        and reads go with it. ``ended_at``: the moment an outcome was priced at (the job's
+        cost_usd), so that the job and the fleet's attribution count the same time; else
+        its holder's last word."""
         held = self._held.pop(agent_id, None)
         if held is not None:
             if self._on_end is not None:
                 with contextlib.suppress(nats.errors.Error, RuntimeError):  # cost, not job
-                    await self._on_end(held.lease, self.heard_wall(held))
+                    await self._on_end(held.lease, ended_at if ended_at is not None
+                                       else self.heard_wall(held))
             if held.upload is not None:
                 await held.upload.abort()
             for reading in held.reading.values():

@@ -92,14 +92,16 @@ class Reports:
                 return checked
             event = msgspec.structs.replace(event, output=checked)
         assert isinstance(event, (Succeeded, Failed))
-        return await self._finish(held, await self._costed(held, event))
+        ended_at = self._clock()  # the lease's end, for the job's cost and the fleet's books
+        return await self._finish(held, await self._costed(held, event, ended_at), ended_at)
 
-    async def _costed(self, held: Held, event: Succeeded | Failed) -> Succeeded | Failed:
+    async def _costed(self, held: Held, event: Succeeded | Failed,
+                      ended_at: float) -> Succeeded | Failed:
         """The outcome with what the whole job cost: every earlier attempt's machine time and
-        this one's until now, at the prices their work requests gave."""
+        this one's until ``ended_at``, at the prices their work requests gave."""
         lease = held.lease
         earlier = await self._costs.get(lease.tenant, lease.job_id)
-        total = earlier.cost_usd + lease_cost(lease, self._clock())
+        total = earlier.cost_usd + lease_cost(lease, ended_at)
         return msgspec.structs.replace(event, price_per_hour=lease.price_per_hour,
                                        cost_usd=round(total, 6))
 
@@ -115,7 +117,8 @@ class Reports:
         await self._nc_publish(lease.ack_subject, b"+WPI")
         return ReportReply(ok=True)
 
-    async def _finish(self, held: Held, event: Succeeded | Failed) -> ReportReply:
+    async def _finish(self, held: Held, event: Succeeded | Failed,
+                      ended_at: float) -> ReportReply:
         """Claim the job's outcome, announce it, then ack: a crash between them repeats an
         announcement (skipped when present), never loses one."""
         lease = held.lease
@@ -135,7 +138,7 @@ class Reports:
             await self._ack(lease)
         else:
             await self._nc_publish(lease.ack_subject, b"+TERM")
-        await self._book.drop(lease.agent_id)
+        await self._book.drop(lease.agent_id, ended_at)
         return ReportReply(ok=True)
 
 

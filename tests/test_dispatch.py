@@ -405,6 +405,46 @@ async def test_an_outcome_carries_the_machine_time_of_every_attempt(
     assert failed.cost_usd == pytest.approx(0.01 + 0.02, abs=1e-5)
 
 
+async def test_the_fleets_attribution_is_exactly_what_the_jobs_were_charged(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session) -> None:
+    """A lease ends once, at one moment, for both books: the job's cost_usd and the share of
+    the bill attributed to jobs. A slow controller (here a monotonic clock that moves 10 ms
+    every time it is read) once ended the lease at its holder's last word in one and at the
+    outcome's pricing in the other, and a full run saw $0.000011 between them."""
+    now, mono = [1000.0], [0.0]
+
+    def ticking() -> float:
+        mono[0] += 0.01
+        return mono[0]
+
+    assert secure.control is not None
+    await secure.control.dispatcher.stop()
+    dispatcher = Dispatcher(ctl.nc.jetstream(), clock=lambda: now[0], monotonic=ticking,
+                            price_of={"vf-a": 7.2}.get)
+    await dispatcher.start(ctl.nc)
+    try:
+        for job_id in ("j1", "j2"):
+            await alice.submit(_JOB, job_id=job_id)
+        a = DispatchLink(agent_a.nc, "vf-a", timeout_s=5)
+        outcomes = []
+        for job_id in ("j1", "j2"):  # one fails, the other is cancelled while it runs
+            grant = await a.next_job(10)
+            assert grant is not None and grant.job_id == job_id
+            now[0] += 10.0
+            if job_id == "j1":
+                assert (await a.report(Failed(
+                    job_id="j1", tenant="alice", at=now[0], agent_id="vf-a", attempt=1,
+                    error=JobError(code="invalid_input", message="not a video")))).ok
+            else:
+                assert (await alice.cancel("j2")).ok
+            outcomes.append(await alice.result(job_id, timeout_s=10))
+        attributed, _ = dispatcher.attributed()
+    finally:
+        await dispatcher.stop()
+    assert [o.cost_usd for o in outcomes] == [pytest.approx(0.02, abs=1e-4)] * 2
+    assert attributed == pytest.approx(sum(o.cost_usd for o in outcomes), abs=1e-9)
+
+
 async def test_an_attempt_number_is_never_used_twice(alice: Client, agent_a: Session,
                                                      ctl: Session) -> None:
     # A broker restart can make the consumer forget a delivery: the job then comes back with
