@@ -32,10 +32,10 @@ report (or whose upload counted for another job) could forge that job's outcome.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from broker.events import Failed, Progress, Retrying, Started, Succeeded
 
@@ -93,9 +93,17 @@ class Grant(Struct, frozen=True, kw_only=True):
 
 class WorkRequest(Struct, frozen=True, kw_only=True):
     """How long the agent will wait for a job (the dispatcher holds it at most 30 s). 0: the
-    agent no longer wants work (it is stopping); an open request of its is answered empty."""
+    agent no longer wants work (it is stopping); an open request of its is answered empty.
+
+    An agent that runs several jobs at once (``slots``) asks for each on its own ``slot``
+    (0 to slots - 1), and holds at most one job per slot: a new request on a slot supersedes
+    that slot's open request and hands back the job that slot holds, and no other. The
+    dispatcher caps ``slots`` at its own limit and refuses a slot past the cap or past the
+    most the agent has declared; each job on the machine pays 1/slots of its price."""
 
     wait_s: float = 10.0
+    slot: Annotated[int, Meta(ge=0, le=63)] = 0
+    slots: Annotated[int, Meta(ge=1, le=64)] = 1
     # The machine's price (what the controller launched it at): a job cancelled while it runs
     # is charged its time until then at this price.
     price_per_hour: float = 0.0
@@ -151,10 +159,12 @@ class InputRequest(Struct, frozen=True, kw_only=True):
 
 
 class Lease(Struct, frozen=True, kw_only=True):
-    """The dispatcher's record of one grant (KV ``leases``, key: the agent id). It outlives a
-    controller restart, so a job in hand keeps running."""
+    """The dispatcher's record of one grant (KV ``leases``, key: the agent id, then
+    ``.<slot>`` for a slot past 0). It outlives a controller restart, so a job in hand keeps
+    running."""
 
     agent_id: str
+    slot: int = 0  # which of the agent's slots holds it (WorkRequest.slot)
     tenant: str
     operation: str
     job_id: str
@@ -163,7 +173,7 @@ class Lease(Struct, frozen=True, kw_only=True):
     ack_subject: str  # the JetStream delivery's reply subject: +WPI, +ACK, -NAK, +TERM
     granted_at: float
     inputs: tuple[str, ...] = ()  # the objects the job names: all its holder may read
-    price_per_hour: float = 0.0  # the holder's machine, as its work request said
+    price_per_hour: float = 0.0  # the holder's share of its machine's price: price / slots
     cache_key: str = ""  # the job's result-cache key, if it may be cached
 
 

@@ -21,8 +21,12 @@ class Heartbeat(Struct, frozen=True, kw_only=True):
     state: AgentState
     at: float  # unix seconds
     encoder: str  # the H.264 encoder its probe chose
-    job_id: str | None = None
+    job_id: str | None = None  # the job in hand (the first slot's, with several)
     jobs_done: int = 0
+    # An agent running several jobs at once: how many it may (its WorkRequest.slots), and
+    # every job in hand, job_id among them. One job at a time: 1 and [].
+    slots: int = 1
+    jobs: list[str] = []
     interval_s: float = 5.0  # when the next one is due; three missed ones mean gone
 
 

@@ -72,8 +72,7 @@ class Cancels:
         reason = reason[:_MAX_REASON]
         if (ended := await self._states.terminal(tenant, job_id)) is not None:
             return _already(job_id, kind_of(ended))
-        held = [h for a in self._book.holders_of(tenant, job_id)
-                if (h := self._book.holder(a, tenant, job_id)) is not None]
+        held = self._book.holders_of(tenant, job_id)
         if held:
             # The newest lease is the attempt that runs (an older one's holder went quiet).
             newest = max(held, key=lambda h: h.lease.attempt)
@@ -82,9 +81,9 @@ class Cancels:
                 reply = await self._cancel_running(newest, reason) if still else None
             if reply is not None:
                 if reply.ok:
+                    now_held = self._book.holders_of(tenant, job_id)
                     for stale in held:
-                        if stale is not newest and self._book.holder(
-                                stale.lease.agent_id, tenant, job_id) is stale:
+                        if stale is not newest and any(h is stale for h in now_held):
                             await self._stop_holder(stale, reason)
                 return reply
         queued = await stored_job(self._js, tenant, job_id)
@@ -98,9 +97,8 @@ class Cancels:
         if (winner := await self._states.claim_terminal(event)) is not None:
             return _already(job_id, kind_of(winner))
         await self._announce(event)
-        for agent_id in self._book.holders_of(tenant, job_id):  # granted in the meantime
-            if (granted := self._book.holder(agent_id, tenant, job_id)) is not None:
-                await self._stop_holder(granted, reason)
+        for granted in self._book.holders_of(tenant, job_id):  # granted in the meantime
+            await self._stop_holder(granted, reason)
         if queued is not None:
             with contextlib.suppress(NotFoundError):  # fetched meanwhile: its start is refused
                 await self._js.delete_msg(JOBS_STREAM, queued[0])
@@ -138,7 +136,7 @@ class Cancels:
                            error=str(exc) or type(exc).__name__)
         if held.stored is not None:  # uploaded, never reported: nobody will fetch it
             await delete_object(self._js, held.stored.bucket, held.stored.name)
-        await self._book.drop(lease.agent_id, ended_at)  # an unfinished upload goes too
+        await self._book.drop(lease, ended_at)  # an unfinished upload goes too
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(agent_control_subject(lease.agent_id), encode_fleet(
                 AgentCommand(command="cancel", reason=reason, tenant=lease.tenant,

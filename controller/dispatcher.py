@@ -8,7 +8,8 @@ JetStream delivery behind it is renewed only while its holder keeps reporting, a
 once its outcome is recorded. The protocol is in broker/dispatch.py.
 
 What that buys, each an attack that now fails (tests/test_dispatch.py):
-- an agent holds at most one job; asking for another hands the first back;
+- an agent holds at most one job per slot, and at most ``max_slots`` slots whatever it
+  declares; asking for another on a slot hands back that slot's job;
 - a report or an upload about any other job is refused (``not_holder``);
 - a job is acked only with its outcome recorded; a holder that goes quiet loses the job within
   ``ack_wait`` and it runs elsewhere;
@@ -73,10 +74,11 @@ class Dispatcher:
     def __init__(self, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  price_of: Callable[[str], float | None] | None = None,
-                 dead_letter_tenant_max_bytes: int = 2**30) -> None:
+                 dead_letter_tenant_max_bytes: int = 2**30, max_slots: int = 1) -> None:
         """``price_of(agent_id)``: the price the controller rented that agent's machine at
         (None: not one of its machines, which costs nothing). Without it (no controller: tests
-        and benchmarks), the price an agent's work request states is used."""
+        and benchmarks), the price an agent's work request states is used. ``max_slots``:
+        the most jobs one agent may hold at once; each pays its share of the price."""
         self._js = js
         self._price_of = price_of
         # Jobs that fail for good: kept by reports and the reaper, served to their tenants.
@@ -90,7 +92,7 @@ class Dispatcher:
         self.attribution = Attribution(now=clock())
         self._clock = clock
         self._mono = monotonic
-        self._waiters = Waiters(monotonic)
+        self._waiters = Waiters(monotonic, max_slots=max_slots)
         self._subs: list[Subscription] = []
         self._psub: JetStreamContext.PullSubscription | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -105,10 +107,9 @@ class Dispatcher:
 
     # -- what the rest of the controller asks ---------------------------------------------
 
-    def holds(self, agent_id: str) -> str | None:
-        """The job id ``agent_id`` holds right now, if any: the truth a heartbeat's "busy"
-        is checked against."""
-        return self._leases.holds(agent_id) if self._leases is not None else None
+    def holds(self, agent_id: str) -> list[str]:
+        """The jobs ``agent_id`` holds now, in any slot: what its heartbeat is checked by."""
+        return self._leases.held_jobs(agent_id) if self._leases is not None else []
 
     def attributed(self) -> tuple[float, float]:
         """Machine time jobs paid for: dollars since UTC midnight, and dollars per hour now
@@ -197,16 +198,20 @@ class Dispatcher:
         except ValueError as exc:
             await respond(msg, WorkReply(error=f"unreadable work request: {exc}"))
             return
-        await self._waiters.withdraw(agent_id)  # superseded by this one
+        if refused := self._waiters.refusal(agent_id, request):
+            await respond(msg, WorkReply(error=refused))
+            return
+        await self._waiters.withdraw(agent_id, request.slot)  # superseded by this one
         assert self._leases is not None
         assert self._nc is not None
-        await self._leases.hand_back(agent_id, self._nc)  # one job per agent: the first goes
+        await self._leases.hand_back(agent_id, request.slot, self._nc)  # one job per slot
         if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
             await respond(msg, WorkReply())
             return
         await self.cache.note_build(request.build)
-        self._waiters.add(msg, agent_id, request.wait_s,
-                          self._price(agent_id, request.price_per_hour))
+        self._waiters.add(msg, agent_id, request.slot, request.wait_s,
+                          self._price(agent_id, request.price_per_hour)
+                          / self._waiters.slots(agent_id))
 
     def _price(self, agent_id: str, stated: float) -> float:
         """An agent's credentials may be stolen: its own word on its price would let it
@@ -277,18 +282,14 @@ class Dispatcher:
         # Attempts are numbered past every one that started (a broker restart can make the
         # consumer forget deliveries, and a number used twice would reuse a result name).
         ran = [state.attempt if isinstance(state, Started) else 0]
-        for agent_id in self._leases.holders_of(tenant, job_id):  # an older delivery's
-            logger.warning("job {tenant}/{job_id} came back from {agent}, gone quiet: its "
-                           "lease is void", tenant=tenant, job_id=job_id, agent=agent_id)
-            ran.append(self._leases.attempt_of(agent_id))
-            await self._leases.drop(agent_id)
+        ran += await self._leases.void(tenant, job_id)  # an older delivery's leases
         waiter = self._waiters.next()
         if waiter is None:  # everyone gave up while it was fetched: back to the queue
             await job.nak()
             return
         lease = lease_of(job, tenant=tenant, operation=operation, job_id=job_id,
                          agent_id=waiter.agent_id, price_per_hour=waiter.price_per_hour,
-                         now=self._clock(), after=max(ran))
+                         now=self._clock(), after=max(ran), slot=waiter.slot)
         await self._leases.grant(lease)
         grant = grant_of(lease, job, max_deliver=self._max_deliver,
                          failures=await retryable_failures(self._js, tenant, job_id),

@@ -217,8 +217,7 @@ class JobQueries:
 
     async def _facts(self, tenant: str, job_id: str, queue: tuple[int, frozenset[int]],
                      queued: Queued | None) -> Facts:
-        held = max((h for a in self._book.holders_of(tenant, job_id)
-                    if (h := self._book.holder(a, tenant, job_id)) is not None),
+        held = max(self._book.holders_of(tenant, job_id),
                    key=lambda h: h.lease.attempt, default=None)  # the newest attempt
         stored = await stored_job(self._js, tenant, job_id)
         state = await self._states.get(tenant, job_id)

@@ -53,14 +53,14 @@ _LIES = 3  # heartbeats in a row that claim a job the agent does not hold: a lia
 class HeartbeatBook:
     """The latest heartbeat per agent id, kept by a core subscription (heartbeats aren't stored).
 
-    With ``holds`` (the dispatcher's answer to "which job does this agent hold?"), what a
+    With ``holds`` (the dispatcher's answer to "which jobs does this agent hold?"), what a
     heartbeat says about work is replaced by the truth before anyone reads it: a machine is
     busy because it holds a job, never because it says so. One that keeps claiming a job it
     does not hold lands in ``liars`` (the controller destroys it); a single mismatch is the
     normal race of a job that just ended."""
 
     def __init__(self, clock: Callable[[], float],
-                 holds: Callable[[str], str | None] | None = None) -> None:
+                 holds: Callable[[str], list[str]] | None = None) -> None:
         self._clock = clock
         self._holds = holds
         self.seen: dict[str, Seen] = {}
@@ -99,17 +99,18 @@ class HeartbeatBook:
         if self._holds is None or beat.state == "stopped":
             return beat
         held = self._holds(beat.agent_id)
-        if beat.job_id == held:
+        claimed = set(beat.jobs) | ({beat.job_id} if beat.job_id is not None else set())
+        if not claimed - set(held):  # holding more than it says: a job granted just now
             self._mismatches.pop(beat.agent_id, None)
-            return beat
-        if beat.job_id is not None:
+        else:
             n = self._mismatches[beat.agent_id] = self._mismatches.get(beat.agent_id, 0) + 1
             if n == _LIES:
-                logger.warning("{agent} keeps claiming job {job_id}, which it does not hold",
-                               agent=beat.agent_id, job_id=beat.job_id)
+                logger.warning("{agent} keeps claiming job(s) {jobs}, which it does not hold",
+                               agent=beat.agent_id, jobs=sorted(claimed - set(held)))
                 self.liars.add(beat.agent_id)
         state = beat.state if beat.state == "draining" else ("busy" if held else "idle")
-        return msgspec.structs.replace(beat, job_id=held, state=state)
+        return msgspec.structs.replace(beat, job_id=held[0] if held else None,
+                                       jobs=sorted(held), state=state)
 
     def forget(self, agent_id: str) -> None:
         self.seen.pop(agent_id, None)

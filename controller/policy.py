@@ -63,7 +63,8 @@ class Instance(Struct, frozen=True, kw_only=True):
     launched_at: float
     last_heartbeat_at: float | None = None  # None: never heartbeated (still booting)
     idle_since: float | None = None
-    job_id: str | None = None
+    job_id: str | None = None  # a job in hand (with several slots, one of them)
+    jobs: int = 0  # jobs in hand (a busy machine counts as at least one)
 
 
 class Snapshot(Struct, frozen=True, kw_only=True):
@@ -92,6 +93,7 @@ class Snapshot(Struct, frozen=True, kw_only=True):
 class Policy(Struct, frozen=True, kw_only=True):
     min_warm: int = 0
     max_instances: int = 4
+    slots: int = 1  # jobs each machine runs at once (its agent's slots)
     target_drain_s: float = 600.0  # rent enough that the backlog drains within this
     # > 0: the wait objective instead (controller/sizing.py): rent enough that every queued
     # job is expected to start within this many seconds of now.

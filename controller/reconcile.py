@@ -170,25 +170,27 @@ def _with_heartbeat(rec: FleetInstance, seen: Seen | None) -> FleetInstance:
 
 def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen], *,
                        heard_since: float,
-                       holds: Callable[[str], str | None] | None = None) -> tuple[Instance, ...]:
+                       holds: Callable[[str], list[str]] | None = None) -> tuple[Instance, ...]:
     """The policy's view. ``heard_since``: when this controller (re)started listening; no
     agent's last heartbeat counts as older than that, or a restart or a reconnect after an
-    outage would read every machine as silent and destroy it mid-job. ``holds``: the job a
-    machine's agent holds a lease for (the dispatcher's word). A machine holding one is up and
+    outage would read every machine as silent and destroy it mid-job. ``holds``: the jobs a
+    machine's agent holds leases for (the dispatcher's word). A machine holding one is up and
     busy whatever its record says: a controller killed between the agent's first job and its
     next record write left it "booting", and the next one destroyed it as a spare."""
     out = []
     for rec in records.values():
-        held = holds(rec.label) if holds is not None else None
-        up = rec.first_heartbeat_at is not None or held is not None
+        held = holds(rec.label) if holds is not None else []
+        up = rec.first_heartbeat_at is not None or bool(held)
         last = seen[rec.label].received_at if rec.label in seen else None
         if up:
             last = max(last or heard_since, heard_since)
+        job = _policy_job(rec) or (held[0] if held else None)
         out.append(Instance(instance_id=rec.label, machine_id=rec.machine_id,
                             price_per_hour=rec.price_per_hour,
-                            state=_policy_state(rec, up=up, held=held is not None),
+                            state=_policy_state(rec, up=up, held=bool(held)),
                             launched_at=rec.launched_at, last_heartbeat_at=last,
-                            idle_since=rec.idle_since, job_id=_policy_job(rec) or held))
+                            idle_since=rec.idle_since, job_id=job,
+                            jobs=max(len(held), job is not None)))
     return tuple(out)
 
 

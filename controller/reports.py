@@ -65,7 +65,7 @@ class Reports:
             return ReportReply(ok=True)
         if isinstance(report, Release):
             await self._nc_publish(lease.ack_subject, b"-NAK")
-            await self._book.drop(lease.agent_id)
+            await self._book.drop(lease)
             return ReportReply(ok=True)
         event = as_holder(report, lease)
         if isinstance(event, Progress):
@@ -84,7 +84,7 @@ class Reports:
             await self._publish(event)
             delay_ns = int(min(max(event.retry_in_s, 0.0), _MAX_RETRY_DELAY_S) * 1e9)
             await self._nc_publish(lease.ack_subject, b'-NAK {"delay": %d}' % delay_ns)
-            await self._book.drop(lease.agent_id)
+            await self._book.drop(lease)
             return ReportReply(ok=True)
         if isinstance(event, Succeeded):
             checked = await self._transfers.checked_output(held, event.output)
@@ -110,7 +110,7 @@ class Reports:
         if (existing := await self._states.record_started(event)) is not None:
             await ensure_announced(self._js, existing, CONTROLLER_PUBLISHER)
             await self._ack(lease)
-            await self._book.drop(lease.agent_id)
+            await self._book.drop(lease)
             return ReportReply(ok=False, code="already_ended",
                                message=f"the job already {type(existing).__name__.lower()}")
         await self._publish(event)
@@ -138,7 +138,7 @@ class Reports:
             await self._ack(lease)
         else:
             await self._nc_publish(lease.ack_subject, b"+TERM")
-        await self._book.drop(lease.agent_id, ended_at)
+        await self._book.drop(lease, ended_at)
         return ReportReply(ok=True)
 
 

@@ -57,21 +57,25 @@ class InputUnavailable(IOError):
 
 class DispatchLink:
     def __init__(self, nc: Client, agent_id: str, *, timeout_s: float = 10.0,
-                 price_per_hour: float = 0.0, build: str = "") -> None:
+                 price_per_hour: float = 0.0, build: str = "", slots: int = 1) -> None:
         """``price_per_hour``: this machine's, told with every work request (a job cancelled
         while it runs here is charged its time at this price); ``build`` too (what a cached
-        result must have been made by)."""
+        result must have been made by), and ``slots``, how many jobs it runs at once (each
+        asks on its own slot, 0 to slots - 1)."""
         self._nc = nc
         self._agent_id = agent_id
+        self.slots = slots
         self._timeout_s = timeout_s
         self._price_per_hour = price_per_hour
         self._build = build
 
-    async def next_job(self, wait_s: float) -> Grant | None:
-        """One long-poll for a job. Raises nats errors (no dispatcher: NoRespondersError) and
-        TimeoutError, and RuntimeError when the dispatcher refuses this agent."""
+    async def next_job(self, wait_s: float, slot: int = 0) -> Grant | None:
+        """One long-poll for a job, for ``slot`` (whose job in hand, if any, goes back).
+        Raises nats errors (no dispatcher: NoRespondersError) and TimeoutError, and
+        RuntimeError when the dispatcher refuses this agent."""
         msg = await self._nc.request(work_subject(self._agent_id),
-                                     encode(WorkRequest(wait_s=wait_s,
+                                     encode(WorkRequest(wait_s=wait_s, slot=slot,
+                                                        slots=self.slots,
                                                         price_per_hour=self._price_per_hour,
                                                         build=self._build)),
                                      timeout=wait_s + self._timeout_s)
@@ -80,10 +84,11 @@ class DispatchLink:
             raise RuntimeError(f"the dispatcher refused: {reply.error}")
         return reply.grant
 
-    async def next_job_or_stop(self, wait_s: float, stop: asyncio.Event) -> Grant | None:
+    async def next_job_or_stop(self, wait_s: float, stop: asyncio.Event,
+                               slot: int = 0) -> Grant | None:
         """``next_job``, abandoned at once when ``stop`` is set (and withdrawn, so the
         dispatcher leases nothing to an agent that is leaving)."""
-        ask = asyncio.create_task(self.next_job(wait_s))
+        ask = asyncio.create_task(self.next_job(wait_s, slot))
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({ask, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -93,16 +98,17 @@ class DispatchLink:
             ask.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await ask
-            await self.stop_waiting()
+            await self.stop_waiting(slot)
             return None
         return ask.result()
 
-    async def stop_waiting(self) -> None:
-        """Withdraw an open work request (the agent is stopping), so no job is leased to
-        an agent that will never run it."""
+    async def stop_waiting(self, slot: int = 0) -> None:
+        """Withdraw ``slot``'s open work request (the agent is stopping), so no job is
+        leased to an agent that will never run it."""
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._nc.request(work_subject(self._agent_id),
-                                   encode(WorkRequest(wait_s=0)), timeout=self._timeout_s)
+                                   encode(WorkRequest(wait_s=0, slot=slot, slots=self.slots)),
+                                   timeout=self._timeout_s)
 
     async def report(self, report: Report) -> ReportReply:
         """Raises nats errors and TimeoutError when the dispatcher cannot be reached."""

@@ -147,7 +147,7 @@ async def test_an_agent_holds_one_job_and_asking_for_more_hands_the_first_back(
     again = await _grant(agent_a)  # the first went back at once, and came round again
     assert (again.job_id, again.attempt) == (first.job_id, first.attempt + 1)
     assert secure.control is not None
-    assert secure.control.dispatcher.holds("vf-a") == first.job_id
+    assert secure.control.dispatcher.holds("vf-a") == [first.job_id]
     other = await _grant(agent_b)
     assert other.job_id != first.job_id
     info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
@@ -223,7 +223,7 @@ async def test_a_job_in_hand_survives_a_dispatcher_restart(
     fresh = Dispatcher(ctl.nc.jetstream())
     await fresh.start(ctl.nc)
     try:
-        assert fresh.holds("vf-a") == "j1"  # from the leases bucket
+        assert fresh.holds("vf-a") == ["j1"]  # from the leases bucket
         link = _link(agent_a)
         assert (await link.report(Hold(job_id="j1", tenant="alice"))).ok
         result = tmp_path / "out.mp4"
@@ -232,7 +232,7 @@ async def test_a_job_in_hand_survives_a_dispatcher_restart(
                                       name="j1/1/out.mp4")
         assert (await link.report(_succeeded(grant, name="j1/1/out.mp4", size=size,
                                               sha256=sha))).ok
-        assert fresh.holds("vf-a") is None
+        assert fresh.holds("vf-a") == []
     finally:
         await fresh.stop()
     info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
@@ -468,3 +468,50 @@ async def test_a_stopping_controller_leases_nothing_more(secure: Secure, alice: 
     await alice.submit(_JOB, job_id="j1")
     assert await _link(agent_a).next_job(1.0) is None
     assert (await alice.status("j1")).state == "queued"
+
+
+async def test_an_agent_holds_one_job_per_slot_and_no_more_slots_than_allowed(
+        secure: Secure, alice: Client, agent_a: Session, ctl: Session) -> None:
+    """Several jobs per GPU: an agent running two slots holds a job in each, reports on both,
+    and a request on one slot hands back that slot's job alone. Each pays half the machine.
+    A stolen credential gets no more: past the cap (2 here) a slot is refused whatever the
+    agent declares, and it cannot change its count to price a job at the whole machine."""
+    assert secure.control is not None
+    await secure.control.dispatcher.stop()
+    dispatcher = Dispatcher(ctl.nc.jetstream(), price_of={"vf-a": 0.8}.get, max_slots=2)
+    await dispatcher.start(ctl.nc)
+    try:
+        for n in range(4):
+            await alice.submit(_JOB, job_id=f"j{n}")
+        greedy = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, slots=8)  # capped at 2
+        with pytest.raises(RuntimeError, match="slot 2 of 8: this agent runs 2 slot"):
+            await greedy.next_job(1, slot=2)
+        one = await greedy.next_job(10, slot=0)
+        two = await greedy.next_job(10, slot=1)
+        assert one is not None and two is not None and one.job_id != two.job_id
+        assert sorted(dispatcher.holds("vf-a")) == sorted([one.job_id, two.job_id])
+        for grant in (one, two):  # each slot's job is its own to report on
+            assert (await greedy.report(Hold(job_id=grant.job_id, tenant="alice"))).ok
+        whole = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, slots=1)
+        with pytest.raises(RuntimeError, match="this agent runs 2 slot"):
+            await whole.next_job(1, slot=0)
+        assert sorted(dispatcher.holds("vf-a")) == sorted([one.job_id, two.job_id])
+        again = await greedy.next_job(10, slot=1)  # slot 1's job goes back, slot 0's stays
+        assert again is not None  # (back at the head of the queue, it came round again)
+        assert (again.job_id, again.attempt) == (two.job_id, two.attempt + 1)
+        assert sorted(dispatcher.holds("vf-a")) == sorted([one.job_id, two.job_id])
+        info = await ctl.nc.jetstream().consumer_info(JOBS_STREAM, JOBS_CONSUMER)
+        assert info.num_ack_pending == 2  # one delivery per slot
+        _, per_hour = dispatcher.attributed()
+        assert per_hour == pytest.approx(0.8)  # two leases at half the machine's price each
+    finally:
+        await dispatcher.stop()
+
+
+async def test_an_agent_runs_one_slot_unless_the_controller_allows_more(
+        secure: Secure, alice: Client, agent_a: Session) -> None:
+    await alice.submit(_JOB, job_id="j1")
+    link = DispatchLink(agent_a.nc, "vf-a", timeout_s=5, slots=4)
+    with pytest.raises(RuntimeError, match="slot 1 of 4: this agent runs 1 slot"):
+        await link.next_job(1, slot=1)
+    assert (await link.next_job(10, slot=0)) is not None

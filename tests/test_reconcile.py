@@ -146,14 +146,14 @@ def test_a_machine_holding_a_lease_is_busy_though_its_record_says_booting() -> N
     objective destroyed it as a spare booting machine, job and all (the job ran again)."""
     stale = rec("vf-b", "booting", first_beat=None, agent_state=None)
     [inst] = snapshot_instances({"vf-b": stale}, {}, heard_since=NOW - 5,
-                                holds={"vf-b": "j1"}.get)
+                                holds=lambda agent: ["j1"] if agent == "vf-b" else [])
     assert (inst.state, inst.job_id, inst.last_heartbeat_at) == ("busy", "j1", NOW - 5)
     policy = Policy(target_wait_s=120.0, hedge=1.0)
     snap = Snapshot(now=NOW, queued_jobs=0, running_jobs=1, backlog_work_s=60.0,
                     instances=(inst,))
     assert decide(snap, policy) == []  # neither destroyed nor drained
     [unheld] = snapshot_instances({"vf-b": stale}, {}, heard_since=NOW - 5,
-                                  holds={}.get)
+                                  holds=lambda agent: [])
     assert unheld.state == "booting"
 
 
