@@ -58,6 +58,10 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # on Vast.ai, and the first machine up takes the job (the local provider never hedges).
     hedge: float = 1.0
     warm_per_load: float = 0.0  # machines kept up per machine of measured load (rounded down)
+    # Jobs each machine runs at once (NVENC sessions run side by side, and decoding, subtitles
+    # and audio are CPU work): each pays its share of the machine's price. The agents are
+    # told it at launch and the dispatcher holds them to it.
+    slots: int = 1
     idle_timeout_s: float = 300.0
     boot_deadline_s: float = 900.0
     heartbeat_timeout_s: float = 30.0
@@ -93,6 +97,9 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         parse_networks(self.webhook_allow_networks, "VIDFLEET_WEBHOOK_ALLOW_NETWORKS")
+        if not 1 <= self.slots <= 64:
+            raise ConfigError(f"bad configuration in VIDFLEET_SLOTS: {self.slots} jobs per "
+                              "machine; it takes 1 to 64")
 
     def rented_agent_nats_url(self) -> str:
         """The URL rented machines are given; ``ConfigError`` naming the setting unless every
@@ -113,7 +120,8 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
                 "VIDFLEET_AGENT_ID": label,
                 "VIDFLEET_PRICE_PER_HOUR": repr(price_per_hour),
                 "VIDFLEET_DEADMAN_S": repr(self.agent_deadman_s),
-                "VIDFLEET_HEARTBEAT_INTERVAL_S": repr(self.agent_heartbeat_interval_s)}
+                "VIDFLEET_HEARTBEAT_INTERVAL_S": repr(self.agent_heartbeat_interval_s),
+                "VIDFLEET_SLOTS": str(self.slots)}
 
 
 def policy_of(config: ControllerConfig) -> Policy:

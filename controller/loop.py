@@ -73,8 +73,8 @@ class Controller:
         self._heard_since = clock()  # heartbeats before this were not heard by us
         self._reconnects = 0
         self._dispatcher = Dispatcher(
-            self._js, clock=clock, price_of=self._price_of, dead_letter_tenant_max_bytes=int(
-                config.dead_letter_inputs_per_tenant_gb * 2**30))
+            self._js, clock=clock, price_of=self._price_of, max_slots=config.slots,
+            dead_letter_tenant_max_bytes=int(config.dead_letter_inputs_per_tenant_gb * 2**30))
         self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
         self._arrivals = ArrivalRate()

@@ -92,8 +92,8 @@ def _for_drain(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:
                      if i.state == "booting" else target_s for i in live)
         new_s = max(target_s - boot_s, target_s / 4)
         want = len(live) + max(0, math.ceil((snap.backlog_work_s - have_s) / new_s))
-    # Never more machines than jobs (one job each), at least one when there is any work.
-    return min(jobs, max(want, 1))
+    # Never more machines than the jobs fill (``slots`` each), at least one when there is any.
+    return min(math.ceil(jobs / max(1, policy.slots)), max(want, 1))
 
 
 def _ready_in(inst: Instance, snap: Snapshot, policy: Policy) -> float:
@@ -118,34 +118,49 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
     def starts(ready_in: float) -> int:  # queued jobs a machine free then starts in time
         return int((horizon - ready_in) // job_s) + 1 if ready_in <= horizon else 0
 
-    busy = sum(1 for i in live if i.state == "busy")
+    slots = max(1, policy.slots)
+    lanes = _lanes(live, snap, policy, slots)
+    in_hand = sum(1 for _, _, busy in lanes if busy)
     # A job the consumer counts as running with no busy machine behind it (its agent died, or
     # it waits out a retry's backoff) will be delivered again: it needs a machine as a queued
     # job does, or the fleet drains to nothing while it waits and nothing ever runs it.
-    unheld = max(0, _jobs(snap) - snap.queued_jobs - busy)
-    queue, used, booting_used = snap.queued_jobs + unheld, 0, 0
-    idle_unused = 0  # idle machines the queue does not need: the warm floor may want them
-    spare: list[Instance] = []  # booting machines the queue does not need, soonest first
-    ranked = sorted(((_ready_in(i, snap, policy), i) for i in live),
-                    key=lambda pair: (pair[0], pair[1].instance_id))
-    for ready, inst in ranked:
-        if inst.state == "busy" or (queue > 0 and ready <= boot_s):  # sooner than a rent
-            used += 1
-            booting_used += inst.state == "booting"
+    unheld = max(0, _jobs(snap) - snap.queued_jobs - in_hand)
+    queue = snap.queued_jobs + unheld
+    used: set[str] = set()  # machines the queue (or a job in hand) needs
+    for ready, inst, busy in lanes:
+        if busy or (queue > 0 and ready <= boot_s):  # sooner than a rent
+            used.add(inst.instance_id)
             queue -= starts(ready)
-        elif inst.state == "booting":
-            spare.append(inst)
-        else:
-            idle_unused += 1
-    new = math.ceil(max(0, queue) / starts(boot_s))
+    booting_used = sum(1 for i in live if i.state == "booting" and i.instance_id in used)
+    # Idle machines the queue does not need (the warm floor may want them), and booting ones,
+    # soonest first.
+    idle_unused = sum(1 for i in live if i.state == "idle" and i.instance_id not in used)
+    spare = [inst for _, inst in sorted(((_ready_in(i, snap, policy), i) for i in live
+                                          if i.state == "booting" and i.instance_id not in used),
+                                         key=lambda pair: (pair[0], pair[1].instance_id))]
+    new = math.ceil(max(0, queue) / (starts(boot_s) * slots))
     # The hedge: 1 + hedge booting machines for each one the queue waits for.
     spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
-    for_floor = floor - used - new - idle_unused
+    for_floor = floor - len(used) - new - idle_unused
     kept = spare[:max(spare_wanted, for_floor)]
     surplus = tuple(i.instance_id for i in spare[len(kept):] if not _unheard(i, snap, policy))
     rent = new + max(0, spare_wanted - len(spare))
-    keep = used + len(kept)
+    keep = len(used) + len(kept)
     return keep, rent, surplus
+
+
+def _lanes(live: list[Instance], snap: Snapshot, policy: Policy,
+           slots: int) -> list[tuple[float, Instance, bool]]:
+    """Each machine's slots as (seconds until it takes a queued job, machine, busy now),
+    soonest first: a busy machine's jobs in hand free up half a job from now, and its other
+    slots take a job at once."""
+    lanes = []
+    for inst in live:
+        ready = _ready_in(inst, snap, policy)
+        busy = min(slots, max(1, inst.jobs)) if inst.state == "busy" else 0
+        free_at = 0.0 if inst.state == "busy" else ready
+        lanes += [(ready, inst, True)] * busy + [(free_at, inst, False)] * (slots - busy)
+    return sorted(lanes, key=lambda lane: (lane[0], lane[1].instance_id))
 
 
 def _unheard(inst: Instance, snap: Snapshot, policy: Policy) -> bool:

@@ -1,11 +1,11 @@
-"""The agent: connect outbound, probe encoders, then ask the dispatcher for one job at a time
-until told to stop.
+"""The agent: connect outbound, probe encoders, then ask the dispatcher for jobs (one at a time
+per slot: gpu_agent/slots.py) until told to stop.
 
 ``Agent.run(stop)`` owns its connection, heartbeat task and work directory. Setting ``stop``
 (the first SIGTERM), a ``drain`` command from the controller on ``agents.<id>.control``, or the
-dead-man switch (gpu_agent/deadman.py) stops asking and lets the job in hand finish within
-``drain_timeout_s``; past that, or on a second signal (``force``), the job is released for
-another agent and the agent exits. Nothing connects into the agent; it needs only outbound
+dead-man switch (gpu_agent/deadman.py) stops asking and lets the jobs in hand finish within
+``drain_timeout_s``; past that, or on a second signal (``force``), they are released for
+other agents and the agent exits. Nothing connects into the agent; it needs only outbound
 access to NATS, and it uses no JetStream: jobs, inputs, reports and results all go through
 the controller's dispatcher (broker/dispatch.py).
 """
@@ -29,7 +29,6 @@ from nats.aio.msg import Msg
 
 from broker.connect import connect
 from broker.creds import LiveCredentials
-from broker.dispatch import Grant
 from broker.fleet import decode_command
 from broker.heartbeats import AgentState, Heartbeat, encode_heartbeat
 from broker.subjects import (
@@ -48,6 +47,7 @@ from gpu_agent.inputs import InputFetcher
 from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.renewal import keep_credentials
+from gpu_agent.slots import Slots
 from gpu_agent.worker import JobOutcome, Worker
 from gpu_agent.workspace import Workspace
 
@@ -70,14 +70,21 @@ class Agent:
         self._on_outcome = on_outcome
         self.agent_id = config.agent_id or default_agent_id()
         self._clock = clock
-        self.state: AgentState = "idle"
-        self.current_job: str | None = None
-        self._in_hand: tuple[str, str] | None = None  # (tenant, job id) of the job in hand
-        self._cancelled: asyncio.Event | None = None  # set when that job is cancelled
-        self.jobs_done = 0
+        self._stopped = False
+        self.slots: Slots | None = None  # the jobs in hand, once connected
         self.encoders: EncoderProbe | None = None
         self.build = ""  # gpu_agent/build.py, once probed
         self.ready = asyncio.Event()  # set once it asks the dispatcher for work
+
+    @property
+    def state(self) -> AgentState:
+        if self._stopped:
+            return "stopped"
+        return "busy" if self.slots is not None and self.slots.jobs else "idle"
+
+    @property
+    def jobs_done(self) -> int:
+        return self.slots.jobs_done if self.slots is not None else 0
 
     async def run(self, stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
         force = force or asyncio.Event()
@@ -109,12 +116,14 @@ class Agent:
         try:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
             link = DispatchLink(nc, self.agent_id, price_per_hour=self.config.price_per_hour,
-                                build=self.build)
-            worker = await self._make_worker(link, fonts_dir, self.workspace)
+                                build=self.build, slots=self.config.slots)
+            self.slots = Slots(link, await self._make_worker(link, fonts_dir, self.workspace),
+                               fetch_timeout_s=self.config.fetch_timeout_s, log=log,
+                               on_outcome=self._on_outcome)
             await nc.subscribe(agent_control_subject(self.agent_id),
                                cb=self._command_handler(nc, halt, log))
             switch = DeadManSwitch(deadman_s=self.config.deadman_s, clock=self._clock,
-                                   busy=lambda: self.current_job is not None)
+                                   busy=lambda: self.state == "busy")
             async with asyncio.TaskGroup() as tg:
                 helpers = [tg.create_task(self._heartbeats(nc, halt)),
                            tg.create_task(_force_after_drain(halt, force,
@@ -127,11 +136,12 @@ class Agent:
                 if credentials is not None and credentials.expires_at is not None:
                     helpers.append(tg.create_task(keep_credentials(
                         nc, credentials, self.agent_id, log, clock=self._clock)))
-                await self._work_loop(link, worker, halt, force, log)
+                self.ready.set()
+                await self.slots.run(halt, force)
                 for task in helpers:
                     task.cancel()
         finally:
-            self.state = "stopped"
+            self._stopped = True
             self.workspace.close()
             if not nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):
@@ -189,7 +199,8 @@ class Agent:
                 log.warning("undecodable command ignored")
                 return
             if command.command == "cancel":
-                self._on_cancel(command.tenant, command.job_id, log)
+                if self.slots is not None:
+                    self.slots.cancel(command.tenant, command.job_id)
                 return
             log.info("controller says {command} ({reason}): finishing up",
                      command=command.command, reason=command.reason)
@@ -197,14 +208,6 @@ class Agent:
             with contextlib.suppress(nats.errors.Error):  # tell it at once, not next beat
                 await self._publish_heartbeat(nc, draining=True)
         return on_command
-
-    def _on_cancel(self, tenant: str, job_id: str, log: Logger) -> None:
-        """The job in hand was cancelled: stop it now. A cancel of any other job (one this
-        agent no longer holds) changes nothing."""
-        if self._cancelled is not None and self._in_hand == (tenant, job_id):
-            log.info("job {tenant}/{job_id} cancelled: stopping it", tenant=tenant,
-                     job_id=job_id)
-            self._cancelled.set()
 
     async def _make_worker(self, link: DispatchLink, fonts_dir: str,
                            workspace: Workspace) -> Worker:
@@ -222,54 +225,6 @@ class Agent:
         return Worker(link=link, config=self.config, agent_id=self.agent_id, operations=ops,
                       workspace=workspace, build=self.build, clock=self._clock)
 
-    async def _work_loop(self, link: DispatchLink, worker: Worker, stop: asyncio.Event,
-                         force: asyncio.Event, log: Logger) -> None:
-        self.state = "idle"
-        self.ready.set()
-        log.info("asking the dispatcher for jobs")
-        pause_s = 0.5
-        while not stop.is_set():
-            try:
-                grant = await link.next_job_or_stop(self.config.fetch_timeout_s, stop)
-            except (nats.errors.Error, TimeoutError, RuntimeError) as exc:
-                # No dispatcher yet (a controller restart), a reconnect, or a refusal.
-                log.warning("no job from the dispatcher ({error}); asking again in "
-                            "{s:.1f} s", error=str(exc) or type(exc).__name__, s=pause_s)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause_s)
-                pause_s = min(pause_s * 2, 5.0)
-                continue
-            pause_s = 0.5
-            if grant is not None:
-                await self._work(worker, grant, force, log)
-
-    async def _work(self, worker: Worker, grant: Grant, force: asyncio.Event,
-                    log: Logger) -> None:
-        self.state, self.current_job = "busy", grant.job_id
-        self._in_hand, self._cancelled = (grant.tenant, grant.job_id), asyncio.Event()
-        task = asyncio.create_task(worker.handle(grant, self._cancelled))
-        forced = asyncio.create_task(force.wait())
-        try:
-            await asyncio.wait({task, forced}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                log.warning("forced stop: releasing job {job_id}", job_id=grant.job_id)
-                task.cancel()
-            try:
-                outcome = await task
-            except asyncio.CancelledError:
-                outcome = JobOutcome(grant.job_id, "released")
-            except Exception:  # could not even report (NATS down): the job comes back
-                log.exception("job {job_id} could not be reported; it runs again once its "
-                              "lease lapses", job_id=grant.job_id)
-                outcome = JobOutcome(grant.job_id, "unreported")
-            self.jobs_done += 1
-            if self._on_outcome:
-                self._on_outcome(outcome)
-        finally:
-            forced.cancel()
-            self.state, self.current_job = "idle", None
-            self._in_hand, self._cancelled = None, None
-
     async def _heartbeats(self, nc: Client, stop: asyncio.Event) -> None:
         while True:
             with contextlib.suppress(nats.errors.Error):
@@ -278,10 +233,11 @@ class Agent:
 
     async def _publish_heartbeat(self, nc: Client, draining: bool = False) -> None:
         state: AgentState = "draining" if draining and self.state != "stopped" else self.state
+        jobs = self.slots.jobs if self.slots is not None else []
         hb = Heartbeat(agent_id=self.agent_id, state=state,
                        at=self._clock(), encoder=self.encoders.h264 if self.encoders else "",
-                       job_id=self.current_job, jobs_done=self.jobs_done,
-                       interval_s=self.config.heartbeat_interval_s)
+                       job_id=jobs[0] if jobs else None, jobs=jobs, slots=self.config.slots,
+                       jobs_done=self.jobs_done, interval_s=self.config.heartbeat_interval_s)
         await nc.publish(heartbeat_subject(self.agent_id), encode_heartbeat(hb))
 
 

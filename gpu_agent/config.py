@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from broker.config import Secret
 from broker.creds import LiveCredentials
@@ -30,6 +31,9 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     work_dir: str = ""  # empty: a fresh temporary directory
     fonts_dir: str = ""  # empty: the first system font directory with a .ttf/.otf
     fetch_timeout_s: float = 10.0  # one long-poll for the next job
+    # Jobs run at once (the controller sets it at launch: VIDFLEET_SLOTS); the dispatcher
+    # holds an agent to at most what the controller allows.
+    slots: Annotated[int, Meta(ge=1, le=64)] = 1
     heartbeat_interval_s: float = 5.0
     progress_interval_s: float = 1.0  # at most one progress event per this many seconds
     max_input_bytes: int = 4 * _GIB

@@ -174,3 +174,21 @@ def test_measured_boots_replace_the_configured_one() -> None:
     hedged.add(120.0)
     hedged.add(130.0)
     assert hedged.expected() == 120.0
+
+
+def test_machines_with_several_slots_count_each_one() -> None:
+    """Two jobs per machine: a busy machine's free slot takes a queued job now, and a rent
+    covers twice the queue."""
+    two = structs.replace(WAIT, slots=2)
+    half_busy = (inst("b", "busy", job="j1"),)  # one job in hand: one slot free
+    # One slot: free in 30 s, it starts two of three in time. Two: the free one starts three.
+    assert len(rents(decide(wait_snap(queued=3, running=1, instances=half_busy), WAIT))) == 1
+    assert rents(decide(wait_snap(queued=3, running=1, instances=half_busy), two)) == []
+    full = (structs.replace(half_busy[0], jobs=2),)
+    # Both slots busy, each free in 30 s: four queued jobs start within 120 s there.
+    assert rents(decide(wait_snap(queued=4, running=2, instances=full), two)) == []
+    assert len(rents(decide(wait_snap(queued=6, running=2, instances=full), two))) == 1
+    assert len(rents(decide(wait_snap(queued=4), WAIT))) == 4
+    assert len(rents(decide(wait_snap(queued=4), two))) == 2
+    drain = structs.replace(two, target_wait_s=0.0, target_drain_s=60.0)
+    assert len(rents(decide(wait_snap(queued=3, work_s=3000.0), drain))) == 2  # 3 jobs, 2 each
