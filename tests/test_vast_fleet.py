@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from msgspec import structs
 from nats.aio.client import Client as Nats
 
 from broker.config import Secret
-from broker.events import Succeeded
+from broker.events import Started, Succeeded
 from broker.subjects import FLEET_BUCKET
 from client.api import Client
 from controller.credentials import agent_env as machine_env
@@ -237,6 +238,53 @@ async def test_an_outbid_machine_is_replaced_and_every_job_runs_once(
     later = [i for i in fake.instances(include_destroyed=True) if i.id != first.id]
     assert later and all(i.machine_id != first.machine_id for i in later)  # host avoided
     assert {r.agent_id for r in results} <= {i.label for i in later} | {first.label}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_machine_with_two_slots_runs_two_jobs_at_once_each_paying_half(
+        nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
+        fake: FakeVast, media_dir: Path) -> None:
+    """Several jobs per GPU, end to end: the controller rents one machine for two queued jobs
+    (VIDFLEET_SLOTS=2 in its environment), its agent runs both at once, and each job pays
+    half the machine's price; the jobs' costs are what the fleet attributes."""
+    kv = await js.key_value(FLEET_BUCKET)
+    two = structs.replace(RENTED, max_instances=2, slots=2)
+    machine_price: dict[str, float] = {}
+    async with vast(fake) as provider, running_controller(
+            nats_server, nc, provider, two, agent_env=agent_env(fake)):
+        receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
+                    for _ in range(2)]
+
+        async def all_done() -> bool:
+            _, machines = await operator.fleet()
+            machine_price.update({m.label: m.price_per_hour for m in machines})
+            return all([await fleet_client.outcome(r.job_id) for r in receipts])
+
+        await until(kv, all_done, 90)
+        done_at = time.time()
+
+        async def summed_after() -> bool:  # a summary written after both leases ended
+            summary, _ = await operator.fleet()
+            return summary is not None and summary.at > done_at
+
+        await until(kv, summed_after, 10)
+        summary, _ = await operator.fleet()
+    assert [body["env"]["VIDFLEET_SLOTS"] for body in fake.create_requests] == ["2"]
+    results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
+    assert all(isinstance(r, Succeeded) for r in results)
+    [label] = {r.agent_id for r in results}  # one machine ran both
+    assert all(r.price_per_hour == pytest.approx(machine_price[label] / 2)  # type: ignore[union-attr]
+               for r in results)
+    windows = []
+    for r in receipts:
+        events = [e async for e in fleet_client.watch(r.job_id, timeout_s=10)]
+        started = next(e.at for e in events if isinstance(e, Started))
+        windows.append((started, next(e.at for e in events if isinstance(e, Succeeded))))
+    assert max(w[0] for w in windows) < min(w[1] for w in windows)  # they overlapped
+    assert summary is not None
+    assert summary.attributed_today == pytest.approx(
+        sum(r.cost_usd for r in results), abs=1e-5)  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(90)
