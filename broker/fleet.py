@@ -60,6 +60,7 @@ class FleetInstance(Struct, frozen=True, kw_only=True):
     job_id: str | None = None
     idle_since: float | None = None
     jobs_done: int = 0
+    slots: int = 1  # jobs its agent runs at once (its heartbeat's; capped by the dispatcher)
     reason: str | None = None  # why it is draining or being destroyed
     agent_key: str | None = None  # its agent's NATS user key: revoked when it is destroyed
 

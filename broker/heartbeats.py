@@ -27,6 +27,9 @@ class Heartbeat(Struct, frozen=True, kw_only=True):
     # every job in hand, job_id among them. One job at a time: 1 and [].
     slots: int = 1
     jobs: list[str] = []
+    # Frames per second it encoded in all with 1, 2, ... encodes at once, measured at start
+    # (gpu_agent/throughput.py) when it may run more than one; what its slot count rests on.
+    throughput_fps: list[float] = []
     interval_s: float = 5.0  # when the next one is due; three missed ones mean gone
 
 

@@ -65,6 +65,7 @@ class Instance(Struct, frozen=True, kw_only=True):
     idle_since: float | None = None
     job_id: str | None = None  # a job in hand (with several slots, one of them)
     jobs: int = 0  # jobs in hand (a busy machine counts as at least one)
+    slots: int | None = None  # jobs it runs at once, as its agent chose; None: Policy.slots
 
 
 class Snapshot(Struct, frozen=True, kw_only=True):

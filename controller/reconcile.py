@@ -165,7 +165,8 @@ def _with_heartbeat(rec: FleetInstance, seen: Seen | None) -> FleetInstance:
     state = "serving" if rec.state in ("launching", "booting") else rec.state
     return structs.replace(
         rec, state=state, agent_state=beat.state, job_id=beat.job_id, idle_since=idle_since,
-        jobs_done=beat.jobs_done, first_heartbeat_at=rec.first_heartbeat_at or seen.received_at)
+        jobs_done=beat.jobs_done, first_heartbeat_at=rec.first_heartbeat_at or seen.received_at,
+        slots=max(1, beat.slots))
 
 
 def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen], *,
@@ -190,7 +191,8 @@ def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen],
                             state=_policy_state(rec, up=up, held=bool(held)),
                             launched_at=rec.launched_at, last_heartbeat_at=last,
                             idle_since=rec.idle_since, job_id=job,
-                            jobs=max(len(held), job is not None)))
+                            jobs=max(len(held), job is not None),
+                            slots=rec.slots if rec.first_heartbeat_at else None))
     return tuple(out)
 
 

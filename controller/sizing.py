@@ -157,9 +157,11 @@ def _lanes(live: list[Instance], snap: Snapshot, policy: Policy,
     lanes = []
     for inst in live:
         ready = _ready_in(inst, snap, policy)
-        busy = min(slots, max(1, inst.jobs)) if inst.state == "busy" else 0
+        # As many as its agent chose (it measures what its GPU bears), within the setting.
+        own = max(1, min(slots, inst.slots or slots))
+        busy = min(own, max(1, inst.jobs)) if inst.state == "busy" else 0
         free_at = 0.0 if inst.state == "busy" else ready
-        lanes += [(ready, inst, True)] * busy + [(free_at, inst, False)] * (slots - busy)
+        lanes += [(ready, inst, True)] * busy + [(free_at, inst, False)] * (own - busy)
     return sorted(lanes, key=lambda lane: (lane[0], lane[1].instance_id))
 
 

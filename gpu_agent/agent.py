@@ -48,6 +48,7 @@ from gpu_agent.operations import Operations
 from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.renewal import keep_credentials
 from gpu_agent.slots import Slots
+from gpu_agent.throughput import measure_throughput, slots_for
 from gpu_agent.worker import JobOutcome, Worker
 from gpu_agent.workspace import Workspace
 
@@ -72,6 +73,7 @@ class Agent:
         self._clock = clock
         self._stopped = False
         self.slots: Slots | None = None  # the jobs in hand, once connected
+        self.throughput_fps: list[float] = []  # gpu_agent/throughput.py, with slots > 1
         self.encoders: EncoderProbe | None = None
         self.build = ""  # gpu_agent/build.py, once probed
         self.ready = asyncio.Event()  # set once it asks the dispatcher for work
@@ -116,7 +118,7 @@ class Agent:
         try:
             # Everything about a job goes through the dispatcher: the agent uses no JetStream.
             link = DispatchLink(nc, self.agent_id, price_per_hour=self.config.price_per_hour,
-                                build=self.build, slots=self.config.slots)
+                                build=self.build, slots=await self._slot_count(log))
             self.slots = Slots(link, await self._make_worker(link, fonts_dir, self.workspace),
                                fetch_timeout_s=self.config.fetch_timeout_s, log=log,
                                on_outcome=self._on_outcome)
@@ -185,6 +187,19 @@ class Agent:
                       s=self.config.deadman_s)
         return None
 
+    async def _slot_count(self, log: Logger) -> int:
+        """How many jobs to run at once: 1, or what the controller allows and the measured
+        throughput at 1..N encodes at once bears out."""
+        if self.config.slots == 1:
+            return 1
+        assert self.encoders is not None
+        self.throughput_fps = await measure_throughput(self.config.ffmpeg, self.encoders.h264,
+                                                       self.config.slots)
+        slots = slots_for(self.throughput_fps, self.config.slots_min_gain)
+        log.info("throughput with 1..{n} encodes at once: {fps} frames/s; running {slots} "
+                 "job(s) at once", n=self.config.slots, fps=self.throughput_fps, slots=slots)
+        return slots
+
     async def _destroy_own_instance(self) -> None:
         await destroy_own_instance(base_url=self.config.vast_url,
                                    instance_id=self.config.container_id,
@@ -236,8 +251,10 @@ class Agent:
         jobs = self.slots.jobs if self.slots is not None else []
         hb = Heartbeat(agent_id=self.agent_id, state=state,
                        at=self._clock(), encoder=self.encoders.h264 if self.encoders else "",
-                       job_id=jobs[0] if jobs else None, jobs=jobs, slots=self.config.slots,
-                       jobs_done=self.jobs_done, interval_s=self.config.heartbeat_interval_s)
+                       job_id=jobs[0] if jobs else None, jobs=jobs,
+                       slots=self.slots.slots if self.slots is not None else 1,
+                       throughput_fps=self.throughput_fps, jobs_done=self.jobs_done,
+                       interval_s=self.config.heartbeat_interval_s)
         await nc.publish(heartbeat_subject(self.agent_id), encode_heartbeat(hb))
 
 

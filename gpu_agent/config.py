@@ -34,6 +34,9 @@ class AgentConfig(Struct, frozen=True, kw_only=True):
     # Jobs run at once (the controller sets it at launch: VIDFLEET_SLOTS); the dispatcher
     # holds an agent to at most what the controller allows.
     slots: Annotated[int, Meta(ge=1, le=64)] = 1
+    # With slots > 1 the agent measures its throughput at 1..slots encodes at once and runs as
+    # many as each add at least this much (0.15: 15 %); -1 runs them all whatever it measures.
+    slots_min_gain: float = 0.15
     heartbeat_interval_s: float = 5.0
     progress_interval_s: float = 1.0  # at most one progress event per this many seconds
     max_input_bytes: int = 4 * _GIB

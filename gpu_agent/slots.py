@@ -39,6 +39,10 @@ class Slots:
         self.jobs_done = 0
 
     @property
+    def slots(self) -> int:
+        return self._link.slots
+
+    @property
     def jobs(self) -> list[str]:
         """The job ids in hand, by slot."""
         return [job_id for _, (_, job_id, _) in sorted(self._in_hand.items())]

@@ -246,19 +246,24 @@ async def test_a_machine_with_two_slots_runs_two_jobs_at_once_each_paying_half(
         nats_server: Secure, nc: Nats, js, fleet_client: Client, operator: Client,
         fake: FakeVast, media_dir: Path) -> None:
     """Several jobs per GPU, end to end: the controller rents one machine for two queued jobs
-    (VIDFLEET_SLOTS=2 in its environment), its agent runs both at once, and each job pays
-    half the machine's price; the jobs' costs are what the fleet attributes."""
+    (VIDFLEET_SLOTS=2 in its environment), its agent measures its throughput at one and two
+    encodes at once and runs both jobs at once (told to, whatever it measured: two libx264
+    encodes on two cores gain nothing), and each job pays half the machine's price; the jobs'
+    costs are what the fleet attributes."""
     kv = await js.key_value(FLEET_BUCKET)
     two = structs.replace(RENTED, max_instances=2, slots=2)
     machine_price: dict[str, float] = {}
+    slots_seen: set[int] = set()
+    env = {**agent_env(fake), "VIDFLEET_SLOTS_MIN_GAIN": "-1"}
     async with vast(fake) as provider, running_controller(
-            nats_server, nc, provider, two, agent_env=agent_env(fake)):
+            nats_server, nc, provider, two, agent_env=env):
         receipts = [await fleet_client.submit(await caption_job(fleet_client, media_dir))
                     for _ in range(2)]
 
         async def all_done() -> bool:
             _, machines = await operator.fleet()
             machine_price.update({m.label: m.price_per_hour for m in machines})
+            slots_seen.update(m.slots for m in machines if m.first_heartbeat_at)
             return all([await fleet_client.outcome(r.job_id) for r in receipts])
 
         await until(kv, all_done, 90)
@@ -271,6 +276,7 @@ async def test_a_machine_with_two_slots_runs_two_jobs_at_once_each_paying_half(
         await until(kv, summed_after, 10)
         summary, _ = await operator.fleet()
     assert [body["env"]["VIDFLEET_SLOTS"] for body in fake.create_requests] == ["2"]
+    assert slots_seen == {2}  # as its heartbeats said
     results = [await fleet_client.result(r.job_id, timeout_s=5) for r in receipts]
     assert all(isinstance(r, Succeeded) for r in results)
     [label] = {r.agent_id for r in results}  # one machine ran both
