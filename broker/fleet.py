@@ -61,6 +61,7 @@ class FleetInstance(Struct, frozen=True, kw_only=True):
     idle_since: float | None = None
     jobs_done: int = 0
     slots: int = 1  # jobs its agent runs at once (its heartbeat's; capped by the dispatcher)
+    jobs: list[str] = []  # every job in hand (job_id is one of them)
     reason: str | None = None  # why it is draining or being destroyed
     agent_key: str | None = None  # its agent's NATS user key: revoked when it is destroyed
 

@@ -86,8 +86,11 @@ def format_status(summary: FleetSummary | None, machines: list[FleetInstance],
 def _row(m: FleetInstance, now: float) -> tuple[str, ...]:
     up_s = max(0.0, now - m.launched_at)
     state = m.state if m.state != "serving" else (m.agent_state or "serving")
+    job = m.job_id or "-"
+    if len(m.jobs) > 1:  # several jobs at once (VIDFLEET_SLOTS)
+        job += f" +{len(m.jobs) - 1}"
     return (m.label, m.provider_id or "-", m.gpu_name or "-", f"{m.price_per_hour:.3f}",
-            state, m.job_id or "-", duration(up_s), f"${m.price_per_hour * up_s / 3600:.3f}")
+            state, job, duration(up_s), f"${m.price_per_hour * up_s / 3600:.3f}")
 
 
 @click.group()

@@ -166,7 +166,7 @@ def _with_heartbeat(rec: FleetInstance, seen: Seen | None) -> FleetInstance:
     return structs.replace(
         rec, state=state, agent_state=beat.state, job_id=beat.job_id, idle_since=idle_since,
         jobs_done=beat.jobs_done, first_heartbeat_at=rec.first_heartbeat_at or seen.received_at,
-        slots=max(1, beat.slots))
+        slots=max(1, beat.slots), jobs=list(beat.jobs))
 
 
 def snapshot_instances(records: dict[str, FleetInstance], seen: dict[str, Seen], *,

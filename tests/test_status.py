@@ -42,6 +42,10 @@ def test_format_status_shows_backlog_spend_alarms_and_each_machine() -> None:
     busy = next(line for line in text.splitlines() if line.startswith("vf-aa"))
     assert busy.split() == ["vf-aa", "1234", "RTX", "4090", "0.500", "busy", "job-1", "1h05m",
                             "$0.542"]
+    two = format_status(SUMMARY, [structs.replace(BUSY, slots=2, jobs=["job-1", "job-2"])],
+                        NOW)
+    assert next(line for line in two.splitlines() if line.startswith("vf-aa")).split()[6:8] \
+        == ["job-1", "+1"]  # two jobs at once
     booting = next(line for line in text.splitlines() if line.startswith("vf-bb"))
     assert "booting" in booting and "1m30s" in booting
 
