@@ -98,8 +98,9 @@ class WorkRequest(Struct, frozen=True, kw_only=True):
     An agent that runs several jobs at once (``slots``) asks for each on its own ``slot``
     (0 to slots - 1), and holds at most one job per slot: a new request on a slot supersedes
     that slot's open request and hands back the job that slot holds, and no other. The
-    dispatcher caps ``slots`` at its own limit and refuses a slot past the cap or past the
-    most the agent has declared; each job on the machine pays 1/slots of its price."""
+    dispatcher caps ``slots`` at its own limit and fixes it at the agent's first request: a
+    slot past it, or a request declaring another count, is refused. Each job on the machine
+    pays 1/slots of its price."""
 
     wait_s: float = 10.0
     slot: Annotated[int, Meta(ge=0, le=63)] = 0

@@ -23,8 +23,8 @@ class Heartbeat(Struct, frozen=True, kw_only=True):
     encoder: str  # the H.264 encoder its probe chose
     job_id: str | None = None  # the job in hand (the first slot's, with several)
     jobs_done: int = 0
-    # An agent running several jobs at once: how many it may (its WorkRequest.slots), and
-    # every job in hand, job_id among them. One job at a time: 1 and [].
+    # How many jobs it runs at once (its WorkRequest.slots), and every job in hand, job_id
+    # among them.
     slots: int = 1
     jobs: list[str] = []
     # Frames per second it encoded in all with 1, 2, ... encodes at once, measured at start
