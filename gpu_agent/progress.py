@@ -3,10 +3,17 @@
 Percent is media time over ``expected_duration_s``, which the operation sets once it knows it
 (FFmpeg starts while the input is still being probed). It stays below 100 until the job has
 succeeded: 100 is said by the succeeded event, never by a progress event.
+
+Sent in the background, one at a time: the FFmpeg runner awaits each update, and a report
+the dispatcher does not answer (a controller killed mid-send) waits out the request timeout.
+Awaited inline, that held the job's end up to 10 s after FFmpeg finished; now an update that
+comes while one is in flight is dropped, and a later one carries on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 import nats.errors
@@ -32,6 +39,7 @@ class ProgressReporter:
         self._last_at = float("-inf")
         self._last_percent = -1.0
         self.published = 0
+        self._sending: asyncio.Task[None] | None = None
         self.expected_duration_s: float | None = None
 
     async def __call__(self, update: ProgressUpdate) -> None:
@@ -44,10 +52,15 @@ class ProgressReporter:
             return
         if now - self._last_at < self._min_interval_s and not update.done:
             return
+        if self._sending is not None and not self._sending.done():
+            return  # the last one is still on its way
         self._last_at, self._last_percent = now, percent
         event = Progress(job_id=self._job_id, tenant=self._tenant, at=now, agent_id=self._agent_id,
                          attempt=self._attempt, percent=percent,
                          media_time_s=round(update.media_time_s, 3), speed=update.speed)
+        self._sending = asyncio.create_task(self._send(event))
+
+    async def _send(self, event: Progress) -> None:
         try:
             await self._link.report(event)  # the dispatcher publishes it
         except (nats.errors.Error, TimeoutError) as exc:
@@ -56,3 +69,11 @@ class ProgressReporter:
                                                      error=str(exc) or type(exc).__name__)
             return
         self.published += 1
+
+    async def close(self) -> None:
+        """Drop a report still on its way: the job's outcome goes next, and nothing about
+        its progress may follow it."""
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending

@@ -174,11 +174,15 @@ class Worker:
                 return JobOutcome(grant.job_id, "skipped")
             attempt.log.info("job started on {encoder}", encoder=attempt.encoder)
             with self._workspace.job_dir(grant.job_id, grant.attempt) as wd:
+                progress = self._progress_reporter(attempt)
                 ctx = WorkContext(tenant=grant.tenant, job_id=grant.job_id,
                                   attempt=grant.attempt, work_dir=wd,
                                   queued_at=grant.queued_at, started_at=started_at,
-                                  progress=self._progress_reporter(attempt))
-                result = await run_job(self._ops, job, ctx)
+                                  progress=progress)
+                try:
+                    result = await run_job(self._ops, job, ctx)
+                finally:
+                    await progress.close()
             done = Succeeded(job_id=grant.job_id, tenant=grant.tenant, at=self._clock(),
                              operation=grant.operation, agent_id=self._agent_id,
                              attempt=grant.attempt, encoder=attempt.encoder,

@@ -17,7 +17,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
-from broker.dispatch import Grant, Hold, Release
+from broker.dispatch import Grant, Hold, Release, decode_report
 from broker.events import (
     Failed,
     JobError,
@@ -46,6 +46,8 @@ from client.api import Client
 from controller.dispatcher import Dispatcher
 from controller.observe import HeartbeatBook
 from gpu_agent.dispatch_link import DispatchLink, LeaseLost
+from gpu_agent.ffmpeg import ProgressUpdate
+from gpu_agent.progress import ProgressReporter
 from tests.secure_stack import Secure, Session, session, tenant_client
 
 _JOB = CaptionJob(video="obj:v.mp4", srt="obj:s.srt")
@@ -515,3 +517,27 @@ async def test_an_agent_runs_one_slot_unless_the_controller_allows_more(
     with pytest.raises(RuntimeError, match="slot 1 of 4: this agent runs 1 slot"):
         await link.next_job(1, slot=1)
     assert (await link.next_job(10, slot=0)) is not None
+
+
+async def test_a_progress_report_nobody_answers_does_not_hold_up_the_job(
+        secure: Secure, agent_a: Session, ctl: Session) -> None:
+    """Found by a slow run of test_controller.py: a controller SIGKILLed while a progress
+    report was on its way left the report unanswered, and the job's end waited out the
+    request timeout after FFmpeg had finished. Progress goes in the background now, one at
+    a time, and is dropped when the job's outcome is due."""
+    assert secure.control is not None
+    await secure.control.dispatcher.stop()  # a dead dispatcher: it hears, and never answers
+    heard = await ctl.nc.subscribe("fleet.report.vf-a")
+    await ctl.nc.flush()
+    reporter = ProgressReporter(link=DispatchLink(agent_a.nc, "vf-a", timeout_s=30),
+                                tenant="alice", job_id="j1", attempt=1, agent_id="vf-a",
+                                clock=time.time, min_interval_s=0.0)
+    reporter.expected_duration_s = 10.0
+    await reporter(ProgressUpdate(media_time_s=2.0, speed=1.0, done=False))  # returns at once
+    report = await heard.next_msg(timeout=5)  # ... while its report waits for an answer
+    assert decode_report(report.data).percent == 20.0  # type: ignore[union-attr]
+    await reporter(ProgressUpdate(media_time_s=4.0, speed=1.0, done=False))  # dropped: one
+    await reporter.close()                                         # is still on its way
+    with pytest.raises(nats.errors.TimeoutError):
+        await heard.next_msg(timeout=0.5)
+    assert reporter.published == 0
