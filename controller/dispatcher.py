@@ -201,6 +201,7 @@ class Dispatcher:
         if refused := self._waiters.refusal(agent_id, request):
             await respond(msg, WorkReply(error=refused))
             return
+        share = self._price(agent_id, request.price_per_hour) / self._waiters.slots(agent_id)
         await self._waiters.withdraw(agent_id, request.slot)  # superseded by this one
         assert self._leases is not None
         assert self._nc is not None
@@ -209,9 +210,7 @@ class Dispatcher:
             await respond(msg, WorkReply())
             return
         await self.cache.note_build(request.build)
-        self._waiters.add(msg, agent_id, request.slot, request.wait_s,
-                          self._price(agent_id, request.price_per_hour)
-                          / self._waiters.slots(agent_id))
+        self._waiters.add(msg, agent_id, request.slot, request.wait_s, share)
 
     def _price(self, agent_id: str, stated: float) -> float:
         """An agent's credentials may be stolen: its own word on its price would let it
@@ -233,8 +232,8 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def _feed_once(self, psub: JetStreamContext.PullSubscription) -> None:
-        await self._waiters.expire()
         assert self._leases is not None
+        await self._waiters.expire(holding=self._leases.holders())
         await self._leases.forget_stale(_STALE_HOLDS * self._ack_wait_s)
         if not self._granting:  # stopping: work requests run out unanswered
             await asyncio.sleep(0.2)

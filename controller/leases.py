@@ -128,6 +128,10 @@ class LeaseBook:
             await self.drop(held.lease)
         return attempts
 
+    def holders(self) -> frozenset[str]:
+        """The agents holding a lease, live or not."""
+        return frozenset(held.lease.agent_id for held in self._held.values())
+
     def held_jobs(self, agent_id: str) -> list[str]:
         """The job ids ``agent_id`` holds right now, in any slot (live leases)."""
         return [held.lease.job_id for held in self._held.values()

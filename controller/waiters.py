@@ -69,13 +69,19 @@ class Waiters:
                                                price_per_hour=price_per_hour)
         self._wake.set()
 
-    async def expire(self) -> None:
-        """Answer, empty, every request whose wait ran out."""
+    async def expire(self, holding: frozenset[str] = frozenset()) -> None:
+        """Answer, empty, every request whose wait ran out; and forget the slot count of
+        each agent with no request open and no lease (in ``holding``): its next request
+        declares it afresh, and with no job in hand there is none to price differently.
+        Machines come and go all day; their counts must not pile up."""
         now = self._mono()
         for key, waiter in list(self._waiting.items()):
             if waiter.until <= now:
                 del self._waiting[key]
                 await respond(waiter.msg, WorkReply())
+        asking = {agent_id for agent_id, _ in self._waiting}
+        for agent_id in [a for a in self._slots if a not in holding and a not in asking]:
+            del self._slots[agent_id]
 
     async def someone(self, timeout_s: float) -> None:
         """Return once an agent waits, or after ``timeout_s``."""

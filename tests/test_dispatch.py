@@ -17,7 +17,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
-from broker.dispatch import Grant, Hold, Release, decode_report
+from broker.dispatch import Grant, Hold, Release, WorkRequest, decode_report
 from broker.events import (
     Failed,
     JobError,
@@ -45,6 +45,7 @@ from broker.subjects import (
 from client.api import Client
 from controller.dispatcher import Dispatcher
 from controller.observe import HeartbeatBook
+from controller.waiters import Waiters
 from gpu_agent.dispatch_link import DispatchLink, LeaseLost
 from gpu_agent.ffmpeg import ProgressUpdate
 from gpu_agent.progress import ProgressReporter
@@ -541,3 +542,22 @@ async def test_a_progress_report_nobody_answers_does_not_hold_up_the_job(
     with pytest.raises(nats.errors.TimeoutError):
         await heard.next_msg(timeout=0.5)
     assert reporter.published == 0
+
+
+async def test_a_slot_count_is_forgotten_only_when_its_agent_holds_and_asks_nothing() -> None:
+    """Machines come and go all day, so the counts cannot be kept for ever; but while an
+    agent holds a job or waits for one its count stays fixed, so no two of its jobs are
+    priced at different shares."""
+    waiters = Waiters(lambda: 0.0, max_slots=4)
+    assert waiters.refusal("vf-a", WorkRequest(slot=1, slots=2)) == ""
+    assert waiters.refusal("vf-a", WorkRequest(slot=0, slots=1))  # fixed at 2
+    await waiters.expire(holding=frozenset({"vf-a"}))  # a lease in hand: kept
+    assert waiters.refusal("vf-a", WorkRequest(slot=0, slots=1))
+    waiters.add(Msg(_client=None, subject="fleet.work.vf-a", reply="r"),  # type: ignore[arg-type]
+                "vf-a", 0, 10.0, 0.4)
+    await waiters.expire(holding=frozenset())  # a request open: kept
+    assert waiters.refusal("vf-a", WorkRequest(slot=0, slots=1))
+    assert waiters.next() is not None  # granted: nothing open, nothing held now
+    await waiters.expire(holding=frozenset())
+    assert waiters.refusal("vf-a", WorkRequest(slot=0, slots=1)) == ""  # declared afresh
+    assert waiters.slots("vf-a") == 1
