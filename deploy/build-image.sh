@@ -70,7 +70,10 @@ fi
 # The project and its dependencies as wheels, into the build context (build/ is ignored by
 # git and, but for the wheels, by the build: see .containerignore).
 rm -rf build/wheels
-"$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir build/wheels .
+"$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir build/wheels/deps .
+# Ours apart from the dependencies: the image installs them in separate layers.
+mkdir -p build/wheels/app
+mv build/wheels/deps/vidfleet-*.whl build/wheels/app/
 podman build --quiet --pull=never --network host -f deploy/agent.Dockerfile -t "$TAG" . \
   >/dev/null
 # Each rebuild leaves the previous image untagged; its layers would pile up in $ROOT.
