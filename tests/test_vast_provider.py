@@ -110,7 +110,10 @@ async def rent(vast: VastProvider, label: str = "vf-t-1", **env: str) -> tuple[O
 async def test_search_sends_a_typed_query_and_never_offers_a_gpu_without_nvenc(
         fake: FakeVast, vast: VastProvider) -> None:
     fake.add_offer("A100X PCIE")  # not in the server-side exclusion list: caught client-side
+    fake.add_offer("RTX A1000")  # has NVENC: "A100" inside its name must not drop it
     offers = await vast.search_offers()
+    assert "RTX A1000" in [o.gpu_name for o in offers]
+    offers = [o for o in offers if o.gpu_name != "RTX A1000"]
     assert [o.gpu_name for o in offers] == ["RTX 3060", "RTX 4090"]  # cheapest first
     cheap = offers[0]
     assert cheap.price_per_hour == pytest.approx(0.09 + 0.15 * 16 / 720)  # storage included

@@ -53,7 +53,8 @@ __all__ = ["DEFAULT_MIN_INTERVAL_S", "VastConfig", "VastProvider", "instance_sta
 DEFAULT_MIN_INTERVAL_S = {"create": 4.5, "destroy": 3.0, "show": 2.0, "list": 1.0,
                           "search": 6.0, "user": 1.0}
 # Vast.ai's spellings of GPUs without NVENC, excluded server-side so a page of offers is not
-# filled with them; the NO_NVENC_GPUS fragments are the authority, checked again client-side.
+# filled with them; controller/ranking.py's has_nvenc (whole words of the name, so an RTX
+# A1000 is not taken for an A100) is the authority, checked again client-side.
 _RUNTYPE_TOKENS = frozenset({"args", "ssh", "ssh_proxy", "ssh_direc", "ssh_direct", "jupyter",
                              "jupyter_proxy", "jupyter_direc", "jupyter_direct"})
 _PAGE_LIMIT = 25  # the v1 list's maximum page

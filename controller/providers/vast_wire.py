@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from broker.tls import is_tls_only
-from controller.policy import NO_NVENC_GPUS, Offer
+from controller.policy import Offer
 from controller.providers.base import InstanceInfo, InstanceState, ProviderError
+from controller.ranking import has_nvenc
 
 if TYPE_CHECKING:
     from controller.providers.vast import VastConfig
@@ -182,8 +183,9 @@ def offer_of(o: VastOffer, config: VastConfig) -> Offer | None:
     An interruptible offer's bid is its own minimum times 1 + ``bid_margin``, and its price
     that bid plus the storage: what the machine bills."""
     name = (o.gpu_name or "").strip()
-    excluded = {*NO_NVENC_GPUS, *(n.upper() for n in config.excluded_gpu_names)}
-    if o.dph_total is None or not name or any(bad in name.upper() for bad in excluded):
+    excluded = [n.upper() for n in config.excluded_gpu_names]  # the operator's, as written
+    if (o.dph_total is None or not name or not has_nvenc(name)
+            or any(bad in name.upper() for bad in excluded)):
         return None
     price, bid = o.dph_total, None
     if config.interruptible:
