@@ -7,9 +7,9 @@ The policy knobs map one to one onto ``Policy``; the Vast.ai settings are read o
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from broker.config import ConfigError, Secret
 from broker.tls import is_tls_only
@@ -61,7 +61,7 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # Jobs each machine runs at once (NVENC sessions run side by side, and decoding, subtitles
     # and audio are CPU work): each pays its share of the machine's price. The agents are
     # told it at launch and the dispatcher holds them to it.
-    slots: int = 1
+    slots: Annotated[int, Meta(ge=1, le=64)] = 1
     idle_timeout_s: float = 300.0
     boot_deadline_s: float = 900.0
     heartbeat_timeout_s: float = 30.0
@@ -97,9 +97,6 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         parse_networks(self.webhook_allow_networks, "VIDFLEET_WEBHOOK_ALLOW_NETWORKS")
-        if not 1 <= self.slots <= 64:
-            raise ConfigError(f"bad configuration in VIDFLEET_SLOTS: {self.slots} jobs per "
-                              "machine; it takes 1 to 64")
 
     def rented_agent_nats_url(self) -> str:
         """The URL rented machines are given; ``ConfigError`` naming the setting unless every

@@ -14,6 +14,8 @@ from broker.events import Queued, event_from_msg
 from broker.jobs import decode_job
 from broker.schema import render, schemas
 from broker.subjects import job_subject, parse_event_subject, validate_job_id, validate_tenant
+from controller.config import ControllerConfig
+from gpu_agent.config import AgentConfig
 from gpu_agent.ffmpeg import ProgressParser, classify_failure
 from gpu_agent.ops.caption import caption_argv, subtitles_filter
 from gpu_agent.ops.common import audio_args, video_args
@@ -147,6 +149,11 @@ def test_config_names_the_variable_and_hides_secrets() -> None:
     assert cfg.api_key.reveal() == "s3cret"
     with pytest.raises(ConfigError, match="VIDFLEET_PORT"):
         load_config(Cfg, env={"VIDFLEET_PORT": "many"})
+    # The fleet's own settings say so the same way, once.
+    for cls in (ControllerConfig, AgentConfig):
+        with pytest.raises(ConfigError) as refused:
+            load_config(cls, env={"VIDFLEET_SLOTS": "0"})
+        assert str(refused.value) == "bad configuration in VIDFLEET_SLOTS: Expected `int` >= 1"
 
 
 def test_checked_in_schemas_match_the_structs() -> None:
