@@ -133,11 +133,10 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
             queue -= starts(ready)
     booting_used = sum(1 for i in live if i.state == "booting" and i.instance_id in used)
     # Idle machines the queue does not need (the warm floor may want them), and booting ones,
-    # soonest first.
+    # soonest first (the lanes' order).
     idle_unused = sum(1 for i in live if i.state == "idle" and i.instance_id not in used)
-    spare = [inst for _, inst in sorted(((_ready_in(i, snap, policy), i) for i in live
-                                          if i.state == "booting" and i.instance_id not in used),
-                                         key=lambda pair: (pair[0], pair[1].instance_id))]
+    spare = list({i.instance_id: i for _, i, _ in lanes
+                  if i.state == "booting" and i.instance_id not in used}.values())
     new = math.ceil(max(0, queue) / (starts(boot_s) * slots))
     # The hedge: 1 + hedge booting machines for each one the queue waits for.
     spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
