@@ -9,7 +9,8 @@ deployment: in production it sits with the controller only.
 Revocations and tenants are kept in KV bucket ``auth`` (keys ``revocations`` and ``tenants``),
 written only from the FLEET account (the controller, ``vidfleet creds``): no tenant or agent
 account imports it. Every account JWT pushed to the server is built from both, so every tenant
-has its account and each account carries all of its revocations.
+has its account and each account carries all of its revocations. A change pushes only the
+accounts it touches (a push costs the account's importers their replies in flight).
 Each revocation is dropped once the revoked user's JWTs have all expired.
 """
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,11 @@ from broker.auth import (
 )
 from broker.config import Secret
 from broker.creds import LiveCredentials, creds_text
+from broker.resolver import push_account_jwt
 from broker.subjects import AUTH_BUCKET, validate_tenant
 
 __all__ = ["ADMIN_NAME", "FOREVER", "AuthDir", "AuthRecordUnreadable", "create_tenant",
-           "publish_accounts", "push_account_jwt", "revoke", "revoke_listed", "revoke_many",
+           "publish_accounts", "revoke", "revoke_listed", "revoke_many",
            "tenants", "write_private"]
 
 ADMIN_NAME = "admin"  # its keys are listed with the clients', under this name
@@ -147,14 +150,6 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-async def push_account_jwt(system: Client, jwt: str, timeout_s: float = 5.0) -> None:
-    """Hand an updated account JWT to the server's resolver (as a system-account user)."""
-    reply = await system.request("$SYS.REQ.CLAIMS.UPDATE", jwt.encode(), timeout=timeout_s)
-    data = msgspec.json.decode(reply.data)
-    if not isinstance(data, dict) or "error" in data:
-        raise RuntimeError(f"account update refused: {data!r}")
-
-
 class AuthRecordUnreadable(RuntimeError):
     """An entry of the auth bucket is not what we write. Nothing is pushed or rewritten
     until an operator repairs it: starting it afresh would drop revocations, and every
@@ -209,13 +204,13 @@ async def tenants(js: JetStreamContext) -> list[Tenant]:
 async def create_tenant(js: JetStreamContext, system: Client, keys: AuthKeys,
                         name: str) -> Tenant:
     """The tenant ``name`` (made once: an existing tenant keeps its account) and its account
-    pushed to the server (with every other account: one code path for all pushes). The
-    caller creates its object stores (broker/topology.py ``ensure_tenant``)."""
+    pushed to the server. The caller creates its object stores (broker/topology.py
+    ``ensure_tenant``)."""
     validate_tenant(name)
     made = new_tenant(name)
     await _update(js, _TENANTS_KEY, lambda d: d if name in d else {**d, name: made.account})
     tenant = next(t for t in await tenants(js) if t.name == name)
-    await publish_accounts(js, system, keys)
+    await publish_accounts(js, system, keys, only={tenant.account})
     return tenant
 
 
@@ -244,7 +239,8 @@ async def revoke_listed(js: JetStreamContext, system: Client, keys: AuthKeys,
 
 async def revoke_many(js: JetStreamContext, system: Client, keys: AuthKeys,
                       users: dict[str, tuple[str, float]], *, now: float | None = None) -> None:
-    """``revoke`` for several users at once: user key -> (account, until); one push."""
+    """``revoke`` for several users at once: user key -> (account, until); one push of each
+    account they belong to, and of no other."""
     stamp = now or time.time()
 
     def add(current: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +252,7 @@ async def revoke_many(js: JetStreamContext, system: Client, keys: AuthKeys,
     await _update(js, _REVOCATIONS_KEY, add)
     # Push the lists as they stand now, not as we wrote them: a concurrent revoker's older
     # push landing after ours must not be the last word.
-    await publish_accounts(js, system, keys)
+    await publish_accounts(js, system, keys, only={account for account, _ in users.values()})
 
 
 def _entry(value: object) -> tuple[float, float, str] | None:
@@ -270,9 +266,13 @@ def _entry(value: object) -> tuple[float, float, str] | None:
         return None
 
 
-async def publish_accounts(js: JetStreamContext, system: Client, keys: AuthKeys) -> None:
-    """Push FLEET, AGENTS and every tenant account with their live revocations (after a
-    server restart the preloaded JWTs know no tenant and may predate some revocations)."""
+async def publish_accounts(js: JetStreamContext, system: Client, keys: AuthKeys, *,
+                           only: Collection[str] | None = None) -> None:
+    """Push FLEET, AGENTS and every tenant account (or those of ``only``, public keys) with
+    their live revocations, each only if the server holds other claims for it (after a
+    server restart the preloaded JWTs know no tenant and may predate some revocations).
+    Pushing an account the change does not touch would cost its importers their replies in
+    flight (broker/resolver.py)."""
     now = time.time()
     current, _ = await _read(js, _REVOCATIONS_KEY)
     by_account: dict[str, dict[str, int]] = {}
@@ -280,11 +280,10 @@ async def publish_accounts(js: JetStreamContext, system: Client, keys: AuthKeys)
         entry = _entry(value)
         if entry and entry[1] > now:
             by_account.setdefault(entry[2], {})[user_key] = int(entry[0])
-    known = await tenants(js)
-    await push_account_jwt(system, fleet_account_jwt(
-        keys, by_account.get(public_key(keys.account))))
-    await push_account_jwt(system, agents_account_jwt(
-        keys, by_account.get(public_key(keys.agents_account))))
-    for tenant in known:
-        await push_account_jwt(system, tenant_account_jwt(
-            keys, tenant, by_account.get(tenant.account)))
+    jwts = {public_key(keys.account): partial(fleet_account_jwt, keys),
+            public_key(keys.agents_account): partial(agents_account_jwt, keys)}
+    for tenant in await tenants(js):
+        jwts[tenant.account] = partial(tenant_account_jwt, keys, tenant)
+    for account, jwt in jwts.items():
+        if only is None or account in only:
+            await push_account_jwt(system, jwt(by_account.get(account)))

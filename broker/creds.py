@@ -4,12 +4,11 @@ signs the server's nonce, as a ``.creds`` file or as credentials re-read at ever
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import nkeys
 
-from broker.auth import TENANT_TAG, Minted
+from broker.auth import TENANT_TAG, Minted, jwt_claims
 from broker.config import Secret
 
 __all__ = ["LiveCredentials", "creds_of", "creds_text"]
@@ -55,9 +54,7 @@ class LiveCredentials:
 
     @property
     def claims(self) -> dict[str, Any]:
-        body = self._jwt.split(".")[1]
-        data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        return data
+        return jwt_claims(self._jwt)
 
     @property
     def name(self) -> str:
