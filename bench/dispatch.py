@@ -33,7 +33,8 @@ from broker.connect import connect  # noqa: E402
 from broker.dispatch import Release  # noqa: E402
 from broker.jobs import CaptionJob, encode_job  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
-from broker.objects import download, upload  # noqa: E402
+from broker.object_writes import upload  # noqa: E402
+from broker.objects import download  # noqa: E402
 from broker.server import EmbeddedServer  # noqa: E402
 from broker.subjects import (  # noqa: E402
     DEFAULT_TENANT,

@@ -53,7 +53,8 @@ from broker.connect import connect  # noqa: E402
 from broker.events import Queued, Started, Succeeded, Timings  # noqa: E402
 from broker.jobs import CaptionJob  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
-from broker.objects import download, upload  # noqa: E402
+from broker.object_writes import upload  # noqa: E402
+from broker.objects import download  # noqa: E402
 from broker.server import EmbeddedServer, find_nats_server  # noqa: E402
 from broker.subjects import DEFAULT_TENANT, inputs_bucket  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
@@ -176,11 +177,22 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
 
 
 @dataclass(frozen=True)
+class ClientPhases:
+    """The client's side of one fleet run, each timed where the client waits for it."""
+
+    upload_s: float  # both inputs into the tenant's inputs bucket
+    submit_s: float  # the gateway's receipt
+    wait_s: float  # the receipt to the outcome event
+    download_s: float  # the result, checked against the outcome's SHA-256
+
+
+@dataclass(frozen=True)
 class RoundResult:
     raw_first: bool
     raw_s: float
     fleet_s: float
     agent: Timings  # the agent's own breakdown of the fleet run
+    client: ClientPhases
     queue_to_start_ms: float
 
     @property
@@ -192,6 +204,16 @@ class RoundResult:
         """Fleet time not spent in the agent's FFmpeg run: measured within one run, so it is
         far steadier on a noisy machine than the difference of two runs."""
         return self.fleet_s - self.agent.encode_s
+
+    def where(self) -> dict[str, float]:
+        """Where the time outside FFmpeg went: the client's own phases, the agent's (the
+        input probe runs beside FFmpeg and is not counted), and the handover (waiting for the
+        outcome beyond the agent's own time: the lease, the events and their delivery)."""
+        a, c = self.agent, self.client
+        return {"client upload": c.upload_s, "submit": c.submit_s, "agent fetch": a.fetch_s,
+                "agent upload": a.upload_s,
+                "agent other": a.total_s - a.fetch_s - a.encode_s - a.upload_s,
+                "handover": c.wait_s - a.total_s, "client download": c.download_s}
 
 
 async def run_raw(stack: Stack, media: Media, out: Path) -> float:
@@ -214,20 +236,24 @@ async def run_raw(stack: Stack, media: Media, out: Path) -> float:
     return elapsed
 
 
-async def run_fleet(stack: Stack, video: Path, srt: Path, out: Path) -> tuple[float, Succeeded]:
+async def run_fleet(stack: Stack, video: Path, srt: Path, out: Path
+                    ) -> tuple[float, Succeeded, ClientPhases]:
     """Upload, submit, wait for the result, download: the whole client path, timed."""
     vf = stack.client
     t0 = time.perf_counter()
     video_ref = await vf.upload_input(video)
     srt_ref = await vf.upload_input(srt)
+    t1 = time.perf_counter()
     receipt = await vf.submit(CaptionJob(video=video_ref, srt=srt_ref, cache=False))
+    t2 = time.perf_counter()
     done = await vf.result(receipt.job_id, timeout_s=JOB_TIMEOUT_S)
     if not isinstance(done, Succeeded):
         raise RuntimeError(f"job {receipt.job_id} failed: {done.error.code}: {done.error.message}")
+    t3 = time.perf_counter()
     await vf.download(done.output, out)
-    elapsed = time.perf_counter() - t0
+    t4 = time.perf_counter()
     out.unlink()
-    return elapsed, done
+    return t4 - t0, done, ClientPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
 
 async def queue_to_start_ms(client: Client, job_id: str) -> float:
@@ -246,16 +272,17 @@ async def queue_to_start_ms(client: Client, job_id: str) -> float:
 
 async def overhead_round(stack: Stack, media: Media, out_dir: Path, n: int) -> RoundResult:
     raw_first = n % 2 == 0
-    raw_s = fleet_s = 0.0
-    done: Succeeded | None = None
+    raw_s = 0.0
+    fleet: tuple[float, Succeeded, ClientPhases] | None = None
     for which in ("raw", "fleet") if raw_first else ("fleet", "raw"):
         if which == "raw":
             raw_s = await run_raw(stack, media, out_dir / "raw.mp4")
         else:
-            fleet_s, done = await run_fleet(stack, media.video, media.srt, out_dir / "fleet.mp4")
-    assert done is not None
+            fleet = await run_fleet(stack, media.video, media.srt, out_dir / "fleet.mp4")
+    assert fleet is not None
+    fleet_s, done, phases = fleet
     latency = await queue_to_start_ms(stack.client, done.job_id)
-    return RoundResult(raw_first, raw_s, fleet_s, done.timings, latency)
+    return RoundResult(raw_first, raw_s, fleet_s, done.timings, phases, latency)
 
 
 def print_round(n: int, r: RoundResult) -> None:
@@ -266,6 +293,8 @@ def print_round(n: int, r: RoundResult) -> None:
           f" total {t.total_s:.2f} s | outside FFmpeg {r.outside_ffmpeg_s:.2f} s"
           f" | queued->started {r.queue_to_start_ms:.1f} ms",
           flush=True)
+    print("      outside FFmpeg, ms: " + "  ".join(
+        f"{k} {v * 1000:.0f}" for k, v in r.where().items()), flush=True)
 
 
 async def overhead_rounds(stack: Stack, media: Media, out_dir: Path,
@@ -404,6 +433,8 @@ def summary_rows(rep: Report) -> list[tuple[str, str, str]]:
          f"<= {OVERHEAD_TARGET:.2f}: {verdict(ratio <= OVERHEAD_TARGET)}"),
         ("fleet time outside FFmpeg, median",
          f"{med(r.outside_ffmpeg_s for r in rep.rounds):.2f} s", ""),
+        *((f"  of which {k}, median", f"{med(r.where()[k] for r in rep.rounds) * 1000:.0f} ms",
+           "") for k in rep.rounds[0].where()),
         (f"submit->started p50 (n={len(rep.latencies_ms)})", f"{p50:.1f} ms",
          f"<= {LATENCY_P50_TARGET_MS:.0f} ms: {verdict(p50 <= LATENCY_P50_TARGET_MS)}"),
         ("submit->started p99", f"{percentile(rep.latencies_ms, 99):.1f} ms", ""),

@@ -13,39 +13,33 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import os
 import secrets
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     ObjectInfo,
-    ObjectMeta,
-    ObjectMetaOptions,
 )
-from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
-from nats.js.kv import MSG_ROLLUP_SUBJECT
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 __all__ = [
     "CHUNK_SIZE_BYTES",
     "ObjectCorrupt",
     "ObjectMissing",
-    "ObjectWriter",
     "StoreFull",
     "delete_object",
     "digest_hex",
     "download",
     "iter_chunks",
     "object_info",
-    "upload",
 ]
 
 CHUNK_SIZE_BYTES = 256 * 1024  # measured best for the pull reader; must stay under max_payload
@@ -65,87 +59,6 @@ class StoreFull(IOError):
     for them to expire."""
 
 
-async def upload(
-    js: JetStreamContext, bucket: str, name: str,
-    source: str | os.PathLike[str] | io.BufferedIOBase,
-    *, description: str | None = None,
-) -> ObjectInfo:
-    """Store a file (path or binary file object) as ``name``. Names should be unique:
-    overwriting needs a purge right that agents are not given."""
-    obs = await js.object_store(bucket)
-    meta = ObjectMeta(name=name, description=description,
-                      options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE_BYTES))
-    try:
-        if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb") as f:
-                return await obs.put(name, f, meta=meta)
-        return await obs.put(name, source, meta=meta)
-    except APIError as exc:
-        if not _full(exc):
-            raise
-        raise await _store_full(js, bucket) from None
-
-
-def _full(exc: APIError) -> bool:
-    return "maximum bytes" in (exc.description or "")
-
-
-class ObjectWriter:
-    """An object written chunk by chunk as the bytes arrive (from another process), in the
-    object-store layout every NATS client reads. The digest and size are the writer's own,
-    computed from what it stored: whoever sent the bytes cannot make them claim anything else.
-
-    Nothing is visible until ``commit``; ``abort`` removes the chunks. Raises StoreFull when
-    the bucket is at its limit."""
-
-    def __init__(self, js: JetStreamContext, bucket: str, name: str) -> None:
-        self._js = js
-        self.bucket = bucket
-        self.name = name
-        self.nuid = secrets.token_hex(11)
-        self.size = 0
-        self.chunks = 0
-        self._sha = hashlib.sha256()
-
-    @property
-    def _chunk_subject(self) -> str:
-        return f"$O.{self.bucket}.C.{self.nuid}"
-
-    async def append(self, data: bytes) -> None:
-        try:
-            await self._js.publish(self._chunk_subject, data)
-        except APIError as exc:
-            if _full(exc):
-                raise await _store_full(self._js, self.bucket) from None
-            raise
-        self._sha.update(data)
-        self.size += len(data)
-        self.chunks += 1
-
-    def sha256_hex(self) -> str:
-        return self._sha.hexdigest()
-
-    async def commit(self, description: str | None = None) -> None:
-        digest = base64.urlsafe_b64encode(self._sha.digest()).decode()
-        info = ObjectInfo(name=self.name, description=description, bucket=self.bucket,
-                          nuid=self.nuid, size=self.size, chunks=self.chunks,
-                          mtime=datetime.now(UTC).isoformat(), digest=f"SHA-256={digest}",
-                          options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE_BYTES))
-        meta = base64.urlsafe_b64encode(self.name.encode()).decode()
-        await self._js.publish(f"$O.{self.bucket}.M.{meta}", json.dumps(info.as_dict()).encode(),
-                               headers={"Nats-Rollup": MSG_ROLLUP_SUBJECT})
-
-    async def abort(self) -> None:
-        with contextlib.suppress(NotFoundError, APIError):
-            await self._js.purge_stream(f"OBJ_{self.bucket}", subject=self._chunk_subject)
-
-
-async def _store_full(js: JetStreamContext, bucket: str) -> StoreFull:
-    limit = (await js.stream_info(f"OBJ_{bucket}")).config.max_bytes
-    return StoreFull(f"bucket {bucket!r} is full (its limit is {limit} bytes): delete "
-                     "objects or wait for them to expire")
-
-
 async def delete_object(js: JetStreamContext, bucket: str, name: str) -> None:
     """Delete an object (its chunks purged, its metadata marked deleted); gone is success."""
     store = await js.object_store(bucket)
@@ -154,11 +67,24 @@ async def delete_object(js: JetStreamContext, bucket: str, name: str) -> None:
 
 
 async def object_info(js: JetStreamContext, bucket: str, name: str) -> ObjectInfo:
-    obs = await js.object_store(bucket)
+    """The object's metadata, in one direct get (nats-py's ``object_store`` plus ``get_info``
+    take two requests, a stream-info first). Raises ObjectMissing for no such object or
+    bucket, ObjectCorrupt for metadata that is not an object's."""
+    meta = base64.urlsafe_b64encode(name.encode()).decode()
     try:
-        return await obs.get_info(name)
-    except (ObjectNotFoundError, NotFoundError):
+        msg = await js.get_last_msg(f"OBJ_{bucket}", f"$O.{bucket}.M.{meta}", direct=True)
+    except NotFoundError:
         raise ObjectMissing(f"no object {name!r} in bucket {bucket!r}") from None
+    except NoRespondersError:  # nobody serves direct gets of a stream that does not exist
+        raise ObjectMissing(f"no object store {bucket!r}") from None
+    try:
+        info = ObjectInfo.from_response(json.loads(msg.data or b""))
+    except (ValueError, TypeError, KeyError):
+        raise ObjectCorrupt(f"object {name!r} in bucket {bucket!r}: unreadable metadata"
+                            ) from None
+    if info.deleted:
+        raise ObjectMissing(f"no object {name!r} in bucket {bucket!r}")
+    return info
 
 
 async def download(

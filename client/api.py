@@ -38,7 +38,8 @@ from broker.events import (
 )
 from broker.fleet import FleetInstance, FleetSummary
 from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
-from broker.objects import ObjectCorrupt, digest_hex, download, upload
+from broker.object_writes import upload
+from broker.objects import ObjectCorrupt, digest_hex, download
 from broker.queries import (
     JobsQuery,
     JobState,

@@ -33,10 +33,10 @@ from broker.dead_letters import (
 from broker.events import Failed
 from broker.jobs import inputs_named
 from broker.jobstate import retryable_failures
+from broker.object_writes import ObjectWriter
 from broker.objects import (
     ObjectCorrupt,
     ObjectMissing,
-    ObjectWriter,
     StoreFull,
     delete_object,
     digest_hex,

@@ -28,7 +28,7 @@ from broker.dead_letters import requeue_offsets
 from broker.dispatch import Grant, Lease, decode_lease, encode
 from broker.events import OutputInfo
 from broker.jobs import inputs_named
-from broker.objects import ObjectWriter
+from broker.object_writes import ObjectWriter
 from broker.result_cache import CACHE_KEY_HEADER
 from broker.stores import kv_keys
 from broker.subjects import LEASES_BUCKET

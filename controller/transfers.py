@@ -29,9 +29,9 @@ from broker.dispatch import (
     ReportReply,
 )
 from broker.events import OutputInfo
+from broker.object_writes import ObjectWriter
 from broker.objects import (
     ObjectMissing,
-    ObjectWriter,
     StoreFull,
     digest_hex,
     iter_chunks,
@@ -137,7 +137,12 @@ class Transfers:
                 return ReportReply(ok=False, code="upload_mismatch",
                                    message="the upload does not match the reported size and "
                                            "SHA-256: send it again")
-            await upload.commit()
+            try:
+                await upload.commit()
+            except StoreFull as exc:  # (a chunk's store fails as late as the commit)
+                await upload.abort()
+                held.upload = None
+                return ReportReply(ok=False, code="results_quota_exceeded", message=str(exc))
             held.upload = None
             stored = held.stored = msgspec.structs.replace(
                 claimed, bucket=upload.bucket, name=upload.name, size_bytes=upload.size,

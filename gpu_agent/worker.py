@@ -194,6 +194,8 @@ class Worker:
             if reply.code == "upload_mismatch":
                 raise JobFailure("upload_failed", f"the result did not arrive whole: "
                                  f"{reply.message}", retryable=True)
+            if reply.code == "results_quota_exceeded":  # (found as the result was committed)
+                raise JobFailure(reply.code, f"the result could not be stored: {reply.message}")
         except JobFailure as failure:
             return await self._fail(attempt, failure)
         except (LeaseLost, Unreported):

@@ -9,10 +9,13 @@ import wave
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.events import Failed, Succeeded
 from broker.jobs import AddAudioJob, CaptionJob, Img2VidJob
+from broker.topology import ensure_tenant
+from tests.control_plane import TEST_TOPOLOGY
 
 BROKEN_TIMESTAMP_SRT = "1\n00:00:00,500 -> 00:00:01,500\nHello\n"
 NOT_UTF8_SRT = "1\n00:00:00,500 --> 00:00:01,500\nCaf\xe9\n".encode("latin-1")
@@ -130,3 +133,19 @@ async def test_an_empty_audio_file_is_called_empty(client, agent, media_dir: Pat
     assert isinstance(failed, Failed) and failed.error.code == "invalid_input"
     assert "audio: holds no audio" in failed.error.message, failed.error.message
     assert "offset_s" not in failed.error.message
+
+
+async def test_a_result_over_the_tenants_quota_fails_its_job_and_says_so(
+        client, agent, js, media_dir: Path) -> None:
+    """The result's chunks are stored up to 16 at a time, so a full bucket may be found only
+    as the result is committed, after the agent has sent its outcome: the job still fails
+    with the quota's code, not as a lost upload tried again elsewhere."""
+    small = msgspec.structs.replace(TEST_TOPOLOGY, tenant_results_max_bytes=20_000)
+    await ensure_tenant(js, small, "default", resize=True)
+    receipt = await client.submit(CaptionJob(
+        video=await client.upload_input(media_dir / "talk.mp4"),
+        srt=await client.upload_input(media_dir / "talk.srt")))
+    failed = await client.result(receipt.job_id, timeout_s=60)
+    assert isinstance(failed, Failed) and failed.error.code == "results_quota_exceeded"
+    assert "limit is 20000 bytes" in failed.error.message, failed.error.message
+    assert failed.attempt == 1  # no other machine would do better

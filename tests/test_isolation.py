@@ -22,7 +22,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from broker.auth_store import AuthRecordUnreadable, create_tenant, publish_accounts, revoke
 from broker.events import OutputInfo
 from broker.jobs import CaptionJob
-from broker.objects import ObjectCorrupt, StoreFull, digest_hex, upload
+from broker.object_writes import upload
+from broker.objects import ObjectCorrupt, StoreFull, digest_hex
 from broker.subjects import (
     AUTH_BUCKET,
     EVENTS_STREAM,
