@@ -44,6 +44,7 @@ __all__ = [
 
 CHUNK_SIZE_BYTES = 256 * 1024  # measured best for the pull reader; must stay under max_payload
 _FETCH_BATCH = 64
+_FIRST_BATCH = 2  # then twice as many each time, up to _FETCH_BATCH
 
 
 class ObjectMissing(LookupError):
@@ -128,13 +129,19 @@ async def _copy_chunks(
 async def iter_chunks(js: JetStreamContext, bucket: str, info: ObjectInfo,
                       chunk_timeout_s: float = 10.0) -> AsyncGenerator[bytes, None]:
     """The object's chunks in order, read in batches by an ephemeral pull consumer (removed
-    when the iterator is closed, or by the server 30 s after its reader vanished). Raises
+    when the iterator is closed, or by the server 30 s after its reader vanished); a
+    one-chunk object by a direct get. Raises
     TimeoutError when no chunk arrives for ``chunk_timeout_s``. Unverified: callers check
     size and digest."""
     chunks = info.chunks or 0
     if chunks == 0:
         return
     stream = f"OBJ_{bucket}"
+    if chunks == 1:  # one direct get, not a consumer made, pulled from and deleted
+        with contextlib.suppress(NotFoundError):  # (a chunk gone fails the caller's check)
+            only = await js.get_last_msg(stream, f"$O.{bucket}.C.{info.nuid}", direct=True)
+            yield only.data or b""
+        return
     consumer = f"download-{secrets.token_hex(8)}"
     await js.add_consumer(stream, ConsumerConfig(
         name=consumer,
@@ -147,9 +154,12 @@ async def iter_chunks(js: JetStreamContext, bucket: str, info: ObjectInfo,
     ))
     sub = await js.pull_subscribe_bind(consumer=consumer, stream=stream)
     try:
-        received = 0
+        received, batch = 0, _FIRST_BATCH
         while received < chunks:
-            msgs = await sub.fetch(min(_FETCH_BATCH, chunks - received), timeout=chunk_timeout_s)
+            # A fetch returns when its whole batch is in: small first batches let whoever
+            # relays or writes the chunks start while the rest are on their way.
+            msgs = await sub.fetch(min(batch, chunks - received), timeout=chunk_timeout_s)
+            batch = min(batch * 2, _FETCH_BATCH)
             for msg in msgs:
                 yield msg.data
             received += len(msgs)

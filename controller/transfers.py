@@ -82,15 +82,15 @@ class Transfers:
                 return await refuse(nc, msg, f"missing: the object has no chunk "
                                              f"{request.index}")
             reading.position += 1
-            if reading.position == (reading.info.chunks or 0):
-                await reading.close()
-                del held.reading[request.name]
         except ObjectMissing as exc:
             return await refuse(nc, msg, f"missing: {exc}")
         except (nats.errors.Error, TimeoutError) as exc:
             held.reading.pop(request.name, None)
             return await refuse(nc, msg, f"unavailable: {type(exc).__name__}: {exc}")
-        return await _send(nc, msg, data, {})
+        await _send(nc, msg, data, {})
+        if reading.position == (reading.info.chunks or 0):  # (after the answer: not on its path)
+            del held.reading[request.name]
+            await reading.close()
 
     # -- the result ------------------------------------------------------------------------
 

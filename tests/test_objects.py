@@ -92,3 +92,15 @@ async def test_a_full_bucket_is_said_and_the_partial_object_removed(js, tmp_path
     await upload(js, "tiny", "small.bin", src)
     with pytest.raises(ObjectMissing):
         await object_info(js, "tiny", "big.bin")
+
+
+async def test_a_one_chunk_object_whose_chunk_is_gone_is_corrupt_at_once(
+        js, tmp_path: Path) -> None:
+    """(A one-chunk object is read by one direct get: its loss is said, not waited out.)"""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"subtitles")
+    info = await upload(js, "inputs-default", "gone/src.srt", src)
+    await js.purge_stream("OBJ_inputs-default", subject=f"$O.inputs-default.C.{info.nuid}")
+    with pytest.raises(ObjectCorrupt, match="got 0 bytes, expected 9"):
+        await download(js, "inputs-default", "gone/src.srt", tmp_path / "out.srt",
+                       chunk_timeout_s=60)
