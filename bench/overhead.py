@@ -17,8 +17,9 @@ Measured, on an embedded nats-server with one warm in-process agent:
    the job) to its Started event ``at`` (the agent's clock when it begins the attempt); one
    machine, one clock. Gathered over the fleet rounds plus a loop of tiny jobs whose inputs
    are already uploaded, each finishing before the next is submitted. Target: p50 <= 20 ms.
-3. Object-store transfer of a random file: upload MB/s with ``broker.objects.upload``, and
-   download MB/s with ``broker.objects.download`` versus nats-py's ``ObjectStore.get``.
+3. Object-store transfer of a random file: upload MB/s with ``broker.object_writes.upload``
+   versus nats-py's ``ObjectStore.put``, and download MB/s with ``broker.objects.download``
+   versus nats-py's ``ObjectStore.get``.
    Target: ours/built-in >= 3x.
 
 Run from the repository root: ``.venv/bin/python bench/overhead.py`` (``--quick`` for a smoke
@@ -48,13 +49,14 @@ if str(REPO_ROOT) not in sys.path:
 
 from nats.aio.client import Client as Nats  # noqa: E402
 from nats.js import JetStreamContext  # noqa: E402
+from nats.js.api import ObjectMeta, ObjectMetaOptions  # noqa: E402
 
 from broker.connect import connect  # noqa: E402
 from broker.events import Queued, Started, Succeeded, Timings  # noqa: E402
 from broker.jobs import CaptionJob  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
 from broker.object_writes import upload  # noqa: E402
-from broker.objects import download  # noqa: E402
+from broker.objects import CHUNK_SIZE_BYTES, download  # noqa: E402
 from broker.server import EmbeddedServer, find_nats_server  # noqa: E402
 from broker.subjects import DEFAULT_TENANT, inputs_bucket  # noqa: E402
 from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
@@ -337,6 +339,7 @@ async def latency_loop(stack: Stack, media: Media, jobs: int) -> list[float]:
 @dataclass(frozen=True)
 class TransferRound:
     upload_mbps: float
+    builtin_upload_mbps: float
     ours_mbps: float
     builtin_mbps: float
 
@@ -344,11 +347,23 @@ class TransferRound:
     def ratio(self) -> float:
         return self.ours_mbps / self.builtin_mbps
 
+    @property
+    def upload_ratio(self) -> float:
+        return self.upload_mbps / self.builtin_upload_mbps
+
 
 async def timed_mbps(size_bytes: int, action: Callable[[], Awaitable[object]]) -> float:
     t0 = time.perf_counter()
     await action()
     return size_bytes / (time.perf_counter() - t0) / 1e6
+
+
+async def builtin_put(js: JetStreamContext, name: str, source: Path) -> None:
+    """nats-py's put, with our chunk size: what our upload was until it sent chunks without
+    waiting for each one's store."""
+    meta = ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE_BYTES))
+    with open(source, "rb") as f:
+        await (await js.object_store(inputs_bucket(DEFAULT_TENANT))).put(name, f, meta=meta)
 
 
 async def builtin_get(js: JetStreamContext, name: str, dest: Path) -> None:
@@ -361,7 +376,16 @@ async def transfer_round(js: JetStreamContext, media: Media, out_dir: Path,
     name = f"bench/{secrets.token_hex(6)}/blob.bin"
     size = media.blob_bytes
     bucket = inputs_bucket(DEFAULT_TENANT)
-    up = await timed_mbps(size, lambda: upload(js, bucket, name, media.blob))
+    store = await js.object_store(bucket)
+    ups: dict[str, float] = {}
+    for which in ("ours", "builtin") if n % 2 == 0 else ("builtin", "ours"):
+        if which == "ours":
+            ups[which] = await timed_mbps(size, lambda: upload(js, bucket, name, media.blob))
+        else:
+            ups[which] = await timed_mbps(size, lambda: builtin_put(js, f"{name}.put",
+                                                                     media.blob))
+            await store.delete(f"{name}.put")
+    up = ups["ours"]
     dest = out_dir / "blob.out"
     speeds: dict[str, float] = {}
     readers = {"ours": lambda: download(js, bucket, name, dest),
@@ -372,9 +396,10 @@ async def transfer_round(js: JetStreamContext, media: Media, out_dir: Path,
             raise RuntimeError(f"{which} download wrote {dest.stat().st_size} of {size} bytes")
         dest.unlink()
     await (await js.object_store(bucket)).delete(name)  # keep the data dir small
-    result = TransferRound(up, speeds["ours"], speeds["builtin"])
+    result = TransferRound(up, ups["builtin"], speeds["ours"], speeds["builtin"])
     print(f"  round {n + 1} ({'ours' if n % 2 == 0 else 'built-in'} first): upload "
-          f"{up:6.1f} MB/s  download ours {result.ours_mbps:6.1f} MB/s  built-in "
+          f"{up:6.1f} MB/s  built-in {ups['builtin']:6.1f} MB/s  download ours "
+          f"{result.ours_mbps:6.1f} MB/s  built-in "
           f"{result.builtin_mbps:6.1f} MB/s  ratio {result.ratio:.2f}x", flush=True)
     return result
 
@@ -439,6 +464,10 @@ def summary_rows(rep: Report) -> list[tuple[str, str, str]]:
          f"<= {LATENCY_P50_TARGET_MS:.0f} ms: {verdict(p50 <= LATENCY_P50_TARGET_MS)}"),
         ("submit->started p99", f"{percentile(rep.latencies_ms, 99):.1f} ms", ""),
         ("object upload, median", f"{med(t.upload_mbps for t in rep.transfers):.1f} MB/s", ""),
+        ("upload, nats-py put, median",
+         f"{med(t.builtin_upload_mbps for t in rep.transfers):.1f} MB/s", ""),
+        ("upload ours / built-in, median of rounds",
+         f"{med(t.upload_ratio for t in rep.transfers):.2f}x", ""),
         ("download, broker.objects, median",
          f"{med(t.ours_mbps for t in rep.transfers):.1f} MB/s", ""),
         ("download, nats-py get, median",
