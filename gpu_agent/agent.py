@@ -65,9 +65,14 @@ def default_agent_id() -> str:
 
 class Agent:
     def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time,
-                 on_outcome: Callable[[JobOutcome], None] | None = None) -> None:
-        """``on_outcome`` is told how each delivered job ended (for metrics and tests)."""
+                 on_outcome: Callable[[JobOutcome], None] | None = None,
+                 probe: Callable[[str], Awaitable[EncoderProbe]] = probe_encoders) -> None:
+        """``on_outcome`` is told how each delivered job ended (for metrics and tests);
+        ``probe`` finds the encoders that work, given the ffmpeg binary (one test encode
+        each: nearly a second of two cores, which a test suite starting a hundred agents on
+        one machine pays once)."""
         self.config = config
+        self._probe = probe
         self._on_outcome = on_outcome
         self.agent_id = config.agent_id or default_agent_id()
         self._clock = clock
@@ -93,7 +98,7 @@ class Agent:
         halt = asyncio.Event()  # stop, a drain command, or the dead-man switch
         deadman = asyncio.Event()
         log = logger.bind(agent_id=self.agent_id)
-        self.encoders = await probe_encoders(self.config.ffmpeg)
+        self.encoders = await self._probe(self.config.ffmpeg)
         fonts_dir = find_fonts_dir(self.config.fonts_dir)
         self.build = await build_id(self.config.ffmpeg, self.encoders, fonts_dir)
         log.info("encoder probe: using {encoder}; unavailable: {failures}; build {build}",

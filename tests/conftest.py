@@ -27,6 +27,7 @@ from client.api import Client
 from controller.credentials import agent_env
 from gpu_agent.agent import Agent
 from gpu_agent.config import AgentConfig
+from gpu_agent.probe import EncoderProbe, probe_encoders
 from gpu_agent.worker import JobOutcome
 from tests.control_plane import TEST_TOPOLOGY, ControlPlane, control_plane
 from tests.media import TWO_CUES_SRT, make_video
@@ -155,11 +156,23 @@ class Outcomes:
         return await asyncio.wait_for(seen(), timeout_s)
 
 
+_probed: dict[str, EncoderProbe] = {}
+
+
+async def probe_once(ffmpeg: str) -> EncoderProbe:
+    """The real encoder probe, run once per session and ffmpeg: its answer cannot change
+    within a run, and each in-process agent probing again cost nearly a second. (Agents run
+    as processes, and the image's, still probe for themselves.)"""
+    if ffmpeg not in _probed:
+        _probed[ffmpeg] = await probe_encoders(ffmpeg)
+    return _probed[ffmpeg]
+
+
 @contextlib.asynccontextmanager
 async def running_agent(config: AgentConfig,
                         outcomes: Outcomes | None = None) -> AsyncIterator[Agent]:
     """An in-process agent, bound and pulling when entered; stopped cleanly on exit."""
-    agent, stop = Agent(config, on_outcome=outcomes), asyncio.Event()
+    agent, stop = Agent(config, on_outcome=outcomes, probe=probe_once), asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     ready = asyncio.create_task(agent.ready.wait())
     done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
