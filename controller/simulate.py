@@ -35,8 +35,9 @@ def run_ours(jobs: Sequence[TraceJob], *, policy: Policy, model: ProviderModel,
              work: WorkModel, seed: int, tick_s: float = 5.0) -> Outcome:
     """One replay of ``decide()`` alone, with everything the run observed."""
     market = Market(make_offers(model, seed), offer_away_s=model.offer_away_s)
-    return simulate_policy(_states(jobs, work), policy=policy, market=market,
-                           fates=RandomFates(model, seed), tick_s=tick_s)
+    return simulate_policy(_states(jobs, work), policy=structs.replace(policy, slots=model.slots),
+                           market=market, fates=RandomFates(model, seed), tick_s=tick_s,
+                           slots=model.slots, slot_gain=model.slot_gain)
 
 
 def _ours_result(outcome: Outcome) -> PolicyResult:
@@ -79,7 +80,8 @@ def compare(name: str, jobs: Sequence[TraceJob], *, policy: Policy,
                           fates=RandomFates(model, seed))
     pool = _pool(jobs, policy=policy, model=model, work=work, seed=seed, size=pool_size,
                  p95_s=ours.wait_p95_s)
-    bound = lower_bound(_states(jobs, work), policy=policy, offers=offers)
+    bound = lower_bound(_states(jobs, work), policy=policy, offers=offers,
+                        slot_gain=model.slot_gain)
     span_s = jobs[-1].arrival_s - jobs[0].arrival_s if jobs else 0.0
     return Report(trace=name, jobs=len(jobs), work_s=sum(work.work_s(j) for j in jobs),
                   span_s=span_s, results=(ours, old, pool, bound))

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from msgspec import structs
 
 from controller.estimate import PRIOR_JOB_S, JobTimes
 from controller.observe import Backlog, SpeedBook
@@ -76,6 +77,39 @@ def test_one_job_scales_from_zero_runs_and_the_machine_goes_after_the_idle_timeo
     assert out.ticks[0].rate_per_hour == 0.36  # still booting, the policy sees all of it
     assert out.metered_cost == pytest.approx(0.0385)
     assert out.max_day_spend == pytest.approx(0.0385)
+
+
+def test_two_slots_share_one_machine_as_the_agent_runs_them() -> None:
+    """Processor sharing: two jobs of 100 s each alone, on one machine whose two slots
+    together go 1.5 times as fast, take 100 x 2 / 1.5 = 133.3 s each when they run side by
+    side; the third, alone afterwards, its 100 s. The policy counts the slots: one machine
+    for three jobs when the queue fits its slots (max_instances 1 only caps it)."""
+    policy = structs.replace(POLICY, max_instances=1, slots=2)
+    three = jobs((0.0, 100.0), (0.0, 100.0), (1.0, 100.0))
+    out = simulate_policy(three, policy=policy, market=market(0.36),
+                          fates=ScheduledFates(default_boot_s=60.0), slots=2, slot_gain=1.5)
+    assert out.machines == 1
+    assert [j.started_at for j in three] == [60.0, 60.0, pytest.approx(60 + 400 / 3)]
+    assert [j.done_at for j in three] == [pytest.approx(60 + 400 / 3)] * 2 + [
+        pytest.approx(60 + 400 / 3 + 100)]
+    assert out.busy_s == pytest.approx(400 / 3 + 100)  # the machine was busy that long
+    assert out.work_done_s == pytest.approx(300.0)  # and did the three jobs' work
+    alone = simulate_policy(jobs((0.0, 100.0)), policy=policy, market=market(0.36),
+                            fates=ScheduledFates(default_boot_s=60.0), slots=2,
+                            slot_gain=1.5)
+    assert alone.busy_s == pytest.approx(100.0)  # one job alone is not slowed
+
+
+def test_a_dead_agent_hands_back_every_job_it_ran() -> None:
+    """Both of a two-slot machine's jobs come back when its agent dies under them."""
+    policy = structs.replace(POLICY, max_instances=2, slots=2)
+    two = jobs((0.0, 100.0), (0.0, 100.0))
+    out = simulate_policy(two, policy=policy, market=market(0.36, 0.36),
+                          fates=ScheduledFates(default_boot_s=60.0, deaths={(0, 0): 0.5}),
+                          slots=2, slot_gain=1.0)
+    assert out.unfinished_jobs == 0
+    assert all(j.done_at is not None and j.done_at > 60 + 100 for j in two)
+    assert out.machines == 2  # the dead one replaced
 
 
 def test_caps_hold_under_a_burst() -> None:
@@ -281,11 +315,12 @@ def test_the_simulator_sees_the_backlog_as_the_controller_does() -> None:
     live = book.work_s(Backlog(queued_jobs=4, running_jobs=3), running_for_s=[10.0, 90.0])
     running = Machine(launch=0, machine_id=1, gpu_name="RTX 4090", price_per_hour=0.3,
                       storage_per_hour=0.0, speed=1.0, launched_at=0.0, booted_at=5.0,
-                      job=0, job_started_at=990.0, job_duration_s=5000.0)  # truly 5000 s
-    long = dataclasses.replace(running, launch=1, job_started_at=910.0)
+                      work_left={0: 5000.0}, job_started={0: 990.0})  # truly 5000 s
+    long = dataclasses.replace(running, launch=1, job_started={0: 910.0})
     dead = dataclasses.replace(running, launch=2, dead_at=950.0)
     snapshot = build_snapshot(now=1000.0, queued=4, mean_job_s=times.mean(),
-                              running=[running, long, dead], machines=[], offers=(),
+                              running=[(running, 990.0), (long, 910.0), (dead, 990.0)],
+                              machines=[], offers=(),
                               spent_today=0.0, failed_machines=frozenset(),
                               last_rent_at=None, gpu_speed={})
     assert snapshot.backlog_work_s == pytest.approx(live)

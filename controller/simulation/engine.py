@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import NamedTuple
 
 from msgspec import Struct
 
 from controller.estimate import ArrivalRate, BootTimes, JobTimes
 from controller.policy import Destroy, Drain, Policy, Rent, Snapshot, Unmet, decide
-from controller.simulation.fleet import JobState, Machine, build_snapshot
+from controller.simulation.fleet import JobState, Machine, build_snapshot, fleet_costs
 from controller.simulation.provider import Fates, Market
 
 __all__ = ["Outcome", "TickRecord", "simulate_policy"]
@@ -63,10 +62,11 @@ class Outcome(Struct, frozen=True, kw_only=True):
 
 class _Run:
     def __init__(self, jobs: list[JobState], policy: Policy, market: Market, fates: Fates,
-                 redelivery_s: float) -> None:
+                 redelivery_s: float, slots: int, slot_gain: float) -> None:
         self.jobs, self.policy, self.market, self.fates = jobs, policy, market, fates
+        self.slots, self.slot_gain = slots, slot_gain
         self.redelivery_s = redelivery_s
-        self.events: list[tuple[float, int, str, int, int]] = []
+        self.events: list[tuple[float, int, str, int, int, int]] = []
         self.seq = 0
         self.queue: deque[int] = deque()
         self.times = JobTimes()  # what the controller learns from finished jobs
@@ -74,7 +74,7 @@ class _Run:
         self.boots = BootTimes()  # what the controller measures of its machines' boots
         self.arrived = 0  # jobs submitted so far: the JOBS stream's last sequence
         self.unmet_ticks = 0
-        self.in_flight: dict[int, Machine | None] = {}
+        self.in_flight: dict[int, tuple[Machine, float] | None] = {}  # (machine, started)
         self.machines: list[Machine] = []
         self.live: list[Machine] = []
         self.failed: frozenset[int] = frozenset()
@@ -86,14 +86,14 @@ class _Run:
         for index, job in enumerate(jobs):
             self.push(job.arrival_s, "arrive", index)
 
-    def push(self, at: float, kind: str, a: int, b: int = 0) -> None:
-        heapq.heappush(self.events, (at, self.seq, kind, a, b))
+    def push(self, at: float, kind: str, a: int, b: int = 0, c: int = 0) -> None:
+        heapq.heappush(self.events, (at, self.seq, kind, a, b, c))
         self.seq += 1
 
     # --- what agents and the bus do between ticks
     def run_events(self, until: float) -> None:
         while self.events and self.events[0][0] <= until:
-            at, _, kind, a, b = heapq.heappop(self.events)
+            at, _, kind, a, b, c = heapq.heappop(self.events)
             self.arrived += kind == "arrive"
             if kind in ("arrive", "redeliver"):
                 self.in_flight.pop(a, None)
@@ -101,8 +101,10 @@ class _Run:
             elif kind == "boot" and self.machines[a].destroyed_at is None:
                 self.machines[a].booted_at = self.machines[a].idle_since = at
                 self.boots.add(at - self.machines[a].launched_at)
-            elif kind in ("done", "die") and self.machines[a].job_token == b:
-                self.end_job(self.machines[a], at, died=kind == "die")
+            elif kind == "done" and self.machines[a].token == b:
+                self.end_job(self.machines[a], c, at)
+            elif kind == "die" and self.machines[a].life == b:
+                self.agent_died(self.machines[a], at)
             self.dispatch(at)
 
     def enqueue(self, index: int, *, front: bool) -> None:
@@ -121,36 +123,51 @@ class _Run:
         job = self.jobs[index]
         if job.started_at is None:
             job.started_at = now
-        m.job, m.job_started_at, m.idle_since = index, now, None
-        m.job_duration_s = job.work_s / m.speed
-        m.job_token += 1
-        self.in_flight[index] = m
-        death_s = self.fates.dies_after_s(m.launch, m.jobs_started, m.job_duration_s)
+        self.busy_s += m.advance(now)
+        m.work_left[index], m.job_started[index], m.idle_since = job.work_s, now, None
+        self.in_flight[index] = (m, now)
+        # Deaths come at agent_death_per_hour per busy machine-hour: each job draws its share
+        # (1/slots of the rate over its time alone), so a full machine dies at the full rate.
+        alone_s = job.work_s / m.speed
+        death_s = self.fates.dies_after_s(m.launch, m.jobs_started, alone_s / m.slots)
         m.jobs_started += 1
-        if death_s is None:
-            self.push(now + m.job_duration_s, "done", m.launch, m.job_token)
-        else:
-            self.push(now + death_s, "die", m.launch, m.job_token)
+        if death_s is not None:
+            self.push(now + death_s * m.slots, "die", m.launch, m.life)
+        self.reschedule(m, now)
 
-    def end_job(self, m: Machine, now: float, *, died: bool) -> None:
-        """The job on ``m`` finished, or its agent died (or was destroyed) under it."""
-        index = m.job
-        assert index is not None
-        self.busy_s += now - m.job_started_at
-        m.busy_s += now - m.job_started_at
-        m.job_token += 1
-        if died:
-            m.dead_at = m.dead_at if m.dead_at is not None else now
-            self.in_flight[index] = None  # held by the consumer until ack_wait runs out
-            self.push(now + self.redelivery_s, "redeliver", index)
-            return  # the fleet KV still shows the job: the agent never said otherwise
+    def reschedule(self, m: Machine, now: float) -> None:
+        """Its jobs' pace changed (one started or ended): their finishes move."""
+        m.token += 1
+        pace = m.pace()
+        for index, left in m.work_left.items():
+            self.push(now + max(0.0, left) / pace, "done", m.launch, m.token, index)
+
+    def end_job(self, m: Machine, index: int, now: float) -> None:
+        """Job ``index`` on ``m`` finished."""
+        self.busy_s += m.advance(now)
+        del m.work_left[index]
+        started = m.job_started.pop(index)
         job = self.jobs[index]
-        job.done_at, m.job, m.idle_since = now, None, now
-        self.times.learn(job.operation, now - m.job_started_at)
+        job.done_at = now
+        if not m.work_left:
+            m.idle_since = now
+        self.times.learn(job.operation, now - started)
         del self.in_flight[index]
         self.done += 1
         total, count = self.speed_sums.get(m.gpu_name, (0.0, 0))
         self.speed_sums[m.gpu_name] = (total + m.speed, count + 1)
+        self.reschedule(m, now)
+
+    def agent_died(self, m: Machine, now: float) -> None:
+        """Its agent died (or the machine was destroyed) under its jobs: each comes back
+        once the consumer's ack wait runs out; the fleet KV still shows them."""
+        self.busy_s += m.advance(now)
+        m.dead_at = m.dead_at if m.dead_at is not None else now
+        m.life += 1
+        m.token += 1
+        for index in m.work_left:
+            self.in_flight[index] = None  # held by the consumer until ack_wait runs out
+            self.push(now + self.redelivery_s, "redeliver", index)
 
     # --- what the controller does on a tick
     def tick(self, number: int, now: float) -> TickRecord:
@@ -195,7 +212,8 @@ class _Run:
             return
         m = Machine(launch=len(self.machines), machine_id=got.offer.machine_id,
                     gpu_name=got.offer.gpu_name, price_per_hour=got.offer.price_per_hour,
-                    storage_per_hour=got.storage_per_hour, speed=got.speed, launched_at=now)
+                    storage_per_hour=got.storage_per_hour, speed=got.speed, launched_at=now,
+                    slots=self.slots, slot_gain=self.slot_gain, shared_since=now)
         self.machines.append(m)
         self.live.append(m)
         boot_s = self.fates.boot_after_s(m.launch, got.offer.inet_down_mbps)
@@ -206,9 +224,9 @@ class _Run:
         m = self.machine(action.instance_id)
         if m.destroyed_at is not None:
             return
-        if m.job is not None and m.dead_at is None:
-            self.jobs_killed += 1
-            self.end_job(m, now, died=True)  # killed mid-job: the job comes back
+        if m.work_left and m.dead_at is None:
+            self.jobs_killed += len(m.work_left)
+            self.agent_died(m, now)  # killed mid-job: its jobs come back
         m.destroyed_at = now
         if m.booted_at is None:
             self.boots.censored(now - m.launched_at)
@@ -239,11 +257,14 @@ class _Run:
 
 def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fates: Fates,
                     tick_s: float = 5.0, redelivery_s: float = 30.0,
-                    horizon_s: float = 2 * _DAY_S) -> Outcome:
+                    horizon_s: float = 2 * _DAY_S, slots: int = 1,
+                    slot_gain: float = 1.0) -> Outcome:
     """Replay ``jobs`` (in arrival order) through ``decide()`` until every job is done and the
     fleet is empty (or, with a warm floor, every job is done), or ``horizon_s`` after the last
-    arrival. ``jobs`` are updated in place with their start and finish times."""
-    run = _Run(jobs, policy, market, fates, redelivery_s)
+    arrival. ``jobs`` are updated in place with their start and finish times. Each machine
+    runs ``slots`` jobs at once, sharing ``slot_gain`` times one job's throughput
+    (``Machine.pace``); the policy counts them (``policy.slots``)."""
+    run = _Run(jobs, policy, market, fates, redelivery_s, slots, slot_gain)
     last_arrival = jobs[-1].arrival_s if jobs else 0.0
     ticks: list[TickRecord] = []
     now, number, drained_at = 0.0, 0, None
@@ -258,7 +279,7 @@ def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fat
             break
         run.bill(now, now + tick_s)
         now, number = now + tick_s, number + 1
-    c = _costs(run.machines, end=now)
+    c = fleet_costs(run.machines, end=now)
     return Outcome(
         waits_s=tuple(j.started_at - j.arrival_s for j in jobs if j.started_at is not None),
         cost=c.boot + c.idle + c.busy, boot_cost=c.boot, idle_cost=c.idle, busy_cost=c.busy,
@@ -269,27 +290,3 @@ def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fat
         drained_at=drained_at if drained_at is not None else now,
         fleet_empty_at=None if run.live else now,
         unfinished_jobs=len(jobs) - run.done, unmet_ticks=run.unmet_ticks)
-
-
-class _Costs(NamedTuple):
-    boot: float
-    idle: float
-    busy: float
-    metered: float
-    work_done_s: float
-    billed_s: float
-    booting_s: float
-
-
-def _costs(machines: list[Machine], *, end: float) -> _Costs:
-    """The bill and the meter of every machine, ``end`` standing in for destroys to come."""
-    boot = idle = busy = metered = work_done_s = billed_s = booting_s = 0.0
-    for m in machines:
-        loading_s, up_s = m.phases_s(end)
-        boot += loading_s * m.storage_per_hour / 3600
-        idle += (up_s - m.busy_s) * m.price_per_hour / 3600
-        busy += m.busy_s * m.price_per_hour / 3600
-        metered += (loading_s + up_s) * m.price_per_hour / 3600
-        work_done_s += m.busy_s * m.speed
-        billed_s, booting_s = billed_s + loading_s + up_s, booting_s + loading_s
-    return _Costs(boot, idle, busy, metered, work_done_s, billed_s, booting_s)

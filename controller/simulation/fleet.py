@@ -8,12 +8,13 @@ agent died keeps its last state and stops heartbeating), the market's listed off
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from controller.estimate import backlog_work_s
 from controller.policy import Instance, Offer, Snapshot
 
-__all__ = ["JobState", "Machine", "build_snapshot"]
+__all__ = ["Costs", "JobState", "Machine", "build_snapshot", "fleet_costs"]
 
 
 @dataclass
@@ -28,12 +29,16 @@ class Machine:
     booted_at: float | None = None  # its agent's first heartbeat
     dead_at: float | None = None  # its agent died: no more heartbeats
     draining: bool = False
-    job: int | None = None  # index into the run's jobs
-    job_token: int = 0  # bumps on every start; stale done/death events carry an old one
-    job_started_at: float = 0.0
-    job_duration_s: float = 0.0
+    slots: int = 1  # jobs its agent runs at once
+    slot_gain: float = 1.0  # its throughput with every slot busy, against one job alone
+    work_left: dict[int, float] = field(default_factory=dict)  # job index -> work still to do
+    job_started: dict[int, float] = field(default_factory=dict)  # job index -> its start here
+    shared_since: float = 0.0  # work_left is as of this moment
+    token: int = 0  # bumps whenever its jobs' pace changes; stale done events carry an old one
+    life: int = 0  # bumps when its agent dies or it is destroyed; stale deaths carry an old one
     jobs_started: int = 0
-    busy_s: float = 0.0  # running jobs, lost work included
+    busy_s: float = 0.0  # running jobs (any), lost work included
+    work_done_s: float = 0.0  # encoder seconds at speed 1.0 done in those, lost work included
     idle_since: float | None = None
     destroyed_at: float | None = None
 
@@ -49,9 +54,31 @@ class Machine:
         return up_from - self.launched_at, gone - up_from
 
     def free(self) -> bool:
-        """Its agent would pull a job now."""
+        """Its agent would pull a job now: a slot is free."""
         return (self.booted_at is not None and self.dead_at is None and not self.draining
-                and self.job is None and self.destroyed_at is None)
+                and len(self.work_left) < self.slots and self.destroyed_at is None)
+
+    def pace(self) -> float:
+        """Work each of its jobs gets done per second: processor sharing. With k of its
+        slots busy, the machine runs at 1 + (slot_gain - 1)(k - 1)/(slots - 1) times its
+        speed, split evenly; one job alone runs at its speed."""
+        k = len(self.work_left)
+        if k <= 1 or self.slots <= 1:
+            return self.speed
+        return self.speed * (1 + (self.slot_gain - 1) * (k - 1) / (self.slots - 1)) / k
+
+    def advance(self, now: float) -> float:
+        """Bring its jobs' work left up to ``now``; returns the busy seconds since the last
+        change (the machine is busy while any job runs)."""
+        elapsed = now - self.shared_since
+        self.shared_since = now
+        if not self.work_left or self.dead_at is not None:  # (a dead agent's jobs stand still)
+            return 0.0
+        done = elapsed * self.pace()
+        self.work_left = {j: left - done for j, left in self.work_left.items()}
+        self.work_done_s += done * len(self.work_left)
+        self.busy_s += elapsed
+        return elapsed
 
     def as_instance(self, now: float) -> Instance:
         if self.booted_at is None:
@@ -59,13 +86,15 @@ class Machine:
         else:
             beat = self.dead_at if self.dead_at is not None else now
             state = ("draining" if self.draining
-                     else "busy" if self.job is not None else "idle")
+                     else "busy" if self.work_left else "idle")
         return Instance(instance_id=self.instance_id, machine_id=self.machine_id,
                         price_per_hour=self.price_per_hour,
                         state=state,  # type: ignore[arg-type]
                         launched_at=self.launched_at, last_heartbeat_at=beat,
-                        idle_since=self.idle_since if self.job is None else None,
-                        job_id=None if self.job is None else f"j{self.job}")
+                        idle_since=None if self.work_left else self.idle_since,
+                        job_id=f"j{min(self.work_left)}" if self.work_left else None,
+                        jobs=len(self.work_left),
+                        slots=self.slots)
 
 
 @dataclass
@@ -78,19 +107,19 @@ class JobState:
 
 
 def build_snapshot(*, now: float, queued: int, mean_job_s: float,
-                   running: list[Machine | None],
+                   running: list[tuple[Machine, float] | None],
                    machines: list[Machine], offers: tuple[Offer, ...], spent_today: float,
                    failed_machines: frozenset[int], last_rent_at: float | None,
                    gpu_speed: dict[str, float], arrivals_per_s: float = 0.0,
                    boot_s: float | None = None) -> Snapshot:
-    """``running``: the machine running each job in flight (None once its agent died: the
-    consumer still holds the job until the redelivery). The backlog's work is the live
-    controller's estimate (controller/estimate.py) from ``mean_job_s``, the finished jobs'
-    mean machine time, and the running jobs' ages; never a job's true work, which no
-    deployment knows before it has run."""
-    alive = [m for m in running if m is not None and m.dead_at is None]
+    """``running``: the machine running each job in flight and the job's start there (None
+    once its agent died: the consumer still holds the job until the redelivery). The
+    backlog's work is the live controller's estimate (controller/estimate.py) from
+    ``mean_job_s``, the finished jobs' mean machine time, and the running jobs' ages; never a
+    job's true work, which no deployment knows before it has run."""
+    alive = [r for r in running if r is not None and r[0].dead_at is None]
     work_s = backlog_work_s(mean_job_s=mean_job_s, queued_jobs=queued,
-                            running_for_s=[now - m.job_started_at for m in alive],
+                            running_for_s=[now - started for _, started in alive],
                             running_unknown=len(running) - len(alive))
     return Snapshot(now=now, queued_jobs=queued, running_jobs=len(running),
                     backlog_work_s=work_s,
@@ -99,3 +128,27 @@ def build_snapshot(*, now: float, queued: int, mean_job_s: float,
                     offers=offers, spent_today=spent_today, failed_machines=failed_machines,
                     last_rent_at=last_rent_at, gpu_speed=dict(gpu_speed),
                     mean_job_s=mean_job_s, arrivals_per_s=arrivals_per_s, boot_s=boot_s)
+
+
+class Costs(NamedTuple):
+    boot: float
+    idle: float
+    busy: float
+    metered: float
+    work_done_s: float
+    billed_s: float
+    booting_s: float
+
+
+def fleet_costs(machines: list[Machine], *, end: float) -> Costs:
+    """The bill and the meter of every machine, ``end`` standing in for destroys to come."""
+    boot = idle = busy = metered = work_done_s = billed_s = booting_s = 0.0
+    for m in machines:
+        loading_s, up_s = m.phases_s(end)
+        boot += loading_s * m.storage_per_hour / 3600
+        idle += (up_s - m.busy_s) * m.price_per_hour / 3600
+        busy += m.busy_s * m.price_per_hour / 3600
+        metered += (loading_s + up_s) * m.price_per_hour / 3600
+        work_done_s += m.work_done_s
+        billed_s, booting_s = billed_s + loading_s + up_s, booting_s + loading_s
+    return Costs(boot, idle, busy, metered, work_done_s, billed_s, booting_s)

@@ -65,9 +65,10 @@ class ProviderModel(Struct, frozen=True, kw_only=True):
     interruptible: bool = False
     bid_fraction: float = 0.5
     interruptions_per_hour: float = 0.0
-    # Several jobs per GPU, as a throughput gain at the same price: a machine finishes jobs
-    # slot_gain times as fast (not modelled as concurrent slots, which would wait a little
-    # longer behind a long job).
+    # Several jobs per GPU: each machine's agent runs `slots` jobs at once, which together go
+    # slot_gain times as fast as one alone (processor sharing, controller/simulation/fleet.py
+    # Machine.pace); the policy counts the slots, as the controller does.
+    slots: int = 1
     slot_gain: float = 1.0
     # Boot as the image pull (issue 13, lever 4); 0 keeps the lognormal above. Otherwise a boot
     # is (startup_s + image_mb * 8 / (the host's inet_down_mbps * pull_efficiency)) times a
@@ -113,7 +114,7 @@ def make_offers(model: ProviderModel, seed: int) -> tuple[MarketOffer, ...]:
         storage_cost = (model.storage_cost_per_gb_month
                         * storage_rng.lognormvariate(0, model.storage_spread))
         storage = min(storage_price_per_hour(storage_cost, model.disk_gb), offer.price_per_hour)
-        speed = kind.speed * rng.lognormvariate(0, 0.08) * model.slot_gain
+        speed = kind.speed * rng.lognormvariate(0, 0.08)
         if model.interruptible:
             gpu = offer.price_per_hour - storage
             offer = structs.replace(offer, price_per_hour=round(storage + gpu * model.bid_fraction,
