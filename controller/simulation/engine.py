@@ -99,7 +99,8 @@ class _Run:
                 self.in_flight.pop(a, None)
                 self.enqueue(a, front=kind == "redeliver")
             elif kind == "boot" and self.machines[a].destroyed_at is None:
-                self.machines[a].booted_at = self.machines[a].idle_since = at
+                m = self.machines[a]
+                m.booted_at = m.idle_since = m.free_since = at
                 self.boots.add(at - self.machines[a].launched_at)
             elif kind == "done" and self.machines[a].token == b:
                 self.end_job(self.machines[a], c, at)
@@ -115,7 +116,8 @@ class _Run:
             free = [m for m in self.live if m.free()]
             if not free:
                 return
-            machine = min(free, key=lambda m: (m.idle_since or 0.0, m.launch))
+            # The slot that has waited longest takes it, as the dispatcher's waiters do.
+            machine = min(free, key=lambda m: (m.free_since, m.launch))
             index = self.queue.popleft()
             self.start_job(machine, index, now)
 
@@ -145,6 +147,8 @@ class _Run:
     def end_job(self, m: Machine, index: int, now: float) -> None:
         """Job ``index`` on ``m`` finished."""
         self.busy_s += m.advance(now)
+        if len(m.work_left) >= m.slots:  # its first free slot (another may have waited longer)
+            m.free_since = now
         del m.work_left[index]
         started = m.job_started.pop(index)
         job = self.jobs[index]

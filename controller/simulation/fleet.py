@@ -39,7 +39,8 @@ class Machine:
     jobs_started: int = 0
     busy_s: float = 0.0  # running jobs (any), lost work included
     work_done_s: float = 0.0  # encoder seconds at speed 1.0 done in those, lost work included
-    idle_since: float | None = None
+    idle_since: float | None = None  # every slot free since
+    free_since: float = 0.0  # a slot free since (while one is)
     destroyed_at: float | None = None
 
     @property
