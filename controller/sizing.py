@@ -11,13 +11,11 @@ Two objectives (controller/policy.py ``Policy``):
   now once overdue, since an overdue host is likely a slow image pull); the queue goes first
   come first served to whichever is free first, each taking the mean job time. The jobs no
   live machine can start in time get new machines, which are free a boot from now. When
-  ``target_wait_s`` is shorter than a boot, nothing rented now can meet it: a queued job is
-  aimed at a boot, and the warm floor keeps machines up for the jobs still to come (below).
+  ``target_wait_s`` is shorter than a boot, nothing rented now can meet it, and the aim is
+  that every job starts within a boot.
 
 Both add the warm floor: ``min_warm``, and ``warm_per_load`` machines per machine of
-measured load (the arrival rate times the mean job time: Little's law), rounded down. With a
-wait target below a boot, the floor is at least the load (in machines: jobs over slots) plus
-its square root, rounded up: only a machine already up can start a job that soon. The
+measured load (the arrival rate times the mean job time: Little's law), rounded down. The
 rate is a median over minutes (controller/estimate.py ``ArrivalRate``), so a batch submission
 sizes the fleet through its queue and leaves no warm machines behind it.
 
@@ -40,12 +38,6 @@ if TYPE_CHECKING:
     from controller.policy import Instance, Policy, Snapshot
 
 __all__ = ["Sizing", "size_fleet"]
-
-# Square-root staffing's margin b: in the Halfin-Whitt limit a share 1 / (1 + b Phi(b) /
-# phi(b)) of arrivals find every slot busy, 0.22 at b = 1 and 0.05 at 1.75. Replayed
-# (bench/below_boot.py), 1.75 bought 2-3 points more jobs started in time than 1 for a
-# quarter more cost: the rest of the misses come from the load changing under the estimate.
-_SPARE = 1.0
 
 
 class Sizing(NamedTuple):
@@ -82,17 +74,9 @@ def _jobs(snap: Snapshot) -> int:
 
 
 def _warm_floor(snap: Snapshot, policy: Policy) -> int:
-    load = snap.arrivals_per_s * snap.mean_job_s  # jobs running at once, on average
-    floor = math.floor(load * policy.warm_per_load) if policy.warm_per_load > 0 else 0
-    if 0 < policy.target_wait_s < _boot_s(snap, policy) and load > 0:
-        # Below a boot only a machine already up starts a job in time: keep enough up that an
-        # arriving job seldom finds every slot busy. Square-root staffing (Halfin and Whitt):
-        # the load plus _SPARE times its square root keeps the share of jobs that wait about
-        # the same at any load, where a fixed margin would be too thin for a busy fleet or
-        # too fat for a quiet one.
-        machines = load / max(1, policy.slots)
-        floor = max(floor, math.ceil(machines + _SPARE * math.sqrt(machines)))
-    return floor
+    if policy.warm_per_load <= 0:
+        return 0
+    return math.floor(snap.arrivals_per_s * snap.mean_job_s * policy.warm_per_load)
 
 
 def _for_drain(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:

@@ -107,22 +107,6 @@ def test_the_floor_follows_the_measured_load() -> None:
         Drain(instance_id="i0")]
 
 
-def test_a_target_below_a_boot_keeps_machines_up_for_the_jobs_to_come() -> None:
-    """Every job should start within 30 s and a boot takes 90: only a machine already up
-    can do it. 4 jobs a minute of 60 s each are 4 machines' worth of load; square-root
-    staffing keeps 4 + 2 up, idle or not, with nothing queued. At 120 s a rent is in time,
-    and nothing is kept; two slots a machine halve the load in machines (2 + 1.41: 4)."""
-    quick = structs.replace(WAIT, target_wait_s=30.0, max_instances=8)
-    assert len(rents(decide(wait_snap(arrivals_per_s=4 / 60), quick))) == 6
-    assert rents(decide(wait_snap(arrivals_per_s=4 / 60), WAIT)) == []
-    two = structs.replace(quick, slots=2)
-    assert len(rents(decide(wait_snap(arrivals_per_s=4 / 60), two))) == 4
-    idle = tuple(inst(f"i{n}", idle_for_s=900) for n in range(7))
-    assert [a for a in decide(wait_snap(instances=idle, arrivals_per_s=4 / 60), quick)] == [
-        Drain(instance_id="i0")]  # the seventh is not needed
-    assert rents(decide(wait_snap(), quick)) == []  # no arrivals seen: nothing kept
-
-
 def test_what_the_caps_prevent_is_reported() -> None:
     capped = structs.replace(WAIT, max_instances=2)
     actions = decide(wait_snap(queued=5), capped)
