@@ -18,7 +18,6 @@ click) runs the job once.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -37,9 +36,7 @@ from broker.events import (
     OutputInfo,
 )
 from broker.fleet import FleetInstance, FleetSummary
-from broker.jobs import JobRequest, decode_job, encode_job, object_ref, operation_of
-from broker.object_writes import upload
-from broker.objects import ObjectCorrupt, digest_hex, download
+from broker.jobs import JobRequest, decode_job, encode_job, operation_of
 from broker.queries import (
     JobsQuery,
     JobState,
@@ -52,8 +49,6 @@ from broker.subjects import (
     DEFAULT_TENANT,
     FLEET_API_PREFIX,
     cancel_subject,
-    inputs_bucket,
-    results_bucket,
     submit_subject,
     validate_job_id,
 )
@@ -66,6 +61,7 @@ from broker.submit import (
 from broker.submit import encode as encode_request
 from broker.webhooks import TenantHooks
 from client.dead_letters import DeadLetterError, DeadLetters
+from client.files import download_result, upload_input
 from client.fleet_view import read_fleet
 from client.job_events import JobEvents, JobNotFound
 from client.webhook_settings import read_settings, write_settings
@@ -152,12 +148,7 @@ class Client(JobEvents):
 
     async def upload_input(self, path: str | Path, name: str | None = None) -> str:
         """Upload a local file to the tenant's inputs bucket; returns its ``obj:<name>``."""
-        path = Path(path)
-        name = name or f"{secrets.token_hex(8)}/{re.sub(r'[^A-Za-z0-9._-]+', '_', path.name)}"
-        if re.search(r"\s", name):
-            raise ValueError(f"object name {name!r} has white space; a job cannot refer to it")
-        await upload(self._js, inputs_bucket(self.tenant), name, path)
-        return object_ref(name)
+        return await upload_input(self._js, self.tenant, path, name)
 
     async def submit(self, job: JobRequest, *, job_id: str | None = None) -> SubmitReceipt:
         """Queue ``job`` under ``job_id`` (a new id when None). Raises SubmitError when the
@@ -269,21 +260,9 @@ class Client(JobEvents):
                 await asyncio.sleep(0.5)
 
     async def download(self, output: OutputInfo, dest: str | Path) -> Path:
-        """Download a result to ``dest`` (a file path, or a directory to put it in). What is
-        written is checked against the outcome's own SHA-256 (and the stored object's) before
-        this returns; on a mismatch the file is deleted and ObjectCorrupt raised."""
-        dest = Path(dest)
-        if dest.is_dir():
-            dest = dest / output.name.replace("/", "-")
-        if output.bucket != results_bucket(self.tenant):
-            raise ObjectCorrupt(f"the result names bucket {output.bucket!r}, not this "
-                                f"tenant's {results_bucket(self.tenant)!r}")
-        info = await download(self._js, output.bucket, output.name, dest)
-        if digest_hex(info) != output.sha256:
-            dest.unlink(missing_ok=True)
-            raise ObjectCorrupt(f"result {output.name!r} is not the file the job's outcome "
-                                "names (SHA-256 differs)")
-        return dest
+        """Download a result to ``dest`` (a file or a directory), checked against the
+        outcome's SHA-256 (client/files.py); ObjectCorrupt on a mismatch."""
+        return await download_result(self._js, self.tenant, output, dest)
 
     async def webhook_settings(self, tenant: str) -> TenantHooks:
         """A tenant's webhook URL and secret (the fleet's own users only)."""
