@@ -22,7 +22,7 @@ from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from broker.auth import fleet_account_jwt, public_key
+from broker.auth import agents_account_jwt, fleet_account_jwt, public_key, tenant_account_jwt
 from broker.auth_store import create_tenant, publish_accounts, revoke
 from broker.resolver import push_account_jwt
 from broker.subjects import (
@@ -82,36 +82,47 @@ async def fleet(nats_server: Secure) -> AsyncIterator[tuple[Session, Session]]:
         nats_server.tenants["alice"] = await create_tenant(js, system.nc, nats_server.keys,
                                                            "alice")
         await ensure_tenant(js, TEST_TOPOLOGY, "alice")
-        # A JWT says when it was issued, in whole seconds: the changes below come a second
-        # after the deployment's pushes, as they would in a deployment that has been up a
-        # while, so a needless push would differ from what the server holds.
-        pushed_at = int(time.time())
-        while int(time.time()) == pushed_at:
-            await asyncio.sleep(0.05)
+        # The server holds JWTs issued an hour ago, as in a deployment that has been up a
+        # while. (A JWT's issue time is in whole seconds, and the server ignores a push of the
+        # very JWT it holds: pushed within the same second, a needless push would go unseen.)
+        hour_ago, keys = time.time() - 3600, nats_server.keys
+        for jwt in (fleet_account_jwt(keys, now=hour_ago), agents_account_jwt(keys, now=hour_ago),
+                    tenant_account_jwt(keys, nats_server.tenants["alice"], now=hour_ago)):
+            await system.nc.request("$SYS.REQ.CLAIMS.UPDATE", jwt.encode(), timeout=5)
         yield ctl, system
 
 
 async def start_work(ctl: Session, agent: Nats, tenant: Nats) -> tuple[SlowServices, InFlight]:
     services = SlowServices()
+    stream = tenant_events_stream("alice")
+    pulled = asyncio.Event()  # FLEET sees the pull request as the consumer gets it
+
+    async def seen(_msg: Msg) -> None:
+        pulled.set()
+
     await ctl.nc.subscribe(report_subject("vf-live"), cb=services.answer)
     await ctl.nc.subscribe("query.alice.slow", cb=services.answer)
+    await ctl.nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.follower", cb=seen)
     await ctl.nc.flush()
+    # A round trip on each requester's connection before its first request: on nats-server
+    # 2.15.1 a request sent within a millisecond or so of a subscription made elsewhere was
+    # now and then answered "no responders" (or missed the new subscriber), and a flush here
+    # was seen to end that.
+    await agent.flush()
+    await tenant.flush()
     requests = [asyncio.create_task(agent.request(report_subject("vf-live"), b"", timeout=30))
                 for _ in range(3)]
     requests.append(asyncio.create_task(tenant.request("query.alice.slow", b"", timeout=30)))
-    stream = tenant_events_stream("alice")
     tenant_js = tenant.jetstream(prefix=FLEET_API_PREFIX)
     await tenant_js.add_consumer(stream, ConsumerConfig(  # as client/job_events.py's watch
         name="follower", filter_subject=events_filter("alice", "j1"),
         ack_policy=AckPolicy.NONE, mem_storage=True))
     follower = await tenant_js.pull_subscribe_bind(consumer="follower", stream=stream)
     pull = asyncio.create_task(follower.fetch(EVENTS_WANTED, timeout=30))  # (returns at the first)
-    fleet_js = ctl.nc.jetstream()
     while services.asked < 4:  # every request has reached FLEET and waits for its answer
         services.heard.clear()
         await asyncio.wait_for(services.heard.wait(), 10)
-    while (await fleet_js.consumer_info(stream, "follower")).num_waiting < 1:
-        await asyncio.sleep(0.01)  # the pull reaches the server
+    await asyncio.wait_for(pulled.wait(), 10)
     return services, InFlight(requests, pull)
 
 
