@@ -35,6 +35,7 @@ from broker.server import EmbeddedServer
 from broker.subjects import FLEET_API_PREFIX, agent_inbox_prefix
 from broker.topology import ensure_tenant, ensure_topology
 from client.api import Client
+from controller.credentials import CredentialAuthority
 from tests.control_plane import TEST_TOPOLOGY, ControlPlane, control_plane
 
 __all__ = ["TENANTS", "Secure", "Session", "connect_as", "ctl", "nats_server",
@@ -61,6 +62,11 @@ class Secure:
         ``tenant``, which must have been created."""
         return mint_user(self.keys, role, name, expires_in_s=expires_in_s,
                          tenant=self.tenants[tenant] if tenant else None)
+
+    def authority(self) -> CredentialAuthority:
+        """The controller's agent credentials (10-minute lifetimes) for machines none of
+        which is on record: every renewal is refused."""
+        return CredentialAuthority(self.keys, agent_lifetime_s=600, known_agent=lambda _: None)
 
     def credentials(self, role: Role, name: str, *,
                     tenant: str | None = None) -> LiveCredentials:

@@ -33,7 +33,6 @@ from broker.subjects import (
     tenant_events_stream,
 )
 from broker.topology import ensure_tenant, ensure_topology
-from controller.credentials import CredentialAuthority
 from tests.control_plane import TEST_TOPOLOGY
 from tests.secure_stack import Secure, Session, connect_as, session
 
@@ -152,8 +151,7 @@ async def test_revocations_new_tenants_and_restarts_drop_no_request_in_flight(
         nats_server: Secure, fleet: tuple[Session, Session]) -> None:
     ctl, system = fleet
     js = ctl.nc.jetstream()
-    authority = CredentialAuthority(nats_server.keys, agent_lifetime_s=600,
-                                    known_agent=lambda _: None)
+    authority = nats_server.authority()
     doomed = authority.mint_agent("vf-doomed")
     closed = asyncio.Event()
 
@@ -199,9 +197,7 @@ async def test_an_account_push_that_changes_fleet_drops_its_replies_in_flight(
     its own users) loses the replies owed across its exports on the real server. If a
     nats-server release stops doing so, this test says it and the care can go."""
     ctl, system = fleet
-    authority = CredentialAuthority(nats_server.keys, agent_lifetime_s=600,
-                                    known_agent=lambda _: None)
-    agent = await connect_as(nats_server, authority.mint_agent("vf-live"))
+    agent = await connect_as(nats_server, nats_server.mint("agent", "vf-live"))
     async with session(nats_server, "client", "app", tenant="alice") as tenant:
         services, work = await start_work(ctl, agent, tenant.nc)
         revoked = {public_key(nats_server.keys.controller_signer): 1}

@@ -109,8 +109,7 @@ async def test_expired_credentials_are_refused(secure, topology) -> None:
 
 
 async def test_revocation_disconnects_a_live_agent(secure, topology) -> None:
-    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600,
-                                    known_agent=lambda _: None)
+    authority = secure.authority()
     minted = authority.mint_agent("vf-doomed")
     closed = asyncio.Event()
 
@@ -270,7 +269,7 @@ async def test_a_revoked_agent_is_cut_off_and_its_job_goes_to_another(
     video = make_video(tmp_path / "long.mp4", seconds=60, size="640x360")
     first = mint_user(secure.keys, "agent", "vf-first", expires_in_s=600)
     second = mint_user(secure.keys, "agent", "vf-second", expires_in_s=600)
-    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600, known_agent=lambda _: None)
+    authority = secure.authority()
     procs = [await start_agent(secure, first, tmp_path)]
     try:
         async with session(secure, "controller", "ctl") as ctl, \
@@ -303,7 +302,7 @@ async def test_an_agent_whose_credentials_are_revoked_destroys_its_own_instance(
     """Credentials gone for good: nothing will use this machine again, so it must not bill
     on (it used to raise before it reached the self-destroy)."""
     minted = mint_user(secure.keys, "agent", "vf-orphan", expires_in_s=600)
-    authority = CredentialAuthority(secure.keys, agent_lifetime_s=600, known_agent=lambda _: None)
+    authority = secure.authority()
     with FakeVast(start_container=FakeContainer) as fake:
         instance_id, key = booted_instance(fake)
         config = AgentConfig(nats_url=secure.url, nats_jwt=minted.jwt.reveal(),
