@@ -120,9 +120,7 @@ class Transfers:
         try:
             await upload.append(msg.data)
         except StoreFull as exc:
-            await upload.abort()
-            held.upload = None
-            return ReportReply(ok=False, code="results_quota_exceeded", message=str(exc))
+            return await _full(held, exc)
         return ReportReply(ok=True)
 
     async def checked_output(self, held: Held, claimed: OutputInfo
@@ -140,9 +138,7 @@ class Transfers:
             try:
                 await upload.commit()
             except StoreFull as exc:  # (a chunk's store fails as late as the commit)
-                await upload.abort()
-                held.upload = None
-                return ReportReply(ok=False, code="results_quota_exceeded", message=str(exc))
+                return await _full(held, exc)
             held.upload = None
             stored = held.stored = msgspec.structs.replace(
                 claimed, bucket=upload.bucket, name=upload.name, size_bytes=upload.size,
@@ -153,6 +149,14 @@ class Transfers:
                                message="no upload of that name and content for this job: "
                                        "send it again")
         return stored
+
+
+async def _full(held: Held, exc: StoreFull) -> ReportReply:
+    """The tenant's results bucket is full: the upload goes, and the agent fails the job."""
+    if held.upload is not None:
+        await held.upload.abort()
+        held.upload = None
+    return ReportReply(ok=False, code="results_quota_exceeded", message=str(exc))
 
 
 async def refuse(nc: Client, msg: Msg, error: str) -> None:
