@@ -120,7 +120,7 @@ class Transfers:
         try:
             await upload.append(msg.data)
         except StoreFull as exc:
-            return await _full(held, exc)
+            return await _quota_refusal(held, exc)
         return ReportReply(ok=True)
 
     async def checked_output(self, held: Held, claimed: OutputInfo
@@ -138,7 +138,7 @@ class Transfers:
             try:
                 await upload.commit()
             except StoreFull as exc:  # (a chunk's store fails as late as the commit)
-                return await _full(held, exc)
+                return await _quota_refusal(held, exc)
             held.upload = None
             stored = held.stored = msgspec.structs.replace(
                 claimed, bucket=upload.bucket, name=upload.name, size_bytes=upload.size,
@@ -151,7 +151,7 @@ class Transfers:
         return stored
 
 
-async def _full(held: Held, exc: StoreFull) -> ReportReply:
+async def _quota_refusal(held: Held, exc: StoreFull) -> ReportReply:
     """The tenant's results bucket is full: the upload goes, and the agent fails the job."""
     if held.upload is not None:
         await held.upload.abort()
