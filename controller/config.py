@@ -58,6 +58,9 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # on Vast.ai, and the first machine up takes the job (the local provider never hedges).
     hedge: float = 1.0
     warm_per_load: float = 0.0  # machines kept up per machine of measured load (rounded down)
+    # With a wait target shorter than most boots, keep the measured load plus its square root
+    # up (in machines), since only a machine already up starts a job that soon.
+    warm_below_boot: bool = True
     # Jobs each machine runs at once (NVENC sessions run side by side, and decoding, subtitles
     # and audio are CPU work): each pays its share of the machine's price. The agents are
     # told it at launch and the dispatcher holds them to it.

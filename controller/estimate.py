@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 __all__ = ["PRIOR_JOB_S", "ArrivalRate", "BootTimes", "JobTimes", "OutbidRates", "Outbids",
-           "backlog_work_s", "ewma"]
+           "backlog_work_s", "ewma", "late_share"]
 
 PRIOR_JOB_S = 60.0  # a job's machine time before any has been measured
 _EWMA = 0.2  # weight of the newest result
@@ -79,14 +79,42 @@ class BootTimes:
     def expected(self) -> float | None:
         if sum(up for _, up in self._seen) < self._least:
             return None
-        left, surviving = len(self._seen), 1.0
-        for seconds, up in sorted(self._seen, key=lambda s: (s[0], not s[1])):
-            if up:
-                surviving *= 1 - 1 / left
-                if surviving <= 0.5:
-                    return seconds
-            left -= 1
+        for seconds, surviving in _still_booting(self._seen):
+            if surviving <= 0.5:
+                return seconds
         return max(s for s, _ in self._seen)  # over half still booting when last seen
+
+    def seen(self) -> tuple[tuple[float, bool], ...]:
+        """The recent boots, (seconds, came up), for ``late_share``; empty until ``least``
+        machines have come up."""
+        if sum(up for _, up in self._seen) < self._least:
+            return ()
+        return tuple(self._seen)
+
+
+def late_share(boots: Sequence[tuple[float, bool]], seconds: float) -> float | None:
+    """The share of rents whose machine takes longer than ``seconds`` to come up, from
+    ``BootTimes.seen()`` (a Kaplan-Meier estimate, so machines destroyed while booting count
+    as censored); None without boots."""
+    late = None
+    for at, surviving in _still_booting(boots):
+        if at > seconds:
+            break
+        late = surviving
+    if late is None:
+        return 1.0 if boots else None
+    return late
+
+
+def _still_booting(boots: Iterable[tuple[float, bool]]) -> Iterable[tuple[float, float]]:
+    """(seconds, share of rents still booting just after it) at each boot that came up."""
+    seen = sorted(boots, key=lambda s: (s[0], not s[1]))
+    left, surviving = len(seen), 1.0
+    for seconds, up in seen:
+        if up:
+            surviving *= 1 - 1 / left
+            yield seconds, surviving
+        left -= 1
 
 
 class ArrivalRate:

@@ -255,8 +255,8 @@ class Controller:
                         gpu_speed=dict(self._speeds.gpu_speed),
                         mean_job_s=self._speeds.times.mean(),
                         arrivals_per_s=self._arrivals.per_s(),
-                        boot_s=machines.boots.expected(), heard_since=self._heard_since,
-                        outbids=machines.outbid_rates())
+                        boot_s=machines.boots.expected(), boots=machines.boots.seen(),
+                        heard_since=self._heard_since, outbids=machines.outbid_rates())
         blocked = state.rent_blocked or self._paused
         if wants_offers(snap, self._policy) and not blocked:
             offers = await self._offers.current_or_none(now, self._alarms)

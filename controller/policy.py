@@ -85,6 +85,7 @@ class Snapshot(Struct, frozen=True, kw_only=True):
     mean_job_s: float = PRIOR_JOB_S  # estimated machine seconds per job (controller/estimate.py)
     arrivals_per_s: float = 0.0  # jobs submitted per second lately, a batch not counted
     boot_s: float | None = None  # measured rent to first heartbeat; None: Policy.expected_boot_s
+    boots: tuple[tuple[float, bool], ...] = ()  # BootTimes.seen(): the recent boots
     outbids: OutbidRates = field(default_factory=lambda: OutbidRates({}))  # learned, by model
     # When this controller began hearing heartbeats: a machine launched before it and not
     # heard yet may be up and idle, its record written before its first heartbeat.
@@ -101,6 +102,7 @@ class Policy(Struct, frozen=True, kw_only=True):
     target_wait_s: float = 0.0
     hedge: float = 0.0  # wait objective: booting machines rented per one a queue waits for, - 1
     warm_per_load: float = 0.0  # machines kept up per machine of measured load, rounded down
+    warm_below_boot: bool = True  # keep machines up when rents come too late (sizing.py)
     idle_timeout_s: float = 300.0
     boot_deadline_s: float = 600.0  # no first heartbeat by then: destroy, avoid the machine
     heartbeat_timeout_s: float = 30.0  # a silent agent is gone

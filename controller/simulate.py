@@ -126,12 +126,17 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, *_OLD_NAMES.get(flag, ()), dest=name, type=kind,
                             default=getattr(defaults, name),
                             help=f"Policy.{name} (default {getattr(defaults, name)})")
+    parser.add_argument("--warm-below-boot", action=argparse.BooleanOptionalAction,
+                        default=defaults.warm_below_boot,
+                        help="Policy.warm_below_boot: keep machines up when rents come up "
+                             f"after the wait target (default {defaults.warm_below_boot})")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    policy = Policy(**{name: getattr(args, name) for name, _ in _POLICY_FLAGS.values()})
+    policy = Policy(**{name: getattr(args, name) for name, _ in _POLICY_FLAGS.values()},
+                    warm_below_boot=args.warm_below_boot)
     try:
         report = run_simulation(args.trace, policy=policy, seed=args.seed, tick_s=args.tick_s,
                                 pool_size=args.pool_size)

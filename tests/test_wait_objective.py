@@ -3,9 +3,10 @@ and the arrival rate that sizes the floor (controller/estimate.py)."""
 
 from __future__ import annotations
 
+import pytest
 from msgspec import structs
 
-from controller.estimate import ArrivalRate, BootTimes
+from controller.estimate import ArrivalRate, BootTimes, late_share
 from controller.policy import Destroy, Drain, Policy, Snapshot, Unmet, decide, wants_offers
 from tests.test_policy import NOW, inst, offer, rents, snap
 
@@ -105,6 +106,50 @@ def test_the_floor_follows_the_measured_load() -> None:
                 if isinstance(a, Drain)]) == 4
     assert [a for a in decide(wait_snap(instances=idle, arrivals_per_s=0.05), by_load)] == [
         Drain(instance_id="i0")]
+
+
+def test_a_target_below_a_boot_keeps_machines_up_for_the_jobs_to_come() -> None:
+    """Every job should start within 30 s and a boot takes 90: only a machine already up
+    can do it. 4 jobs a minute of 60 s each are 4 machines' worth of load; square-root
+    staffing keeps 4 + 2 up, idle or not, with nothing queued. At 120 s a rent is in time,
+    and nothing is kept; two slots a machine halve the load in machines (2 + 1.41: 4)."""
+    quick = structs.replace(WAIT, target_wait_s=30.0, max_instances=8)
+    assert len(rents(decide(wait_snap(arrivals_per_s=4 / 60), quick))) == 6
+    assert rents(decide(wait_snap(arrivals_per_s=4 / 60), WAIT)) == []
+    two = structs.replace(quick, slots=2)
+    assert len(rents(decide(wait_snap(arrivals_per_s=4 / 60), two))) == 4
+    idle = tuple(inst(f"i{n}", idle_for_s=900) for n in range(7))
+    assert [a for a in decide(wait_snap(instances=idle, arrivals_per_s=4 / 60), quick)] == [
+        Drain(instance_id="i0")]  # the seventh is not needed
+    assert rents(decide(wait_snap(), quick)) == []  # no arrivals seen: nothing kept
+    assert rents(decide(wait_snap(arrivals_per_s=4 / 60),
+                        structs.replace(quick, warm_below_boot=False))) == []
+
+
+def test_the_pool_follows_the_share_of_late_boots_not_their_median() -> None:
+    """Every job should start within 100 s, and the measured boots' median is 123 s. With
+    the hedge the first of two machines is late only if both are: 0.7 squared, 0.49 of the
+    time, under the 0.6 that calls for a pool, so nothing is kept warm. Unhedged, a rent is
+    late 0.7 of the time: the pool. A median-against-target trigger switched the pool on and
+    off as the median wandered across the default target (bench/simulate.py: the goals met
+    fell from 10 of 15 to 2)."""
+    seen = BootTimes(keep=20, least=3)
+    for seconds in range(60, 200, 7):  # 20 boots, 60 to 193 s
+        seen.add(float(seconds))
+    assert seen.expected() == 123.0
+    assert late_share(seen.seen(), 100.0) == pytest.approx(0.7)
+    load = {"arrivals_per_s": 4 / 60, "boots": seen.seen(), "boot_s": seen.expected()}
+    hedged = structs.replace(WAIT, target_wait_s=100.0, hedge=1.0, max_instances=8)
+    assert rents(decide(wait_snap(**load), hedged)) == []
+    assert len(rents(decide(wait_snap(**load), structs.replace(hedged, hedge=0.0)))) == 6
+    # A machine destroyed while booting took at least as long: censored, not on time.
+    censored = BootTimes(keep=10, least=3)
+    for _ in range(3):
+        censored.add(50.0)
+        censored.censored(50.0)
+    assert late_share(censored.seen(), 40.0) == 1.0
+    assert late_share(censored.seen(), 60.0) == 0.5  # the rest is unknown: still booting
+    assert late_share(BootTimes().seen(), 60.0) is None  # nothing measured
 
 
 def test_what_the_caps_prevent_is_reported() -> None:

@@ -198,7 +198,8 @@ class _Run:
             running=list(self.in_flight.values()),
             machines=self.live, offers=self.market.listed(now), spent_today=self.spent_today,
             failed_machines=self.failed, last_rent_at=self.last_rent_at, gpu_speed=gpu_speed,
-            arrivals_per_s=self.arrivals.per_s(), boot_s=self.boots.expected())
+            arrivals_per_s=self.arrivals.per_s(), boot_s=self.boots.expected(),
+            boots=self.boots.seen())
 
     def machine(self, instance_id: str) -> Machine:
         return self.machines[int(instance_id[1:])]

@@ -112,7 +112,8 @@ def build_snapshot(*, now: float, queued: int, mean_job_s: float,
                    machines: list[Machine], offers: tuple[Offer, ...], spent_today: float,
                    failed_machines: frozenset[int], last_rent_at: float | None,
                    gpu_speed: dict[str, float], arrivals_per_s: float = 0.0,
-                   boot_s: float | None = None) -> Snapshot:
+                   boot_s: float | None = None,
+                   boots: tuple[tuple[float, bool], ...] = ()) -> Snapshot:
     """``running``: the machine running each job in flight and the job's start there (None
     once its agent died: the consumer still holds the job until the redelivery). The
     backlog's work is the live controller's estimate (controller/estimate.py) from
@@ -128,7 +129,8 @@ def build_snapshot(*, now: float, queued: int, mean_job_s: float,
                                     if m.destroyed_at is None),
                     offers=offers, spent_today=spent_today, failed_machines=failed_machines,
                     last_rent_at=last_rent_at, gpu_speed=dict(gpu_speed),
-                    mean_job_s=mean_job_s, arrivals_per_s=arrivals_per_s, boot_s=boot_s)
+                    mean_job_s=mean_job_s, arrivals_per_s=arrivals_per_s, boot_s=boot_s,
+                    boots=boots)
 
 
 class Costs(NamedTuple):
