@@ -43,6 +43,7 @@ from controller.observe import Backlog, HeartbeatBook, OfferBook, SpeedBook, rea
 from controller.policy import Policy, Snapshot, Unmet, decide, objective, wants_offers
 from controller.providers.base import InstanceInfo, Provider, ProviderError
 from controller.reconcile import Reconciled, reconcile, snapshot_instances
+from controller.sizing import warm_note
 from controller.spend import ProviderBill, SpendMeter
 from controller.waiters import wait_any
 from controller.webhooks import WebhookSender
@@ -78,7 +79,7 @@ class Controller:
         self._beats = HeartbeatBook(clock, holds=self._dispatcher.holds)
         self._speeds = SpeedBook(self._gpu_of)
         self._arrivals = ArrivalRate()
-        self._unmet = ""  # what the objective lacked on the last tick, for vidfleet status
+        self._unmet = self._pool = ""  # the last tick's lack, and warm pool, for vidfleet status
         self._offers = OfferBook(provider, ttl_s=provider.offers_ttl_s)
         self._alarms: list[str] = []
         # Set when a machine could not start our image (registry refused it, no such image):
@@ -251,8 +252,7 @@ class Controller:
                         spent_today=self._meter.spent,
                         failed_machines=frozenset(m for m, t in machines.avoid.items()
                                                   if t > now),
-                        last_rent_at=machines.last_rent_at,
-                        gpu_speed=dict(self._speeds.gpu_speed),
+                        last_rent_at=machines.last_rent_at, gpu_speed=dict(self._speeds.gpu_speed),
                         mean_job_s=self._speeds.times.mean(),
                         arrivals_per_s=self._arrivals.per_s(),
                         boot_s=machines.boots.expected(), boots=machines.boots.seen(),
@@ -261,7 +261,7 @@ class Controller:
         if wants_offers(snap, self._policy) and not blocked:
             offers = await self._offers.current_or_none(now, self._alarms)
             snap = msgspec.structs.replace(snap, offers=offers)
-        self._unmet = ""
+        self._unmet, self._pool = "", warm_note(snap, self._policy)
         for action in decide(snap, self._policy):
             if isinstance(action, Unmet):
                 self._unmet = "" if blocked else f"{action.machines} more machines: {action.reason}"
@@ -285,7 +285,7 @@ class Controller:
             spend_per_hour=rate, spent_today=spent, day=self._meter.day,
             max_spend_per_hour=self._policy.max_price_per_hour,
             max_spend_per_day=self._policy.max_spend_per_day, alarms=self._alarms,
-            objective=objective(self._policy), unmet=self._unmet,
+            objective=objective(self._policy) + self._pool, unmet=self._unmet,
             outbids_per_hour=self._machines.outbid_rates().by_model if self._machines else {},
             billed_today=round(billed, 6), billed_by_provider=by_provider,
             attributed_today=round(attributed, 6),

@@ -46,7 +46,7 @@ from controller.estimate import late_share
 if TYPE_CHECKING:
     from controller.policy import Instance, Policy, Snapshot
 
-__all__ = ["Sizing", "size_fleet"]
+__all__ = ["Sizing", "size_fleet", "warm_note"]
 
 # Square-root staffing's margin b: in the Halfin-Whitt limit a share 1 / (1 + b Phi(b) /
 # phi(b)) of arrivals find every slot busy, 0.22 at b = 1 and 0.05 at 1.75. Replayed
@@ -95,24 +95,39 @@ def _jobs(snap: Snapshot) -> int:
 def _warm_floor(snap: Snapshot, policy: Policy) -> int:
     load = snap.arrivals_per_s * snap.mean_job_s  # jobs running at once, on average
     floor = math.floor(load * policy.warm_per_load) if policy.warm_per_load > 0 else 0
-    if policy.warm_below_boot and load > 0 and _rents_too_late(snap, policy):
-        # Square-root staffing (Halfin and Whitt): the load plus _SPARE times its square root
-        # keeps the share of arrivals that find every slot busy about the same at any load,
-        # where a fixed margin would be too thin for a busy fleet or too fat for a quiet one.
-        machines = load / max(1, policy.slots)
-        floor = max(floor, math.ceil(machines + _SPARE * math.sqrt(machines)))
-    return floor
+    return max(floor, _below_boot_pool(snap, policy))
 
 
-def _rents_too_late(snap: Snapshot, policy: Policy) -> bool:
-    """Whether the first of a hedged rent's 1 + hedge machines mostly comes up after
-    ``target_wait_s``; before any boot is measured, whether the expected boot is longer."""
+def _below_boot_pool(snap: Snapshot, policy: Policy) -> int:
+    """Machines kept up because a rent would come up too late for the target (0: none)."""
+    load = snap.arrivals_per_s * snap.mean_job_s
+    if not policy.warm_below_boot or load <= 0 or _late_rents(snap, policy) <= _LATE:
+        return 0
+    # Square-root staffing (Halfin and Whitt): the load plus _SPARE times its square root
+    # keeps the share of arrivals that find every slot busy about the same at any load,
+    # where a fixed margin would be too thin for a busy fleet or too fat for a quiet one.
+    machines = load / max(1, policy.slots)
+    return math.ceil(machines + _SPARE * math.sqrt(machines))
+
+
+def _late_rents(snap: Snapshot, policy: Policy) -> float:
+    """The share of hedged rents (1 + hedge machines each, the first up counting) that come
+    up after ``target_wait_s``; before any boot is measured, 1 or 0 by the expected boot."""
     if policy.target_wait_s <= 0:
-        return False
+        return 0.0
     late = late_share(snap.boots, policy.target_wait_s)
     if late is None:
-        return policy.target_wait_s < _boot_s(snap, policy)
-    return late ** (1 + policy.hedge) > _LATE
+        return float(policy.target_wait_s < _boot_s(snap, policy))
+    return late ** (1 + policy.hedge)
+
+
+def warm_note(snap: Snapshot, policy: Policy) -> str:
+    """What ``vidfleet status`` adds to the objective when the pool below a boot is kept."""
+    pool = _below_boot_pool(snap, policy)
+    if not pool:
+        return ""
+    return (f", {pool} machines kept up for it (a rent, hedged, comes up later "
+            f"{_late_rents(snap, policy):.0%} of the time)")
 
 
 def _for_drain(snap: Snapshot, policy: Policy, live: list[Instance]) -> int:

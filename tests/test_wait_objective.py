@@ -8,6 +8,7 @@ from msgspec import structs
 
 from controller.estimate import ArrivalRate, BootTimes, late_share
 from controller.policy import Destroy, Drain, Policy, Snapshot, Unmet, decide, wants_offers
+from controller.sizing import warm_note
 from tests.test_policy import NOW, inst, offer, rents, snap
 
 # A job takes 60 s, a boot 90 s, and every queued job should start within 120 s: a machine
@@ -124,6 +125,11 @@ def test_a_target_below_a_boot_keeps_machines_up_for_the_jobs_to_come() -> None:
     assert rents(decide(wait_snap(), quick)) == []  # no arrivals seen: nothing kept
     assert rents(decide(wait_snap(arrivals_per_s=4 / 60),
                         structs.replace(quick, warm_below_boot=False))) == []
+    # What vidfleet status adds to the objective: the pool and why (no boot measured yet:
+    # the expected 90 s is late for 30 s every time).
+    assert warm_note(wait_snap(arrivals_per_s=4 / 60), quick) == (
+        ", 6 machines kept up for it (a rent, hedged, comes up later 100% of the time)")
+    assert warm_note(wait_snap(arrivals_per_s=4 / 60), WAIT) == ""
 
 
 def test_the_pool_follows_the_share_of_late_boots_not_their_median() -> None:
@@ -142,6 +148,8 @@ def test_the_pool_follows_the_share_of_late_boots_not_their_median() -> None:
     hedged = structs.replace(WAIT, target_wait_s=100.0, hedge=1.0, max_instances=8)
     assert rents(decide(wait_snap(**load), hedged)) == []
     assert len(rents(decide(wait_snap(**load), structs.replace(hedged, hedge=0.0)))) == 6
+    assert warm_note(wait_snap(**load), structs.replace(hedged, hedge=0.0)).endswith(
+        "comes up later 70% of the time)")
     # A machine destroyed while booting took at least as long: censored, not on time.
     censored = BootTimes(keep=10, least=3)
     for _ in range(3):
