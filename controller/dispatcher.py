@@ -15,7 +15,8 @@ What that buys, each an attack that now fails (tests/test_dispatch.py):
   ``ack_wait`` and it runs elsewhere;
 - a result's digest and size are computed here from the bytes stored, not taken from the agent;
 - a job's cost is its leases' machine time at the price the controller rented each machine at
-  (controller/job_costs.py), not a figure an agent reports.
+  (controller/job_costs.py), not a figure an agent reports;
+- an agent that sends more at once than its slots need loses its machine (holders.py).
 
 Because it holds the leases, it also answers a tenant's cancels and questions about its jobs
 (controller/tenant_desk.py). The agents waiting for work are in controller/waiters.py.
@@ -93,6 +94,7 @@ class Dispatcher:
         self._clock = clock
         self._mono = monotonic
         self._waiters = Waiters(monotonic, max_slots=max_slots)
+        self.flooders: set[str] = set()  # agents that sent past the bound: destroy their machines
         self._subs: list[Subscription] = []
         self._psub: JetStreamContext.PullSubscription | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -152,7 +154,8 @@ class Dispatcher:
                                                    book=self._leases, transfers=transfers,
                                                    costs=self._costs, letters=self.letters,
                                                    cache=self.cache, clock=self._clock),
-                                   monotonic=self._mono)
+                                   monotonic=self._mono, max_slots=self._waiters.max_slots,
+                                   flooders=self.flooders)
         self._tenants = await TenantDesk.open(
             js=self._js, nc=nc, states=self._states, book=self._leases, costs=self._costs,
             letters=self.letters, holder_lock=self._holders.lock, clock=self._clock)
@@ -181,10 +184,9 @@ class Dispatcher:
         if self._psub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._psub.unsubscribe()
-        if self._holders is not None:
-            self._holders.cancel()
-        if self._tenants is not None:
-            self._tenants.cancel()
+        for desk in (self._holders, self._tenants):
+            if desk is not None:
+                desk.cancel()
         # Leases stay on record: the next dispatcher picks them up.
 
     # -- work requests ---------------------------------------------------------------------
@@ -203,8 +205,7 @@ class Dispatcher:
             return
         share = self._price(agent_id, request.price_per_hour) / self._waiters.slots(agent_id)
         await self._waiters.withdraw(agent_id, request.slot)  # superseded by this one
-        assert self._leases is not None
-        assert self._nc is not None
+        assert self._leases is not None and self._nc is not None
         await self._leases.hand_back(agent_id, request.slot, self._nc)  # one job per slot
         if request.wait_s <= 0:  # "I no longer want work": answered, nothing granted
             await respond(msg, WorkReply())

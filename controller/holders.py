@@ -5,6 +5,13 @@ an agent publish only under its own id) and handed to controller/reports.py or
 controller/transfers.py. One agent's messages are handled in the order sent (its pipelined
 chunks depend on it), different agents' at once: one slow JetStream call must not stall
 every agent's lease.
+
+An agent has at most ``_PER_SLOT`` messages per slot waiting here: our agent never has more
+in flight (two inputs' windows of 16 chunks, then an upload's 16, and its reports), and
+without a bound a stolen credential that sends without waiting for answers would pile its
+chunks up in the controller's memory until it is killed. Past the bound each message is
+answered "unavailable" at once, and the agent lands in ``flooders``: the controller destroys
+its machine, which revokes its credentials.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ from controller.transfers import Transfers, refuse
 
 __all__ = ["HolderDesk", "agent_of", "respond"]
 
+_PER_SLOT = 48
+
 
 class HolderDesk:
     def __init__(self, *, nc: Client, book: LeaseBook, reports: Reports,
-                 transfers: Transfers, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 transfers: Transfers, monotonic: Callable[[], float] = time.monotonic,
+                 max_slots: int = 1, flooders: set[str] | None = None) -> None:
+        """``flooders``: where agents that sent more at once than the bound are put."""
         self._nc = nc
         self._book = book
         self._reports = reports
@@ -46,11 +57,15 @@ class HolderDesk:
         self._mono = monotonic
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}  # messages taken, not yet answered, by agent
+        self.most_waiting = _PER_SLOT * max_slots
+        self.flooders = flooders if flooders is not None else set()
 
     async def subscribe(self) -> list[Subscription]:
         return [await self._nc.subscribe("fleet.report.*", cb=self._ordered(self._on_report)),
                 await self._nc.subscribe("fleet.upload.*", cb=self._ordered(self._on_upload)),
-                await self._nc.subscribe("fleet.input.*", cb=self._ordered(self._on_input))]
+                await self._nc.subscribe("fleet.input.*",
+                                         cb=self._ordered(self._on_input, self._input_busy))]
 
     def cancel(self) -> None:
         for task in list(self._tasks):
@@ -61,28 +76,28 @@ class HolderDesk:
         lease (a cancel) takes it too."""
         return self._locks.setdefault(agent_id, asyncio.Lock())
 
-    def _ordered(self, handler: Callable[[Msg, str], Awaitable[ReportReply | None]]
-               ) -> Callable[[Msg], Awaitable[None]]:
+    def _ordered(self, handler: Callable[[Msg, str], Awaitable[ReportReply | None]],
+                 busy: Callable[[Msg, str], Awaitable[None]] | None = None
+                 ) -> Callable[[Msg], Awaitable[None]]:
         """Each agent's messages in order, different agents' at once: one slow JetStream
-        call must not stall every agent's lease."""
+        call must not stall every agent's lease. ``busy`` answers a message over the bound."""
         async def on_msg(msg: Msg) -> None:
             agent_id = agent_of(msg.subject)
             if agent_id is None or not msg.reply:
                 return
+            if self._waiting.get(agent_id, 0) >= self.most_waiting:
+                return await self._flooded(msg, agent_id, busy)
+            self._waiting[agent_id] = self._waiting.get(agent_id, 0) + 1
 
             async def run() -> None:
-                async with self.lock(agent_id):
-                    try:
-                        reply = await handler(msg, agent_id)
-                    except (nats.errors.Error, TimeoutError) as exc:
-                        reply = ReportReply(ok=False, code="unavailable",
-                                            message=f"{type(exc).__name__}: {exc}")
-                    except Exception as exc:  # a bug: the agent retries, the log says why
-                        logger.exception("handling {subject} failed", subject=msg.subject)
-                        reply = ReportReply(ok=False, code="unavailable",
-                                            message=f"dispatcher error: {type(exc).__name__}")
-                if reply is not None:  # None: the handler answered itself
-                    await respond(msg, reply)
+                try:
+                    async with self.lock(agent_id):
+                        reply = await self._answer(handler, msg, agent_id)
+                    if reply is not None:  # None: the handler answered itself
+                        await respond(msg, reply)
+                finally:
+                    if (left := self._waiting.pop(agent_id) - 1) > 0:
+                        self._waiting[agent_id] = left
             task = asyncio.create_task(run())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -127,6 +142,34 @@ class HolderDesk:
                                message="this job is not leased to you (any more)")
         held.heard_at = self._mono()
         return await self._transfers.take_chunk(msg, held)
+
+    @staticmethod
+    async def _answer(handler: Callable[[Msg, str], Awaitable[ReportReply | None]], msg: Msg,
+                      agent_id: str) -> ReportReply | None:
+        try:
+            return await handler(msg, agent_id)
+        except (nats.errors.Error, TimeoutError) as exc:
+            return ReportReply(ok=False, code="unavailable",
+                               message=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug: the agent retries, the log says why
+            logger.exception("handling {subject} failed", subject=msg.subject)
+            return ReportReply(ok=False, code="unavailable",
+                               message=f"dispatcher error: {type(exc).__name__}")
+
+    async def _flooded(self, msg: Msg, agent_id: str,
+                       busy: Callable[[Msg, str], Awaitable[None]] | None) -> None:
+        if agent_id not in self.flooders:
+            logger.warning("{agent} sent more than {most} messages at once, which our agent "
+                           "never does: refused, and its machine is to be destroyed",
+                           agent=agent_id, most=self.most_waiting)
+            self.flooders.add(agent_id)
+        why = f"too many requests at once (at most {self.most_waiting})"
+        if busy is not None:
+            return await busy(msg, why)
+        await respond(msg, ReportReply(ok=False, code="unavailable", message=why))
+
+    async def _input_busy(self, msg: Msg, why: str) -> None:
+        await refuse(self._nc, msg, f"unavailable: {why}")
 
     # -- helpers ---------------------------------------------------------------------------
 

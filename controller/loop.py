@@ -212,7 +212,7 @@ class Controller:
         assert self._machines is not None
         self._machines.alarms = self._alarms
         await self._machines.apply(state)
-        await self._machines.destroy_liars(self._beats.liars, now)
+        await self._machines.destroy_offenders(self._beats.liars, self._dispatcher.flooders, now)
         await self._machines.retry_revocations()
         await self._machines.resend_drains()
         backlog = await self._backlog()

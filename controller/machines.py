@@ -111,15 +111,20 @@ class Machines:
         except ProviderError as exc:
             log.warning("destroy failed, retried next tick: {error}", error=str(exc))
 
-    async def destroy_liars(self, liars: Iterable[str], now: float) -> None:
-        """A machine that keeps saying it is busy with a job it does not hold would never be
-        scaled down: it goes, and its host is avoided."""
-        for agent_id in sorted(liars):
+    async def destroy_offenders(self, liars: Iterable[str], flooders: Iterable[str],
+                                now: float) -> None:
+        """Machines whose agents misbehave go (their credentials revoked), and their hosts
+        are avoided: one that keeps saying it is busy with a job it does not hold would never
+        be scaled down; one that sends the dispatcher more at once than its slots need is a
+        stolen credential trying to exhaust the controller (controller/holders.py)."""
+        why = {agent_id: "claims to be busy with a job it does not hold" for agent_id in liars}
+        why |= {agent_id: "sent the dispatcher more at once than its slots need"
+                for agent_id in flooders}
+        for agent_id, reason in sorted(why.items()):
             rec = self.records.get(agent_id)
             if rec is not None and rec.state != "destroying":
                 await self.act(Destroy(instance_id=agent_id, avoid_machine=rec.machine_id,
-                                       reason="claims to be busy with a job it does not hold"),
-                               now)
+                                       reason=reason), now)
 
     async def act(self, action: Action, now: float) -> None:
         if isinstance(action, Rent):

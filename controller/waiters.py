@@ -35,7 +35,7 @@ class Waiters:
     def __init__(self, monotonic: Callable[[], float] = time.monotonic, *,
                  max_slots: int = 1) -> None:
         self._mono = monotonic
-        self._max_slots = max_slots
+        self.max_slots = max_slots
         self._slots: dict[str, int] = {}  # agent id -> the slot count it first declared
         self._waiting: dict[tuple[str, int], Waiter] = {}  # (agent, slot) -> its request
         self._wake = asyncio.Event()
@@ -48,11 +48,11 @@ class Waiters:
         its first declaration, capped at ``max_slots``: each of its jobs pays price / slots,
         so one that could change it could price one job at the whole machine and the next at
         a share, and one that could exceed the cap could hoard the queue."""
-        slots = self._slots.setdefault(agent_id, min(request.slots, self._max_slots))
-        if request.slot < slots and min(request.slots, self._max_slots) == slots:
+        slots = self._slots.setdefault(agent_id, min(request.slots, self.max_slots))
+        if request.slot < slots and min(request.slots, self.max_slots) == slots:
             return ""
         return (f"slot {request.slot} of {request.slots}: this agent runs {slots} slot(s) "
-                f"(at most {self._max_slots} here), numbered from 0")
+                f"(at most {self.max_slots} here), numbered from 0")
 
     def slots(self, agent_id: str) -> int:
         return self._slots.get(agent_id, 1)

@@ -11,17 +11,26 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import nats
 import nats.errors
 import pytest
 from msgspec import structs
 from nats.aio.client import Client as Nats
+from nats.aio.client import RawCredentials
 from nats.js.kv import KeyValue
 
+from broker.config import Secret
+from broker.creds import creds_of
 from broker.events import Progress, Succeeded
 from broker.fleet import AgentCommand, ControllerBeat, encode
 from broker.heartbeats import Heartbeat, decode_heartbeat, encode_heartbeat
 from broker.jobs import CaptionJob
-from broker.subjects import CONTROLLER_HEARTBEAT_SUBJECT, FLEET_BUCKET, agent_control_subject
+from broker.subjects import (
+    CONTROLLER_HEARTBEAT_SUBJECT,
+    FLEET_BUCKET,
+    agent_control_subject,
+    agent_inbox_prefix,
+)
 from client.api import Client
 from controller.config import ControllerConfig, policy_of
 from controller.loop import Controller
@@ -216,6 +225,45 @@ async def test_a_machine_that_lies_about_its_job_is_destroyed(
         await until(kv, destroyed, 30)
     assert liar.label not in [i.label for i in await local.list_instances("vf-")
                               if i.state == "running"]
+
+
+async def test_a_machine_whose_agent_floods_the_dispatcher_is_destroyed(
+        nats_server: Secure, nc: Nats, js, operator: Client, local: LocalProvider) -> None:
+    """The machine's host reads the agent's credentials (here from its process environment)
+    and sends the dispatcher hundreds of messages without waiting for answers, to exhaust
+    the controller. The machine is destroyed, and the credentials revoked: the host's
+    connection is cut."""
+    kv = await js.key_value(FLEET_BUCKET)
+    async with running_controller(nats_server, nc, local, WARM):
+        await until(kv, functools.partial(one_serving, operator), 60)
+        flooder = (await operator.fleet())[1][0]
+        environ = dict(line.split("=", 1) for line in Path(
+            f"/proc/{flooder.provider_id}/environ").read_text().split("\0") if "=" in line)
+        jwt = "".join(environ[f"VIDFLEET_NATS_JWT_{n}"] for n in range(9)
+                      if f"VIDFLEET_NATS_JWT_{n}" in environ)
+        cut = asyncio.Event()
+
+        async def closed() -> None:
+            cut.set()
+
+        host = await nats.connect(nats_server.url, user_credentials=RawCredentials(
+            creds_of(jwt, Secret(environ["VIDFLEET_NATS_SEED"]))), closed_cb=closed,
+            allow_reconnect=False, inbox_prefix=agent_inbox_prefix(flooder.label))
+        inbox = host.new_inbox()
+        await host.subscribe(inbox)
+        for _ in range(500):
+            await host.publish(f"fleet.report.{flooder.label}", b"{}", reply=inbox)
+        await host.flush()
+
+        async def destroyed() -> bool:
+            _, machines = await operator.fleet()
+            gone = [m for m in machines if m.label == flooder.label]
+            return not gone or gone[0].state == "destroying"
+
+        await until(kv, destroyed, 30)
+        await asyncio.wait_for(cut.wait(), 30)  # revoked: the server closed it
+    assert flooder.label not in [i.label for i in await local.list_instances("vf-")
+                                 if i.state == "running"]
 
 
 async def test_drain_command_lets_the_job_finish_then_the_agent_exits(

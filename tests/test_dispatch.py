@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,16 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
-from broker.dispatch import Grant, Hold, Release, WorkRequest, decode_report
+from broker.dispatch import (
+    MAX_CHUNK_BYTES,
+    Grant,
+    Hold,
+    Release,
+    ReportReply,
+    WorkRequest,
+    decode_report,
+    decode_report_reply,
+)
 from broker.events import (
     Failed,
     JobError,
@@ -561,3 +571,43 @@ async def test_a_slot_count_is_forgotten_only_when_its_agent_holds_and_asks_noth
     await waiters.expire(holding=frozenset())
     assert waiters.refusal("vf-a", WorkRequest(slot=0, slots=1)) == ""  # declared afresh
     assert waiters.slots("vf-a") == 1
+
+
+async def test_an_agent_that_floods_the_dispatcher_is_refused_and_named(
+        secure: Secure, alice: Client, agent_a: Session, agent_b: Session,
+        tmp_path: Path) -> None:
+    """A stolen agent credential that sends without waiting for answers would pile its
+    messages up in the controller's memory until it is killed. Past 48 waiting per slot,
+    each is answered "unavailable" at once and the agent is named for the controller to
+    destroy its machine (test_controller.py). Our own agent's windows stay under it, and
+    other agents are served as before."""
+    dispatcher = secure.control.dispatcher
+    await alice.submit(_JOB, job_id="j1")
+    grant = await _grant(agent_a)
+    result = tmp_path / "out.mp4"  # 20 chunks: a full window of 16 in flight
+    result.write_bytes(os.urandom(20 * MAX_CHUNK_BYTES))
+    await _link(agent_a).upload(result, tenant="alice", job_id="j1",
+                                name=f"j1/{grant.attempt}/out.mp4")
+    assert dispatcher.flooders == set()
+
+    answers: list[ReportReply] = []
+    all_in = asyncio.Event()
+
+    async def on_answer(msg: Msg) -> None:
+        answers.append(decode_report_reply(msg.data))
+        if len(answers) == 500:
+            all_in.set()
+
+    inbox = agent_a.nc.new_inbox()
+    sub = await agent_a.nc.subscribe(inbox, cb=on_answer)
+    for _ in range(500):  # tiny messages: a read on the dispatcher's side takes many at once
+        await agent_a.nc.publish("fleet.report.vf-a", b"{}", reply=inbox)
+    await agent_a.nc.flush()
+    await asyncio.wait_for(all_in.wait(), 20)
+    await sub.unsubscribe()
+    busy = [a for a in answers if a.message.startswith("too many requests at once")]
+    assert busy and {a.code for a in busy} == {"unavailable"}
+    assert {a.code for a in answers if a not in busy} == {"invalid"}  # the rest were read
+    assert dispatcher.flooders == {"vf-a"}
+    await alice.submit(_JOB, job_id="j2")
+    assert (await _grant(agent_b)).job_id == "j2"
