@@ -6,12 +6,12 @@ controller/transfers.py. One agent's messages are handled in the order sent (its
 chunks depend on it), different agents' at once: one slow JetStream call must not stall
 every agent's lease.
 
-An agent has at most ``_PER_SLOT`` messages per slot waiting here: our agent never has more
-in flight (two inputs' windows of 16 chunks, then an upload's 16, and its reports), and
-without a bound a stolen credential that sends without waiting for answers would pile its
-chunks up in the controller's memory until it is killed. Past the bound each message is
-answered "unavailable" at once, and the agent lands in ``flooders``: the controller destroys
-its machine, which revokes its credentials.
+An agent has at most ``MAX_UNANSWERED_PER_SLOT`` messages per slot waiting here: our agent
+never has more in flight (two inputs' windows of chunk requests, then an upload's window, and
+its reports), and without a bound a stolen credential that sends without waiting for answers
+would pile its chunks up in the controller's memory until it is killed. Past the bound each
+message is answered "unavailable" at once, and the agent lands in ``flooders``: the
+controller destroys its machine, which revokes its credentials.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 
 from broker.dispatch import (
     JOB_HEADER,
+    MAX_UNANSWERED_PER_SLOT,
     ReportReply,
     WorkReply,
     decode_input_request,
@@ -41,8 +42,6 @@ from controller.reports import Reports
 from controller.transfers import Transfers, refuse
 
 __all__ = ["HolderDesk", "agent_of", "respond"]
-
-_PER_SLOT = 48
 
 
 class HolderDesk:
@@ -58,7 +57,7 @@ class HolderDesk:
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}  # messages taken, not yet answered, by agent
-        self.most_waiting = _PER_SLOT * max_slots
+        self.most_waiting = MAX_UNANSWERED_PER_SLOT * max_slots
         self.flooders = flooders if flooders is not None else set()
 
     async def subscribe(self) -> list[Subscription]:

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from broker.dispatch import (
+    CHUNK_WINDOW,
     CHUNKS_HEADER,
     ERROR_HEADER,
     JOB_HEADER,
@@ -40,7 +41,6 @@ from broker.subjects import input_subject, report_subject, upload_subject, work_
 
 __all__ = ["DispatchLink", "InputUnavailable", "LeaseLost", "UploadRefused"]
 
-_WINDOW = 16  # chunk requests in flight at once (4 MiB)
 
 
 class LeaseLost(Exception):
@@ -57,11 +57,15 @@ class InputUnavailable(IOError):
 
 class DispatchLink:
     def __init__(self, nc: Client, agent_id: str, *, timeout_s: float = 10.0,
-                 price_per_hour: float = 0.0, build: str = "", slots: int = 1) -> None:
+                 price_per_hour: float = 0.0, build: str = "", slots: int = 1,
+                 input_window: int = CHUNK_WINDOW, upload_window: int = CHUNK_WINDOW) -> None:
         """``price_per_hour``: this machine's, told with every work request (a job cancelled
         while it runs here is charged its time at this price); ``build`` too (what a cached
         result must have been made by), and ``slots``, how many jobs it runs at once (each
-        asks on its own slot, 0 to slots - 1)."""
+        asks on its own slot, 0 to slots - 1). The windows: chunk requests in flight at once
+        reading an input and sending the result; a transfer moves at most a window per round
+        trip."""
+        self._windows = {"input": input_window, "upload": upload_window}
         self._nc = nc
         self._agent_id = agent_id
         self.slots = slots
@@ -157,7 +161,8 @@ class DispatchLink:
             with open(dest, "wb") as out:
                 requests = (ask(index=i) for i in range(chunks))
                 async with contextlib.aclosing(self._pipelined(
-                        input_subject(self._agent_id), requests)) as replies:
+                        input_subject(self._agent_id), requests,
+                        self._windows["input"])) as replies:
                     async for msg in replies:
                         _input_reply(msg.headers)
                         sha.update(msg.data)
@@ -204,7 +209,8 @@ class DispatchLink:
 
         with open(path, "rb") as f:
             async with contextlib.aclosing(self._pipelined(
-                    upload_subject(self._agent_id), chunks(f))) as replies:
+                    upload_subject(self._agent_id), chunks(f),
+                    self._windows["upload"])) as replies:
                 async for msg in replies:
                     reply = decode_report_reply(msg.data)
                     if reply.ok:
@@ -219,9 +225,9 @@ class DispatchLink:
         return sent, sha.hexdigest()
 
     async def _pipelined(self, subject: str,
-                         requests: Iterator[tuple[bytes, dict[str, str] | None]]
-                         ) -> AsyncGenerator[Msg, None]:
-        """Requests with up to ``_WINDOW`` in flight, replies yielded in order: a link with
+                         requests: Iterator[tuple[bytes, dict[str, str] | None]],
+                         window: int = 1) -> AsyncGenerator[Msg, None]:
+        """Requests with up to ``window`` in flight, replies yielded in order: a link with
         a long round trip (a rented machine far from the server) moves a window a round
         trip, not a chunk. The dispatcher takes one agent's requests in the order sent."""
         flying: deque[asyncio.Task[Msg]] = deque()
@@ -229,7 +235,7 @@ class DispatchLink:
             for data, headers in requests:
                 flying.append(asyncio.create_task(self._nc.request(
                     subject, data, timeout=self._timeout_s, headers=headers)))
-                if len(flying) >= _WINDOW:
+                if len(flying) >= window:
                     yield await flying.popleft()
             while flying:
                 yield await flying.popleft()

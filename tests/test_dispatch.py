@@ -577,15 +577,15 @@ async def test_an_agent_that_floods_the_dispatcher_is_refused_and_named(
         secure: Secure, alice: Client, agent_a: Session, agent_b: Session,
         tmp_path: Path) -> None:
     """A stolen agent credential that sends without waiting for answers would pile its
-    messages up in the controller's memory until it is killed. Past 48 waiting per slot,
+    messages up in the controller's memory until it is killed. Past 80 waiting per slot,
     each is answered "unavailable" at once and the agent is named for the controller to
     destroy its machine (test_controller.py). Our own agent's windows stay under it, and
     other agents are served as before."""
     dispatcher = secure.control.dispatcher
     await alice.submit(_JOB, job_id="j1")
     grant = await _grant(agent_a)
-    result = tmp_path / "out.mp4"  # 20 chunks: a full window of 16 in flight
-    result.write_bytes(os.urandom(20 * MAX_CHUNK_BYTES))
+    result = tmp_path / "out.mp4"  # 40 chunks: a full window of 32 in flight
+    result.write_bytes(os.urandom(40 * MAX_CHUNK_BYTES))
     await _link(agent_a).upload(result, tenant="alice", job_id="j1",
                                 name=f"j1/{grant.attempt}/out.mp4")
     assert dispatcher.flooders == set()
