@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from nats.js import JetStreamContext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -52,7 +57,16 @@ AGENT = "vf-bench"
 TENANT = DEFAULT_TENANT
 
 
-async def _run(mib: int, rounds: int) -> None:
+class Stand(NamedTuple):
+    url: str  # the embedded server's
+    root: Path  # a temporary directory
+    src: Path  # the input, stored in the default tenant's bucket as input.bin
+    js: JetStreamContext  # the controller's
+
+
+@contextlib.asynccontextmanager
+async def dispatch_stand(mib: int, *, max_slots: int = 1) -> AsyncIterator[Stand]:
+    """An embedded server with the topology, a ``mib`` MiB input stored, and a dispatcher."""
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "nats") as server:
         root = Path(tmp)
         src = root / "input.bin"
@@ -62,9 +76,18 @@ async def _run(mib: int, rounds: int) -> None:
         await ensure_topology(js, TopologyConfig(tenant_inputs_max_bytes=4 << 30,
                                                  tenant_results_max_bytes=4 << 30))
         await upload(js, inputs_bucket(TENANT), "input.bin", src)
-        dispatcher = Dispatcher(js)
+        dispatcher = Dispatcher(js, max_slots=max_slots)
         await dispatcher.start(ctl)
-        agent_nc = await connect(server.url, name=AGENT)
+        try:
+            yield Stand(server.url, root, src, js)
+        finally:
+            await dispatcher.stop()
+            await ctl.close()
+
+
+async def _run(mib: int, rounds: int) -> None:
+    async with dispatch_stand(mib) as (url, root, src, js):
+        agent_nc = await connect(url, name=AGENT)
         link = DispatchLink(agent_nc, AGENT, timeout_s=30)
         seconds: dict[str, list[float]] = {k: [] for k in (
             "input via dispatcher", "input direct", "result via dispatcher", "result direct")}
@@ -93,8 +116,6 @@ async def _run(mib: int, rounds: int) -> None:
             await js.purge_stream(JOBS_STREAM)
         handover = await _handover(js, link, rounds=50)
         await agent_nc.close()
-        await dispatcher.stop()
-        await ctl.close()
     rate = {k: mib / statistics.median(v) for k, v in seconds.items()}
     print(f"{mib} MiB moved {rounds} times each way, alternating order (median MiB/s):")
     for kind in ("input", "result"):
@@ -131,13 +152,14 @@ async def _handover(js, link: DispatchLink, rounds: int) -> tuple[float, float]:
     return statistics.median(via), statistics.median(direct)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mib", type=int, default=64, help="input and result size (default 64)")
-    p.add_argument("--rounds", type=int, default=4, help="rounds (default 4)")
+def main(run: Callable[[int, int], Coroutine[Any, Any, None]] = _run, *, doc: str = __doc__,
+         mib: int = 64, rounds: int = 4) -> None:
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--mib", type=int, default=mib, help=f"input and result size (default {mib})")
+    p.add_argument("--rounds", type=int, default=rounds, help=f"rounds (default {rounds})")
     args = p.parse_args()
     setup_logging("bench", level="WARNING")
-    asyncio.run(_run(args.mib, args.rounds))
+    asyncio.run(run(args.mib, args.rounds))
 
 
 if __name__ == "__main__":

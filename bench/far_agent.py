@@ -13,14 +13,11 @@ Run from the repository root: ``.venv/bin/python bench/far_agent.py [--mib 32] [
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,19 +26,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.dispatch import TENANT, dispatch_stand, main  # noqa: E402
 from broker.connect import connect  # noqa: E402
 from broker.dispatch import Release  # noqa: E402
 from broker.jobs import CaptionJob, encode_job  # noqa: E402
-from broker.logs import setup_logging  # noqa: E402
-from broker.object_writes import upload  # noqa: E402
-from broker.server import EmbeddedServer  # noqa: E402
-from broker.subjects import DEFAULT_TENANT, JOBS_STREAM, inputs_bucket, job_subject  # noqa: E402
-from broker.topology import TopologyConfig, ensure_topology  # noqa: E402
-from controller.dispatcher import Dispatcher  # noqa: E402
+from broker.subjects import JOBS_STREAM, job_subject  # noqa: E402
 from gpu_agent.dispatch_link import DispatchLink  # noqa: E402
 
 AGENT = "vf-far"
-TENANT = DEFAULT_TENANT
 RTTS_MS = (0, 25, 50, 100, 150)
 WINDOWS = (16, 32, 64)
 
@@ -97,18 +89,9 @@ class DelayProxy:
 
 
 async def _run(mib: int, rounds: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "nats") as server:
-        root = Path(tmp)
-        src = root / "input.bin"
-        src.write_bytes(os.urandom(mib << 20))
-        ctl = await connect(server.url, name="bench-controller")
-        js = ctl.jetstream()
-        await ensure_topology(js, TopologyConfig(tenant_inputs_max_bytes=4 << 30,
-                                                 tenant_results_max_bytes=4 << 30))
-        await upload(js, inputs_bucket(TENANT), "input.bin", src)
-        dispatcher = Dispatcher(js, max_slots=8)  # the flood bound, out of the way here
-        await dispatcher.start(ctl)
-        host, port = server.url.removeprefix("nats://").rsplit(":", 1)
+    # Eight slots' bound on unanswered messages: the window of 64 is over one slot's.
+    async with dispatch_stand(mib, max_slots=8) as (url, root, src, js):
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
         proxy = DelayProxy((host, int(port)))
         agent_nc = await connect(await proxy.start(), name=AGENT)
         body = encode_job(CaptionJob(video="obj:input.bin", srt="obj:input.bin"))
@@ -147,18 +130,7 @@ async def _run(mib: int, rounds: int) -> None:
             print(f"  {rtt_ms:>3} ms  " + "  ".join(cells), flush=True)
         await agent_nc.close()
         await proxy.stop()
-        await dispatcher.stop()
-        await ctl.close()
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mib", type=int, default=32, help="input and result size (default 32)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds (default 2)")
-    args = p.parse_args()
-    setup_logging("bench", level="WARNING")
-    asyncio.run(_run(args.mib, args.rounds))
 
 
 if __name__ == "__main__":
-    main()
+    main(_run, doc=__doc__, mib=32, rounds=2)
