@@ -66,7 +66,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.overhead import Stack, machine_facts, make_srt, running_stack, verdict  # noqa: E402
+from bench.overhead import (  # noqa: E402
+    ClientPhases,
+    Stack,
+    client_path,
+    machine_facts,
+    make_srt,
+    outside_ffmpeg,
+    running_stack,
+    verdict,
+)
 from broker.events import Succeeded, Timings  # noqa: E402
 from broker.jobs import AddAudioJob, CaptionJob, Img2VidJob, JobRequest  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
@@ -464,6 +473,7 @@ class FleetRound:
     raw_s: float
     fleet_s: float
     agent: Timings
+    client: ClientPhases
 
     @property
     def ratio(self) -> float:
@@ -494,34 +504,21 @@ async def run_raw(argv: list[str], out: Path) -> float:
     return elapsed
 
 
-async def run_fleet(stack: Stack, case: FleetCase, out: Path) -> tuple[float, Succeeded]:
-    """Upload, submit, wait for the result, download: the whole client path, timed."""
-    vf = stack.client
-    t0 = time.perf_counter()
-    refs = {label: await vf.upload_input(path) for label, path in case.inputs.items()}
-    receipt = await vf.submit(case.job(refs))
-    done = await vf.result(receipt.job_id, timeout_s=JOB_TIMEOUT_S)
-    if not isinstance(done, Succeeded):
-        raise RuntimeError(f"{case.name} job {receipt.job_id} failed: {done.error.code}: "
-                           f"{done.error.message}")
-    await vf.download(done.output, out)
-    elapsed = time.perf_counter() - t0
-    out.unlink()
-    return elapsed, done
-
-
 async def fleet_round(stack: Stack, case: FleetCase, out_dir: Path, n: int) -> FleetRound:
     raw_first = n % 2 == 0
     raw_s = fleet_s = 0.0
     done: Succeeded | None = None
+    phases: ClientPhases | None = None
     for which in ("raw", "fleet") if raw_first else ("fleet", "raw"):
         if which == "raw":
             out = out_dir / f"raw-{case.name}.mp4"
             raw_s = await run_raw(case.raw_argv(out), out)
         else:
-            fleet_s, done = await run_fleet(stack, case, out_dir / f"fleet-{case.name}.mp4")
+            fleet_s, done, phases = await client_path(stack.client, case.inputs, case.job,
+                                                      out_dir / f"fleet-{case.name}.mp4")
     assert done is not None
-    return FleetRound(raw_first, raw_s, fleet_s, done.timings)
+    assert phases is not None
+    return FleetRound(raw_first, raw_s, fleet_s, done.timings, phases)
 
 
 async def fleet_cases(stack: Stack, media: Media) -> list[FleetCase]:
@@ -551,6 +548,8 @@ def print_fleet_round(name: str, n: int, r: FleetRound) -> None:
           f"{r.raw_s:5.2f} s  fleet {r.fleet_s:5.2f} s  ratio {r.ratio:.3f} | agent: fetch "
           f"{t.fetch_s:.2f} validate {t.validate_s:.2f} encode {t.encode_s:.2f} upload "
           f"{t.upload_s:.2f} | outside FFmpeg {r.outside_ffmpeg_s:.2f} s", flush=True)
+    print("      outside FFmpeg, ms: " + "  ".join(
+        f"{k} {v * 1000:.0f}" for k, v in outside_ffmpeg(t, r.client).items()), flush=True)
 
 
 async def fleet_rounds(stack: Stack, media: Media, out_dir: Path, rounds: int,

@@ -53,7 +53,7 @@ from nats.js.api import ObjectMeta, ObjectMetaOptions  # noqa: E402
 
 from broker.connect import connect  # noqa: E402
 from broker.events import Queued, Started, Succeeded, Timings  # noqa: E402
-from broker.jobs import CaptionJob  # noqa: E402
+from broker.jobs import CaptionJob, JobRequest  # noqa: E402
 from broker.logs import setup_logging  # noqa: E402
 from broker.object_writes import upload  # noqa: E402
 from broker.objects import CHUNK_SIZE_BYTES, download  # noqa: E402
@@ -208,14 +208,18 @@ class RoundResult:
         return self.fleet_s - self.agent.encode_s
 
     def where(self) -> dict[str, float]:
-        """Where the time outside FFmpeg went: the client's own phases, the agent's (the
-        input probe runs beside FFmpeg and is not counted), and the handover (waiting for the
-        outcome beyond the agent's own time: the lease, the events and their delivery)."""
-        a, c = self.agent, self.client
-        return {"client upload": c.upload_s, "submit": c.submit_s, "agent fetch": a.fetch_s,
-                "agent upload": a.upload_s,
-                "agent other": a.total_s - a.fetch_s - a.encode_s - a.upload_s,
-                "handover": c.wait_s - a.total_s, "client download": c.download_s}
+        return outside_ffmpeg(self.agent, self.client)
+
+
+def outside_ffmpeg(a: Timings, c: ClientPhases) -> dict[str, float]:
+    """Where the time outside FFmpeg went: the client's own phases, the agent's (an input
+    probe that runs beside FFmpeg is not counted; one that runs before it is "agent other"),
+    and the handover (waiting for the outcome beyond the agent's own time: the lease, the
+    events and their delivery)."""
+    return {"client upload": c.upload_s, "submit": c.submit_s, "agent fetch": a.fetch_s,
+            "agent upload": a.upload_s,
+            "agent other": a.total_s - a.fetch_s - a.encode_s - a.upload_s,
+            "handover": c.wait_s - a.total_s, "client download": c.download_s}
 
 
 async def run_raw(stack: Stack, media: Media, out: Path) -> float:
@@ -238,24 +242,31 @@ async def run_raw(stack: Stack, media: Media, out: Path) -> float:
     return elapsed
 
 
-async def run_fleet(stack: Stack, video: Path, srt: Path, out: Path
-                    ) -> tuple[float, Succeeded, ClientPhases]:
-    """Upload, submit, wait for the result, download: the whole client path, timed."""
-    vf = stack.client
+async def client_path(vf: Client, inputs: dict[str, Path],
+                      job: Callable[[dict[str, str]], JobRequest], out: Path
+                      ) -> tuple[float, Succeeded, ClientPhases]:
+    """Upload the inputs, submit the job built from their refs, wait for the result,
+    download it: the whole client path, timed by phase."""
     t0 = time.perf_counter()
-    video_ref = await vf.upload_input(video)
-    srt_ref = await vf.upload_input(srt)
+    refs = {label: await vf.upload_input(path) for label, path in inputs.items()}
     t1 = time.perf_counter()
-    receipt = await vf.submit(CaptionJob(video=video_ref, srt=srt_ref, cache=False))
+    receipt = await vf.submit(job(refs))
     t2 = time.perf_counter()
     done = await vf.result(receipt.job_id, timeout_s=JOB_TIMEOUT_S)
     if not isinstance(done, Succeeded):
-        raise RuntimeError(f"job {receipt.job_id} failed: {done.error.code}: {done.error.message}")
+        raise RuntimeError(f"job {receipt.job_id} did not succeed: {done}")
     t3 = time.perf_counter()
     await vf.download(done.output, out)
     t4 = time.perf_counter()
     out.unlink()
     return t4 - t0, done, ClientPhases(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+
+async def run_fleet(stack: Stack, video: Path, srt: Path, out: Path
+                    ) -> tuple[float, Succeeded, ClientPhases]:
+    return await client_path(stack.client, {"video": video, "srt": srt},
+                             lambda r: CaptionJob(video=r["video"], srt=r["srt"], cache=False),
+                             out)
 
 
 async def queue_to_start_ms(client: Client, job_id: str) -> float:
@@ -326,7 +337,7 @@ async def latency_loop(stack: Stack, media: Media, jobs: int) -> list[float]:
         receipt = await vf.submit(job)
         done = await vf.result(receipt.job_id, timeout_s=JOB_TIMEOUT_S)
         if not isinstance(done, Succeeded):
-            raise RuntimeError(f"tiny job {receipt.job_id} failed: {done.error.message}")
+            raise RuntimeError(f"tiny job {receipt.job_id} did not succeed: {done}")
         samples.append(await queue_to_start_ms(vf, receipt.job_id))
     print(f"submit->started, {jobs} tiny jobs: "
           + " ".join(f"{ms:.1f}" for ms in samples) + " ms", flush=True)
