@@ -16,7 +16,7 @@ What that buys, each an attack that now fails (tests/test_dispatch.py):
 - a result's digest and size are computed here from the bytes stored, not taken from the agent;
 - a job's cost is its leases' machine time at the price the controller rented each machine at
   (controller/job_costs.py), not a figure an agent reports;
-- an agent that sends more at once than its slots need loses its machine (holders.py).
+- an agent that floods the dispatcher, not waiting for answers, loses its machine (holders.py).
 
 Because it holds the leases, it also answers a tenant's cancels and questions about its jobs
 (controller/tenant_desk.py). The agents waiting for work are in controller/waiters.py.

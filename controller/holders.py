@@ -10,8 +10,10 @@ An agent has at most ``MAX_UNANSWERED_PER_SLOT`` messages per slot waiting here:
 never has more in flight (two inputs' windows of chunk requests, then an upload's window, and
 its reports), and without a bound a stolen credential that sends without waiting for answers
 would pile its chunks up in the controller's memory until it is killed. Past the bound each
-message is answered "unavailable" at once, and the agent lands in ``flooders``: the
-controller destroys its machine, which revokes its credentials.
+message is answered "unavailable" at once; refused ten times the bound within 10 s, the
+agent lands in ``flooders``, and the controller destroys its machine, which revokes its
+credentials. (A slow dispatcher alone must not condemn a fleet: its agents' requests pile up
+too, but they wait for their answers.)
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ from controller.transfers import Transfers, refuse
 
 __all__ = ["HolderDesk", "agent_of", "respond"]
 
+# Refusals that make a flood: ten times the bound within 10 s. Our agent passes the bound only
+# when the dispatcher is slow (a JetStream outage: its requests wait, time out after 10 s and
+# are sent again), and then sends at most its windows again per timeout; a sender that does
+# not wait for answers is refused thousands of times a second.
+_FLOOD_TIMES = 10
+_FLOOD_S = 10.0
+
 
 class HolderDesk:
     def __init__(self, *, nc: Client, book: LeaseBook, reports: Reports,
@@ -57,6 +66,7 @@ class HolderDesk:
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}  # messages taken, not yet answered, by agent
+        self._refused: dict[str, tuple[float, int]] = {}  # (since, refusals) by agent
         self.most_waiting = MAX_UNANSWERED_PER_SLOT * max_slots
         self.flooders = flooders if flooders is not None else set()
 
@@ -157,10 +167,14 @@ class HolderDesk:
 
     async def _flooded(self, msg: Msg, agent_id: str,
                        busy: Callable[[Msg, str], Awaitable[None]] | None) -> None:
-        if agent_id not in self.flooders:
-            logger.warning("{agent} sent more than {most} messages at once, which our agent "
-                           "never does: refused, and its machine is to be destroyed",
-                           agent=agent_id, most=self.most_waiting)
+        now = self._mono()
+        since, count = self._refused.get(agent_id, (now, 0))
+        since, count = (since, count + 1) if now - since < _FLOOD_S else (now, 1)
+        self._refused[agent_id] = (since, count)
+        if count >= _FLOOD_TIMES * self.most_waiting and agent_id not in self.flooders:
+            logger.warning("{agent} sent {n} messages in {s:.0f} s past its {most} waiting, "
+                           "which our agent never does: its machine is to be destroyed",
+                           agent=agent_id, n=count, s=_FLOOD_S, most=self.most_waiting)
             self.flooders.add(agent_id)
         why = f"too many requests at once (at most {self.most_waiting})"
         if busy is not None:

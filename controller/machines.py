@@ -118,7 +118,7 @@ class Machines:
         be scaled down; one that sends the dispatcher more at once than its slots need is a
         stolen credential trying to exhaust the controller (controller/holders.py)."""
         why = {agent_id: "claims to be busy with a job it does not hold" for agent_id in liars}
-        why |= {agent_id: "sent the dispatcher more at once than its slots need"
+        why |= {agent_id: "floods the dispatcher without waiting for its answers"
                 for agent_id in flooders}
         for agent_id, reason in sorted(why.items()):
             rec = self.records.get(agent_id)

@@ -230,7 +230,7 @@ async def test_a_machine_that_lies_about_its_job_is_destroyed(
 async def test_a_machine_whose_agent_floods_the_dispatcher_is_destroyed(
         nats_server: Secure, nc: Nats, js, operator: Client, local: LocalProvider) -> None:
     """The machine's host reads the agent's credentials (here from its process environment)
-    and sends the dispatcher hundreds of messages without waiting for answers, to exhaust
+    and sends the dispatcher thousands of messages without waiting for answers, to exhaust
     the controller. The machine is destroyed, and the credentials revoked: the host's
     connection is cut."""
     kv = await js.key_value(FLEET_BUCKET)
@@ -251,7 +251,7 @@ async def test_a_machine_whose_agent_floods_the_dispatcher_is_destroyed(
             allow_reconnect=False, inbox_prefix=agent_inbox_prefix(flooder.label))
         inbox = host.new_inbox()
         await host.subscribe(inbox)
-        for _ in range(500):
+        for _ in range(3000):
             await host.publish(f"fleet.report.{flooder.label}", b"{}", reply=inbox)
         await host.flush()
 
