@@ -73,7 +73,12 @@ LEVERS = {
     "wait 120 s": structs.replace(OURS, hedge=0.0),
     "wait 120 s + hedge 1": OURS,
     "wait 120 s + hedge 1 + warm 1": structs.replace(OURS, warm_per_load=1.0),
+    "wait 120 s + hedge 1 + burst 2": structs.replace(OURS, burst_hedge=2.0),
 }
+# The burst hedge (opt-in: it multiplies create calls, whose rate Vast.ai limits and this
+# model does not) on the rows where bursty's p50 decides the goal.
+BURST_ROWS = ("on-demand, 1 job per GPU", "interruptible 0.5/h + 2 slots, x1.5",
+              "interruptible 0.5/h + 2 slots, x2")
 # The levers that lower the bound itself, as stated assumptions (ProviderModel's fields): no
 # market publishes an interruption rate, and several jobs per GPU cannot be measured here.
 ASSUMED = {
@@ -222,15 +227,18 @@ def every_lever(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], B
     print(f"\nwith every lever: cost <= {COST_VS_OLD_ALL}x one GPU per request (on-demand, as "
           "the old design rented) at waits no worse; bids at half the on-demand GPU price; "
           "mean over seeds 0-4, and the bound under the same assumption")
-    print(f"  {'assumption':<34} " + " ".join(f"{n + ' x1/req bound p50r p95r':>32}"
+    print(f"  {'assumption':<44} " + " ".join(f"{n + ' x1/req bound p50r p95r':>32}"
                                                  for n in NAMES) + f" {'met':>6}")
-    for label, model in ASSUMED.items():
+    runs = [(label, model, OURS) for label, model in ASSUMED.items()]
+    runs += [(f"{label}, burst 2", ASSUMED[label], structs.replace(OURS, burst_hedge=2.0))
+              for label in BURST_ROWS]
+    for label, model, policy in runs:
         cells, met = [], 0
         for name, jobs in traces.items():
             rows, bounds = [], []
             for seed in SEEDS:
                 base = made[name, seed]
-                r = replay(jobs, OURS, seed, base, model)
+                r = replay(jobs, policy, seed, base, model)
                 rows.append(r)
                 bounds.append(lower_bound(_states(jobs), policy=OURS,
                                           offers=make_offers(model, seed),
@@ -241,7 +249,7 @@ def every_lever(traces: dict[str, list[TraceJob]], made: dict[tuple[str, int], B
                          f"{statistics.mean(bounds):>5.2f} "
                          f"{statistics.mean(r.p50 / r.base.old.wait_p50_s for r in rows):>4.2f} "
                          f"{statistics.mean(r.p95 / r.base.old.wait_p95_s for r in rows):>4.2f}")
-        print(f"  {label:<34} " + " ".join(cells) + f" {met:>2}/15")
+        print(f"  {label:<44} " + " ".join(cells) + f" {met:>2}/15")
 
 
 def boot_by_pull(traces: dict[str, list[TraceJob]]) -> None:

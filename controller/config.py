@@ -57,6 +57,10 @@ class ControllerConfig(Struct, frozen=True, kw_only=True):
     # Booting machines rented per one a queue waits for, minus one: a boot bills only storage
     # on Vast.ai, and the first machine up takes the job (the local provider never hedges).
     hedge: float = 1.0
+    # More booting machines per one needed while a burst needs five or more at once: the k-th
+    # job of a burst waits for the k-th fastest boot, which more spares make sooner. Off by
+    # default: it multiplies create calls, which Vast.ai rate-limits (the simulator does not).
+    burst_hedge: float = 0.0
     warm_per_load: float = 0.0  # machines kept up per machine of measured load (rounded down)
     # With a wait target shorter than most boots, keep the measured load plus its square root
     # up (in machines), since only a machine already up starts a job that soon.
@@ -133,5 +137,5 @@ def policy_of(config: ControllerConfig) -> Policy:
     knobs["max_price_per_hour"] = config.max_spend_per_hour
     if config.provider == "local":
         knobs |= {"min_gpu_ram_mb": 0, "min_reliability": 0.0, "min_inet_down_mbps": 0.0,
-                  "min_cuda": 0.0, "hedge": 0.0}
+                  "min_cuda": 0.0, "hedge": 0.0, "burst_hedge": 0.0}
     return Policy(**knobs)

@@ -101,6 +101,7 @@ class Policy(Struct, frozen=True, kw_only=True):
     # job is expected to start within this many seconds of now.
     target_wait_s: float = 0.0
     hedge: float = 0.0  # wait objective: booting machines rented per one a queue waits for, - 1
+    burst_hedge: float = 0.0  # more of them while five or more are needed at once (sizing.py)
     warm_per_load: float = 0.0  # machines kept up per machine of measured load, rounded down
     warm_below_boot: bool = True  # keep machines up when rents come too late (sizing.py)
     idle_timeout_s: float = 300.0

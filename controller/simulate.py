@@ -98,6 +98,7 @@ def run_simulation(trace_path: Path | str, *, policy: Policy,
 _POLICY_FLAGS = {  # flag -> (Policy field, type)
     "--min-warm": ("min_warm", int), "--max-instances": ("max_instances", int),
     "--target-wait-s": ("target_wait_s", float), "--hedge": ("hedge", float),
+    "--burst-hedge": ("burst_hedge", float),
     "--warm-per-load": ("warm_per_load", float),
     "--target-drain-s": ("target_drain_s", float), "--idle-timeout-s": ("idle_timeout_s", float),
     "--boot-deadline-s": ("boot_deadline_s", float),

@@ -29,8 +29,11 @@ sizes the fleet through its queue and leaves no warm machines behind it.
 The hedge (``hedge``, wait objective only): a machine bills only storage until its agent is up
 (Vast.ai bills no GPU while an image loads), so renting ``1 + hedge`` machines for each one a
 queue needs costs little, and the first to boot takes the job. A slow host (an image pull of
-minutes) then delays nobody. Booting machines beyond what the queue and the hedge need are
-destroyed, the slowest first; a booted one is never destroyed for this, only drained when idle.
+minutes) then delays nobody. While a burst waits for five or more machines, ``burst_hedge``
+more per machine are rented: the k-th job of a burst waits for the k-th fastest boot, which
+with one spare each is about the median boot, and more spares make it sooner. Booting
+machines beyond what the queue and the hedge need are destroyed, the slowest first; a booted
+one is never destroyed for this, only drained when idle.
 
 Getting this wrong costs either way: too few machines and jobs wait; too many and idle GPUs
 bill at full price. Every figure is in ``bench/simulate.py``.
@@ -57,6 +60,9 @@ _SPARE = 1.0
 # 90th percentile over ticks) at the default 120 s target, and is 0.56-0.91 at 60 s: 0.6 keeps
 # the pool off at the default (the goals table is unchanged) and on for a target that short.
 _LATE = 0.6
+# Machines the queue waits for at once from which ``burst_hedge`` adds spares: a burst, whose
+# k-th job waits for the k-th fastest of the boots (with one spare each, about the median).
+_BURST = 5
 
 
 class Sizing(NamedTuple):
@@ -190,7 +196,9 @@ def _for_wait(snap: Snapshot, policy: Policy, live: list[Instance],
                   if i.state == "booting" and i.instance_id not in used}.values())
     new = math.ceil(max(0, queue) / (starts(boot_s) * slots))
     # The hedge: 1 + hedge booting machines for each one the queue waits for.
-    spare_wanted = math.ceil((booting_used + new) * (1 + policy.hedge)) - booting_used - new
+    waiting_on = booting_used + new  # machines the queue waits for to boot
+    hedge = policy.hedge + (policy.burst_hedge if waiting_on >= _BURST else 0.0)
+    spare_wanted = math.ceil(waiting_on * (1 + hedge)) - waiting_on
     for_floor = floor - len(used) - new - idle_unused
     kept = spare[:max(spare_wanted, for_floor)]
     surplus = tuple(i.instance_id for i in spare[len(kept):] if not _unheard(i, snap, policy))

@@ -61,6 +61,20 @@ def test_the_hedge_rents_two_per_machine_needed_and_destroys_the_spare_when_one_
         Destroy(instance_id="b", reason="booting, and no job needs it now")]
 
 
+def test_a_burst_gets_more_spares_than_a_job_alone() -> None:
+    """The k-th job of a burst waits for the k-th fastest boot: with one spare each that is
+    about the median boot. ``burst_hedge`` 2 rents three more per machine while five or more
+    are needed at once; below five, the hedge alone. Booting machines count toward five."""
+    many = tuple(offer(n) for n in range(1, 41))
+    burst = structs.replace(WAIT, hedge=1.0, burst_hedge=2.0, max_instances=40,
+                            max_price_per_hour=50.0)
+    assert len(rents(decide(wait_snap(queued=4, offers=many), burst))) == 8
+    assert len(rents(decide(wait_snap(queued=5, offers=many), burst))) == 20
+    booting = tuple(inst(f"b{n}", "booting", beat_age_s=None, age_s=10) for n in range(4))
+    # Four booting (each starts one job in time) and two more jobs: six waited for, 24 wanted.
+    assert len(rents(decide(wait_snap(queued=6, instances=booting, offers=many), burst))) == 20
+
+
 def test_an_overdue_boot_is_hedged_against_and_kept_as_the_spare() -> None:
     slow = inst("slow", "booting", beat_age_s=None, age_s=200)  # past 90 s: a slow pull, likely
     # No hedge: a fresh rent is expected sooner than the slow host; the slow one goes.
