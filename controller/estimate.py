@@ -77,12 +77,13 @@ class BootTimes:
             self._seen.append((seconds, False))
 
     def expected(self) -> float | None:
-        if sum(up for _, up in self._seen) < self._least:
+        boots = self.seen()
+        if not boots:
             return None
-        for seconds, surviving in _still_booting(self._seen):
+        for seconds, surviving in _still_booting(boots):
             if surviving <= 0.5:
                 return seconds
-        return max(s for s, _ in self._seen)  # over half still booting when last seen
+        return max(s for s, _ in boots)  # over half still booting when last seen
 
     def seen(self) -> tuple[tuple[float, bool], ...]:
         """The recent boots, (seconds, came up), for ``late_share``; empty until ``least``

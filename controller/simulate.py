@@ -37,7 +37,7 @@ def run_ours(jobs: Sequence[TraceJob], *, policy: Policy, model: ProviderModel,
     market = Market(make_offers(model, seed), offer_away_s=model.offer_away_s)
     return simulate_policy(_states(jobs, work), policy=structs.replace(policy, slots=model.slots),
                            market=market, fates=RandomFates(model, seed), tick_s=tick_s,
-                           slots=model.slots, slot_gain=model.slot_gain)
+                           slot_gain=model.slot_gain)
 
 
 def _ours_result(outcome: Outcome) -> PolicyResult:

@@ -65,7 +65,7 @@ class DispatchLink:
         asks on its own slot, 0 to slots - 1). The windows: chunk requests in flight at once
         reading an input and sending the result; a transfer moves at most a window per round
         trip."""
-        self._windows = {"input": input_window, "upload": upload_window}
+        self._input_window, self._upload_window = input_window, upload_window
         self._nc = nc
         self._agent_id = agent_id
         self.slots = slots
@@ -162,7 +162,7 @@ class DispatchLink:
                 requests = (ask(index=i) for i in range(chunks))
                 async with contextlib.aclosing(self._pipelined(
                         input_subject(self._agent_id), requests,
-                        self._windows["input"])) as replies:
+                        self._input_window)) as replies:
                     async for msg in replies:
                         _input_reply(msg.headers)
                         sha.update(msg.data)
@@ -210,7 +210,7 @@ class DispatchLink:
         with open(path, "rb") as f:
             async with contextlib.aclosing(self._pipelined(
                     upload_subject(self._agent_id), chunks(f),
-                    self._windows["upload"])) as replies:
+                    self._upload_window)) as replies:
                 async for msg in replies:
                     reply = decode_report_reply(msg.data)
                     if reply.ok:

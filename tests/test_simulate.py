@@ -87,7 +87,7 @@ def test_two_slots_share_one_machine_as_the_agent_runs_them() -> None:
     policy = structs.replace(POLICY, max_instances=1, slots=2)
     three = jobs((0.0, 100.0), (0.0, 100.0), (1.0, 100.0))
     out = simulate_policy(three, policy=policy, market=market(0.36),
-                          fates=ScheduledFates(default_boot_s=60.0), slots=2, slot_gain=1.5)
+                          fates=ScheduledFates(default_boot_s=60.0), slot_gain=1.5)
     assert out.machines == 1
     assert [j.started_at for j in three] == [60.0, 60.0, pytest.approx(60 + 400 / 3)]
     assert [j.done_at for j in three] == [pytest.approx(60 + 400 / 3)] * 2 + [
@@ -95,8 +95,7 @@ def test_two_slots_share_one_machine_as_the_agent_runs_them() -> None:
     assert out.busy_s == pytest.approx(400 / 3 + 100)  # the machine was busy that long
     assert out.work_done_s == pytest.approx(300.0)  # and did the three jobs' work
     alone = simulate_policy(jobs((0.0, 100.0)), policy=policy, market=market(0.36),
-                            fates=ScheduledFates(default_boot_s=60.0), slots=2,
-                            slot_gain=1.5)
+                            fates=ScheduledFates(default_boot_s=60.0), slot_gain=1.5)
     assert alone.busy_s == pytest.approx(100.0)  # one job alone is not slowed
 
 
@@ -105,8 +104,7 @@ def test_a_dead_agent_hands_back_every_job_it_ran() -> None:
     policy = structs.replace(POLICY, max_instances=2, slots=2)
     two = jobs((0.0, 100.0), (0.0, 100.0))
     out = simulate_policy(two, policy=policy, market=market(0.36, 0.36),
-                          fates=ScheduledFates(default_boot_s=60.0, deaths={(0, 0): 0.5}),
-                          slots=2, slot_gain=1.0)
+                          fates=ScheduledFates(default_boot_s=60.0, deaths={(0, 0): 0.5}))
     assert out.unfinished_jobs == 0
     assert all(j.done_at is not None and j.done_at > 60 + 100 for j in two)
     assert out.machines == 2  # the dead one replaced

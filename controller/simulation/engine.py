@@ -62,9 +62,9 @@ class Outcome(Struct, frozen=True, kw_only=True):
 
 class _Run:
     def __init__(self, jobs: list[JobState], policy: Policy, market: Market, fates: Fates,
-                 redelivery_s: float, slots: int, slot_gain: float) -> None:
+                 redelivery_s: float, slot_gain: float) -> None:
         self.jobs, self.policy, self.market, self.fates = jobs, policy, market, fates
-        self.slots, self.slot_gain = slots, slot_gain
+        self.slots, self.slot_gain = max(1, policy.slots), slot_gain
         self.redelivery_s = redelivery_s
         self.events: list[tuple[float, int, str, int, int, int]] = []
         self.seq = 0
@@ -262,14 +262,13 @@ class _Run:
 
 def simulate_policy(jobs: list[JobState], *, policy: Policy, market: Market, fates: Fates,
                     tick_s: float = 5.0, redelivery_s: float = 30.0,
-                    horizon_s: float = 2 * _DAY_S, slots: int = 1,
-                    slot_gain: float = 1.0) -> Outcome:
+                    horizon_s: float = 2 * _DAY_S, slot_gain: float = 1.0) -> Outcome:
     """Replay ``jobs`` (in arrival order) through ``decide()`` until every job is done and the
     fleet is empty (or, with a warm floor, every job is done), or ``horizon_s`` after the last
     arrival. ``jobs`` are updated in place with their start and finish times. Each machine
-    runs ``slots`` jobs at once, sharing ``slot_gain`` times one job's throughput
-    (``Machine.pace``); the policy counts them (``policy.slots``)."""
-    run = _Run(jobs, policy, market, fates, redelivery_s, slots, slot_gain)
+    runs ``policy.slots`` jobs at once, as the controller tells its agents, sharing
+    ``slot_gain`` times one job's throughput (``Machine.pace``)."""
+    run = _Run(jobs, policy, market, fates, redelivery_s, slot_gain)
     last_arrival = jobs[-1].arrival_s if jobs else 0.0
     ticks: list[TickRecord] = []
     now, number, drained_at = 0.0, 0, None
